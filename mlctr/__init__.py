@@ -1,0 +1,1 @@
+"""mlctr: mutual learning for CTR prediction in JAX/Flax."""

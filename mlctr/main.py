@@ -1,0 +1,39 @@
+"""Entry point: python -m mlctr.main --config=mlctr/configs/default.py --workdir=DIR.
+
+`--config` is a Python config file with `get_config()` (locked: a misspelled
+key fails loudly), overridable field by field: `--config.mutual.alpha=0.5`.
+`config.mode` picks what runs: `train` (one run of all peers) or
+`finetune_study` (pretrain, independent and mutual finetune, results table).
+"""
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from mlctr import distributed
+from mlctr import study
+from mlctr import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Python config file (get_config).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "runs/default", "Run directory.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_env()
+    config = FLAGS.config
+    logging.info("mode %s, workdir %s", config.mode, FLAGS.workdir)
+    if config.mode == "train":
+        train.train_and_evaluate(config, FLAGS.workdir)
+    elif config.mode == "finetune_study":
+        study.run_finetune_study(config, FLAGS.workdir)
+    else:
+        raise app.UsageError(f"unknown config.mode {config.mode!r}; expected train or finetune_study")
+
+
+if __name__ == "__main__":
+    app.run(main)

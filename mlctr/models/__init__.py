@@ -1,0 +1,79 @@
+"""Model zoo and registry: peers are named by string, e.g. ``peers = "deepfm,dcn,ipnn,fibinet"``.
+
+Every model is a ``flax.linen.Module`` with fields ``vocab_size``, ``num_fields``, then
+BARS/FuxiCTR-named hyperparameters, and ``dtype`` (compute dtype; params stay float32).
+``model.apply(variables, ids, train=...)`` takes int32 global ids [B, F] and returns float32
+logits [B].
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+
+from mlctr.models.autoint import AutoInt
+from mlctr.models.dcn import DCN
+from mlctr.models.dcnv2 import DCNv2
+from mlctr.models.deepfm import DeepFM
+from mlctr.models.fibinet import FiBiNET
+from mlctr.models.fm import FM
+from mlctr.models.lr import LR
+from mlctr.models.pnn import IPNN, OPNN, PNN
+from mlctr.models.wide_deep import WideDeep
+from mlctr.models.xdeepfm import xDeepFM
+
+MODELS: dict[str, type] = {
+    'lr': LR,
+    'fm': FM,
+    'deepfm': DeepFM,
+    'dcn': DCN,
+    'dcnv2': DCNv2,
+    'pnn': PNN,
+    'ipnn': IPNN,  # PNN with product_type='inner' (the default).
+    'opnn': OPNN,  # PNN with product_type='outer'.
+    'fibinet': FiBiNET,
+    'wide_deep': WideDeep,
+    'xdeepfm': xDeepFM,
+    'autoint': AutoInt,
+}
+
+# Fields every model has that are not hyperparameters.
+_STRUCTURAL_FIELDS = ('vocab_size', 'num_fields', 'parent', 'name')
+
+
+def _model_class(name: str) -> type:
+  try:
+    return MODELS[name.lower()]
+  except KeyError:
+    raise ValueError(f'Unknown model {name!r}; known models: {sorted(MODELS)}') from None
+
+
+def model_hparam_names(name: str) -> list[str]:
+  """Hyperparameter names accepted by model ``name`` (everything but vocab_size/num_fields)."""
+  return [f.name for f in dataclasses.fields(_model_class(name))
+          if f.init and f.name not in _STRUCTURAL_FIELDS]
+
+
+def create_model(name: str, *, vocab_size: int, num_fields: int, **hparams: Any) -> nn.Module:
+  """Builds a registered model, rejecting unknown hyperparameters.
+
+  Args:
+    name: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``/``opnn``, ...).
+    vocab_size: rows of the concatenated embedding table (all fields).
+    num_fields: number of feature fields F.
+    **hparams: hyperparameters with BARS/FuxiCTR names; lists become tuples.
+
+  Returns:
+    The unbound module.
+
+  Raises:
+    ValueError: unknown model name or unknown hyperparameter(s).
+  """
+  cls = _model_class(name)
+  valid = model_hparam_names(name)
+  unknown = sorted(set(hparams) - set(valid))
+  if unknown:
+    raise ValueError(f'Unknown hyperparameter(s) {unknown} for model {name!r}; '
+                     f'valid: {valid}')
+  hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
+  return cls(vocab_size=vocab_size, num_fields=num_fields, **hparams)

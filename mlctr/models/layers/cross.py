@@ -1,0 +1,93 @@
+"""Cross networks: DCN (Wang et al. 2017) and DCN-V2 (Wang et al. 2021).
+
+Follows FuxiCTR ``fuxictr/pytorch/layers/interactions/cross_net.py``:
+  * ``CrossNet`` (DCN): ``x_{l+1} = x0 * (x_l . w_l) + b_l + x_l``; ``w_l`` is an
+    ``nn.Linear(dim, 1, bias=False)`` (xavier_normal), ``b_l`` zeros.
+  * ``CrossNetV2`` (DCN-V2 full rank): ``x_{l+1} = x0 * (W_l x_l + b_l) + x_l`` with an
+    ``nn.Linear(dim, dim)`` (xavier_normal weight, zero bias).
+  * ``CrossNetMix`` (DCN-V2 low-rank mixture of experts, from DeepCTR-Torch via FuxiCTR):
+    per layer ``l`` and expert ``e``:
+      ``E_e(x_l) = x0 * (U_e tanh(C_e tanh(V_e^T x_l)) + b_l)``;
+    gates ``g_e = w_e . x_l`` (``nn.Linear(dim, 1, bias=False)``, xavier_normal), softmax over
+    experts; ``x_{l+1} = sum_e softmax(g)_e E_e(x_l) + x_l``. ``U, V`` [E, dim, r] and ``C``
+    [E, r, r] are xavier_normal with torch's fans for 3-D tensors; ``b_l`` zeros.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mlctr.models.layers import initializers
+from mlctr.models.layers.mlp import Linear
+
+
+class CrossNet(nn.Module):
+  """DCN cross network. Input/Output [B, dim]."""
+
+  num_layers: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+    x0 = x0.astype(self.dtype)
+    dim = x0.shape[-1]
+    x = x0
+    for i in range(self.num_layers):
+      # The scalar x_l . w_l first: O(dim) per example, never a dim x dim outer product.
+      xw = Linear(1, use_bias=False, dtype=self.dtype, name=f'cross_weight_{i}')(x)
+      bias = self.param(f'cross_bias_{i}', nn.initializers.zeros_init(), (dim,), jnp.float32)
+      x = x0 * xw + bias.astype(self.dtype) + x
+    return x
+
+
+class CrossNetV2(nn.Module):
+  """DCN-V2 full-rank cross network. Input/Output [B, dim]."""
+
+  num_layers: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+    x0 = x0.astype(self.dtype)
+    dim = x0.shape[-1]
+    x = x0
+    for i in range(self.num_layers):
+      x = x + x0 * Linear(dim, dtype=self.dtype, name=f'cross_layer_{i}')(x)
+    return x
+
+
+class CrossNetMix(nn.Module):
+  """DCN-V2 low-rank mixture-of-experts cross network. Input/Output [B, dim]."""
+
+  num_layers: int
+  low_rank: int = 32
+  num_experts: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+    x0 = x0.astype(self.dtype)
+    dim = x0.shape[-1]
+    num_experts, rank = self.num_experts, self.low_rank
+    # Gating vectors are shared across layers (FuxiCTR: one nn.Linear(dim, 1) per expert).
+    gating = self.param('gating', initializers.xavier_normal(), (num_experts, dim, 1),
+                        jnp.float32)
+    x = x0
+    for i in range(self.num_layers):
+      u = self.param(f'U_{i}', initializers.torch_xavier_normal((num_experts, dim, rank)),
+                     (num_experts, dim, rank), jnp.float32).astype(self.dtype)
+      v = self.param(f'V_{i}', initializers.torch_xavier_normal((num_experts, dim, rank)),
+                     (num_experts, dim, rank), jnp.float32).astype(self.dtype)
+      c = self.param(f'C_{i}', initializers.torch_xavier_normal((num_experts, rank, rank)),
+                     (num_experts, rank, rank), jnp.float32).astype(self.dtype)
+      bias = self.param(f'bias_{i}', nn.initializers.zeros_init(), (dim,), jnp.float32)
+      vx = jnp.tanh(jnp.einsum('edr,bd->ber', v, x))
+      vx = jnp.tanh(jnp.einsum('ers,bes->ber', c, vx))
+      uvx = jnp.einsum('edr,ber->bed', u, vx)
+      experts = x0[:, None, :] * (uvx + bias.astype(self.dtype))  # [B, E, dim]
+      gate_logits = jnp.einsum('bd,ed->be', x, gating[..., 0].astype(self.dtype))
+      gates = jax.nn.softmax(gate_logits, axis=-1)
+      x = jnp.einsum('bed,be->bd', experts, gates) + x
+    return x

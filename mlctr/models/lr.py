@@ -1,0 +1,28 @@
+"""Logistic regression, as FuxiCTR ``LR``: ``logit = bias + sum_f w[ids[:, f]]``.
+
+The weights are a [vocab_size, 1] ``embedding_table`` (normal std 1e-4), the bias starts at 0.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mlctr.models.layers.embedding import LinearTerm
+
+
+class LR(nn.Module):
+  """Logistic regression over one-hot fields."""
+
+  vocab_size: int
+  num_fields: int
+  embedding_regularizer: float = 0.0
+  net_regularizer: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+    """Args: ids int32 [B, F] global ids. Returns float32 logits [B]."""
+    del train  # No dropout or batch norm.
+    return LinearTerm(self.vocab_size, use_bias=True, dtype=self.dtype,
+                      name='linear')(ids).astype(jnp.float32)

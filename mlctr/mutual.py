@@ -1,0 +1,447 @@
+"""Peer groups, the mutual-learning loss and the one jitted step for all peers.
+
+A *peer* is one CTR model taking part in mutual learning. Peers that share an
+architecture and hyperparameters form a *group*: their parameter pytrees are
+stacked on a leading axis of size `n_g`, initialised with
+`jax.vmap(model.init)` over one key per peer, and updated together. Groups of
+different architectures run side by side inside the same jitted step.
+
+Loss of peer n (N peers, logits z_n, probabilities p_n = sigmoid(z_n)):
+
+    loss_n = BCE(y, z_n) + alpha / (N - 1) * sum_{i != n} D(p_i, p_n) + L2_n
+
+  * D = 'mse': mean_b (p_i - p_n)^2 on probabilities (Yilmaz & Aldemir 2024).
+  * D = 'kl':  mean_b KL(Bernoulli(p_i) || Bernoulli(p_n)) (Deep Mutual
+    Learning, Zhang et al. 2018); computed from logits for stability.
+
+With `stop_gradient=True` (default, as in DML) the companions' predictions p_i
+are constants in loss_n, so peer n is moved only by its own loss. With
+`stop_gradient=False`, all peers descend the gradient of sum_n loss_n, so the
+mutual terms pull both ways. N = 1 (or alpha = 0) is exactly ordinary
+training: the mutual term is identically zero.
+
+State layout (a plain dict pytree, easy to checkpoint):
+  step:          int32 scalar, number of updates done.
+  rng:           PRNG key; dropout of peer k at step s uses
+                 fold_in(fold_in(rng, s), k).
+  params:        tuple over groups of stacked param pytrees.
+  batch_stats:   tuple over groups of stacked batch-norm stats ({} if none).
+  opt_state:     tuple over groups of stacked optax states.
+  learning_rate: float32 [N], one learning rate per peer (decayed per peer by
+                 the trainer; 0 freezes a peer that has early-stopped).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mlctr import models as model_zoo
+from mlctr.models import regularization
+
+DIVERGENCES = ("mse", "kl")
+PEER_EXECUTIONS = ("auto", "vmap", "unroll")
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerGroup:
+    """Peers sharing one architecture and hyperparameter set (one stacked pytree).
+
+    Attributes:
+      config_key: key of the hyperparameter set in `config.models`.
+      model: the Flax module (same for every peer of the group).
+      names: peer names, in the order of the stacked axis.
+    """
+
+    config_key: str
+    model: nn.Module
+    names: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peers:
+    """All peers of a run, grouped; the global peer order is group after group."""
+
+    groups: tuple[PeerGroup, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for group in self.groups for name in group.names)
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    def group_slices(self) -> list[slice]:
+        """The slice of the global peer axis that each group occupies."""
+        slices, start = [], 0
+        for group in self.groups:
+            slices.append(slice(start, start + group.size))
+            start += group.size
+        return slices
+
+
+def parse_peer_spec(spec: str | Sequence[str]) -> list[str]:
+    """Splits 'deepfm,dcn,deepfm*2' into ['deepfm', 'dcn', 'deepfm', 'deepfm']."""
+    if isinstance(spec, str):
+        items = [item.strip() for item in spec.replace("+", ",").split(",")]
+    else:
+        items = [str(item).strip() for item in spec]
+    keys = []
+    for item in items:
+        if not item:
+            continue
+        if "*" in item:
+            key, _, count = item.partition("*")
+            if not count.strip().isdigit() or int(count) < 1:
+                raise ValueError(f"bad peer entry {item!r}: expected NAME*COUNT with COUNT >= 1")
+            keys.extend([key.strip()] * int(count))
+        else:
+            keys.append(item)
+    if not keys:
+        raise ValueError(f"no peers in peer spec {spec!r}")
+    return keys
+
+
+def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
+                dtype: Any = jnp.float32) -> Peers:
+    """Builds the peer groups named by `spec` from hyperparameter sets.
+
+    Args:
+      spec: peer spec, e.g. "deepfm,dcn,pnn,fibinet" or "deepfm*4". Each entry
+        is a key of `models_config`.
+      models_config: mapping key -> hyperparameters. A set may name its
+        architecture with `model` (default: the key itself), so
+        `deepfm_small = {model: 'deepfm', dnn_hidden_units: (64,)}` works.
+      vocab_size: total rows of the concatenated embedding table.
+      num_fields: number of feature fields.
+      dtype: compute dtype of the models.
+
+    Returns:
+      Peers whose groups follow the first appearance of each key in `spec`.
+      A key used once names its peer by the key; a key used k > 1 times names
+      them key_0 ... key_{k-1}.
+    """
+    keys = parse_peer_spec(spec)
+    counts = {key: keys.count(key) for key in keys}
+    groups = []
+    for key in dict.fromkeys(keys):
+        if key not in models_config:
+            raise ValueError(
+                f"peer {key!r} has no hyperparameter set in config.models "
+                f"(known: {sorted(models_config)})")
+        hparams = dict(models_config[key])
+        arch = hparams.pop("model", key)
+        model = model_zoo.create_model(
+            arch, vocab_size=vocab_size, num_fields=num_fields, dtype=dtype, **hparams)
+        n = counts[key]
+        names = (key,) if n == 1 else tuple(f"{key}_{k}" for k in range(n))
+        groups.append(PeerGroup(config_key=key, model=model, names=names))
+    return Peers(groups=tuple(groups))
+
+
+def make_optimizer(grad_clip_norm: float = 10.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adam direction without the learning rate (applied per peer in the step).
+
+    FuxiCTR clips gradients at global norm 10 before Adam; `grad_clip_norm <= 0`
+    disables clipping. The norm is taken per peer (the step vmaps over peers).
+    """
+    parts = []
+    if grad_clip_norm and grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+    return optax.chain(*parts)
+
+
+def peer_init_keys(key: jax.Array, num_peers: int, same_init: bool = False) -> jax.Array:
+    """One init key per peer; `same_init` deliberately gives them all the same."""
+    if same_init:
+        return jnp.stack([key] * num_peers)
+    return jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(num_peers))
+
+
+def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
+               optimizer: optax.GradientTransformation, learning_rate: float,
+               *, same_init: bool = False) -> dict:
+    """Initialises every peer from its own key and builds the training state.
+
+    Args:
+      peers: the peer groups.
+      key: the run's init key.
+      sample_ids: an int32 [B, F] batch used to trace shapes.
+      optimizer: from `make_optimizer`.
+      learning_rate: the initial learning rate of every peer.
+      same_init: if True, every peer of a group starts from the same weights.
+
+    Returns:
+      The state dict described in the module docstring.
+    """
+    init_key, rng = jax.random.split(key)
+    all_keys = peer_init_keys(init_key, peers.size, same_init)
+    params, batch_stats, opt_state = [], [], []
+    for group, sl in zip(peers.groups, peers.group_slices()):
+        def init_one(k, model=group.model):
+            variables = model.init({"params": k, "dropout": k}, sample_ids, train=False)
+            return variables["params"], variables.get("batch_stats", {})
+        group_params, group_stats = jax.jit(jax.vmap(init_one))(all_keys[sl])
+        params.append(group_params)
+        batch_stats.append(group_stats)
+        opt_state.append(jax.vmap(optimizer.init)(group_params))
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "rng": rng,
+        "params": tuple(params),
+        "batch_stats": tuple(batch_stats),
+        "opt_state": tuple(opt_state),
+        "learning_rate": jnp.full((peers.size,), learning_rate, jnp.float32),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The mutual loss.
+
+
+def pairwise_divergence(target_logits: jax.Array, peer_logits: jax.Array,
+                        divergence: str) -> jax.Array:
+    """D(p_i, p_n) for every pair, averaged over the batch.
+
+    Args:
+      target_logits: [N, B] logits of the companions (the targets p_i).
+      peer_logits: [N, B] logits of the peers being trained (p_n).
+      divergence: 'mse' or 'kl'.
+      (`weights` are uniform: training batches have no padding.)
+
+    Returns:
+      [N, N] matrix D[i, n] = mean_b D(p_i[b], p_n[b]).
+    """
+    zi = target_logits[:, None, :]
+    zn = peer_logits[None, :, :]
+    if divergence == "mse":
+        d = (jax.nn.sigmoid(zi) - jax.nn.sigmoid(zn)) ** 2
+    elif divergence == "kl":
+        # KL(Bern(p_i) || Bern(p_n)) = p_i (log p_i - log p_n)
+        #                            + (1 - p_i)(log(1 - p_i) - log(1 - p_n)).
+        p_i = jax.nn.sigmoid(zi)
+        d = (p_i * (jax.nn.log_sigmoid(zi) - jax.nn.log_sigmoid(zn))
+             + (1.0 - p_i) * (jax.nn.log_sigmoid(-zi) - jax.nn.log_sigmoid(-zn)))
+    else:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    return jnp.mean(d, axis=-1)
+
+
+def mutual_terms(peer_logits: jax.Array, divergence: str, stop_gradient: bool) -> jax.Array:
+    """Per-peer mutual term 1/(N-1) * sum_{i != n} D(p_i, p_n); zeros when N = 1.
+
+    Args:
+      peer_logits: [N, B] logits of all peers on one batch.
+      divergence: 'mse' or 'kl'.
+      stop_gradient: treat the companions' predictions as constants.
+
+    Returns:
+      [N] mutual term of each peer.
+    """
+    num_peers = peer_logits.shape[0]
+    if num_peers == 1:
+        return jnp.zeros((1,), peer_logits.dtype)
+    targets = jax.lax.stop_gradient(peer_logits) if stop_gradient else peer_logits
+    d = pairwise_divergence(targets, peer_logits, divergence)
+    off_diagonal = 1.0 - jnp.eye(num_peers, dtype=d.dtype)
+    return jnp.sum(d * off_diagonal, axis=0) / (num_peers - 1)
+
+
+def effective_alpha(step: jax.Array, alpha: float, warmup_steps: int) -> jax.Array:
+    """alpha, or 0 during the first `warmup_steps` updates."""
+    return jnp.where(step < warmup_steps, 0.0, alpha).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# The step.
+
+
+def resolve_peer_execution(peer_execution: str) -> str:
+    """'auto' = an unrolled loop on CPU (measured faster there), vmap elsewhere."""
+    if peer_execution not in PEER_EXECUTIONS:
+        raise ValueError(f"unknown peer_execution {peer_execution!r}; expected one of {PEER_EXECUTIONS}")
+    if peer_execution == "auto":
+        return "unroll" if jax.default_backend() == "cpu" else "vmap"
+    return peer_execution
+
+
+def _tree_index(tree, i):
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _tree_stack(trees):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def group_forward(group: PeerGroup, params, batch_stats, ids, dropout_keys, *,
+                  train: bool, execution: str):
+    """Logits of every peer of a group on one batch.
+
+    Args:
+      group: the peer group.
+      params, batch_stats: stacked pytrees of the group.
+      ids: int32 [B, F] feature ids.
+      dropout_keys: [n_g] PRNG keys, one per peer.
+      train: training mode (dropout on, batch norm in batch mode).
+      execution: 'vmap' or 'unroll' (a Python loop traced into the same jit).
+
+    Returns:
+      (logits [n_g, B], new stacked batch_stats).
+    """
+    has_stats = bool(jax.tree_util.tree_leaves(batch_stats))
+
+    def one(p, s, k):
+        variables = {"params": p}
+        if has_stats:
+            variables["batch_stats"] = s
+        if train and has_stats:
+            logits, updated = group.model.apply(
+                variables, ids, train=True, rngs={"dropout": k}, mutable=["batch_stats"])
+            return logits, updated["batch_stats"]
+        logits = group.model.apply(variables, ids, train=train, rngs={"dropout": k})
+        return logits, s
+
+    if execution == "vmap":
+        return jax.vmap(one)(params, batch_stats, dropout_keys)
+    outputs = [one(_tree_index(params, i), _tree_index(batch_stats, i), dropout_keys[i])
+               for i in range(group.size)]
+    logits = jnp.stack([out[0] for out in outputs])
+    new_stats = _tree_stack([out[1] for out in outputs]) if has_stats else batch_stats
+    return logits, new_stats
+
+
+def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool = True,
+                 execution: str = "unroll"):
+    """Returns loss_fn(params, batch_stats, batch, dropout_keys, alpha).
+
+    loss_fn returns (sum_n loss_n, aux) where aux holds per-peer [N] arrays
+    'loss', 'bce', 'mutual', 'l2', the [N, B] 'logits' and the new batch stats.
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+
+    def loss_fn(params, batch_stats, batch, dropout_keys, alpha):
+        logits, new_stats, l2 = [], [], []
+        for group, sl, p, s in zip(peers.groups, peers.group_slices(), params, batch_stats):
+            group_logits, group_stats = group_forward(
+                group, p, s, batch["ids"], dropout_keys[sl], train=True, execution=execution)
+            logits.append(group_logits)
+            new_stats.append(group_stats)
+            l2.append(jax.vmap(functools.partial(regularization.l2_penalty, group.model))(p))
+        logits = jnp.concatenate(logits).astype(jnp.float32)
+        labels = jnp.broadcast_to(batch["label"].astype(jnp.float32), logits.shape)
+        bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+        mutual = mutual_terms(logits, divergence, stop_gradient)
+        l2 = jnp.concatenate(l2)
+        per_peer = bce + alpha * mutual + l2
+        aux = {"loss": per_peer, "bce": bce, "mutual": mutual, "l2": l2,
+               "logits": logits, "batch_stats": tuple(new_stats)}
+        return jnp.sum(per_peer), aux
+
+    return loss_fn
+
+
+def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
+                    alpha: float = 1.0, divergence: str = "mse", stop_gradient: bool = True,
+                    warmup_steps: int = 0, peer_execution: str = "auto", donate: bool = True):
+    """Builds the one jitted step that updates all peers.
+
+    Args:
+      peers: the peer groups.
+      optimizer: gradient transformation without learning rate (`make_optimizer`).
+      alpha: weight of the mutual term.
+      divergence: 'mse' or 'kl'.
+      stop_gradient: companions' predictions are constants (default).
+      warmup_steps: updates with alpha = 0 before the mutual term switches on.
+      peer_execution: 'auto', 'vmap' or 'unroll' (see `resolve_peer_execution`).
+      donate: donate the state buffers to the step (in-place updates).
+
+    Returns:
+      train_step(state, batch) -> (new_state, measurements) where measurements
+      holds per-peer [N] 'loss', 'bce', 'mutual', 'l2', 'grad_norm' and the
+      scalar 'alpha'.
+    """
+    execution = resolve_peer_execution(peer_execution)
+    loss_fn = make_loss_fn(peers, divergence=divergence, stop_gradient=stop_gradient,
+                           execution=execution)
+
+    def train_step(state, batch):
+        step_key = jax.random.fold_in(state["rng"], state["step"])
+        dropout_keys = jax.vmap(lambda k: jax.random.fold_in(step_key, k))(jnp.arange(peers.size))
+        alpha_now = effective_alpha(state["step"], alpha, warmup_steps)
+        grads, aux = jax.grad(loss_fn, has_aux=True)(
+            state["params"], state["batch_stats"], batch, dropout_keys, alpha_now)
+        new_params, new_opt_state, grad_norms = [], [], []
+        for sl, p, g, o in zip(peers.group_slices(), state["params"], grads, state["opt_state"]):
+            lr = state["learning_rate"][sl]
+
+            def update_one(p_i, g_i, o_i, lr_i):
+                direction, o_i = optimizer.update(g_i, o_i, p_i)
+                p_i = jax.tree_util.tree_map(lambda w, d: w - (lr_i * d).astype(w.dtype), p_i, direction)
+                return p_i, o_i, optax.global_norm(g_i)
+
+            p, o, gn = jax.vmap(update_one)(p, g, o, lr)
+            new_params.append(p)
+            new_opt_state.append(o)
+            grad_norms.append(gn)
+        new_state = dict(state)
+        new_state.update(step=state["step"] + 1, params=tuple(new_params),
+                         opt_state=tuple(new_opt_state), batch_stats=aux["batch_stats"])
+        measurements = {k: aux[k] for k in ("loss", "bce", "mutual", "l2")}
+        measurements["grad_norm"] = jnp.concatenate(grad_norms)
+        measurements["alpha"] = alpha_now
+        return new_state, measurements
+
+    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+
+
+def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):
+    """jitted predict(params, batch_stats, ids) -> float32 logits [N, B] (eval mode)."""
+    execution = resolve_peer_execution(peer_execution)
+
+    def predict(params, batch_stats, ids):
+        logits = []
+        for group, p, s in zip(peers.groups, params, batch_stats):
+            keys = jax.random.split(jax.random.PRNGKey(0), group.size)  # unused in eval
+            group_logits, _ = group_forward(group, p, s, ids, keys, train=False, execution=execution)
+            logits.append(group_logits)
+        return jnp.concatenate(logits).astype(jnp.float32)
+
+    return jax.jit(predict)
+
+
+# ---------------------------------------------------------------------------
+# Per-peer views of the stacked state (checkpoints are keyed by peer name).
+
+
+def peer_variables(peers: Peers, params, batch_stats) -> dict[str, dict]:
+    """{peer name: {'params': ..., 'batch_stats': ...}} unstacked from the groups."""
+    out = {}
+    for group, p, s in zip(peers.groups, params, batch_stats):
+        for i, name in enumerate(group.names):
+            out[name] = {"params": _tree_index(p, i), "batch_stats": _tree_index(s, i)}
+    return out
+
+
+def stack_peer_variables(peers: Peers, variables: dict[str, dict]):
+    """Inverse of `peer_variables`: (params, batch_stats) tuples over groups."""
+    params, batch_stats = [], []
+    for group in peers.groups:
+        missing = [name for name in group.names if name not in variables]
+        if missing:
+            raise KeyError(f"no weights for peer(s) {missing}; available: {sorted(variables)}")
+        params.append(_tree_stack([variables[name]["params"] for name in group.names]))
+        batch_stats.append(_tree_stack([variables[name]["batch_stats"] for name in group.names]))
+    return tuple(params), tuple(batch_stats)

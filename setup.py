@@ -1,0 +1,28 @@
+"""mlctr: mutual learning for click-through-rate prediction in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="mlctr",
+    version="0.1.0",
+    description="Mutual learning between peer CTR models (DeepFM, DCN, PNN, FiBiNET, ...) in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["mlctr", "mlctr.*"]),
+    install_requires=[
+        "jax>=0.4.35,<0.11",
+        "flax>=0.10.0,<0.13",
+        "optax>=0.2.3,<0.3",
+        "orbax-checkpoint>=0.10,<0.13",
+        "tensorflow-datasets>=4.9.6,<5",
+        "array_record>=0.5",
+        "numpy>=1.26,<3",
+        "absl-py>=2.1",
+        "ml_collections>=0.1.1",
+    ],
+    extras_require={
+        # Tests and the paper's figures.
+        "test": ["pytest>=8", "matplotlib>=3.8"],
+        "plots": ["matplotlib>=3.8"],
+    },
+)
