@@ -390,7 +390,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
             def update_one(p_i, g_i, o_i, lr_i):
                 direction, o_i = optimizer.update(g_i, o_i, p_i)
                 p_i = jax.tree_util.tree_map(lambda w, d: w - (lr_i * d).astype(w.dtype), p_i, direction)
-                return p_i, o_i, optax.global_norm(g_i)
+                return p_i, o_i, optax.tree.norm(g_i)
 
             p, o, gn = jax.vmap(update_one)(p, g, o, lr)
             new_params.append(p)

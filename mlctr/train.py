@@ -56,8 +56,8 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str):
     For `synthetic` the raw Criteo-format file is generated under the data dir;
     for `criteo`/`avazu` `config.data.raw` must name the Kaggle file.
     """
-    from mlctr.data import prepare as prepare_lib
-    from mlctr.data import reader
+    from mlctr.data.prepare import prepare
+    from mlctr.data.reader import PreparedDataset
 
     data_dir = dataset_dir(config, workdir)
     if not os.path.exists(os.path.join(data_dir, "feature_map.json")):
@@ -68,11 +68,11 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str):
             raise ValueError(f"config.data.raw must name the raw {config.data.dataset} file "
                              f"(no prepared dataset at {data_dir})")
         logging.info("Preparing %s dataset into %s", config.data.dataset, data_dir)
-        prepare_lib.prepare(
+        prepare(
             config.data.dataset, raw, data_dir, protocol=config.data.protocol,
             skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
             num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None)
-    return reader.PreparedDataset(data_dir)
+    return PreparedDataset(data_dir)
 
 
 def prefetch(iterator: Iterator[dict], size: int = 2) -> Iterator[dict]:
@@ -305,7 +305,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.abspath(os.path.join(workdir, checkpoint.CHECKPOINT_DIR)),
         options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
         item_names=("state", "progress"))
-    best_params, best_stats = state["params"], state["batch_stats"]
     start_step = 0
     if manager.latest_step() is not None:
         restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
@@ -315,9 +314,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         schedule = PeerSchedule.from_json(restored["progress"]["schedule"])
         start_step = int(state["step"])
         logging.info("Resumed from step %d", start_step)
-        if checkpoint.peer_weights_exist(workdir):
-            best_params, best_stats = mutual.stack_peer_variables(
-                peers, checkpoint.load_peer_weights(workdir, names))
+        best_params, best_stats = jax.tree_util.tree_map(jnp.asarray, mutual.stack_peer_variables(
+            peers, checkpoint.load_peer_weights(workdir, names)))
+    else:
+        # Copies: the live state's buffers are donated to the step.
+        best_params, best_stats = jax.tree_util.tree_map(
+            jnp.copy, (state["params"], state["batch_stats"]))
     writer = MetricsWriter(workdir)
 
     def evaluate_and_schedule(step: int, epoch: int):
@@ -356,7 +358,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for batch in prefetch(batches):
             state, measurements = train_step(state, batch)
             step += 1
-            timed_steps += 1
+            if timed_steps == 0 and step == step_before + 1 and step == start_step + 1:
+                # Exclude compilation from the throughput.
+                jax.block_until_ready(measurements)
+                train_start = time.perf_counter()
+            else:
+                timed_steps += 1
             last_measurements = measurements
             if step % tc.log_steps == 0 or step == total_steps:
                 m = jax.device_get(measurements)

@@ -26,9 +26,9 @@ class AutoInt(nn.Module):
   dnn_hidden_units: Sequence[int] = ()
   net_dropout: float = 0.0
   batch_norm: bool = False
-  attention_layers: int = 2
+  attention_layers: int = 5
   num_heads: int = 1
-  attention_dim: int = 8
+  attention_dim: int = 64
   use_residual: bool = True
   use_scale: bool = False
   layer_norm: bool = False

@@ -31,9 +31,9 @@ class DCNv2(nn.Module):
   num_fields: int
   embedding_dim: int = 16
   stacked_dnn_hidden_units: Sequence[int] = (500, 500, 500)
-  parallel_dnn_hidden_units: Sequence[int] = (500, 500, 500)
-  net_dropout: float = 0.2
-  batch_norm: bool = False
+  parallel_dnn_hidden_units: Sequence[int] = (1000, 1000, 1000, 1000, 1000)
+  net_dropout: float = 0.1
+  batch_norm: bool = True
   num_cross_layers: int = 3
   model_structure: str = 'parallel'
   use_low_rank_mixture: bool = False

@@ -14,13 +14,17 @@ from mlctr.models.layers.fm import fm_product_sum
 
 
 class FM(nn.Module):
-  """Second-order factorization machine."""
+  """Second-order factorization machine.
+
+  Defaults are BARS Criteo_x4_001; BARS (FuxiCTR v1) sets one ``regularizer`` for both
+  ``embedding_regularizer`` and ``net_regularizer``.
+  """
 
   vocab_size: int
   num_fields: int
   embedding_dim: int = 16
   embedding_regularizer: float = 1e-5
-  net_regularizer: float = 0.0
+  net_regularizer: float = 1e-5
   dtype: Any = jnp.float32
 
   @nn.compact

@@ -12,12 +12,16 @@ from mlctr.models.layers.embedding import LinearTerm
 
 
 class LR(nn.Module):
-  """Logistic regression over one-hot fields."""
+  """Logistic regression over one-hot fields.
+
+  Defaults are BARS Criteo_x4_001; BARS (FuxiCTR v1) sets one ``regularizer`` for both
+  ``embedding_regularizer`` and ``net_regularizer``.
+  """
 
   vocab_size: int
   num_fields: int
-  embedding_regularizer: float = 0.0
-  net_regularizer: float = 0.0
+  embedding_regularizer: float = 1e-7
+  net_regularizer: float = 1e-7
   dtype: Any = jnp.float32
 
   @nn.compact

@@ -16,16 +16,16 @@ from mlctr.models.layers.mlp import MLPBlock
 
 
 class xDeepFM(nn.Module):  # pylint: disable=invalid-name
-  """xDeepFM."""
+  """xDeepFM. FuxiCTR v1 (used by BARS) called ``cin_hidden_units`` ``cin_layer_units``."""
 
   vocab_size: int
   num_fields: int
   embedding_dim: int = 16
-  dnn_hidden_units: Sequence[int] = (500, 500, 500)
-  cin_hidden_units: Sequence[int] = (16, 16, 16)
+  dnn_hidden_units: Sequence[int] = (1000, 1000, 1000, 1000, 1000)
+  cin_hidden_units: Sequence[int] = (64, 64, 64)
   net_dropout: float = 0.2
   batch_norm: bool = False
-  embedding_regularizer: float = 1e-5
+  embedding_regularizer: float = 1e-4
   net_regularizer: float = 0.0
   dtype: Any = jnp.float32
 

@@ -4,7 +4,8 @@ Per hidden layer, in FuxiCTR's order: Linear -> BatchNorm (if ``batch_norm``) ->
 Dropout (if rate > 0). Optionally a final Linear to ``output_dim`` with no activation.
 Linear weights are xavier_normal, biases zero (FuxiCTR ``reset_default_params``); batch norm
 follows PyTorch ``BatchNorm1d`` defaults (momentum 0.1 torch = 0.9 flax, eps 1e-5; scale 1,
-bias 0).
+bias 0). One small difference: flax's running variance averages the biased batch variance,
+torch's the unbiased one (a factor n/(n-1), ~1.0001 at batch 10000); training is identical.
 """
 
 from typing import Any, Optional, Sequence

@@ -1,0 +1,134 @@
+"""The on-disk format of a prepared dataset, and the helpers that write it.
+
+A prepared dataset is one directory:
+
+    feature_map.json          written last (atomically): its presence marks the
+                              directory complete; fields, vocabulary sizes and offsets,
+                              protocol, seed, row counts, positive rates, source checksum,
+                              skipped-row counts (and, for synthetic data, Bayes metrics)
+    train_ids.npy             int32 [n, F] global feature ids, row-major
+    train_label.npy           uint8 [n] 0/1 labels
+    valid_ids.npy, valid_label.npy, test_ids.npy, test_label.npy
+    {split}_true_prob.npy     float32 [n] true click probability (synthetic data only)
+    vocab/<field>.npy         int64 sorted keys of the field's ids 1..V (see vocab.py)
+
+Columnar-by-split `.npy` files are read with `np.load(mmap_mode="r")`, so a batch is
+one vectorised gather from the page cache; there is no per-example record format.
+
+`.npy` files are written in a stream by `NpyWriter`: a fixed 128-byte header is
+reserved first and filled in once the row count is known, so no split ever has to be
+held in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+
+FEATURE_MAP = "feature_map.json"
+SPLITS = ("train", "valid", "test")
+FORMAT_VERSION = 1
+_HEADER_BYTES = 128
+
+
+def ids_path(data_dir: str, split: str) -> str:
+    return os.path.join(data_dir, f"{split}_ids.npy")
+
+
+def label_path(data_dir: str, split: str) -> str:
+    return os.path.join(data_dir, f"{split}_label.npy")
+
+
+def true_prob_path(data_dir: str, split: str) -> str:
+    return os.path.join(data_dir, f"{split}_true_prob.npy")
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                 "fortran_order": False, "shape": tuple(int(s) for s in shape)})
+    header = buffer.getvalue()
+    if len(header) > _HEADER_BYTES:
+        raise ValueError(f"npy header for shape {shape} is longer than {_HEADER_BYTES} bytes")
+    # Pad to exactly _HEADER_BYTES so the data offset never depends on the row count.
+    padding = _HEADER_BYTES - len(header)
+    header_len = int.from_bytes(header[8:10], "little") + padding
+    return header[:8] + header_len.to_bytes(2, "little") + header[10:-1] + b" " * padding + b"\n"
+
+
+class NpyWriter:
+    """Appends rows to a .npy file whose length is unknown until `close()`.
+
+    Args:
+        path: the .npy file to write.
+        dtype: element dtype.
+        row_shape: shape of one row, () for a vector.
+    """
+
+    def __init__(self, path: str, dtype, row_shape: tuple[int, ...] = ()):
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.num_rows = 0
+        self._file = open(path, "wb")
+        self._file.write(b"\0" * _HEADER_BYTES)
+
+    def append(self, rows: np.ndarray) -> None:
+        """Appends rows of shape [k, *row_shape] (converted to the dtype)."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: rows of shape {rows.shape[1:]}, expected "
+                             f"{self.row_shape}")
+        self._file.write(rows.data)
+        self.num_rows += rows.shape[0]
+
+    def close(self) -> None:
+        """Writes the header with the final row count and closes the file."""
+        if self._file is None:
+            return
+        self._file.seek(0)
+        self._file.write(_npy_header(self.dtype, (self.num_rows,) + self.row_shape))
+        self._file.close()
+        self._file = None
+
+
+def open_rows(path: str, *, writable: bool = False) -> np.ndarray:
+    """Memory-maps a .npy file (read-only unless `writable`)."""
+    return np.load(path, mmap_mode="r+" if writable else "r", allow_pickle=False)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Writes JSON to a temporary file in the same directory, then renames it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_feature_map(data_dir: str) -> dict:
+    """Loads feature_map.json; FileNotFoundError names an incomplete directory."""
+    path = os.path.join(data_dir, FEATURE_MAP)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{data_dir} is not a complete prepared dataset (no {FEATURE_MAP}); run "
+            "python -m mlctr.data.prepare first")
+    with open(path, encoding="utf-8") as f:
+        feature_map = json.load(f)
+    if feature_map.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {feature_map.get('format_version')}, "
+                         f"expected {FORMAT_VERSION}; prepare the dataset again")
+    return feature_map

@@ -1,0 +1,411 @@
+"""Turns a raw Criteo / Avazu / synthetic file into a prepared dataset (BARS x4 protocol).
+
+    python -m mlctr.data.prepare --dataset=criteo --raw=train.txt --out=data/criteo_x4_001
+    python -m mlctr.data.prepare --dataset=avazu --raw=train.csv.gz --out=data/avazu_x4_001
+    python -m mlctr.data.prepare --dataset=synthetic --raw=data/raw/synthetic.txt \\
+        --num_rows=1000000 --out=data/synthetic
+
+Two streaming passes, memory bounded by the chunk size and the vocabularies:
+
+1. Read the raw file in chunks (`mlctr.data.parsing.RawFile`), parse each chunk into
+   per-field int64 keys, assign each row its split (`mlctr.data.split`), give every
+   distinct key of every field a temporary code (`mlctr.data.vocab.KeyCoder`), count the
+   train-split occurrences, and append the codes to `{split}_ids.npy`.
+2. Fit the vocabularies on the train counts (min_count, OOV), then rewrite the code
+   files in place as global ids (per-field offset + local id).
+
+`feature_map.json` is written last, atomically, so a directory without it is never
+taken for a complete dataset; a failed run removes what it wrote. Bad input raises
+`DataError` (the CLI prints it as one line and exits 1) unless `skip_bad_rows`, which
+skips bad rows and counts them by reason in the feature map.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import sys
+import time
+
+import numpy as np
+
+from mlctr.data import avazu, criteo, format as fmt, parsing, split as split_lib, synthetic
+from mlctr.data import vocab as vocab_lib
+from mlctr.data.errors import DataError
+
+DATASETS = ("criteo", "avazu", "synthetic")
+PROTOCOLS = ("x4_001", "x4_002")
+RAW_FORMATS = {"criteo": criteo, "avazu": avazu}
+_REMAP_ROWS = 1 << 18
+
+
+def raw_format_module(name: str):
+    """The module (criteo or avazu) that parses a raw format."""
+    try:
+        return RAW_FORMATS[name]
+    except KeyError:
+        raise ValueError(f"unknown raw format {name!r}; expected one of {sorted(RAW_FORMATS)}")
+
+
+def _log(message: str) -> None:
+    try:
+        from absl import logging
+        logging.info(message)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
+            skip_bad_rows: bool = False, seed: int = 2018, num_rows: int | None = None,
+            synthetic_format: str = "criteo",
+            chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES) -> dict:
+    """Prepares a dataset directory from a raw file.
+
+    Args:
+        dataset: "criteo", "avazu" or "synthetic".
+        raw: the raw file (plain or gzip). For "synthetic": where the generated raw file
+            is written (and its true probabilities next to it, see mlctr.data.synthetic).
+        out: the output directory (created; a previous dataset there is replaced).
+        protocol: "x4_001" (min_count Criteo 10 / Avazu 2) or "x4_002" (2 / 1).
+        skip_bad_rows: skip and count bad rows instead of failing on the first.
+        seed: seed of the 8:1:1 split (BARS: 2018); for "synthetic" also the generator's.
+        num_rows: "synthetic" only: rows to generate. None uses an existing generated
+            file at `raw`.
+        synthetic_format: "synthetic" only: "criteo" or "avazu" raw format.
+        chunk_bytes: bytes of raw text parsed at a time (bounds the memory).
+
+    Returns:
+        The feature map (as saved in out/feature_map.json).
+
+    Raises:
+        DataError: bad input (missing/empty file, malformed row, corrupt gzip, ...).
+        ValueError: bad arguments.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    raw = str(raw)
+    synthetic_description = None
+    if dataset == "synthetic":
+        if num_rows is not None:
+            synthetic_description = synthetic.generate(
+                raw, num_rows=num_rows, seed=seed, raw_format=synthetic_format)
+        else:
+            synthetic_description = synthetic.read_spec(raw)
+            if synthetic_description is None:
+                raise DataError(raw, "no synthetic description "
+                                f"{synthetic.spec_path(raw)!r}: pass num_rows to generate one",
+                                reason="missing_file")
+        raw_format = synthetic_description["spec"]["raw_format"]
+    else:
+        if num_rows is not None:
+            raise ValueError("num_rows is only for dataset='synthetic'")
+        raw_format = dataset
+    module = raw_format_module(raw_format)
+    parsing.RawFile(raw).check_exists()
+
+    os.makedirs(out, exist_ok=True)
+    feature_map_path = os.path.join(out, fmt.FEATURE_MAP)
+    if os.path.exists(feature_map_path):
+        os.remove(feature_map_path)  # from here on the directory is incomplete
+    _remove_dataset_files(out)
+    writers: list[fmt.NpyWriter] = []
+    created: list[str] = []
+    try:
+        feature_map = _prepare(dataset, raw, out, module, protocol=protocol,
+                               skip_bad_rows=skip_bad_rows, seed=seed,
+                               synthetic_description=synthetic_description,
+                               chunk_bytes=chunk_bytes, writers=writers, created=created)
+    except BaseException:
+        for writer in writers:
+            with contextlib.suppress(Exception):
+                writer.close()
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        _remove_dataset_files(out)
+        raise
+    fmt.write_json_atomic(feature_map_path, feature_map)
+    return feature_map
+
+
+def _remove_dataset_files(out: str) -> None:
+    """Removes the files a prepared dataset consists of (not other files in `out`)."""
+    for split_name in fmt.SPLITS:
+        for path in (fmt.ids_path(out, split_name), fmt.label_path(out, split_name),
+                     fmt.true_prob_path(out, split_name)):
+            if os.path.exists(path):
+                os.remove(path)
+    vocab_dir = os.path.join(out, "vocab")
+    if os.path.isdir(vocab_dir):
+        for name in os.listdir(vocab_dir):
+            if name.endswith(".npy"):
+                os.remove(os.path.join(vocab_dir, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(vocab_dir)
+
+
+def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
+             synthetic_description, chunk_bytes, writers, created) -> dict:
+    started = time.time()
+    field_names = module.FIELD_NAMES
+    num_fields = len(field_names)
+    min_count = module.MIN_COUNT[protocol]
+    true_prob = None
+    header_lines = 1 if module is avazu else 0
+    if synthetic_description is not None:
+        true_prob = np.load(synthetic.true_prob_path(raw), mmap_mode="r")
+
+    def writer(path, dtype, row_shape=()):
+        created.append(path)
+        w = fmt.NpyWriter(path, dtype, row_shape)
+        writers.append(w)
+        return w
+
+    ids_out = [writer(fmt.ids_path(out, s), np.int32, (num_fields,)) for s in fmt.SPLITS]
+    label_out = [writer(fmt.label_path(out, s), np.uint8) for s in fmt.SPLITS]
+    prob_out = ([writer(fmt.true_prob_path(out, s), np.float32) for s in fmt.SPLITS]
+                if true_prob is not None else None)
+
+    # Pass 1: parse, split, temporary codes, train counts.
+    coders = [vocab_lib.KeyCoder() for _ in field_names]
+    counts = [vocab_lib.Counts() for _ in field_names]
+    positives = np.zeros(3, np.int64)
+    skipped: collections.Counter = collections.Counter()
+    raw_file = parsing.RawFile(raw, chunk_bytes=chunk_bytes)
+    num_rows = 0
+    last_log = time.time()
+    # Parsing runs one chunk ahead in a background thread (numpy releases the GIL), so
+    # parsing and coding use both cores.
+    parsed_chunks = parsing.background((module.parse_chunk(raw, chunk)
+                                        for chunk in raw_file.chunks()), 1)
+    with contextlib.closing(parsed_chunks):
+        for parsed in parsed_chunks:
+            if parsed.first_error is not None:
+                if not skip_bad_rows:
+                    raise parsed.first_error
+                skipped.update(parsed.skipped)
+            n = len(parsed.labels)
+            splits = split_lib.assign_splits(num_rows, n, seed)
+            num_rows += n
+            codes = np.empty((n, num_fields), np.int32)
+            train = splits == split_lib.TRAIN
+            for f in range(num_fields):
+                field_codes = coders[f].encode(parsed.keys[:, f])
+                codes[:, f] = field_codes
+                counts[f].add(field_codes[train], len(coders[f]))
+            if true_prob is not None:
+                chunk_probs = true_prob[parsed.line_numbers - 1 - header_lines]
+            for s in range(3):
+                rows = splits == s
+                ids_out[s].append(codes[rows])
+                labels = parsed.labels[rows]
+                label_out[s].append(labels)
+                positives[s] += int(labels.sum())
+                if true_prob is not None:
+                    prob_out[s].append(chunk_probs[rows])
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                _log(f"{raw}: {num_rows} rows read ({num_rows / (last_log - started):.0f}/s)")
+    if num_rows == 0:
+        raise DataError(raw, "no data rows" + (" left after skipping bad rows" if skipped else ""),
+                        reason="empty_file")
+    if true_prob is not None and num_rows + sum(skipped.values()) != len(true_prob):
+        raise DataError(raw, f"{num_rows + sum(skipped.values())} rows but "
+                        f"{len(true_prob)} true probabilities in "
+                        f"{synthetic.true_prob_path(raw)}", reason="synthetic_mismatch")
+    for w in writers:
+        w.close()
+
+    # Pass 2: vocabularies, then codes -> global ids in place.
+    fields = []
+    code_to_global = []
+    offset = 0
+    for f, name in enumerate(field_names):
+        vocab_keys, local_ids = vocab_lib.fit_vocabulary(
+            coders[f].code_keys(), counts[f].counts, min_count=min_count,
+            missing_key=module.MISSING_KEYS[f])
+        path = vocab_lib.save_vocabulary(out, name, vocab_keys)
+        created.append(path)
+        size = len(vocab_keys) + 1
+        fields.append({"name": name, "kind": module.FIELD_KINDS[f], "vocab_size": size,
+                       "offset": offset, "oov_id": offset,
+                       "num_distinct_values": len(coders[f])})
+        code_to_global.append(local_ids + offset)
+        offset += size
+    code_offsets = np.cumsum([0] + [len(c) for c in coders[:-1]]).astype(np.int64)
+    lookup = np.concatenate(code_to_global).astype(np.int32)
+    del coders, counts, code_to_global
+    split_info = {}
+    for s, name in enumerate(fmt.SPLITS):
+        ids = fmt.open_rows(fmt.ids_path(out, name), writable=True)
+        for start in range(0, len(ids), _REMAP_ROWS):
+            block = ids[start:start + _REMAP_ROWS]
+            block[...] = lookup[block + code_offsets]
+        ids.flush()
+        del ids
+        n = ids_out[s].num_rows
+        split_info[name] = {"num_examples": n,
+                            "positive_rate": float(positives[s] / n) if n else None}
+
+    feature_map = {
+        "format_version": fmt.FORMAT_VERSION,
+        "dataset": dataset,
+        "raw_format": module.NAME,
+        "protocol": protocol,
+        "min_count": min_count,
+        "seed": seed,
+        "split": {"method": "seeded blocks of 10 rows: 8 train, 1 valid, 1 test "
+                            "(mlctr.data.split)", "ratios": [8, 1, 1]},
+        "source": {"file": os.path.basename(raw), "sha256": raw_file.sha256,
+                   "bytes": raw_file.num_bytes, "gzip": raw_file.is_gzip,
+                   "rows_read": num_rows + sum(skipped.values()), "rows_kept": num_rows},
+        "bad_rows": {"skipped": int(sum(skipped.values())),
+                     "by_reason": {k: int(v) for k, v in sorted(skipped.items())}},
+        "num_fields": len(fields),
+        "vocab_size": offset,
+        "fields": fields,
+        "splits": split_info,
+        "files": {name: {"ids": os.path.basename(fmt.ids_path(out, name)),
+                         "label": os.path.basename(fmt.label_path(out, name))}
+                  for name in fmt.SPLITS},
+    }
+    if synthetic_description is not None:
+        feature_map["synthetic"] = synthetic_description
+        feature_map["bayes"] = _bayes_metrics(out)
+        for name in fmt.SPLITS:
+            feature_map["files"][name]["true_prob"] = os.path.basename(
+                fmt.true_prob_path(out, name))
+    if skipped:
+        _log(f"{raw}: skipped {sum(skipped.values())} bad rows: {dict(skipped)}")
+    _log(f"{raw}: prepared {num_rows} rows into {out} in {time.time() - started:.1f}s")
+    return feature_map
+
+
+def _bayes_metrics(out: str) -> dict:
+    """AUC and logloss of the true probabilities on each split (the Bayes-optimal ones)."""
+    from mlctr import metrics
+
+    result = {}
+    for name in fmt.SPLITS:
+        labels = np.load(fmt.label_path(out, name), mmap_mode="r")
+        probs = np.load(fmt.true_prob_path(out, name), mmap_mode="r")
+        entry = {"auc": None, "logloss": None}
+        if len(labels):
+            entry["logloss"] = float(metrics.logloss(labels, probs))
+            with contextlib.suppress(ValueError):  # one class only: AUC undefined
+                entry["auc"] = float(metrics.auc(labels, probs))
+        result[name] = entry
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Encoding new files with an existing dataset's vocabularies.
+
+
+def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
+               skip_bad_rows: bool = False,
+               chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Encodes a raw file with a prepared dataset's vocabularies (for prediction).
+
+    Unlabeled files (Kaggle's Criteo test.txt: 39 columns; Avazu test.csv: no `click`
+    column in the header) are recognised and get NaN labels.
+
+    Args:
+        data_dir: a prepared dataset directory.
+        raw_path: a raw file in that dataset's raw format (plain or gzip).
+        dataset: "criteo" or "avazu" to override the raw format in the feature map.
+        skip_bad_rows: skip bad rows instead of raising.
+        chunk_bytes: bytes parsed at a time.
+
+    Returns:
+        (ids int32 [n, F] global ids, labels float32 [n]) in file order.
+
+    Raises:
+        DataError: bad input.
+    """
+    feature_map = fmt.read_feature_map(data_dir)
+    raw_format = feature_map["raw_format"] if dataset in (None, "synthetic") else dataset
+    module = raw_format_module(raw_format)
+    vocabs = [vocab_lib.load_vocabulary(data_dir, f["name"]) for f in feature_map["fields"]]
+    offsets = np.array([f["offset"] for f in feature_map["fields"]], np.int32)
+    raw_file = parsing.RawFile(raw_path, chunk_bytes=chunk_bytes)
+    labeled = None
+    all_ids, all_labels = [], []
+    with contextlib.closing(raw_file.chunks()) as chunks:
+        for chunk in chunks:
+            if labeled is None:
+                labeled = _is_labeled(module, chunk)
+            parsed = module.parse_chunk(raw_path, chunk, labeled=labeled)
+            if parsed.first_error is not None and not skip_bad_rows:
+                raise parsed.first_error
+            ids = np.empty(parsed.keys.shape, np.int32)
+            for f, vocab_keys in enumerate(vocabs):
+                ids[:, f] = vocab_lib.encode_keys(vocab_keys, parsed.keys[:, f])
+            all_ids.append(ids + offsets)
+            labels = parsed.labels.astype(np.float32)
+            all_labels.append(labels if labeled else np.full(len(labels), np.nan, np.float32))
+    return (np.concatenate(all_ids).reshape(-1, len(vocabs)),
+            np.concatenate(all_labels))
+
+
+def _is_labeled(module, chunk: parsing.RawChunk) -> bool:
+    first_line = chunk.data[:chunk.data.index(b"\n") + 1]
+    if module is avazu:
+        return avazu.is_labeled(first_line) or not first_line.startswith(b"id,hour,")
+    num_columns = first_line.count(module.DELIMITER) + 1
+    return num_columns != len(module.columns(False))
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def main(argv) -> None:
+    from absl import flags
+
+    del argv
+    FLAGS = flags.FLAGS
+    try:
+        feature_map = prepare(
+            FLAGS.dataset, FLAGS.raw, FLAGS.out, protocol=FLAGS.protocol,
+            skip_bad_rows=FLAGS.skip_bad_rows, seed=FLAGS.seed, num_rows=FLAGS.num_rows,
+            synthetic_format=FLAGS.synthetic_format)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    splits = ", ".join(f"{k} {v['num_examples']}" for k, v in feature_map["splits"].items())
+    print(f"prepared {FLAGS.out}: {feature_map['num_fields']} fields, vocab_size "
+          f"{feature_map['vocab_size']}, {splits}")
+    bad = feature_map["bad_rows"]
+    if bad["skipped"]:
+        print(f"skipped {bad['skipped']} bad rows: " +
+              ", ".join(f"{k} {v}" for k, v in bad["by_reason"].items()))
+    if "bayes" in feature_map:
+        print("Bayes-optimal: " + ", ".join(
+            f"{k} auc {v['auc']:.4f} logloss {v['logloss']:.4f}"
+            for k, v in feature_map["bayes"].items() if v["auc"] is not None))
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_enum("dataset", None, list(DATASETS), "Raw dataset kind.")
+    flags.DEFINE_string("raw", None, "Raw file (synthetic: where it is generated).")
+    flags.DEFINE_string("out", None, "Output directory of the prepared dataset.")
+    flags.DEFINE_enum("protocol", "x4_001", list(PROTOCOLS), "BARS x4 variant (min_count).")
+    flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows instead of failing.")
+    flags.DEFINE_integer("seed", 2018, "Split seed (and synthetic generator seed).")
+    flags.DEFINE_integer("num_rows", None, "Synthetic: rows to generate.")
+    flags.DEFINE_enum("synthetic_format", "criteo", sorted(RAW_FORMATS),
+                      "Synthetic: raw format to generate.")
+    flags.mark_flags_as_required(["dataset", "raw", "out"])
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)

@@ -1,0 +1,533 @@
+"""Ground-truth synthetic CTR data in the raw Criteo (or Avazu) format.
+
+`generate` writes a raw file that `prepare` reads exactly like the Kaggle file, plus
+each row's true click probability, so every model can be judged against the
+Bayes-optimal AUC and logloss.
+
+Marginals (per field, scaled down for small files):
+* categorical values are drawn from a truncated power law (Zipf-like, exponent 1.05 to
+  1.6 per field) over a per-field cardinality from 3 to 10^6 at full size (45.8M rows;
+  the Criteo cardinalities, capped at 10^6), scaled by sqrt(rows / 45.8M); values are
+  8-hex-digit strings (a bijective 32-bit scramble of the rank, so no two ranks share
+  a string); some fields are often missing, as in Criteo;
+* integers are log-normal counts (heavy-tailed, up to 10^8), some missing, one field
+  with a few negative values (Criteo's I2);
+* about 25% positives.
+
+Hidden CTR function, over what a model sees after BARS preprocessing (integers through
+the Criteo bucketing, a categorical value by its identity): every (field, value) has a
+weight w and a latent vector v (dimension 4), and
+
+    logit = bias + a_lin * sum_f w_f + a_fm * sum_{f<g} <v_f, v_g>
+                 + a_deep * MLP(concat_f v_f)      (one hidden ReLU layer of 16)
+
+The first-order part is learnable by logistic regression, the pairwise (FM) and MLP
+parts are not; values from the long tail are seen too rarely to learn their
+parameters (or fall below min_count into OOV), so good models stay below Bayes.
+The three scales are set from a fixed calibration sample so that each part has the
+standard deviation given in `SIGNAL`, and the bias so that the mean probability is
+`positive_rate`.
+
+Everything is deterministic in (format, rows, seed); rows are generated in fixed-size
+chunks from per-chunk random streams, vectorised, including the text formatting.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import datetime
+import gzip
+import json
+import os
+
+import numpy as np
+
+from mlctr.data import avazu, criteo
+
+GENERATOR_VERSION = 1
+FULL_ROWS = 45_840_617  # rows of the Criteo Kaggle train.txt
+MAX_CARDINALITY = 1_000_000
+CHUNK_ROWS = 1 << 14
+LATENT_DIM = 4
+HIDDEN_UNITS = 16
+CALIBRATION_ROWS = 1 << 16
+# Standard deviations of the three logit parts (see module docstring).
+SIGNAL = {"linear": 0.9, "fm": 0.6, "deep": 0.6}
+POSITIVE_RATE = 0.25
+
+# Criteo: (cardinality of the full file, share missing) of C1..C26.
+_CRITEO_CATEGORICAL = [
+    (1460, 0.0), (583, 0.0), (10131227, 0.03), (2202608, 0.03), (305, 0.0), (24, 0.12),
+    (12517, 0.0), (633, 0.0), (3, 0.0), (93145, 0.0), (5683, 0.0), (8351593, 0.03),
+    (3194, 0.0), (27, 0.0), (14992, 0.0), (5461306, 0.03), (10, 0.0), (5652, 0.0),
+    (2173, 0.44), (4, 0.44), (7046547, 0.03), (18, 0.76), (15, 0.0), (286181, 0.03),
+    (105, 0.44), (142572, 0.44)]
+# Criteo: (log-normal mu, sigma, share missing, share negative) of I1..I13.
+_CRITEO_INTEGER = [
+    (0.6, 1.2, 0.45, 0.0), (1.5, 1.8, 0.0, 0.05), (2.0, 1.4, 0.21, 0.0), (1.6, 1.0, 0.22, 0.0),
+    (7.5, 1.8, 0.03, 0.0), (3.2, 1.8, 0.22, 0.0), (1.4, 1.6, 0.04, 0.0), (2.2, 1.1, 0.0005, 0.0),
+    (3.6, 1.5, 0.04, 0.0), (0.5, 0.6, 0.45, 0.0), (1.1, 0.9, 0.04, 0.0), (0.2, 1.0, 0.77, 0.0),
+    (1.6, 1.0, 0.22, 0.0)]
+# Avazu: (column, kind, cardinality of the full 40.4M-row file, first integer value).
+_AVAZU_COLUMNS = [
+    ("C1", "int", 7, 1001), ("banner_pos", "int", 7, 0), ("site_id", "hex", 4737, 0),
+    ("site_domain", "hex", 7745, 0), ("site_category", "hex", 26, 0),
+    ("app_id", "hex", 8552, 0), ("app_domain", "hex", 559, 0),
+    ("app_category", "hex", 36, 0), ("device_id", "hex", 2686408, 0),
+    ("device_ip", "hex", 6729486, 0), ("device_model", "hex", 8251, 0),
+    ("device_type", "int", 5, 0), ("device_conn_type", "int", 4, 0),
+    ("C14", "int", 2626, 375), ("C15", "int", 8, 120), ("C16", "int", 9, 20),
+    ("C17", "int", 435, 112), ("C18", "int", 4, 0), ("C19", "int", 68, 33),
+    ("C20", "int", 172, 100000), ("C21", "int", 60, 1)]
+_AVAZU_FULL_ROWS = 40_428_967
+_AVAZU_FIRST_DAY = datetime.date(2014, 10, 21)
+_AVAZU_DAYS = 10
+_INT_BUCKET_OFFSET = 4  # bucket ids start at -3 (negative integers)
+_INT_BUCKETS = _INT_BUCKET_OFFSET + 400
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSpec:
+    """What determines a synthetic file.
+
+    Attributes:
+        raw_format: "criteo" or "avazu".
+        num_rows: rows to generate.
+        seed: random seed.
+        signal_linear, signal_fm, signal_deep: standard deviations of the logit parts.
+        positive_rate: target mean click probability.
+    """
+
+    raw_format: str
+    num_rows: int
+    seed: int
+    signal_linear: float = SIGNAL["linear"]
+    signal_fm: float = SIGNAL["fm"]
+    signal_deep: float = SIGNAL["deep"]
+    positive_rate: float = POSITIVE_RATE
+
+    def to_json(self) -> dict:
+        return {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(self)}
+
+
+def spec_path(raw_path: str) -> str:
+    """The JSON description written next to a generated raw file."""
+    return raw_path + ".json"
+
+
+def true_prob_path(raw_path: str) -> str:
+    """The float32 [rows] true click probabilities written next to a raw file."""
+    return raw_path + ".true_prob.npy"
+
+
+# ---------------------------------------------------------------------------
+# Text tokens: each raw column value is one little-endian uint64 word of at most 8
+# bytes plus a length; lines are assembled by scattering the words at their offsets.
+
+
+def _pack(text: bytes) -> int:
+    return int.from_bytes(text, "little")
+
+
+_DECIMAL_WORDS = np.array([_pack(str(v).encode()) for v in range(10_000)], np.uint64)
+_DECIMAL_LENGTHS = np.array([len(str(v)) for v in range(10_000)], np.int64)
+_PADDED4_WORDS = np.array([_pack(f"{v:04d}".encode()) for v in range(10_000)], np.uint64)
+_MINUS = np.uint64(ord("-"))
+
+
+def _int_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decimal text words and lengths of integers in [-9_999_999, 99_999_999]."""
+    magnitude = np.abs(values)
+    high, low = np.divmod(magnitude, 10_000)
+    high_lengths = _DECIMAL_LENGTHS[high]
+    long = high > 0
+    words = np.where(long, _DECIMAL_WORDS[high] | (_PADDED4_WORDS[low] << (
+        8 * high_lengths).astype(np.uint64)), _DECIMAL_WORDS[low])
+    lengths = np.where(long, high_lengths + 4, _DECIMAL_LENGTHS[low])
+    negative = values < 0
+    if negative.any():
+        words = np.where(negative, (words << np.uint64(8)) | _MINUS, words)
+        lengths = lengths + negative
+    return words, lengths
+
+
+def _padded8_words(values: np.ndarray) -> np.ndarray:
+    """8-digit zero-padded decimal words of integers in [0, 10^8)."""
+    high, low = np.divmod(values, 10_000)
+    return _PADDED4_WORDS[high] | (_PADDED4_WORDS[low] << np.uint64(32))
+
+
+def _hex_words(values: np.ndarray) -> np.ndarray:
+    """8-hex-digit lowercase text words of uint32 values (SWAR nibble spreading)."""
+    x = values.astype(np.uint64)
+    x = (x | (x << np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    x = (x | (x << np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    x = (x | (x << np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    x = x.byteswap()  # most significant nibble first
+    letters = ((x + np.uint64(0x0606060606060606)) >> np.uint64(4)) & np.uint64(0x0101010101010101)
+    return x + np.uint64(0x3030303030303030) + letters * np.uint64(ord("a") - ord("0") - 10)
+
+
+def join_tokens(words: np.ndarray, lengths: np.ndarray, separators: np.ndarray) -> bytes:
+    """Assembles lines from per-column text words, vectorised.
+
+    Args:
+        words: uint64 [n, T] little-endian text of each token (at most 8 bytes).
+        lengths: int [n, T] bytes of each token.
+        separators: uint8 [T] byte written after each token (0: none).
+
+    Returns:
+        The n lines as bytes.
+    """
+    n, num_tokens = words.shape
+    has_separator = (separators != 0).astype(np.int64)
+    sizes = (lengths + has_separator).reshape(-1)
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    starts = ends - sizes
+    out = np.zeros(total + 8, np.uint8)
+    view = np.ndarray(shape=(total + 1,), dtype="<u8", buffer=out, strides=(1,))
+    # In index order each word's spill past its end is overwritten by the next word.
+    view[starts] = words.reshape(-1)
+    columns = np.flatnonzero(separators)
+    separator_at = (starts.reshape(n, num_tokens)[:, columns] + lengths[:, columns]).reshape(-1)
+    out[separator_at] = np.broadcast_to(separators[columns], (n, len(columns))).reshape(-1)
+    return out[:total].tobytes()
+
+
+# ---------------------------------------------------------------------------
+# Field layout and the hidden CTR function.
+
+
+@dataclasses.dataclass
+class _Field:
+    """One model-visible field of the hidden function."""
+    name: str
+    num_ids: int            # value ids 0..num_ids-1
+    zipf_exponent: float = 0.0
+    cardinality: int = 0    # distinct non-missing values (categorical fields)
+    missing: float = 0.0
+
+
+def _scaled_cardinality(full: int, num_rows: int, full_rows: int) -> int:
+    full = min(full, MAX_CARDINALITY)
+    scaled = int(round(full * min(1.0, (num_rows / full_rows) ** 0.5)))
+    return max(min(full, 10), scaled)
+
+
+def _fields(spec: SyntheticSpec, rng: np.random.Generator) -> list[_Field]:
+    fields = []
+    if spec.raw_format == "criteo":
+        for name in criteo.INT_COLUMNS:
+            fields.append(_Field(name, _INT_BUCKETS))
+        exponents = rng.uniform(1.05, 1.6, len(_CRITEO_CATEGORICAL))
+        for name, (full, missing), s in zip(criteo.STR_COLUMNS, _CRITEO_CATEGORICAL, exponents):
+            k = _scaled_cardinality(full, spec.num_rows, FULL_ROWS)
+            fields.append(_Field(name, k + 1, float(s), k, missing))
+    elif spec.raw_format == "avazu":
+        fields.append(_Field("hour", 24))
+        exponents = rng.uniform(1.05, 1.6, len(_AVAZU_COLUMNS))
+        for (name, _, full, _), s in zip(_AVAZU_COLUMNS, exponents):
+            k = _scaled_cardinality(full, spec.num_rows, _AVAZU_FULL_ROWS)
+            fields.append(_Field(name, k + 1, float(s), k))
+        fields.append(_Field("weekday", 7))
+        fields.append(_Field("weekend", 2))
+    else:
+        raise ValueError(f"unknown synthetic raw_format {spec.raw_format!r}")
+    return fields
+
+
+def _zipf_ranks(uniform: np.ndarray, cardinality: np.ndarray,
+                exponent: np.ndarray) -> np.ndarray:
+    """Ranks 0..K-1 from truncated continuous power laws (inverse CDF), vectorised.
+
+    Args:
+        uniform: float32 [n, k] in [0, 1).
+        cardinality: [k] K per column.
+        exponent: [k] power-law exponent (> 1) per column.
+    """
+    one_minus_s = (1.0 - exponent).astype(np.float32)
+    scale = ((cardinality + 1.0) ** (1.0 - exponent) - 1.0).astype(np.float32)
+    ranks = np.exp(np.log1p(scale * uniform) / one_minus_s)
+    return np.minimum(ranks.astype(np.int64) - 1, cardinality.astype(np.int64) - 1)
+
+
+def _scramble32(ranks: np.ndarray, salt: np.ndarray) -> np.ndarray:
+    """A bijection of uint32 per column (distinct ranks give distinct hex strings)."""
+    x = (ranks.astype(np.uint64) + salt.astype(np.uint64)) & np.uint64(0xFFFFFFFF)
+    for multiplier in (0x7FEB352D, 0x846CA68B):
+        x ^= x >> np.uint64(16)
+        x = (x * np.uint64(multiplier)) & np.uint64(0xFFFFFFFF)
+    x ^= x >> np.uint64(16)
+    return x
+
+
+@dataclasses.dataclass
+class _Block:
+    """A block of generated rows before labelling.
+
+    Attributes:
+        ids: int64 [n, F] global value ids (index into the parameter tables).
+        words, lengths: text tokens [n, T] (the label token left to fill).
+        label_token: index of the label token.
+    """
+    ids: np.ndarray
+    words: np.ndarray
+    lengths: np.ndarray
+    label_token: int
+
+
+class HiddenFunction:
+    """The known click model: parameters of every (field, value id), and the raw text.
+
+    Args:
+        spec: what to generate.
+    """
+
+    def __init__(self, spec: SyntheticSpec):
+        rng = np.random.default_rng([spec.seed, 0])
+        self.spec = spec
+        self.fields = _fields(spec, rng)
+        sizes = np.array([f.num_ids for f in self.fields])
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        total = int(sizes.sum())
+        importance = np.repeat(rng.uniform(0.2, 1.0, len(self.fields)), sizes).astype(np.float32)
+        self.weights = rng.standard_normal(total, np.float32) * importance
+        self.latents = rng.standard_normal((total, LATENT_DIM), np.float32)
+        self.latents *= (importance / np.sqrt(LATENT_DIM))[:, None]
+        width = len(self.fields) * LATENT_DIM
+        self.hidden_w = rng.standard_normal((width, HIDDEN_UNITS), np.float32) / np.sqrt(width)
+        self.hidden_b = (0.5 * rng.standard_normal(HIDDEN_UNITS)).astype(np.float32)
+        self.out_w = rng.standard_normal(HIDDEN_UNITS).astype(np.float32)
+        categorical = [i for i, f in enumerate(self.fields) if f.cardinality]
+        self._cat_index = np.array(categorical)
+        self._cat_cardinality = np.array([self.fields[i].cardinality for i in categorical])
+        self._cat_exponent = np.array([self.fields[i].zipf_exponent for i in categorical])
+        self._cat_missing = np.array([self.fields[i].missing for i in categorical], np.float32)
+        self._salts = rng.integers(0, 2**32, len(categorical), dtype=np.uint64)
+        self.scales = np.ones(3, np.float32)
+        self.bias = np.float32(0.0)
+        self._calibrate()
+
+    # -- drawing rows --------------------------------------------------------------
+
+    def _categorical(self, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(value ids, hex words, missing) of the categorical columns."""
+        missing = uniform < self._cat_missing
+        rescaled = np.clip((uniform - self._cat_missing) / (1.0 - self._cat_missing), 0.0,
+                           np.float32(0.99999994))
+        ranks = _zipf_ranks(rescaled, self._cat_cardinality, self._cat_exponent)
+        value_ids = np.where(missing, 0, ranks + 1)
+        return value_ids, ranks, missing
+
+    def draw(self, rng: np.random.Generator, n: int) -> _Block:
+        """Value ids and raw text tokens of n fresh rows."""
+        if self.spec.raw_format == "criteo":
+            return self._draw_criteo(rng, n)
+        return self._draw_avazu(rng, n)
+
+    def _draw_criteo(self, rng: np.random.Generator, n: int) -> _Block:
+        num_int, num_cat = len(_CRITEO_INTEGER), len(_CRITEO_CATEGORICAL)
+        uniform = rng.random((n, num_cat + num_int + 1), np.float32)
+        normal = rng.standard_normal((n, num_int), np.float32)
+        mu, sigma, int_missing, negative_share = (np.array(c, np.float32)
+                                                  for c in zip(*_CRITEO_INTEGER))
+        values = np.minimum(np.floor(np.exp(mu + sigma * normal)), 99_999_999)
+        values = values.astype(np.int64)
+        # A few small negative values (Criteo's I2): -1, -2 or -3.
+        negative_u = uniform[:, -1:]
+        negative = negative_u < negative_share
+        values = np.where(negative, -1 - (negative_u * 1e4).astype(np.int64) % 3, values)
+        missing_int = uniform[:, num_cat:num_cat + num_int] < int_missing
+        buckets = criteo.bucketize(np.where(missing_int, 0, values))
+        int_ids = np.clip(buckets + _INT_BUCKET_OFFSET, 0, _INT_BUCKETS - 1)
+        cat_ids, ranks, missing_cat = self._categorical(uniform[:, :num_cat])
+        ids = np.concatenate([int_ids, cat_ids], axis=1) + self.offsets
+
+        words = np.zeros((n, 1 + num_int + num_cat), np.uint64)
+        lengths = np.zeros((n, 1 + num_int + num_cat), np.int64)
+        int_words, int_lengths = _int_tokens(values)
+        words[:, 1:1 + num_int] = int_words
+        lengths[:, 1:1 + num_int] = np.where(missing_int, 0, int_lengths)
+        words[:, 1 + num_int:] = _hex_words(_scramble32(ranks, self._salts))
+        lengths[:, 1 + num_int:] = np.where(missing_cat, 0, 8)
+        return _Block(ids, words, lengths, 0)
+
+    def _draw_avazu(self, rng: np.random.Generator, n: int) -> _Block:
+        num_cat = len(_AVAZU_COLUMNS)
+        uniform = rng.random((n, num_cat + 2), np.float32)
+        day = (uniform[:, -2] * _AVAZU_DAYS).astype(np.int64)
+        hour = (uniform[:, -1] * 24).astype(np.int64)
+        dates = [_AVAZU_FIRST_DAY + datetime.timedelta(days=d) for d in range(_AVAZU_DAYS)]
+        date_code = np.array([(d.year % 100) * 10**6 + d.month * 10**4 + d.day * 100
+                              for d in dates])
+        weekday = np.array([int(d.strftime("%w")) for d in dates])[day]
+        cat_ids, ranks, _ = self._categorical(uniform[:, :num_cat])
+        ids = np.concatenate([hour[:, None], cat_ids, weekday[:, None],
+                              ((weekday == 0) | (weekday == 6)).astype(np.int64)[:, None]],
+                             axis=1) + self.offsets
+        # Tokens: id (two 8-digit words), click, hour, then the 21 columns.
+        words = np.zeros((n, 4 + num_cat), np.uint64)
+        lengths = np.zeros((n, 4 + num_cat), np.int64)
+        row_ids = rng.integers(10**15, 10**16, n, dtype=np.int64)
+        words[:, 0], lengths[:, 0] = _int_tokens(row_ids // 10**8)
+        words[:, 1], lengths[:, 1] = _padded8_words(row_ids % 10**8), 8
+        words[:, 3], lengths[:, 3] = _int_tokens(date_code[day] + hour)
+        hex_words = _hex_words(_scramble32(ranks, self._salts))
+        for j, (name, kind, _, first_value) in enumerate(_AVAZU_COLUMNS):
+            if kind == "hex":
+                words[:, 4 + j], lengths[:, 4 + j] = hex_words[:, j], 8
+            else:
+                values = first_value + ranks[:, j]
+                if name == "C20":  # Avazu's C20 uses -1 for its most common value
+                    values = np.where(ranks[:, j] == 0, -1, values)
+                words[:, 4 + j], lengths[:, 4 + j] = _int_tokens(values)
+        return _Block(ids, words, lengths, 2)
+
+    def separators(self) -> np.ndarray:
+        """The byte after each text token."""
+        if self.spec.raw_format == "criteo":
+            separators = np.full(1 + len(_CRITEO_INTEGER) + len(_CRITEO_CATEGORICAL),
+                                 ord(criteo.DELIMITER), np.uint8)
+        else:
+            separators = np.full(4 + len(_AVAZU_COLUMNS), ord(avazu.DELIMITER), np.uint8)
+            separators[0] = 0  # the two words of the id
+        separators[-1] = ord("\n")
+        return separators
+
+    # -- the click model -----------------------------------------------------------
+
+    def parts(self, ids: np.ndarray) -> np.ndarray:
+        """float32 [3, n]: the unscaled linear, FM and MLP parts of the logit."""
+        n = len(ids)
+        linear = self.weights[ids].sum(axis=1)
+        latents = self.latents[ids]  # [n, F, k]
+        latent_sum = latents.sum(axis=1)
+        fm = 0.5 * (np.einsum("nk,nk->n", latent_sum, latent_sum)
+                    - np.einsum("nfk,nfk->n", latents, latents))
+        hidden = np.maximum(latents.reshape(n, -1) @ self.hidden_w + self.hidden_b, 0.0)
+        return np.stack([linear, fm, hidden @ self.out_w])
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """float32 [n] true logits of rows with global value ids [n, F]."""
+        return self.bias + self.scales @ self.parts(ids)
+
+    def _calibrate(self) -> None:
+        rng = np.random.default_rng([self.spec.seed, 1])
+        parts = self.parts(self.draw(rng, CALIBRATION_ROWS).ids)
+        targets = np.array([self.spec.signal_linear, self.spec.signal_fm,
+                            self.spec.signal_deep], np.float32)
+        self.scales = (targets / np.maximum(parts.std(axis=1), 1e-6)).astype(np.float32)
+        logits = self.scales @ parts
+        low, high = -20.0, 20.0
+        for _ in range(50):  # bisection on the bias for the target positive rate
+            mid = 0.5 * (low + high)
+            if np.mean(_sigmoid(logits + mid)) < self.spec.positive_rate:
+                low = mid
+            else:
+                high = mid
+        self.bias = np.float32(0.5 * (low + high))
+
+    def chunk(self, index: int, num_rows: int) -> tuple[bytes, np.ndarray, int]:
+        """Generates chunk `index` (rows index*CHUNK_ROWS ...): (text, probs, positives)."""
+        rng = np.random.default_rng([self.spec.seed, 2, index])
+        block = self.draw(rng, num_rows)
+        probs = _sigmoid(self.logits(block.ids))
+        labels = rng.random(num_rows, np.float32) < probs
+        block.words[:, block.label_token] = np.where(labels, ord("1"), ord("0"))
+        block.lengths[:, block.label_token] = 1
+        text = join_tokens(block.words, block.lengths, self.separators())
+        return text, probs, int(labels.sum())
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Generation.
+
+
+def generate(path: str, *, num_rows: int, seed: int = 2018, raw_format: str = "criteo",
+             num_threads: int = 2, **signal) -> dict:
+    """Writes a synthetic raw file, its true probabilities and its description.
+
+    Skips the work when `path` already holds a file generated with the same spec.
+    Chunks are generated in `num_threads` threads (numpy releases the GIL) and written
+    in order; the output does not depend on the number of threads.
+
+    Args:
+        path: the raw file to write (gzip-compressed if it ends in ".gz").
+        num_rows: rows to generate (> 0).
+        seed: random seed (the same seed gives the same bytes).
+        raw_format: "criteo" (Kaggle train.txt) or "avazu" (Kaggle train.csv).
+        num_threads: generator threads.
+        **signal: overrides of SyntheticSpec fields (signal_linear, signal_fm,
+            signal_deep, positive_rate).
+
+    Returns:
+        The description saved at `spec_path(path)`: the spec, the realised positive
+        rate and mean true probability, and the hidden function's scales.
+    """
+    if num_rows <= 0:
+        raise ValueError(f"num_rows must be positive, got {num_rows}")
+    spec = SyntheticSpec(raw_format=raw_format, num_rows=int(num_rows), seed=int(seed), **signal)
+    existing = read_spec(path)
+    if (existing is not None and existing["spec"] == spec.to_json()
+            and os.path.exists(path) and os.path.exists(true_prob_path(path))):
+        return existing
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if os.path.exists(spec_path(path)):
+        os.remove(spec_path(path))
+    hidden = HiddenFunction(spec)
+    tmp_path, tmp_prob = path + ".tmp", true_prob_path(path) + ".tmp.npy"
+    probs = np.lib.format.open_memmap(tmp_prob, mode="w+", dtype=np.float32, shape=(num_rows,))
+    positives = 0
+    if path.endswith(".gz"):
+        handle = gzip.open(tmp_path, "wb", compresslevel=4)
+    else:
+        handle = open(tmp_path, "wb")
+    starts = range(0, num_rows, CHUNK_ROWS)
+    with handle, concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        if raw_format == "avazu":
+            handle.write(avazu.HEADER + b"\n")
+        pending = collections.deque()
+        for index, start in enumerate(starts):
+            pending.append((start, pool.submit(hidden.chunk, index,
+                                               min(CHUNK_ROWS, num_rows - start))))
+            while pending and (len(pending) > 2 * num_threads or index == len(starts) - 1):
+                chunk_start, future = pending.popleft()
+                text, chunk_probs, chunk_positives = future.result()
+                probs[chunk_start:chunk_start + len(chunk_probs)] = chunk_probs
+                positives += chunk_positives
+                handle.write(text)
+    probs.flush()
+    mean_prob = float(np.mean(probs, dtype=np.float64))
+    del probs
+    os.replace(tmp_prob, true_prob_path(path))
+    os.replace(tmp_path, path)
+    description = {"spec": spec.to_json(), "positive_rate": positives / num_rows,
+                   "mean_true_prob": mean_prob,
+                   "hidden_function": {"latent_dim": LATENT_DIM, "hidden_units": HIDDEN_UNITS,
+                                       "scales": [float(s) for s in hidden.scales],
+                                       "bias": float(hidden.bias),
+                                       "cardinalities": {f.name: f.cardinality
+                                                         for f in hidden.fields
+                                                         if f.cardinality}}}
+    tmp_spec = spec_path(path) + ".tmp"
+    with open(tmp_spec, "w", encoding="utf-8") as f:
+        json.dump(description, f, indent=2)
+        f.write("\n")
+    os.replace(tmp_spec, spec_path(path))
+    return description
+
+
+def read_spec(path: str) -> dict | None:
+    """The description of a generated file, or None when there is none."""
+    try:
+        with open(spec_path(path), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

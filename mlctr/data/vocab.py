@@ -1,0 +1,255 @@
+"""Per-field vocabularies: counting values while streaming, fitting, saving, encoding.
+
+While `prepare` streams the raw file, each field's values (int64 keys from
+`mlctr.data.parsing`) go through a `KeyCoder`, a vectorised open-addressing hash table
+that gives every distinct key a dense temporary code in first-seen order; the codes are
+written to disk at once and the train-split occurrences of each code are counted. Once
+the whole file is read, `fit_vocabulary` keeps the keys seen at least `min_count` times
+in the train split and gives them the ids 1..V in sorted key order; id 0 of each field
+is its OOV id, shared by rare values, values unseen in train and missing values
+(as FuxiCTR does). `code_to_id` then maps each temporary code to its final id.
+
+On disk a field's vocabulary is `vocab/<field>.npy`: the sorted int64 keys of its ids
+1..V (no pickle). `encode_keys` maps new keys with it (`np.searchsorted`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# The finaliser of splitmix64: a cheap, well-mixing hash of 64-bit keys.
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(keys: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser of int64/uint64 keys, as uint64."""
+    x = keys.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= _MIX1
+    x ^= x >> np.uint64(27)
+    x *= _MIX2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+class KeyCoder:
+    """Dense codes 0..n-1 for int64 keys, in first-seen order, vectorised.
+
+    While all keys seen lie in a range narrower than `dense_limit` (numeric buckets,
+    hours, small integer columns) a code is one array lookup at `key - low`. Otherwise
+    an open-addressing hash table (linear probing, load <= 1/2) held in two numpy
+    arrays; lookups and inserts run as rounds of gathers over all still-unresolved
+    keys, so a chunk of keys costs a few numpy passes, not a Python loop. Codes never
+    change once given (tables are rebuilt from the keys with their codes), so codes
+    written to disk early stay valid.
+
+    Args:
+        dense_limit: widest key range coded by direct lookup.
+    """
+
+    def __init__(self, dense_limit: int = 1 << 20):
+        self.dense_limit = dense_limit
+        self.keys = np.zeros(64, np.int64)  # key of each code
+        self.size = 0
+        self._dense: np.ndarray | None = np.zeros(0, np.int32)  # None: hash mode
+        self._dense_low = 0
+        self._slot_code: np.ndarray | None = None
+        self._slot_key: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def code_keys(self) -> np.ndarray:
+        """int64 [n]: the key of each code."""
+        return self.keys[:self.size]
+
+    def encode(self, keys: np.ndarray) -> np.ndarray:
+        """Codes of `keys`, giving new codes to keys not seen before.
+
+        Args:
+            keys: int64 [n].
+
+        Returns:
+            int32 [n] codes.
+        """
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if not len(keys):
+            return np.zeros(0, np.int32)
+        if self._dense is not None and self._dense_covers(keys):
+            codes = self._dense[keys - self._dense_low]
+        else:
+            codes = self._lookup(keys)
+        new = codes < 0
+        if new.any():
+            new_keys, inverse = np.unique(keys[new], return_inverse=True)
+            new_codes = self._add(new_keys)
+            codes[new] = new_codes[inverse.reshape(-1)]
+        return codes
+
+    # -- dense mode ----------------------------------------------------------------
+
+    def _dense_covers(self, keys: np.ndarray) -> bool:
+        """Makes the dense table cover `keys` if the range allows; False -> hash mode."""
+        low, high = int(keys.min()), int(keys.max())
+        dense_high = self._dense_low + len(self._dense) - 1
+        if len(self._dense) and low >= self._dense_low and high <= dense_high:
+            return True
+        if len(self._dense):
+            low, high = min(low, self._dense_low), max(high, dense_high)
+        if high - low >= self.dense_limit:
+            self._to_hash_mode()
+            return False
+        self._dense_low = low
+        self._dense = np.full(high - low + 1, -1, np.int32)
+        self._dense[self.code_keys() - low] = np.arange(self.size, dtype=np.int32)
+        return True
+
+    def _to_hash_mode(self) -> None:
+        self._dense = None
+        size = 1 << max(6, int(2 * self.size).bit_length())
+        self._slot_code = np.full(size, -1, np.int32)
+        self._slot_key = np.zeros(size, np.int64)
+        self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
+
+    def _add(self, new_keys: np.ndarray) -> np.ndarray:
+        """Gives codes to distinct, absent keys; returns them."""
+        start, count = self.size, len(new_keys)
+        if start + count > len(self.keys):
+            grown = np.zeros(max(2 * len(self.keys), start + count), np.int64)
+            grown[:start] = self.keys[:start]
+            self.keys = grown
+        self.keys[start:start + count] = new_keys
+        new_codes = np.arange(start, start + count, dtype=np.int32)
+        self.size += count
+        if self._dense is not None:
+            self._dense[new_keys - self._dense_low] = new_codes
+        else:
+            if 2 * self.size > len(self._slot_code):
+                size = len(self._slot_code)
+                while 2 * self.size > size:
+                    size *= 2
+                self._slot_code = np.full(size, -1, np.int32)
+                self._slot_key = np.zeros(size, np.int64)
+                self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
+            else:
+                self._insert_new(new_keys, new_codes)
+        return new_codes
+
+    # -- hash mode -----------------------------------------------------------------
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Codes of `keys` (-1 where absent)."""
+        mask = len(self._slot_code) - 1
+        slots = (mix64(keys) & np.uint64(mask)).astype(np.int64)
+        slot_codes = self._slot_code[slots]
+        hit = slot_codes >= 0
+        hit &= self._slot_key[slots] == keys
+        codes = np.where(hit, slot_codes, -1).astype(np.int32)
+        # Keys whose slot holds another key probe on, in rounds over fewer and fewer keys.
+        active = np.flatnonzero((slot_codes >= 0) & ~hit)
+        slots = slots[active]
+        while len(active):
+            slots = (slots + 1) & mask
+            slot_codes = self._slot_code[slots]
+            hit = (slot_codes >= 0) & (self._slot_key[slots] == keys[active])
+            codes[active[hit]] = slot_codes[hit]
+            more = (slot_codes >= 0) & ~hit
+            active, slots = active[more], slots[more]
+        return codes
+
+    def _insert_new(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        """Inserts distinct keys known to be absent, with the given codes."""
+        mask = len(self._slot_code) - 1
+        slots = (mix64(keys) & np.uint64(mask)).astype(np.int64)
+        while len(keys):
+            empty = self._slot_code[slots] < 0
+            # Several keys may race for one empty slot: the last write wins, the others
+            # see the slot taken in the next round and probe on.
+            self._slot_code[slots[empty]] = codes[empty]
+            won = np.zeros(len(keys), bool)
+            won[empty] = self._slot_code[slots[empty]] == codes[empty]
+            self._slot_key[slots[won]] = keys[won]
+            lost = ~won
+            keys, codes = keys[lost], codes[lost]
+            slots = np.where(empty[lost], slots[lost], (slots[lost] + 1) & mask)
+
+
+class Counts:
+    """A growable int64 counter indexed by code."""
+
+    def __init__(self):
+        self.counts = np.zeros(64, np.int64)
+
+    def add(self, codes: np.ndarray, num_codes: int) -> None:
+        """Counts one occurrence of each of `codes` (all < num_codes)."""
+        if num_codes > len(self.counts):
+            grown = np.zeros(max(num_codes, 2 * len(self.counts)), np.int64)
+            grown[:len(self.counts)] = self.counts
+            self.counts = grown
+        if len(codes):
+            top = int(codes.max()) + 1
+            self.counts[:top] += np.bincount(codes, minlength=top)
+
+
+def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count: int,
+                   missing_key: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Keeps the keys seen at least `min_count` times in train; maps codes to local ids.
+
+    Args:
+        code_keys: int64 [n] the key of each temporary code.
+        train_counts: int64 [>= n] train-split occurrences of each code.
+        min_count: BARS `min_categr_count`: rarer values map to OOV.
+        missing_key: the key that means "missing" for this field (always OOV), or None.
+
+    Returns:
+        (vocab_keys, local_ids): the kept keys sorted (id i+1 is vocab_keys[i]), and
+        int32 [n] the local id of each code (0 = OOV).
+    """
+    counts = train_counts[:len(code_keys)]
+    kept = counts >= min_count
+    if missing_key is not None:
+        kept &= code_keys != missing_key
+    kept_codes = np.flatnonzero(kept)
+    order = np.argsort(code_keys[kept_codes], kind="stable")
+    local_ids = np.zeros(len(code_keys), np.int32)
+    local_ids[kept_codes[order]] = np.arange(1, len(kept_codes) + 1, dtype=np.int32)
+    return code_keys[kept_codes[order]], local_ids
+
+
+def vocab_path(data_dir: str, field: str) -> str:
+    """Where a field's vocabulary lives."""
+    return os.path.join(data_dir, "vocab", f"{field}.npy")
+
+
+def save_vocabulary(data_dir: str, field: str, vocab_keys: np.ndarray) -> str:
+    """Writes a field's sorted keys to vocab/<field>.npy; returns the path."""
+    path = vocab_path(data_dir, field)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, np.asarray(vocab_keys, np.int64), allow_pickle=False)
+    return path
+
+
+def load_vocabulary(data_dir: str, field: str) -> np.ndarray:
+    """The sorted int64 keys of a field's ids 1..V."""
+    return np.load(vocab_path(data_dir, field), allow_pickle=False)
+
+
+def encode_keys(vocab_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Local ids of `keys` under a fitted vocabulary (0 = OOV).
+
+    Args:
+        vocab_keys: sorted int64 keys of ids 1..V.
+        keys: int64 [...] keys to encode.
+
+    Returns:
+        int32 local ids, same shape as keys.
+    """
+    if len(vocab_keys) == 0:
+        return np.zeros(keys.shape, np.int32)
+    pos = np.searchsorted(vocab_keys, keys)
+    pos_clipped = np.minimum(pos, len(vocab_keys) - 1)
+    found = vocab_keys[pos_clipped] == keys
+    return np.where(found, pos_clipped + 1, 0).astype(np.int32)

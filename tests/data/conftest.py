@@ -1,0 +1,48 @@
+"""Shared fixtures of the data pipeline tests: the real rows and tiny generated files."""
+
+import os
+
+import pytest
+
+from mlctr.data import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def shared_files(dataset: str, suffix: str) -> list[str]:
+    """The real raw files of `dataset` in <repo>/../shared/data, skipping when absent."""
+    directory = os.path.join(SHARED_DATA, dataset)
+    if not os.path.isdir(directory):
+        pytest.skip(f"real {dataset} rows not found at {directory} (<repo>/../shared/data); "
+                    "these tests need the shared data directory")
+    files = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(suffix))
+    if not files:
+        pytest.skip(f"no *{suffix} files in {directory}")
+    return files
+
+
+@pytest.fixture(scope="session")
+def criteo_files():
+    return shared_files("criteo", ".txt")
+
+
+@pytest.fixture(scope="session")
+def avazu_files():
+    return shared_files("avazu", ".csv")
+
+
+@pytest.fixture(scope="session")
+def synthetic_criteo(tmp_path_factory):
+    """A 3000-row synthetic Criteo-format raw file (with true probabilities)."""
+    path = str(tmp_path_factory.mktemp("synthetic") / "criteo.txt")
+    synthetic.generate(path, num_rows=3000, seed=7, raw_format="criteo")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_avazu(tmp_path_factory):
+    """A 3000-row synthetic Avazu-format raw file (with true probabilities)."""
+    path = str(tmp_path_factory.mktemp("synthetic") / "avazu.csv")
+    synthetic.generate(path, num_rows=3000, seed=7, raw_format="avazu")
+    return path
