@@ -377,10 +377,10 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
     loss_fn = make_loss_fn(peers, divergence=divergence, stop_gradient=stop_gradient,
                            execution=execution)
 
-    def train_step(state, batch):
+    def train_step(state, batch, alpha_value):
         step_key = jax.random.fold_in(state["rng"], state["step"])
         dropout_keys = jax.vmap(lambda k: jax.random.fold_in(step_key, k))(jnp.arange(peers.size))
-        alpha_now = effective_alpha(state["step"], alpha, warmup_steps)
+        alpha_now = effective_alpha(state["step"], alpha_value, warmup_steps)
         grads, aux = jax.grad(loss_fn, has_aux=True)(
             state["params"], state["batch_stats"], batch, dropout_keys, alpha_now)
         new_params, new_opt_state, grad_norms = [], [], []
@@ -404,7 +404,17 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
         measurements["alpha"] = alpha_now
         return new_state, measurements
 
-    return jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    # alpha is an argument, not a constant baked into the program, so runs that
+    # differ only in alpha (the control and the mutual finetune) share one
+    # compiled step (and the persistent compilation cache).
+    jitted = jax.jit(train_step, donate_argnums=(0,) if donate else ())
+    alpha_value = jnp.asarray(alpha, jnp.float32)
+
+    def step(state, batch):
+        return jitted(state, batch, alpha_value)
+
+    step.jitted = jitted
+    return step
 
 
 def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):

@@ -114,9 +114,11 @@ class PreparedDataset:
         order = self.train_order(seed=seed, epoch=epoch)
         for b in range(start_batch, num_batches):
             begin = b * batch_size + process_index * local
+            # Sorted rows read the memory map front to back; np.take is several times
+            # faster than fancy indexing for row gathers.
             rows = np.sort(order[begin:begin + local])
-            yield {"ids": np.asarray(ids[rows]),
-                   "label": labels[rows].astype(np.float32)}
+            yield {"ids": np.take(ids, rows, axis=0),
+                   "label": np.take(labels, rows).astype(np.float32)}
 
     def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
                      process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:

@@ -41,6 +41,7 @@ import datetime
 import gzip
 import json
 import os
+import statistics
 
 import numpy as np
 
@@ -49,7 +50,7 @@ from mlctr.data import avazu, criteo
 GENERATOR_VERSION = 1
 FULL_ROWS = 45_840_617  # rows of the Criteo Kaggle train.txt
 MAX_CARDINALITY = 1_000_000
-CHUNK_ROWS = 1 << 14
+CHUNK_ROWS = 1 << 13
 LATENT_DIM = 4
 HIDDEN_UNITS = 16
 CALIBRATION_ROWS = 1 << 16
@@ -182,23 +183,31 @@ def join_tokens(words: np.ndarray, lengths: np.ndarray, separators: np.ndarray) 
         The n lines as bytes.
     """
     n, num_tokens = words.shape
-    has_separator = (separators != 0).astype(np.int64)
-    sizes = (lengths + has_separator).reshape(-1)
-    ends = np.cumsum(sizes)
+    sizes = lengths + (separators != 0)
+    ends = np.cumsum(sizes.reshape(-1))
     total = int(ends[-1]) if len(ends) else 0
-    starts = ends - sizes
     out = np.zeros(total + 8, np.uint8)
     view = np.ndarray(shape=(total + 1,), dtype="<u8", buffer=out, strides=(1,))
     # In index order each word's spill past its end is overwritten by the next word.
-    view[starts] = words.reshape(-1)
-    columns = np.flatnonzero(separators)
-    separator_at = (starts.reshape(n, num_tokens)[:, columns] + lengths[:, columns]).reshape(-1)
-    out[separator_at] = np.broadcast_to(separators[columns], (n, len(columns))).reshape(-1)
+    view[ends - sizes.reshape(-1)] = words.reshape(-1)
+    ends = ends.reshape(n, num_tokens)
+    first = int(np.argmax(separators != 0))  # tokens without separator come first
+    out[ends[:, first:] - 1] = separators[first:]
     return out[:total].tobytes()
 
 
 # ---------------------------------------------------------------------------
 # Field layout and the hidden CTR function.
+#
+# Every random column value is drawn from 32 random bits through a quantile table of
+# QUANTILE_CELLS cells: the top bits pick a cell of equal probability, the low bits a
+# point inside it, interpolated linearly between the cell's bounds. That is the
+# power-law (categorical ranks) or log-normal (integers) inverse CDF, exact at the cell
+# bounds, at the cost of a few integer operations per value instead of logarithms.
+
+QUANTILE_BITS = 12
+QUANTILE_CELLS = 1 << QUANTILE_BITS
+_FRACTION_BITS = 32 - QUANTILE_BITS
 
 
 @dataclasses.dataclass
@@ -239,19 +248,43 @@ def _fields(spec: SyntheticSpec, rng: np.random.Generator) -> list[_Field]:
     return fields
 
 
-def _zipf_ranks(uniform: np.ndarray, cardinality: np.ndarray,
-                exponent: np.ndarray) -> np.ndarray:
-    """Ranks 0..K-1 from truncated continuous power laws (inverse CDF), vectorised.
+def _zipf_table(cardinality: int, exponent: float) -> np.ndarray:
+    """Quantile table of ranks 0..K-1 of a truncated continuous power law."""
+    q = np.arange(QUANTILE_CELLS + 1) / QUANTILE_CELLS
+    scale = (cardinality + 1.0) ** (1.0 - exponent) - 1.0
+    ranks = np.floor(np.exp(np.log1p(scale * q) / (1.0 - exponent)) - 1.0)
+    ranks[-1] = cardinality
+    return np.clip(ranks, 0, cardinality).astype(np.int64)
 
-    Args:
-        uniform: float32 [n, k] in [0, 1).
-        cardinality: [k] K per column.
-        exponent: [k] power-law exponent (> 1) per column.
-    """
-    one_minus_s = (1.0 - exponent).astype(np.float32)
-    scale = ((cardinality + 1.0) ** (1.0 - exponent) - 1.0).astype(np.float32)
-    ranks = np.exp(np.log1p(scale * uniform) / one_minus_s)
-    return np.minimum(ranks.astype(np.int64) - 1, cardinality.astype(np.int64) - 1)
+
+def _lognormal_table(mu: float, sigma: float) -> np.ndarray:
+    """Quantile table of floor(exp(N(mu, sigma))), capped below 10^8."""
+    normal = statistics.NormalDist()
+    q = np.clip(np.arange(QUANTILE_CELLS + 1) / QUANTILE_CELLS, 1e-6, 1 - 1e-6)
+    z = np.array([normal.inv_cdf(float(p)) for p in q])
+    return np.minimum(np.floor(np.exp(mu + sigma * z)), 99_999_999).astype(np.int64)
+
+
+def _sample(tables: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Values from quantile tables [k, CELLS + 1] and uint64 random bits [n, k]."""
+    low = (bits & np.uint64(0xFFFFFFFF)).view(np.int64)
+    cell = low >> _FRACTION_BITS
+    cell += np.arange(0, tables.size, tables.shape[1])
+    low &= (1 << _FRACTION_BITS) - 1
+    flat = tables.reshape(-1)
+    start = np.take(flat, cell)
+    step = np.take(flat, cell + 1)
+    step -= start
+    step *= low
+    step >>= _FRACTION_BITS
+    step += start
+    return step
+
+
+def _bernoulli(bits: np.ndarray, probability: np.ndarray, shift: int) -> np.ndarray:
+    """True with `probability` per column, from 16 of the random bits."""
+    threshold = np.round(np.asarray(probability) * 65536).astype(np.uint64)
+    return ((bits >> np.uint64(shift)) & np.uint64(0xFFFF)) < threshold
 
 
 def _scramble32(ranks: np.ndarray, salt: np.ndarray) -> np.ndarray:
@@ -269,7 +302,7 @@ class _Block:
     """A block of generated rows before labelling.
 
     Attributes:
-        ids: int64 [n, F] global value ids (index into the parameter tables).
+        ids: int64 [n, F] global value ids (index into the parameter table).
         words, lengths: text tokens [n, T] (the label token left to fill).
         label_token: index of the label token.
     """
@@ -294,31 +327,36 @@ class HiddenFunction:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sizes.sum())
         importance = np.repeat(rng.uniform(0.2, 1.0, len(self.fields)), sizes).astype(np.float32)
-        self.weights = rng.standard_normal(total, np.float32) * importance
-        self.latents = rng.standard_normal((total, LATENT_DIM), np.float32)
-        self.latents *= (importance / np.sqrt(LATENT_DIM))[:, None]
+        # One row per (field, value id): the weight, then the latent vector.
+        self.params = rng.standard_normal((total, 1 + LATENT_DIM), np.float32)
+        self.params *= importance[:, None]
+        self.params[:, 1:] /= np.sqrt(LATENT_DIM)
         width = len(self.fields) * LATENT_DIM
         self.hidden_w = rng.standard_normal((width, HIDDEN_UNITS), np.float32) / np.sqrt(width)
         self.hidden_b = (0.5 * rng.standard_normal(HIDDEN_UNITS)).astype(np.float32)
         self.out_w = rng.standard_normal(HIDDEN_UNITS).astype(np.float32)
-        categorical = [i for i, f in enumerate(self.fields) if f.cardinality]
-        self._cat_index = np.array(categorical)
-        self._cat_cardinality = np.array([self.fields[i].cardinality for i in categorical])
-        self._cat_exponent = np.array([self.fields[i].zipf_exponent for i in categorical])
-        self._cat_missing = np.array([self.fields[i].missing for i in categorical], np.float32)
-        self._salts = rng.integers(0, 2**32, len(categorical), dtype=np.uint64)
+        categorical = [f for f in self.fields if f.cardinality]
+        self._zipf = np.stack([_zipf_table(f.cardinality, f.zipf_exponent) for f in categorical])
+        self._missing = np.array([f.missing for f in categorical])
+        salts = rng.integers(0, 2**32, len(categorical), dtype=np.uint64)
+        # The text of every categorical value: 8 hex digits, as one word.
+        self._hex_offsets = np.concatenate([[0], np.cumsum([f.cardinality for f in categorical])])
+        self._hex = np.concatenate([
+            _hex_words(_scramble32(np.arange(f.cardinality), salt))
+            for f, salt in zip(categorical, salts)])
+        if spec.raw_format == "criteo":
+            self._lognormal = np.stack([_lognormal_table(mu, sigma)
+                                        for mu, sigma, _, _ in _CRITEO_INTEGER])
         self.scales = np.ones(3, np.float32)
         self.bias = np.float32(0.0)
         self._calibrate()
 
     # -- drawing rows --------------------------------------------------------------
 
-    def _categorical(self, uniform: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _categorical(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value ids, hex words, missing) of the categorical columns."""
-        missing = uniform < self._cat_missing
-        rescaled = np.clip((uniform - self._cat_missing) / (1.0 - self._cat_missing), 0.0,
-                           np.float32(0.99999994))
-        ranks = _zipf_ranks(rescaled, self._cat_cardinality, self._cat_exponent)
+        ranks = _sample(self._zipf, bits)
+        missing = _bernoulli(bits, self._missing, 32)
         value_ids = np.where(missing, 0, ranks + 1)
         return value_ids, ranks, missing
 
@@ -330,52 +368,53 @@ class HiddenFunction:
 
     def _draw_criteo(self, rng: np.random.Generator, n: int) -> _Block:
         num_int, num_cat = len(_CRITEO_INTEGER), len(_CRITEO_CATEGORICAL)
-        uniform = rng.random((n, num_cat + num_int + 1), np.float32)
-        normal = rng.standard_normal((n, num_int), np.float32)
-        mu, sigma, int_missing, negative_share = (np.array(c, np.float32)
-                                                  for c in zip(*_CRITEO_INTEGER))
-        values = np.minimum(np.floor(np.exp(mu + sigma * normal)), 99_999_999)
-        values = values.astype(np.int64)
+        bits = rng.bit_generator.random_raw(n * (num_int + num_cat)).reshape(n, -1)
+        int_bits, cat_bits = bits[:, :num_int], bits[:, num_int:]
+        _, _, int_missing, negative_share = zip(*_CRITEO_INTEGER)
+        values = _sample(self._lognormal, int_bits)
         # A few small negative values (Criteo's I2): -1, -2 or -3.
-        negative_u = uniform[:, -1:]
-        negative = negative_u < negative_share
-        values = np.where(negative, -1 - (negative_u * 1e4).astype(np.int64) % 3, values)
-        missing_int = uniform[:, num_cat:num_cat + num_int] < int_missing
+        negative = _bernoulli(int_bits, negative_share, 48)
+        if negative.any():
+            values = np.where(negative, -1 - (int_bits >> np.uint64(40)).astype(np.int64) % 3,
+                              values)
+        missing_int = _bernoulli(int_bits, int_missing, 32)
         buckets = criteo.bucketize(np.where(missing_int, 0, values))
         int_ids = np.clip(buckets + _INT_BUCKET_OFFSET, 0, _INT_BUCKETS - 1)
-        cat_ids, ranks, missing_cat = self._categorical(uniform[:, :num_cat])
+        cat_ids, ranks, missing_cat = self._categorical(cat_bits)
         ids = np.concatenate([int_ids, cat_ids], axis=1) + self.offsets
 
-        words = np.zeros((n, 1 + num_int + num_cat), np.uint64)
-        lengths = np.zeros((n, 1 + num_int + num_cat), np.int64)
+        words = np.empty((n, 1 + num_int + num_cat), np.uint64)
+        lengths = np.empty((n, 1 + num_int + num_cat), np.int64)
         int_words, int_lengths = _int_tokens(values)
         words[:, 1:1 + num_int] = int_words
         lengths[:, 1:1 + num_int] = np.where(missing_int, 0, int_lengths)
-        words[:, 1 + num_int:] = _hex_words(_scramble32(ranks, self._salts))
+        words[:, 1 + num_int:] = self._hex[ranks + self._hex_offsets[:-1]]
         lengths[:, 1 + num_int:] = np.where(missing_cat, 0, 8)
         return _Block(ids, words, lengths, 0)
 
     def _draw_avazu(self, rng: np.random.Generator, n: int) -> _Block:
         num_cat = len(_AVAZU_COLUMNS)
-        uniform = rng.random((n, num_cat + 2), np.float32)
-        day = (uniform[:, -2] * _AVAZU_DAYS).astype(np.int64)
-        hour = (uniform[:, -1] * 24).astype(np.int64)
+        bits = rng.bit_generator.random_raw(n * (num_cat + 2)).reshape(n, -1)
+        time_bits = bits[:, -1]
+        day = ((time_bits & np.uint64(0xFFFFFFFF)) * np.uint64(_AVAZU_DAYS)) >> np.uint64(32)
+        hour = ((time_bits >> np.uint64(32)) * np.uint64(24)) >> np.uint64(32)
+        day, hour = day.astype(np.int64), hour.astype(np.int64)
         dates = [_AVAZU_FIRST_DAY + datetime.timedelta(days=d) for d in range(_AVAZU_DAYS)]
         date_code = np.array([(d.year % 100) * 10**6 + d.month * 10**4 + d.day * 100
                               for d in dates])
         weekday = np.array([int(d.strftime("%w")) for d in dates])[day]
-        cat_ids, ranks, _ = self._categorical(uniform[:, :num_cat])
+        cat_ids, ranks, _ = self._categorical(bits[:, :num_cat])
         ids = np.concatenate([hour[:, None], cat_ids, weekday[:, None],
                               ((weekday == 0) | (weekday == 6)).astype(np.int64)[:, None]],
                              axis=1) + self.offsets
         # Tokens: id (two 8-digit words), click, hour, then the 21 columns.
         words = np.zeros((n, 4 + num_cat), np.uint64)
         lengths = np.zeros((n, 4 + num_cat), np.int64)
-        row_ids = rng.integers(10**15, 10**16, n, dtype=np.int64)
+        row_ids = (bits[:, -2] % np.uint64(9 * 10**15)).astype(np.int64) + 10**15
         words[:, 0], lengths[:, 0] = _int_tokens(row_ids // 10**8)
         words[:, 1], lengths[:, 1] = _padded8_words(row_ids % 10**8), 8
         words[:, 3], lengths[:, 3] = _int_tokens(date_code[day] + hour)
-        hex_words = _hex_words(_scramble32(ranks, self._salts))
+        hex_words = self._hex[ranks + self._hex_offsets[:-1]]
         for j, (name, kind, _, first_value) in enumerate(_AVAZU_COLUMNS):
             if kind == "hex":
                 words[:, 4 + j], lengths[:, 4 + j] = hex_words[:, j], 8
@@ -402,8 +441,9 @@ class HiddenFunction:
     def parts(self, ids: np.ndarray) -> np.ndarray:
         """float32 [3, n]: the unscaled linear, FM and MLP parts of the logit."""
         n = len(ids)
-        linear = self.weights[ids].sum(axis=1)
-        latents = self.latents[ids]  # [n, F, k]
+        params = np.take(self.params, ids, axis=0)  # [n, F, 1 + k]
+        linear = params[:, :, 0].sum(axis=1)
+        latents = np.ascontiguousarray(params[:, :, 1:])
         latent_sum = latents.sum(axis=1)
         fm = 0.5 * (np.einsum("nk,nk->n", latent_sum, latent_sum)
                     - np.einsum("nfk,nfk->n", latents, latents))
