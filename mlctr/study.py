@@ -23,6 +23,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from mlctr import report
 from mlctr import train
 
 
@@ -53,13 +54,6 @@ def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     return phases
 
 
-def relative_gain(metric: str, control: float, treated: float) -> float:
-    """Relative improvement in %, positive = better (AUC up, logloss down)."""
-    if metric == "auc":
-        return 100.0 * (treated - control) / control
-    return 100.0 * (control - treated) / control
-
-
 def results_table(results: dict[str, Any], split: str = "test") -> tuple[list[dict], str]:
     """Rows per peer (and ensemble) and a markdown table of the study."""
     control, mutual_ = results["finetune_control"][split], results["finetune_mutual"][split]
@@ -71,8 +65,8 @@ def results_table(results: dict[str, Any], split: str = "test") -> tuple[list[di
             if name in metrics:
                 row[f"{phase}_auc"] = metrics[name]["auc"]
                 row[f"{phase}_logloss"] = metrics[name]["logloss"]
-        row["auc_gain_pct"] = relative_gain("auc", row["control_auc"], row["mutual_auc"])
-        row["logloss_gain_pct"] = relative_gain("logloss", row["control_logloss"],
+        row["auc_gain_pct"] = report.relative_improvement("auc", row["control_auc"], row["mutual_auc"])
+        row["logloss_gain_pct"] = report.relative_improvement("logloss", row["control_logloss"],
                                                 row["mutual_logloss"])
         rows.append(row)
 

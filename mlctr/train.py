@@ -292,6 +292,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     state = initial_state(config, peers, optimizer, dataset)
     schedule = PeerSchedule.start(peers.size, config.optimizer.learning_rate)
+    frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
+    unknown = sorted(set(frozen) - set(names))
+    if unknown:
+        raise ValueError(f"mutual.frozen_peers names unknown peer(s) {unknown}; peers: {names}")
+    for name in frozen:  # teachers of one-way distillation: never updated
+        schedule.stopped[names.index(name)] = True
+    state["learning_rate"] = jnp.asarray(schedule.live_learning_rates())
     tc = config.train
     steps_per_epoch = dataset.num_train_batches(tc.batch_size)
     if steps_per_epoch == 0:

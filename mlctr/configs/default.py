@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         stop_gradient=True,       # companions' predictions are constants
         warmup_steps=0,           # updates with alpha = 0 first
         same_init=False,          # True: peers of one architecture start identical
+        frozen_peers="",          # peers never updated (teachers: one-way distillation)
         peer_execution="auto",    # auto (unroll on CPU, vmap on GPU/TPU) | vmap | unroll
     ))
 

@@ -1,7 +1,7 @@
 """CTR data pipeline: raw Criteo/Avazu/synthetic files -> prepared dataset -> batches.
 
-    from mlctr.data import prepare, PreparedDataset
-    prepare("synthetic", "data/raw/synthetic.txt", "data/synthetic", num_rows=500_000)
+    from mlctr.data import PreparedDataset, prepare
+    prepare.prepare("synthetic", "data/raw/synthetic.txt", "data/synthetic", num_rows=500_000)
     dataset = PreparedDataset("data/synthetic")
     for batch in dataset.train_batches(4096, seed=0, epoch=0): ...
 
@@ -11,8 +11,10 @@ prepare (the preprocessing CLI and `encode_raw`), reader (batches), synthetic (t
 ground-truth generator), tfds_builders (TFDS `criteo` and `avazu`).
 """
 
+# `mlctr.data.prepare` stays the module (prepare.prepare is the function).
+from mlctr.data import prepare
 from mlctr.data.errors import DataError
-from mlctr.data.prepare import encode_raw, prepare
+from mlctr.data.prepare import encode_raw
 from mlctr.data.reader import PreparedDataset, open_dataset
 
 __all__ = ["DataError", "PreparedDataset", "encode_raw", "open_dataset", "prepare"]

@@ -53,6 +53,9 @@ MAX_CARDINALITY = 1_000_000
 CHUNK_ROWS = 1 << 13
 LATENT_DIM = 4
 HIDDEN_UNITS = 16
+FM_FIELDS = 12        # fields in the pairwise (FM) part
+DEEP_FIELDS = 6       # fields the MLP part reads
+INTERACTION_MAX_CARDINALITY = 20_000
 CALIBRATION_ROWS = 1 << 16
 # Standard deviations of the three logit parts (see module docstring).
 SIGNAL = {"linear": 0.9, "fm": 0.6, "deep": 0.6}
@@ -218,6 +221,7 @@ class _Field:
     zipf_exponent: float = 0.0
     cardinality: int = 0    # distinct non-missing values (categorical fields)
     missing: float = 0.0
+    full_cardinality: int = 0  # at full size (picks the interacting fields)
 
 
 def _scaled_cardinality(full: int, num_rows: int, full_rows: int) -> int:
@@ -234,13 +238,13 @@ def _fields(spec: SyntheticSpec, rng: np.random.Generator) -> list[_Field]:
         exponents = rng.uniform(1.05, 1.6, len(_CRITEO_CATEGORICAL))
         for name, (full, missing), s in zip(criteo.STR_COLUMNS, _CRITEO_CATEGORICAL, exponents):
             k = _scaled_cardinality(full, spec.num_rows, FULL_ROWS)
-            fields.append(_Field(name, k + 1, float(s), k, missing))
+            fields.append(_Field(name, k + 1, float(s), k, missing, full))
     elif spec.raw_format == "avazu":
         fields.append(_Field("hour", 24))
         exponents = rng.uniform(1.05, 1.6, len(_AVAZU_COLUMNS))
         for (name, _, full, _), s in zip(_AVAZU_COLUMNS, exponents):
             k = _scaled_cardinality(full, spec.num_rows, _AVAZU_FULL_ROWS)
-            fields.append(_Field(name, k + 1, float(s), k))
+            fields.append(_Field(name, k + 1, float(s), k, 0.0, full))
         fields.append(_Field("weekday", 7))
         fields.append(_Field("weekend", 2))
     else:
@@ -327,11 +331,19 @@ class HiddenFunction:
         self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         total = int(sizes.sum())
         importance = np.repeat(rng.uniform(0.2, 1.0, len(self.fields)), sizes).astype(np.float32)
-        # One row per (field, value id): the weight, then the latent vector.
-        self.params = rng.standard_normal((total, 1 + LATENT_DIM), np.float32)
-        self.params *= importance[:, None]
-        self.params[:, 1:] /= np.sqrt(LATENT_DIM)
-        width = len(self.fields) * LATENT_DIM
+        # Per (field, value id): a weight and a latent vector.
+        params = rng.standard_normal((total, 1 + LATENT_DIM), np.float32) * importance[:, None]
+        self.weights = np.ascontiguousarray(params[:, 0])
+        self.latents = np.ascontiguousarray(params[:, 1:]) / np.float32(np.sqrt(LATENT_DIM))
+        # The interactions involve a few fields each, drawn among those with at most
+        # INTERACTION_MAX_CARDINALITY values at full size (and the integer / time
+        # fields): enough data per value to learn them, as in real CTR data, where
+        # interactions of frequent features carry most of the learnable signal.
+        pool = [i for i, f in enumerate(self.fields)
+                if f.full_cardinality <= INTERACTION_MAX_CARDINALITY]
+        self.fm_fields = np.sort(rng.choice(pool, FM_FIELDS, replace=False))
+        self.deep_fields = np.sort(rng.choice(pool, DEEP_FIELDS, replace=False))
+        width = DEEP_FIELDS * LATENT_DIM
         self.hidden_w = rng.standard_normal((width, HIDDEN_UNITS), np.float32) / np.sqrt(width)
         self.hidden_b = (0.5 * rng.standard_normal(HIDDEN_UNITS)).astype(np.float32)
         self.out_w = rng.standard_normal(HIDDEN_UNITS).astype(np.float32)
@@ -441,13 +453,13 @@ class HiddenFunction:
     def parts(self, ids: np.ndarray) -> np.ndarray:
         """float32 [3, n]: the unscaled linear, FM and MLP parts of the logit."""
         n = len(ids)
-        params = np.take(self.params, ids, axis=0)  # [n, F, 1 + k]
-        linear = params[:, :, 0].sum(axis=1)
-        latents = np.ascontiguousarray(params[:, :, 1:])
+        linear = np.take(self.weights, ids).sum(axis=1)
+        latents = np.take(self.latents, ids[:, self.fm_fields], axis=0)  # [n, f, k]
         latent_sum = latents.sum(axis=1)
         fm = 0.5 * (np.einsum("nk,nk->n", latent_sum, latent_sum)
                     - np.einsum("nfk,nfk->n", latents, latents))
-        hidden = np.maximum(latents.reshape(n, -1) @ self.hidden_w + self.hidden_b, 0.0)
+        deep_in = np.take(self.latents, ids[:, self.deep_fields], axis=0).reshape(n, -1)
+        hidden = np.maximum(deep_in @ self.hidden_w + self.hidden_b, 0.0)
         return np.stack([linear, fm, hidden @ self.out_w])
 
     def logits(self, ids: np.ndarray) -> np.ndarray:

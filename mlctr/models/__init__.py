@@ -75,5 +75,9 @@ def create_model(name: str, *, vocab_size: int, num_fields: int, **hparams: Any)
   if unknown:
     raise ValueError(f'Unknown hyperparameter(s) {unknown} for model {name!r}; '
                      f'valid: {valid}')
+  fixed_product = {'ipnn': 'inner', 'opnn': 'outer'}.get(name.lower())
+  if fixed_product and hparams.get('product_type', fixed_product) != fixed_product:
+    raise ValueError(f'Model {name!r} fixes product_type={fixed_product!r}; '
+                     f'use "pnn" to choose product_type={hparams["product_type"]!r}')
   hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
   return cls(vocab_size=vocab_size, num_fields=num_fields, **hparams)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from mlctr.data import DataError, prepare
+from mlctr.data import DataError
+from mlctr.data.prepare import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from mlctr.data import open_dataset, prepare
+from mlctr.data import open_dataset
+from mlctr.data.prepare import prepare
 
 
 @pytest.fixture(scope="module")

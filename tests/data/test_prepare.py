@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from mlctr.data import criteo, encode_raw, parsing, prepare, split, vocab
+from mlctr.data import criteo, encode_raw, parsing, split, vocab
+from mlctr.data.prepare import prepare
 from mlctr.data.reader import PreparedDataset
 
 from test_criteo_reader import reference_rows

@@ -197,6 +197,10 @@ def test_aliases_select_the_product():
   assert create_model('ipnn', vocab_size=V, num_fields=F).product_type == 'inner'
   assert create_model('opnn', vocab_size=V, num_fields=F).product_type == 'outer'
   assert create_model('pnn', vocab_size=V, num_fields=F).product_type == 'inner'
+  assert create_model('pnn', vocab_size=V, num_fields=F,
+                      product_type='outer').product_type == 'outer'
+  with pytest.raises(ValueError, match='product_type'):
+    create_model('ipnn', vocab_size=V, num_fields=F, product_type='outer')
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))

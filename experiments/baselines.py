@@ -1,0 +1,95 @@
+"""Baselines a fair study needs: one-way distillation and the peer ensemble.
+
+Per seed, from the same pretrained peers:
+  * control: independent finetune (alpha = 0);
+  * KD: each peer distilled one way from the strongest pretrained peer (best
+    valid AUC), which is frozen (`mutual.frozen_peers`), one run per student;
+  * mutual: the mutual finetune of all peers;
+  * ensembles: the averaged prediction of the pretrained, control and mutual peers.
+
+  python experiments/baselines.py --workdir=runs/paper/baselines
+
+Writes table.md, results.json and baselines.png (test AUC per peer and arm).
+"""
+import os
+
+from absl import app
+
+import numpy as np
+
+import common
+from mlctr import paper, report
+
+
+def main(argv):
+    del argv
+    config, workdir, seeds, pretrain_root = common.setup()
+    peers = [p.strip() for p in config.peers.replace("+", ",").split(",") if p.strip()]
+    per_seed = []
+    for seed in seeds:
+        pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
+        teacher = max(peers, key=lambda n: pretrained["valid"][n]["auc"])
+        arms = {"pretrain": pretrained["test"]}
+        for arm, alpha in (("control", 0.0), ("mutual", config.mutual.alpha)):
+            arms[arm] = paper.finetune(config, os.path.join(workdir, f"seed{seed}", arm), seed=seed,
+                                       init_from=pretrain_dir, peers=",".join(peers),
+                                       alpha=alpha)["test"]
+        arms["kd"] = {teacher: arms["pretrain"][teacher]}
+        for student in peers:
+            if student == teacher:
+                continue
+            results = paper.finetune(config, os.path.join(workdir, f"seed{seed}", f"kd_{student}"),
+                                     seed=seed, init_from=pretrain_dir, peers=f"{student},{teacher}",
+                                     alpha=config.mutual.alpha, frozen_peers=teacher)
+            arms["kd"][student] = results["test"][student]
+        per_seed.append({"seed": seed, "teacher": teacher, **arms})
+    rows = []
+    for name in peers + ["ensemble"]:
+        row = {"peer": name}
+        for arm in ("pretrain", "control", "kd", "mutual"):
+            if all(name in r[arm] for r in per_seed):
+                row[arm] = report.mean_std([r[arm][name]["auc"] for r in per_seed])
+        for arm in ("kd", "mutual"):
+            if all(name in r[arm] for r in per_seed):
+                s = report.summarise_pairs("auc", [r[arm][name]["auc"] for r in per_seed],
+                                           [r["control"][name]["auc"] for r in per_seed])
+                row[f"{arm}_gain"] = f"{s['gain_pct']:+.3f} ({s['verdict']})"
+        rows.append(row)
+    teachers = sorted({r["teacher"] for r in per_seed})
+    table = (f"Baselines (test AUC, seeds {seeds}; KD teacher = strongest pretrained peer: "
+             f"{', '.join(teachers)}, frozen; ensemble = mean of the peers' probabilities)\n\n"
+             + report.markdown_table(rows, [
+                 ("peer", "peer"), ("pretrain", "pretrained"), ("control", "control finetune"),
+                 ("kd", "one-way KD"), ("mutual", "mutual finetune"),
+                 ("kd_gain", "KD gain % vs control"), ("mutual_gain", "mutual gain % vs control")]))
+    _plot(per_seed, peers + ["ensemble"], os.path.join(workdir, "baselines.png"))
+    paper.write_outputs(workdir, {"claim": "baselines", "seeds": seeds, "per_seed": per_seed,
+                                  "rows": rows}, table)
+
+
+def _plot(per_seed, names, path):
+    plt = report._pyplot()
+    arms = ("pretrain", "control", "kd", "mutual")
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.4))
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        xs, means, stds = [], [], []
+        for i, name in enumerate(names):
+            values = [r[arm][name]["auc"] for r in per_seed if name in r[arm]]
+            if values:
+                xs.append(i + k * width)
+                means.append(np.mean(values))
+                stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
+        ax.bar(xs, means, width, yerr=stds, label=arm, capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+    all_means = [r[a][n]["auc"] for r in per_seed for a in arms for n in names if n in r[a]]
+    ax.set_ylim(min(all_means) - 0.005, max(all_means) + 0.003)
+    ax.set_ylabel("test AUC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,58 @@
+"""Flags and set-up shared by the experiment entries (experiments/<claim>.py).
+
+Every entry takes:
+  --workdir        where table.md, results.json and the figures go
+  --config         base config file (default mlctr/configs/default.py), with
+                   field overrides, e.g. --config.data.num_rows=200000
+  --seeds          comma-separated seeds (default 0,1,2); each seed pairs the arms
+  --dataset        synthetic | shared_criteo | shared_avazu | criteo | avazu
+  --raw            the Kaggle file for criteo / avazu
+  --pretrain_root  where pretrained peers are cached (default <workdir>/pretrain);
+                   point several entries at one root to share pretraining
+"""
+import logging as py_logging
+import os
+import sys
+
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from mlctr import paper  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", os.path.join(REPO, "mlctr/configs/default.py"),
+                                "Base config file.", lock_config=False)
+flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_enum("dataset", "synthetic", paper.DATASET_CHOICES, "Dataset.")
+flags.DEFINE_string("raw", "", "Raw Kaggle file (criteo / avazu).")
+flags.DEFINE_string("pretrain_root", "", "Pretrained-peer cache (default <workdir>/pretrain).")
+flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"),
+                    "Persistent XLA compilation cache ('' disables).")
+
+
+class _QuietOrbax(py_logging.Filter):
+    def filter(self, record):
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def setup():
+    """Returns (config, workdir, seeds, pretrain_root) from the flags."""
+    if FLAGS.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    py_logging.getLogger("absl").addFilter(_QuietOrbax())
+    config = FLAGS.config
+    workdir = os.path.abspath(FLAGS.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
+    if not seeds:
+        raise ValueError("--seeds is empty")
+    pretrain_root = os.path.abspath(FLAGS.pretrain_root or os.path.join(workdir, "pretrain"))
+    paper.configure_dataset(config, FLAGS.dataset, os.path.dirname(pretrain_root), FLAGS.raw)
+    return config, workdir, seeds, pretrain_root
