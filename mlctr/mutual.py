@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import optax
 
 from mlctr import models as model_zoo
+from mlctr import sparse
+from mlctr import xla_cpu
 from mlctr.models import regularization
 
 DIVERGENCES = ("mse", "kl")
@@ -150,12 +152,20 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
 
 
 def make_optimizer(grad_clip_norm: float = 10.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
+                   eps: float = 1e-8, embedding_optimizer: str = "dense"
+                   ) -> optax.GradientTransformation | sparse.SparseOptimizer:
     """Adam direction without the learning rate (applied per peer in the step).
 
     FuxiCTR clips gradients at global norm 10 before Adam; `grad_clip_norm <= 0`
     disables clipping. The norm is taken per peer (the step vmaps over peers).
+
+    `embedding_optimizer` other than 'dense' ('lazy_adam', 'adagrad', 'sgd') returns a
+    `sparse.SparseOptimizer`: the embedding tables get row-wise updates of only the rows
+    in the batch (see mlctr/sparse.py for the exact semantics), the rest Adam; the step
+    built by `make_train_step` then takes the sparse path.
     """
+    if embedding_optimizer != "dense":
+        return sparse.SparseOptimizer(embedding_optimizer, grad_clip_norm, b1, b2, eps)
     parts = []
     if grad_clip_norm and grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(grad_clip_norm))
@@ -353,6 +363,12 @@ def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool =
     return loss_fn
 
 
+def _with_vocab_size(peers: Peers, vocab_size: int) -> Peers:
+    """The same peers with tables of `vocab_size` rows (the sparse step's gathered rows)."""
+    return Peers(groups=tuple(dataclasses.replace(g, model=g.model.clone(vocab_size=vocab_size))
+                              for g in peers.groups))
+
+
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
                     alpha: float = 1.0, divergence: str = "mse", stop_gradient: bool = True,
                     warmup_steps: int = 0, peer_execution: str = "auto", donate: bool = True):
@@ -360,7 +376,9 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
 
     Args:
       peers: the peer groups.
-      optimizer: gradient transformation without learning rate (`make_optimizer`).
+      optimizer: gradient transformation without learning rate (`make_optimizer`); a
+        `sparse.SparseOptimizer` makes the step update only the embedding rows of
+        the batch.
       alpha: weight of the mutual term.
       divergence: 'mse' or 'kl'.
       stop_gradient: companions' predictions are constants (default).
@@ -374,17 +392,30 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
       scalar 'alpha'.
     """
     execution = resolve_peer_execution(peer_execution)
-    loss_fn = make_loss_fn(peers, divergence=divergence, stop_gradient=stop_gradient,
-                           execution=execution)
+    xla_cpu.use_unrolled_threefry()  # same random bits, ~10x faster dropout on CPU
+    row_sparse = isinstance(optimizer, sparse.SparseOptimizer)
+    loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution)
+    loss_fn = make_loss_fn(peers, **loss_kwargs)
+    vocab_size = max(group.model.vocab_size for group in peers.groups)
 
     def train_step(state, batch, alpha_value):
         step_key = jax.random.fold_in(state["rng"], state["step"])
         dropout_keys = jax.vmap(lambda k: jax.random.fold_in(step_key, k))(jnp.arange(peers.size))
         alpha_now = effective_alpha(state["step"], alpha_value, warmup_steps)
-        grads, aux = jax.grad(loss_fn, has_aux=True)(
-            state["params"], state["batch_stats"], batch, dropout_keys, alpha_now)
+        params, opt_state, step_batch, step_loss_fn = (
+            state["params"], state["opt_state"], batch, loss_fn)
+        if row_sparse:
+            # Only the rows of this batch are read, differentiated and written
+            # (mlctr/sparse.py). One sort serves every peer: they share the batch.
+            rows = sparse.batch_rows(batch["ids"], vocab_size)
+            params = tuple(sparse.take_table_rows(p, rows.rows, axis=1) for p in params)
+            opt_state = tuple(optimizer.take_state_rows(o, rows.rows, axis=1) for o in opt_state)
+            step_batch = dict(batch, ids=rows.inverse)
+            step_loss_fn = make_loss_fn(_with_vocab_size(peers, rows.size), **loss_kwargs)
+        grads, aux = jax.grad(step_loss_fn, has_aux=True)(
+            params, state["batch_stats"], step_batch, dropout_keys, alpha_now)
         new_params, new_opt_state, grad_norms = [], [], []
-        for sl, p, g, o in zip(peers.group_slices(), state["params"], grads, state["opt_state"]):
+        for sl, p, g, o in zip(peers.group_slices(), params, grads, opt_state):
             lr = state["learning_rate"][sl]
 
             def update_one(p_i, g_i, o_i, lr_i):
@@ -396,6 +427,11 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
             new_params.append(p)
             new_opt_state.append(o)
             grad_norms.append(gn)
+        if row_sparse:
+            new_params = [sparse.put_table_rows(full, new, rows.rows, axis=1)
+                          for full, new in zip(state["params"], new_params)]
+            new_opt_state = [optimizer.put_state_rows(full, new, rows.rows, axis=1)
+                             for full, new in zip(state["opt_state"], new_opt_state)]
         new_state = dict(state)
         new_state.update(step=state["step"] + 1, params=tuple(new_params),
                          opt_state=tuple(new_opt_state), batch_stats=aux["batch_stats"])

@@ -111,11 +111,11 @@ def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, pee
         config.peers = peers
         config.mutual.alpha = 0.0
         config.init_from = ""
-        config.train.max_steps = max_steps
+        config.train.max_steps = max_steps or base.train.max_steps
     key = _digest({"data": config.data.to_dict(), "models": config.models.to_dict(),
                    "optimizer": config.optimizer.to_dict(), "train": config.train.to_dict(),
                    "peers": peers})
-    tag = f"{peers.replace(',', '+')}_steps{max_steps or 'all'}_{key}_seed{seed}"
+    tag = f"{peers.replace(',', '+')}_steps{config.train.max_steps or 'all'}_{key}_seed{seed}"
     run_dir = os.path.join(pretrain_root, tag)
     return run_dir, run_cached(config, run_dir)
 
@@ -151,7 +151,7 @@ def finetune(base: ml_collections.ConfigDict, run_dir: str, *, seed: int, init_f
         config.train.num_epochs = base.finetune.num_epochs
         config.train.eval_steps = base.finetune.eval_steps
         config.train.patience = base.finetune.patience
-        config.train.max_steps = 0
+        config.train.max_steps = base.finetune.max_steps
     return run_cached(config, run_dir)
 
 

@@ -45,7 +45,7 @@ def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
             c.train.num_epochs = config.finetune.num_epochs
             c.train.eval_steps = config.finetune.eval_steps
             c.train.patience = config.finetune.patience
-            c.train.max_steps = 0
+            c.train.max_steps = config.finetune.max_steps
         finetune[name] = c
     phases = {} if config.init_from else {"pretrain": pretrain}
     phases.update(finetune)

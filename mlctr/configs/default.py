@@ -100,11 +100,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         test_at_end=True,         # evaluate the best parameters on the test split
     ))
 
+    # Resumable checkpoints in <workdir>/checkpoints (also written at the end and on
+    # SIGTERM); rerunning the same command resumes from the newest one.
+    config.checkpoint = ml_collections.ConfigDict(dict(
+        ckpt_steps=1000,          # save every this many updates (0: only at the end / SIGTERM)
+        keep=2,                   # newest checkpoints kept (>= 2 keeps one if the last is bad)
+    ))
+
+    # Device mesh (mlctr/sharding.py): data x peer devices, -1 = all remaining devices.
+    # Default: data-parallel over every device of every process, all peers on each.
+    config.mesh = ml_collections.ConfigDict(dict(
+        data=-1,                  # devices that split each batch
+        peer=1,                   # devices that split each group of stacked peers
+    ))
+
     # Finetune study: the phases after pretraining. Pretraining uses
     # config.train / config.optimizer with alpha = 0.
     config.finetune = ml_collections.ConfigDict(dict(
         learning_rate=1e-4,       # the paper does not state it; explicit here
         num_epochs=1,
+        max_steps=0,              # > 0: stop after this many updates
         eval_steps=0,
         patience=2,
     ))

@@ -1,35 +1,40 @@
 """Ground-truth synthetic CTR data in the raw Criteo (or Avazu) format.
 
 `generate` writes a raw file that `prepare` reads exactly like the Kaggle file, plus
-each row's true click probability, so every model can be judged against the
-Bayes-optimal AUC and logloss.
+each row's true click probability (`<raw>.true_prob.npy`) and a description
+(`<raw>.json`), so every model can be judged against the Bayes-optimal AUC and logloss.
 
 Marginals (per field, scaled down for small files):
-* categorical values are drawn from a truncated power law (Zipf-like, exponent 1.05 to
-  1.6 per field) over a per-field cardinality from 3 to 10^6 at full size (45.8M rows;
-  the Criteo cardinalities, capped at 10^6), scaled by sqrt(rows / 45.8M); values are
-  8-hex-digit strings (a bijective 32-bit scramble of the rank, so no two ranks share
-  a string); some fields are often missing, as in Criteo;
-* integers are log-normal counts (heavy-tailed, up to 10^8), some missing, one field
-  with a few negative values (Criteo's I2);
+* categorical values follow a truncated power law (Zipf-like, exponent 1.05 to 1.6 per
+  field) over a per-field cardinality from 3 to 10^6 at full size (45.8M rows; the
+  Criteo cardinalities, capped at 10^6), scaled by sqrt(rows / 45.8M); values are
+  8-hex-digit strings (a bijective 32-bit scramble of the rank, so no two ranks share a
+  string); some fields are often missing, with Criteo's missing shares;
+* integers are log-normal counts (heavy-tailed, up to 10^8), some missing, and I2 has a
+  few negative values, as in Criteo;
 * about 25% positives.
 
 Hidden CTR function, over what a model sees after BARS preprocessing (integers through
 the Criteo bucketing, a categorical value by its identity): every (field, value) has a
-weight w and a latent vector v (dimension 4), and
+weight w and a latent vector v (dimension LATENT_DIM), and
 
-    logit = bias + a_lin * sum_f w_f + a_fm * sum_{f<g} <v_f, v_g>
-                 + a_deep * MLP(concat_f v_f)      (one hidden ReLU layer of 16)
+    logit = bias + a_lin * sum_f w_f                          (all fields)
+                 + a_fm * sum_{f<g in FM} <v_f, v_g>          (FM_FIELDS fields)
+                 + a_deep * MLP(concat_{f in DEEP} v_f)       (DEEP_FIELDS fields,
+                                                               one hidden ReLU layer)
 
-The first-order part is learnable by logistic regression, the pairwise (FM) and MLP
-parts are not; values from the long tail are seen too rarely to learn their
-parameters (or fall below min_count into OOV), so good models stay below Bayes.
-The three scales are set from a fixed calibration sample so that each part has the
-standard deviation given in `SIGNAL`, and the bias so that the mean probability is
-`positive_rate`.
+The interacting fields are drawn among those with at most INTERACTION_MAX_CARDINALITY
+values at full size, so that their values recur often enough to be learnt. A linear
+model learns the first-order part and the main effects hidden in the others, not the
+interactions; values from the long tail are seen too rarely to learn (or fall below
+min_count into OOV), so good models stay below Bayes. The scales a_* are set on a fixed
+calibration sample so that each part has the standard deviation given in `SIGNAL`, and
+the bias so that the mean probability is `positive_rate`.
 
-Everything is deterministic in (format, rows, seed); rows are generated in fixed-size
-chunks from per-chunk random streams, vectorised, including the text formatting.
+Everything is deterministic in (format, rows, seed, signal): rows are generated in
+chunks of CHUNK_ROWS from per-chunk random streams (so also independent of the number
+of threads), vectorised: column values from quantile tables of 32 random bits, text as
+8-byte words scattered into place (`join_tokens`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,172 @@
+"""The device mesh: a `data` axis that splits each batch, a `peer` axis that splits the peers.
+
+`config.mesh.data` x `config.mesh.peer` devices (-1: all remaining devices). The default,
+data = -1 and peer = 1, is plain data parallelism: every device holds all peers and a
+slice of each batch, and XLA averages the gradients over `data`.
+
+Peer parallelism (peer > 1) places the peers of a group (the leading, stacked axis of its
+parameters, batch statistics and optimizer state) on different devices. Each device then
+runs forward and backward only for its own peers; the one cross-peer quantity of the
+mutual loss is the [N, B] matrix of logits, so the only traffic between peer slices is
+each example's predictions (XLA gathers them over `peer`), and a peer's gradients never
+leave its devices except for the mean over `data`. A group whose size the peer axis does
+not divide is replicated over `peer` and computed redundantly on every peer slice (a
+warning names it): put peers of one architecture in groups of a multiple of `mesh.peer`
+(e.g. `peers=deepfm*4` on peer = 4) to split them.
+
+Devices are laid out process-major, so each process owns a contiguous block of the `data`
+axis and reads only that block of every global batch (`process_batch_slice`); the global
+arrays are assembled with `jax.make_array_from_process_local_data`.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+PEER = "peer"
+
+# Keys of the training state whose leaves are stacked per peer group (leading axis n_g).
+PEER_STACKED_KEYS = ("params", "batch_stats", "opt_state")
+
+
+def mesh_shape(data: int, peer: int, num_devices: int) -> tuple[int, int]:
+    """Resolves (data, peer) axis sizes, one of which may be -1 (all remaining devices)."""
+    if data == -1 and peer == -1:
+        raise ValueError("at most one of mesh.data and mesh.peer may be -1")
+    for name, size in ((DATA, data), (PEER, peer)):
+        if size == 0 or size < -1:
+            raise ValueError(f"mesh.{name} must be a positive device count or -1, got {size}")
+    if data == -1 or peer == -1:
+        known = peer if data == -1 else data
+        if num_devices % known:
+            raise ValueError(f"mesh.{PEER if data == -1 else DATA} = {known} does not divide "
+                             f"the {num_devices} devices")
+        return (num_devices // known, peer) if data == -1 else (data, num_devices // known)
+    if data * peer != num_devices:
+        raise ValueError(f"mesh.data x mesh.peer = {data} x {peer} = {data * peer}, but there "
+                         f"are {num_devices} devices (use -1 for 'all remaining devices')")
+    return data, peer
+
+
+def make_mesh(data: int = -1, peer: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+    """A (data, peer) mesh over `devices` (default: all devices of all processes)."""
+    devices = sorted(devices if devices is not None else jax.devices(),
+                     key=lambda d: (d.process_index, d.id))
+    shape = mesh_shape(data, peer, len(devices))
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), (DATA, PEER))
+
+
+def mesh_from_config(mesh_config) -> Mesh:
+    """The mesh of `config.mesh`."""
+    return make_mesh(int(mesh_config.data), int(mesh_config.peer))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches: the leading (example) axis split over `data`, copies over `peer`."""
+    return NamedSharding(mesh, P(DATA))
+
+
+def peer_execution(mesh: Mesh, requested: str) -> str:
+    """'auto' becomes 'vmap' on a peer-parallel mesh; otherwise the request stands.
+
+    The unrolled loop indexes single peers out of the stacked axis, which would make XLA
+    gather a peer-split axis onto every device; vmap keeps each peer on its own slice.
+    """
+    if requested == "auto" and mesh.shape[PEER] > 1:
+        return "vmap"
+    return requested
+
+
+def group_is_peer_split(mesh: Mesh, group_size: int) -> bool:
+    """Whether a group of `group_size` stacked peers is split over the `peer` axis."""
+    peer = mesh.shape[PEER]
+    return peer > 1 and group_size % peer == 0
+
+
+def state_shardings(mesh: Mesh, state: dict, group_sizes: Sequence[int],
+                    group_names: Sequence[str] | None = None) -> dict:
+    """NamedShardings for a training state (see mlctr.mutual): the peer axis of each group
+    split over `peer` where it divides, everything else replicated.
+
+    Args:
+      mesh: the (data, peer) mesh.
+      state: the state or its abstract shapes (`jax.eval_shape`).
+      group_sizes: peers per group, in the order of the state's group tuples.
+      group_names: names for the warning about replicated groups.
+
+    Returns:
+      A pytree of NamedSharding with the structure of `state`.
+    """
+    rep = replicated(mesh)
+    split = NamedSharding(mesh, P(PEER))
+    shardings = jax.tree_util.tree_map(lambda _: rep, state)
+    peer_size = mesh.shape[PEER]
+    for g, n in enumerate(group_sizes):
+        if peer_size > 1 and not group_is_peer_split(mesh, n):
+            name = group_names[g] if group_names else f"group {g}"
+            logging.warning("peer group %s has %d peers, not a multiple of mesh.peer = %d: "
+                            "it is replicated over the peer axis", name, n, peer_size)
+    for key in PEER_STACKED_KEYS:
+        if key not in state:
+            continue
+        groups = []
+        for tree, n in zip(state[key], group_sizes):
+            spec = split if group_is_peer_split(mesh, n) else rep
+            groups.append(jax.tree_util.tree_map(
+                lambda x, spec=spec, n=n: spec if x.ndim and x.shape[0] == n else rep, tree))
+        shardings[key] = tuple(groups)
+    return shardings
+
+
+def process_batch_slice(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """Which part of each global batch this process reads.
+
+    Returns:
+      (index, count): the process reads the `index`-th of `count` equal slices of each
+      global batch (the arguments `process_index`/`process_count` of the batch reader).
+      Processes that share a slice of the `data` axis (peer-parallel across processes)
+      read the same slice.
+    """
+    data = mesh.shape[DATA]
+    if batch_size % data:
+        raise ValueError(f"batch size {batch_size} is not a multiple of mesh.data = {data}")
+    indices = batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+    bounds = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else batch_size)
+                     for s in indices})
+    begin, end = bounds[0][0], bounds[-1][1]
+    if any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])) or (end - begin) == 0:
+        raise ValueError(f"this process's devices hold a non-contiguous part {bounds} of the "
+                         "batch; use a mesh whose data blocks follow the process order")
+    size = end - begin
+    return begin // size, batch_size // size
+
+
+def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray], batch_size: int) -> dict:
+    """Global arrays of one batch from this process's slice of it (`process_batch_slice`)."""
+    sharding = batch_sharding(mesh)
+    return {key: jax.make_array_from_process_local_data(
+                sharding, value, (batch_size,) + value.shape[1:])
+            for key, value in local_batch.items()}
+
+
+def put_replicated(mesh: Mesh, tree):
+    """Host values (identical on every process) as replicated global arrays."""
+    return jax.device_put(jax.device_get(tree), replicated(mesh))
+
+
+def put(tree, shardings):
+    """Places host-identical values (numpy or single-device arrays) at `shardings`.
+
+    Every process holds the same values (same seed, same init), so going through host
+    memory is valid for any sharding, also across processes.
+    """
+    return jax.device_put(jax.device_get(tree), shardings)

@@ -1,0 +1,268 @@
+"""Sparse (row-wise) embedding updates: a step reads and writes only the rows its batch touches.
+
+With dense optax Adam every step reads and writes every row of every embedding table and
+both of its moments, although a batch of B examples x F fields touches at most B*F rows.
+`SparseOptimizer` instead updates, for every leaf named `embedding_table`, only the rows
+present in the batch; the other parameters (DNN, cross, bilinear, biases) keep dense Adam.
+
+How a sparse step works (see `mutual.make_train_step`):
+  1. `batch_rows(ids, vocab_size)`: the distinct ids of the batch, sorted, padded to the
+     static size K = B*F with distinct out-of-range ids (vocab_size, vocab_size + 1, ...),
+     and `inverse`, the position of each id in that list. Computed once per step: all
+     peers share the batch, so one sort serves every peer and every table.
+  2. `take_rows`: every table [V, d] becomes its K gathered rows [K, d] (padding rows read
+     as 0), every row-optimizer state leaf likewise. The model runs as
+     `model.clone(vocab_size=K)` on `inverse`, so the gradient is a [K, d] array.
+  3. `SparseOptimizer.update` on this gathered view: clip, dense Adam on the non-table
+     leaves, the row optimizer on the gathered rows.
+  4. `put_rows` scatters the new rows and row states back (padding slots are dropped).
+     With the state donated, XLA updates the tables in place, so a step costs O(B*F*d),
+     independent of the vocabulary size.
+
+Semantics, and where they differ from dense optax (all documented choices):
+  * lazy_adam: per row r a step count c_r, first moment m_r and second moment v_r. When
+    the row is in the batch (even if its gradient happens to be 0): c_r += 1,
+    m_r = b1 m_r + (1 - b1) g_r, v_r = b2 v_r + (1 - b2) g_r^2 and
+    w_r -= lr * (m_r / (1 - b1^c_r)) / (sqrt(v_r / (1 - b2^c_r)) + eps).
+    A row not in the batch keeps w_r, m_r, v_r and c_r bitwise. So bias correction uses the
+    row's own count of updates, not the global step (TF's LazyAdam and torch's SparseAdam
+    use the global step, which over-corrects rare rows: their moments are fresh but the
+    correction has decayed to 1). Dense Adam instead decays m and v of unseen rows every
+    step and keeps moving them with their stale momentum. When every row is in every
+    batch, lazy Adam equals dense Adam.
+  * adagrad: row-wise Adagrad (FBGEMM's EXACT_ROWWISE_ADAGRAD, the DLRM/TorchRec default):
+    one accumulator per row, a_r += mean_j g_rj^2, w_r -= lr * g_r / (sqrt(a_r) + eps),
+    a_r starting at 0; eps is the optimizer's Adam eps. State [V] per table, not [V, d].
+  * sgd: w_r -= lr * g_r. No state. Equals dense SGD exactly (the gradient of an unseen
+    row is 0), which the tests check.
+  * Learning rate: every row optimizer uses the peer's learning rate (the one the trainer
+    decays per peer); the non-table parameters always use Adam.
+  * Embedding L2 (`embedding_regularizer`): FuxiCTR penalises whole tables every step. The
+    sparse step penalises only the rows of the batch (each distinct row once), as sparse
+    trainers do; unseen rows are not shrunk. `net_regularizer` is unchanged.
+  * Gradient clipping by global norm: the norm is taken over the dense gradients plus the
+    gathered row gradients. Rows outside the batch have zero loss gradient, so for the same
+    loss this is the same number as the norm of the dense table gradient; the clipped
+    update is identical (with embedding L2 the two losses differ, see above).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+EMBEDDING_OPTIMIZERS = ("dense", "lazy_adam", "adagrad", "sgd")
+TABLE_NAME = "embedding_table"
+
+
+def is_table(path) -> bool:
+    """Whether a tree path (from `tree_*_with_path` or `flatten_dict`) ends at a table."""
+    last = path[-1]
+    return getattr(last, "key", last) == TABLE_NAME
+
+
+def table_mask(params):
+    """Tree of bools: True at `embedding_table` leaves."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_table(path), params)
+
+
+def _path_key(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def _tables(tree) -> dict[str, jax.Array]:
+    """{'linear/embedding/embedding_table': leaf, ...} for every table leaf of `tree`."""
+    return {_path_key(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+            if is_table(path)}
+
+
+# ---------------------------------------------------------------------------
+# The rows of a batch.
+
+
+class BatchRows(NamedTuple):
+    """The distinct ids of a batch.
+
+    Attributes:
+      rows: int32 [K], K = ids.size: the distinct ids in increasing order, then padding
+        ids vocab_size, vocab_size + 1, ... (so the whole list is increasing, distinct, and
+        the padding is out of range: gathers read 0, scatters drop it).
+      inverse: int32, shape of ids: ids == rows[inverse].
+      num_unique: int32 scalar, the number of distinct ids.
+    """
+
+    rows: jax.Array
+    inverse: jax.Array
+    num_unique: jax.Array
+
+    @property
+    def size(self) -> int:
+        return self.rows.shape[0]
+
+
+def batch_rows(ids: jax.Array, vocab_size: int) -> BatchRows:
+    """The distinct ids of `ids` with static shapes (one sort, no host round trip).
+
+    Args:
+      ids: int [..., F] feature ids in [0, vocab_size).
+      vocab_size: rows of the tables; padding ids start there.
+
+    Returns:
+      BatchRows with K = ids.size slots.
+    """
+    flat = ids.reshape(-1).astype(jnp.int32)
+    size = flat.shape[0]
+    if vocab_size + size > jnp.iinfo(jnp.int32).max:
+        raise ValueError(f"vocab_size {vocab_size} + batch ids {size} overflows int32")
+    positions = jax.lax.iota(jnp.int32, size)
+    sorted_ids, order = jax.lax.sort((flat, positions), num_keys=1)
+    is_first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
+    slot = jnp.cumsum(is_first.astype(jnp.int32)) - 1
+    num_unique = slot[-1] + 1
+    rows = jnp.int32(vocab_size) + positions
+    rows = rows.at[jnp.where(is_first, slot, size)].set(sorted_ids, mode="drop")
+    inverse = jnp.zeros((size,), jnp.int32).at[order].set(slot, unique_indices=True)
+    return BatchRows(rows, inverse.reshape(ids.shape), num_unique)
+
+
+def take_rows(table: jax.Array, rows: jax.Array, axis: int = 0) -> jax.Array:
+    """table rows `rows` along `axis` (out-of-range padding rows read as 0)."""
+    return jnp.take(table, rows, axis=axis, mode="fill", fill_value=0)
+
+
+def put_rows(table: jax.Array, rows: jax.Array, values: jax.Array, axis: int = 0) -> jax.Array:
+    """table with rows `rows` along `axis` set to `values` (padding rows dropped).
+
+    `rows` comes from `batch_rows`: increasing and distinct, which lets XLA emit a plain
+    in-place scatter.
+    """
+    index = (slice(None),) * axis + (rows,)
+    return table.at[index].set(values.astype(table.dtype), mode="drop", indices_are_sorted=True,
+                               unique_indices=True)
+
+
+def take_table_rows(params, rows: jax.Array, axis: int = 0):
+    """params with every `embedding_table` leaf replaced by its gathered rows."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: take_rows(x, rows, axis) if is_table(path) else x, params)
+
+
+def put_table_rows(params, new_params, rows: jax.Array, axis: int = 0):
+    """Inverse of `take_table_rows`: tables get their rows scattered, other leaves replaced."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, old, new: put_rows(old, rows, new, axis) if is_table(path) else new,
+        params, new_params)
+
+
+# ---------------------------------------------------------------------------
+# Row optimizers.
+
+
+def _row_init(kind: str, table: jax.Array) -> dict[str, jax.Array]:
+    vocab_size = table.shape[0]
+    if kind == "lazy_adam":
+        return {"mu": jnp.zeros_like(table), "nu": jnp.zeros_like(table),
+                "count": jnp.zeros((vocab_size,), jnp.int32)}
+    if kind == "adagrad":
+        return {"accumulator": jnp.zeros((vocab_size,), jnp.float32)}
+    if kind == "sgd":
+        return {}
+    raise ValueError(f"unknown row optimizer {kind!r}")
+
+
+def _row_update(kind: str, grads: jax.Array, state: dict, *, b1: float, b2: float, eps: float):
+    """Direction (to be scaled by -lr) and new state of gathered rows [K, d]."""
+    if kind == "lazy_adam":
+        # Same expressions and order as optax.scale_by_adam, with a per-row count.
+        count = state["count"] + 1
+        mu = (1 - b1) * grads + b1 * state["mu"]
+        nu = (1 - b2) * (grads ** 2) + b2 * state["nu"]
+        mu_hat = mu / (1 - b1 ** count[:, None]).astype(mu.dtype)
+        nu_hat = nu / (1 - b2 ** count[:, None]).astype(nu.dtype)
+        direction = mu_hat / (jnp.sqrt(nu_hat) + eps)
+        return direction, {"mu": mu, "nu": nu, "count": count}
+    if kind == "adagrad":
+        accumulator = state["accumulator"] + jnp.mean(grads.astype(jnp.float32) ** 2, axis=-1)
+        direction = grads / (jnp.sqrt(accumulator)[:, None] + eps).astype(grads.dtype)
+        return direction, {"accumulator": accumulator}
+    if kind == "sgd":
+        return grads, {}
+    raise ValueError(f"unknown row optimizer {kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseOptimizer:
+    """Clip + dense Adam for the network, a row optimizer for the embedding tables.
+
+    Built by `mutual.make_optimizer(..., embedding_optimizer=...)`; the step recognises it
+    and takes the sparse path. Like the dense optimizer it returns a *direction*: the step
+    applies each peer's learning rate.
+
+    `init(params)` takes full parameters; `update(grads, state, params)` works on the
+    gathered view (tables and row states replaced by the batch's rows, see
+    `take_state_rows`), so it is per peer and vmappable.
+
+    Attributes:
+      embedding_optimizer: 'lazy_adam', 'adagrad' or 'sgd' (see the module docstring).
+      grad_clip_norm: clip by global norm over all gradients of a peer (<= 0: off).
+      b1, b2, eps: Adam's (eps is also row-wise Adagrad's).
+    """
+
+    embedding_optimizer: str = "lazy_adam"
+    grad_clip_norm: float = 10.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.embedding_optimizer not in EMBEDDING_OPTIMIZERS[1:]:
+            raise ValueError(f"unknown embedding_optimizer {self.embedding_optimizer!r}; "
+                             f"expected one of {EMBEDDING_OPTIMIZERS}")
+
+    @property
+    def _dense(self) -> optax.GradientTransformation:
+        # Table leaves pass through the clip (so the norm covers them) and skip Adam: the
+        # masked Adam keeps no [V, d] moments for them.
+        parts = []
+        if self.grad_clip_norm and self.grad_clip_norm > 0:
+            parts.append(optax.clip_by_global_norm(self.grad_clip_norm))
+        parts.append(optax.masked(optax.scale_by_adam(b1=self.b1, b2=self.b2, eps=self.eps),
+                                  lambda params: jax.tree_util.tree_map(
+                                      lambda is_t: not is_t, table_mask(params))))
+        return optax.chain(*parts)
+
+    def init(self, params) -> dict:
+        """{'dense': clip/Adam state (no table moments), 'rows': {table path: row state}}."""
+        return {"dense": self._dense.init(params),
+                "rows": {key: _row_init(self.embedding_optimizer, table)
+                         for key, table in _tables(params).items()}}
+
+    def update(self, grads, state: dict, params):
+        """One peer's directions on the gathered view; returns (directions, new state)."""
+        directions, dense_state = self._dense.update(grads, state["dense"], params)
+        row_grads = _tables(directions)  # clipped, not yet transformed
+        row_directions, rows_state = {}, {}
+        for key, row_state in state["rows"].items():
+            row_directions[key], rows_state[key] = _row_update(
+                self.embedding_optimizer, row_grads[key], row_state, b1=self.b1, b2=self.b2,
+                eps=self.eps)
+        directions = jax.tree_util.tree_map_with_path(
+            lambda path, d: row_directions[_path_key(path)] if is_table(path) else d, directions)
+        return directions, {"dense": dense_state, "rows": rows_state}
+
+    @staticmethod
+    def take_state_rows(state: dict, rows: jax.Array, axis: int = 0) -> dict:
+        """The optimizer state with every row-state leaf replaced by its rows `rows`."""
+        return {"dense": state["dense"],
+                "rows": jax.tree_util.tree_map(lambda x: take_rows(x, rows, axis), state["rows"])}
+
+    @staticmethod
+    def put_state_rows(state: dict, new_state: dict, rows: jax.Array, axis: int = 0) -> dict:
+        """Inverse of `take_state_rows`."""
+        return {"dense": new_state["dense"],
+                "rows": jax.tree_util.tree_map(lambda old, new: put_rows(old, rows, new, axis),
+                                               state["rows"], new_state["rows"])}
+
