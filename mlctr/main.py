@@ -7,6 +7,7 @@ key fails loudly), overridable field by field: `--config.mutual.alpha=0.5`.
 """
 import logging as py_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -14,6 +15,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from mlctr import checkpoint
 from mlctr import distributed
 from mlctr import study
 from mlctr import train
@@ -43,19 +45,36 @@ def configure_runtime():
     py_logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
+# Exit status of a run stopped by SIGTERM after saving its checkpoint: what a shell
+# reports for a process that SIGTERM ended, so schedulers and wrappers treat it as
+# "terminated, not finished"; rerunning the same command resumes it.
+PREEMPTED_EXIT_CODE = 143
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     configure_runtime()
     distributed.initialize_from_env()
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)  # process 0 reports progress for all
     config = FLAGS.config
     logging.info("mode %s, workdir %s", config.mode, FLAGS.workdir)
-    if config.mode == "train":
-        train.train_and_evaluate(config, FLAGS.workdir)
-    elif config.mode == "finetune_study":
-        study.run_finetune_study(config, FLAGS.workdir)
-    else:
-        raise app.UsageError(f"unknown config.mode {config.mode!r}; expected train or finetune_study")
+    try:
+        if config.mode == "train":
+            train.train_and_evaluate(config, FLAGS.workdir)
+        elif config.mode == "finetune_study":
+            study.run_finetune_study(config, FLAGS.workdir)
+        else:
+            raise app.UsageError(
+                f"unknown config.mode {config.mode!r}; expected train or finetune_study")
+    except train.Preempted as e:
+        print(f"mlctr: {e}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except (train.NonFiniteLossError, checkpoint.CheckpointError) as e:
+        # Expected failures with a complete message: no traceback.
+        print(f"mlctr: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

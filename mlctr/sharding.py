@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -158,9 +159,15 @@ def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray], batch_size: int
             for key, value in local_batch.items()}
 
 
-def put_replicated(mesh: Mesh, tree):
-    """Host values (identical on every process) as replicated global arrays."""
-    return jax.device_put(jax.device_get(tree), replicated(mesh))
+def to_host(tree):
+    """numpy copies of (global) arrays on every process, gathering the peer-split ones."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def put(tree, shardings):
