@@ -91,6 +91,8 @@ def main(argv):
     results["reader_examples_per_sec"] = round(examples / seconds)
     results["reader_batch_size"] = FLAGS.batch_size
     results["cpu_count"] = os.cpu_count()
+    # Other work on the machine slows every number above: report how busy it was.
+    results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     print(f"read {examples} train examples in batches of {FLAGS.batch_size}: {seconds:.2f}s")
     if not FLAGS.keep and not FLAGS.workdir:
         shutil.rmtree(workdir)

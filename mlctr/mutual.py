@@ -26,7 +26,9 @@ State layout (a plain dict pytree, easy to checkpoint):
                  fold_in(fold_in(rng, s), k).
   params:        tuple over groups of stacked param pytrees.
   batch_stats:   tuple over groups of stacked batch-norm stats ({} if none).
-  opt_state:     tuple over groups of stacked optax states.
+  opt_state:     tuple over groups of stacked optax states (with a
+                 `sparse.SparseOptimizer`: {'dense': ..., 'rows': {table path:
+                 per-row state}}).
   learning_rate: float32 [N], one learning rate per peer (decayed per peer by
                  the trainer; 0 freezes a peer that has early-stopped).
 """
@@ -126,7 +128,7 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
         `deepfm_small = {model: 'deepfm', dnn_hidden_units: (64,)}` works.
       vocab_size: total rows of the concatenated embedding table.
       num_fields: number of feature fields.
-      dtype: compute dtype of the models.
+      dtype: compute dtype of the models (a dtype or its name, e.g. 'bfloat16').
 
     Returns:
       Peers whose groups follow the first appearance of each key in `spec`.
@@ -144,7 +146,7 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
         hparams = dict(models_config[key])
         arch = hparams.pop("model", key)
         model = model_zoo.create_model(
-            arch, vocab_size=vocab_size, num_fields=num_fields, dtype=dtype, **hparams)
+            arch, vocab_size=vocab_size, num_fields=num_fields, dtype=jnp.dtype(dtype), **hparams)
         n = counts[key]
         names = (key,) if n == 1 else tuple(f"{key}_{k}" for k in range(n))
         groups.append(PeerGroup(config_key=key, model=model, names=names))

@@ -432,9 +432,10 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
     peer_execution = (config.mutual.peer_execution if mesh is None
                       else sharding.peer_execution(mesh, config.mutual.peer_execution))
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
-                               num_fields=dataset.num_fields)
+                               num_fields=dataset.num_fields, dtype=config.compute_dtype)
     optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
-                                      config.optimizer.b2, config.optimizer.eps)
+                                      config.optimizer.b2, config.optimizer.eps,
+                                      config.optimizer.embedding_optimizer)
     train_step = mutual.make_train_step(
         peers, optimizer, alpha=config.mutual.alpha, divergence=config.mutual.divergence,
         stop_gradient=config.mutual.stop_gradient, warmup_steps=config.mutual.warmup_steps,
@@ -536,7 +537,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
     best_shardings = {k: state_shardings[k] for k in ("params", "batch_stats")}
+    # What a checkpoint must agree with: the config, less the hyperparameter sets
+    # of models that are not peers here (code updates may add fields to those).
     config_dict = json.loads(config.to_json_best_effort())
+    config_dict["models"] = {key: config_dict["models"][key] for key in
+                             dict.fromkeys(g.config_key for g in peers.groups)}
     fingerprint = dataset_fingerprint(dataset)
     checkpoints = checkpoint.RunCheckpoints(workdir, keep=config.checkpoint.keep)
     if checkpoints.latest_step() is not None:
@@ -687,7 +692,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.close()
         checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
 
-    results = {"peers": names, "steps": step, "train_seconds": timed_seconds,
+    results = {"peers": names, "steps": step, "resumed_from": start_step or None,
+               "train_seconds": timed_seconds,
                "examples_per_sec": timed_steps * tc.batch_size / max(timed_seconds, 1e-9),
                "schedule": schedule.to_json()}
     for split in ("valid", "test") if tc.test_at_end else ("valid",):

@@ -6,6 +6,10 @@ import pytest
 # Compiled steps are reused across test runs (CI reruns, local iterations).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/mlctr/xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# Tests run tiny shapes: compile fast (about 3x) rather than optimise (same results).
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 from mlctr.configs import tiny  # noqa: E402
 
@@ -36,3 +40,45 @@ def make_tiny_config(data_dir: str, peers: str = "deepfm,dcn", **train_overrides
 @pytest.fixture
 def tiny_config(tiny_data_dir):
     return lambda **kw: make_tiny_config(tiny_data_dir, **kw)
+
+
+# The run that the resume and multi-process tests interrupt or split (mlctr/train.py,
+# mlctr/checkpoint.py): 60 steps of 64 over 50-step epochs, so it crosses an epoch
+# boundary; evaluations at 20, 40, 60; checkpoints every 15 steps.
+class ResumableRun:
+    TRAIN = dict(num_epochs=2, max_steps=60, eval_steps=20)
+    CKPT_STEPS = 15
+    REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+
+    def config(self):
+        config = make_tiny_config(self.data_dir, **self.TRAIN)
+        with config.unlocked():
+            config.checkpoint.ckpt_steps = self.CKPT_STEPS
+        return config
+
+    def flags(self, workdir: str) -> list[str]:
+        """`mlctr.main` flags for exactly `config()` (resuming checks that they agree)."""
+        return ["--config=mlctr/configs/tiny.py", "--config.mode=train",
+                "--config.peers=deepfm,dcn", f"--config.data.data_dir={self.data_dir}",
+                f"--workdir={workdir}",
+                f"--compilation_cache={os.environ['JAX_COMPILATION_CACHE_DIR']}",
+                *(f"--config.train.{k}={v}" for k, v in self.TRAIN.items()),
+                f"--config.checkpoint.ckpt_steps={self.CKPT_STEPS}"]
+
+
+@pytest.fixture(scope="session")
+def resumable(tiny_data_dir):
+    return ResumableRun(tiny_data_dir)
+
+
+@pytest.fixture(scope="session")
+def reference_run(resumable, tmp_path_factory):
+    """Work dir of one uninterrupted single-process run of `resumable.config()`."""
+    from mlctr import train
+
+    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+    train.train_and_evaluate(resumable.config(), workdir)
+    return workdir

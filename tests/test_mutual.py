@@ -160,7 +160,10 @@ def test_single_peer_is_plain_bce_training():
         params = optax.apply_updates(params, updates)
         state, m = step(state, batch)
         assert float(m["mutual"][0]) == 0.0
-    assert_trees_close(jax.tree_util.tree_map(lambda x: x[0], state["params"][0]), params)
+    # Adam turns rounding noise in near-zero gradients into steps of up to lr:
+    # compare at a tolerance well below one step (lr = 1e-2).
+    assert_trees_close(jax.tree_util.tree_map(lambda x: x[0], state["params"][0]), params,
+                       atol=1e-4)
 
 
 def test_alpha_zero_makes_peers_independent():

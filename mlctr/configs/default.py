@@ -35,7 +35,10 @@ def model_sets() -> ml_collections.ConfigDict:
         "fibinet": dict(model="fibinet", reduction_ratio=3, bilinear_type="field_interaction",
                         **common),
         "wide_deep": dict(model="wide_deep", **common),
-        "dcnv2": dict(model="dcnv2", num_cross_layers=3, **common),
+        "dcnv2": dict(model="dcnv2", model_structure="parallel", num_cross_layers=3,
+                      parallel_dnn_hidden_units=(400, 400, 400), stacked_dnn_hidden_units=(),
+                      embedding_dim=16, net_dropout=0.1, batch_norm=False,
+                      embedding_regularizer=1e-5, net_regularizer=0.0),
         "xdeepfm": dict(model="xdeepfm", cin_hidden_units=(32, 32), **common),
         "autoint": dict(model="autoint", embedding_dim=16, attention_layers=2, num_heads=2,
                         attention_dim=16, use_residual=True, dnn_hidden_units=(),
@@ -69,6 +72,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.peers = DEFAULT_PEERS
     config.models = model_sets()
+    # Compute dtype of the models (params, optimizer state and losses stay float32):
+    # float32 on CPU (no fast bfloat16 there); bfloat16 is the choice on GPU/TPU.
+    config.compute_dtype = "float32"
 
     config.mutual = ml_collections.ConfigDict(dict(
         alpha=1.0,                # weight of the mutual term (0: independent peers)
@@ -86,6 +92,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grad_clip_norm=10.0,      # FuxiCTR's hidden default, made explicit (0: off)
         lr_decay_factor=0.1,      # lr x0.1 after a non-improving evaluation (BARS)
         min_learning_rate=1e-6,   # floor of that decay
+        # Embedding tables: dense (optax Adam over every row, FuxiCTR) | lazy_adam |
+        # adagrad (row-wise) | sgd: sparse updates of only the batch's rows, with the
+        # embedding L2 on those rows only (mlctr/sparse.py). The rest is always Adam.
+        embedding_optimizer="dense",
     ))
 
     config.train = ml_collections.ConfigDict(dict(

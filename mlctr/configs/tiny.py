@@ -19,6 +19,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             arch = config.models[key].get("model", key)
             if "dnn_hidden_units" in config.models[key] and arch != "autoint":
                 config.models[key].update(TINY_MODEL)
+            if arch == "dcnv2":
+                config.models[key].parallel_dnn_hidden_units = (16,)
             if "embedding_dim" in config.models[key]:
                 config.models[key].embedding_dim = 4
             if "num_cross_layers" in config.models[key]:

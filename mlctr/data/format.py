@@ -97,9 +97,51 @@ class NpyWriter:
         self._file = None
 
 
-def open_rows(path: str, *, writable: bool = False) -> np.ndarray:
-    """Memory-maps a .npy file (read-only unless `writable`)."""
-    return np.load(path, mmap_mode="r+" if writable else "r", allow_pickle=False)
+def open_rows(path: str) -> np.ndarray:
+    """Memory-maps a .npy file read-only (the page cache then serves the reads)."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def npy_layout(path: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, data offset) of a C-order .npy file."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(f)
+        if fortran_order:
+            raise ValueError(f"{path}: Fortran-order arrays are not supported")
+        return dtype, shape, f.tell()
+
+
+def read_rows(path: str, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a .npy file, read with plain file reads.
+
+    Unlike a memory map, the pages read do not stay in this process's resident set, so
+    streaming through a file keeps the memory bounded.
+    """
+    dtype, shape, offset = npy_layout(path)
+    row_items = int(np.prod(shape[1:], dtype=np.int64))
+    stop = min(stop, shape[0])
+    count = max(stop - start, 0) * row_items
+    rows = np.fromfile(path, dtype=dtype, count=count,
+                       offset=offset + start * row_items * dtype.itemsize)
+    return rows.reshape((-1,) + tuple(shape[1:]))
+
+
+def update_rows(path: str, update, *, block_rows: int = 1 << 16) -> None:
+    """Rewrites a .npy file in place, block by block: rows <- update(rows)."""
+    dtype, shape, offset = npy_layout(path)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    with open(path, "r+b") as f:
+        for start in range(0, shape[0], block_rows):
+            count = min(block_rows, shape[0] - start)
+            f.seek(offset + start * row_bytes)
+            block = np.fromfile(f, dtype=dtype, count=count * row_bytes // dtype.itemsize)
+            block = np.ascontiguousarray(update(block.reshape((count,) + tuple(shape[1:]))),
+                                         dtype=dtype)
+            f.seek(offset + start * row_bytes)
+            f.write(block.data)
 
 
 def write_json_atomic(path: str, obj) -> None:

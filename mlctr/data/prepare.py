@@ -37,7 +37,7 @@ from mlctr.data.errors import DataError
 DATASETS = ("criteo", "avazu", "synthetic")
 PROTOCOLS = ("x4_001", "x4_002")
 RAW_FORMATS = {"criteo": criteo, "avazu": avazu}
-_REMAP_ROWS = 1 << 18
+_REMAP_ROWS = 1 << 15
 
 
 def raw_format_module(name: str):
@@ -156,7 +156,8 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
     true_prob = None
     header_lines = 1 if module is avazu else 0
     if synthetic_description is not None:
-        true_prob = np.load(synthetic.true_prob_path(raw), mmap_mode="r")
+        true_prob = synthetic.true_prob_path(raw)
+        num_true_probs = fmt.npy_layout(true_prob)[1][0]
 
     def writer(path, dtype, row_shape=()):
         created.append(path)
@@ -197,7 +198,12 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
                 codes[:, f] = field_codes
                 counts[f].add(field_codes[train], len(coders[f]))
             if true_prob is not None:
-                chunk_probs = true_prob[parsed.line_numbers - 1 - header_lines]
+                raw_rows = parsed.line_numbers - 1 - header_lines
+                if len(raw_rows):
+                    chunk_probs = fmt.read_rows(true_prob, int(raw_rows[0]),
+                                                int(raw_rows[-1]) + 1)[raw_rows - raw_rows[0]]
+                else:
+                    chunk_probs = np.zeros(0, np.float32)
             for s in range(3):
                 rows = splits == s
                 ids_out[s].append(codes[rows])
@@ -212,9 +218,9 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
     if num_rows == 0:
         raise DataError(raw, "no data rows" + (" left after skipping bad rows" if skipped else ""),
                         reason="empty_file")
-    if true_prob is not None and num_rows + sum(skipped.values()) != len(true_prob):
+    if true_prob is not None and num_rows + sum(skipped.values()) != num_true_probs:
         raise DataError(raw, f"{num_rows + sum(skipped.values())} rows but "
-                        f"{len(true_prob)} true probabilities in "
+                        f"{num_true_probs} true probabilities in "
                         f"{synthetic.true_prob_path(raw)}", reason="synthetic_mismatch")
     for w in writers:
         w.close()
@@ -240,12 +246,8 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
     del coders, counts, code_to_global
     split_info = {}
     for s, name in enumerate(fmt.SPLITS):
-        ids = fmt.open_rows(fmt.ids_path(out, name), writable=True)
-        for start in range(0, len(ids), _REMAP_ROWS):
-            block = ids[start:start + _REMAP_ROWS]
-            block[...] = lookup[block + code_offsets]
-        ids.flush()
-        del ids
+        fmt.update_rows(fmt.ids_path(out, name), lambda codes: lookup[codes + code_offsets],
+                        block_rows=_REMAP_ROWS)
         n = ids_out[s].num_rows
         split_info[name] = {"num_examples": n,
                             "positive_rate": float(positives[s] / n) if n else None}

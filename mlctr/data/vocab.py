@@ -40,8 +40,9 @@ class KeyCoder:
 
     While all keys seen lie in a range narrower than `dense_limit` (numeric buckets,
     hours, small integer columns) a code is one array lookup at `key - low`. Otherwise
-    an open-addressing hash table (linear probing, load <= 1/2) held in two numpy
-    arrays; lookups and inserts run as rounds of gathers over all still-unresolved
+    an open-addressing hash table (linear probing, load <= 1/2) of int32 codes, the keys
+    themselves being read from `keys[code]` (about 20-30 bytes per distinct value in
+    all, so memory stays small next to the parsing buffers); lookups and inserts run as rounds of gathers over all still-unresolved
     keys, so a chunk of keys costs a few numpy passes, not a Python loop. Codes never
     change once given (tables are rebuilt from the keys with their codes), so codes
     written to disk early stay valid.
@@ -57,7 +58,6 @@ class KeyCoder:
         self._dense: np.ndarray | None = np.zeros(0, np.int32)  # None: hash mode
         self._dense_low = 0
         self._slot_code: np.ndarray | None = None
-        self._slot_key: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -111,7 +111,6 @@ class KeyCoder:
         self._dense = None
         size = 1 << max(6, int(2 * self.size).bit_length())
         self._slot_code = np.full(size, -1, np.int32)
-        self._slot_key = np.zeros(size, np.int64)
         self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
 
     def _add(self, new_keys: np.ndarray) -> np.ndarray:
@@ -131,8 +130,8 @@ class KeyCoder:
                 size = len(self._slot_code)
                 while 2 * self.size > size:
                     size *= 2
+                self._slot_code = None  # free the old table first
                 self._slot_code = np.full(size, -1, np.int32)
-                self._slot_key = np.zeros(size, np.int64)
                 self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
             else:
                 self._insert_new(new_keys, new_codes)
@@ -145,23 +144,24 @@ class KeyCoder:
         mask = len(self._slot_code) - 1
         slots = (mix64(keys) & np.uint64(mask)).astype(np.int64)
         slot_codes = self._slot_code[slots]
-        hit = slot_codes >= 0
-        hit &= self._slot_key[slots] == keys
+        occupied = slot_codes >= 0
+        hit = occupied & (np.take(self.keys, np.maximum(slot_codes, 0)) == keys)
         codes = np.where(hit, slot_codes, -1).astype(np.int32)
         # Keys whose slot holds another key probe on, in rounds over fewer and fewer keys.
-        active = np.flatnonzero((slot_codes >= 0) & ~hit)
+        active = np.flatnonzero(occupied & ~hit)
         slots = slots[active]
         while len(active):
             slots = (slots + 1) & mask
             slot_codes = self._slot_code[slots]
-            hit = (slot_codes >= 0) & (self._slot_key[slots] == keys[active])
+            occupied = slot_codes >= 0
+            hit = occupied & (np.take(self.keys, np.maximum(slot_codes, 0)) == keys[active])
             codes[active[hit]] = slot_codes[hit]
-            more = (slot_codes >= 0) & ~hit
+            more = occupied & ~hit
             active, slots = active[more], slots[more]
         return codes
 
     def _insert_new(self, keys: np.ndarray, codes: np.ndarray) -> None:
-        """Inserts distinct keys known to be absent, with the given codes."""
+        """Inserts distinct keys known to be absent, with their (already stored) codes."""
         mask = len(self._slot_code) - 1
         slots = (mix64(keys) & np.uint64(mask)).astype(np.int64)
         while len(keys):
@@ -171,27 +171,26 @@ class KeyCoder:
             self._slot_code[slots[empty]] = codes[empty]
             won = np.zeros(len(keys), bool)
             won[empty] = self._slot_code[slots[empty]] == codes[empty]
-            self._slot_key[slots[won]] = keys[won]
             lost = ~won
             keys, codes = keys[lost], codes[lost]
             slots = np.where(empty[lost], slots[lost], (slots[lost] + 1) & mask)
 
 
 class Counts:
-    """A growable int64 counter indexed by code."""
+    """A growable counter indexed by code (int32: up to 2^31 - 1 rows per value)."""
 
     def __init__(self):
-        self.counts = np.zeros(64, np.int64)
+        self.counts = np.zeros(64, np.int32)
 
     def add(self, codes: np.ndarray, num_codes: int) -> None:
         """Counts one occurrence of each of `codes` (all < num_codes)."""
         if num_codes > len(self.counts):
-            grown = np.zeros(max(num_codes, 2 * len(self.counts)), np.int64)
+            grown = np.zeros(max(num_codes, 2 * len(self.counts)), np.int32)
             grown[:len(self.counts)] = self.counts
             self.counts = grown
         if len(codes):
             top = int(codes.max()) + 1
-            self.counts[:top] += np.bincount(codes, minlength=top)
+            self.counts[:top] += np.bincount(codes, minlength=top).astype(np.int32)
 
 
 def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count: int,
@@ -200,7 +199,7 @@ def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count
 
     Args:
         code_keys: int64 [n] the key of each temporary code.
-        train_counts: int64 [>= n] train-split occurrences of each code.
+        train_counts: [>= n] train-split occurrences of each code.
         min_count: BARS `min_categr_count`: rarer values map to OOV.
         missing_key: the key that means "missing" for this field (always OOV), or None.
 

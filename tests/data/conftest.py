@@ -1,10 +1,13 @@
 """Shared fixtures of the data pipeline tests: the real rows and tiny generated files."""
 
+import functools
+import math
 import os
 
+import numpy as np
 import pytest
 
-from mlctr.data import synthetic
+from mlctr.data import parsing, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -46,3 +49,25 @@ def synthetic_avazu(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("synthetic") / "avazu.csv")
     synthetic.generate(path, num_rows=3000, seed=7, raw_format="avazu")
     return path
+
+
+@functools.lru_cache(maxsize=None)
+def criteo_reference_rows(path):
+    """(keys, labels) the slow, obvious way: BARS bucketing, strings as keys."""
+    keys, labels = [], []
+    with open(path, "rb") as f:
+        for line in f:
+            columns = line.rstrip(b"\r\n").split(b"\t")
+            assert len(columns) == 40
+            labels.append(int(columns[0]))
+            ints = [int(c) if c else 0 for c in columns[1:14]]
+            row = [int(math.floor(np.log(x) ** 2)) if x > 2 else int(x) for x in ints]
+            row += [parsing.string_key(c) for c in columns[14:]]
+            keys.append(row)
+    return np.array(keys, np.int64).reshape(-1, 39), np.array(labels, np.uint8)
+
+
+@pytest.fixture(scope="session")
+def criteo_reference():
+    """criteo_reference_rows: the plain-Python reference parser of Criteo files."""
+    return criteo_reference_rows

@@ -1,26 +1,10 @@
 """The Criteo reader on the real rows in ../shared/data, against a plain-Python reference."""
 
 import gzip
-import math
 
 import numpy as np
 
 from mlctr.data import criteo, parsing
-
-
-def reference_rows(path):
-    """(keys, labels) the slow, obvious way: BARS bucketing, strings as keys."""
-    keys, labels = [], []
-    with open(path, "rb") as f:
-        for line in f:
-            columns = line.rstrip(b"\r\n").split(b"\t")
-            assert len(columns) == 40
-            labels.append(int(columns[0]))
-            ints = [int(c) if c else 0 for c in columns[1:14]]
-            row = [int(math.floor(np.log(x) ** 2)) if x > 2 else int(x) for x in ints]
-            row += [parsing.string_key(c) for c in columns[14:]]
-            keys.append(row)
-    return np.array(keys, np.int64).reshape(-1, 39), np.array(labels, np.uint8)
 
 
 def parse_file(path, chunk_bytes=1 << 16):
@@ -32,11 +16,11 @@ def parse_file(path, chunk_bytes=1 << 16):
             np.concatenate([p.line_numbers for p in parts]))
 
 
-def test_real_rows_match_reference(criteo_files):
+def test_real_rows_match_reference(criteo_files, criteo_reference):
     total = 0
     for path in criteo_files:
         keys, labels, line_numbers = parse_file(path)
-        expected_keys, expected_labels = reference_rows(path)
+        expected_keys, expected_labels = criteo_reference(path)
         np.testing.assert_array_equal(keys, expected_keys, err_msg=path)
         np.testing.assert_array_equal(labels, expected_labels, err_msg=path)
         assert line_numbers.tolist() == list(range(1, len(labels) + 1))

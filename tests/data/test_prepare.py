@@ -11,8 +11,6 @@ from mlctr.data import criteo, encode_raw, parsing, split, vocab
 from mlctr.data.prepare import prepare
 from mlctr.data.reader import PreparedDataset
 
-from test_criteo_reader import reference_rows
-
 
 def _files(directory):
     found = {}
@@ -49,12 +47,12 @@ def test_split_is_8_1_1_per_block_and_chunking_independent():
 
 
 @pytest.mark.parametrize("protocol,min_count", [("x4_001", 10), ("x4_002", 2)])
-def test_vocabulary_fit_on_train_with_min_count_and_oov(criteo_files, tmp_path, protocol,
-                                                       min_count):
+def test_vocabulary_fit_on_train_with_min_count_and_oov(criteo_files, criteo_reference,
+                                                       tmp_path, protocol, min_count):
     path = max(criteo_files, key=os.path.getsize)
     feature_map = prepare("criteo", path, str(tmp_path), protocol=protocol)
     assert feature_map["min_count"] == min_count
-    keys, labels = reference_rows(path)
+    keys, labels = criteo_reference(path)
     splits = split.assign_splits(0, len(labels), feature_map["seed"])
     dataset = PreparedDataset(str(tmp_path))
     for f, field in enumerate(feature_map["fields"]):

@@ -1,0 +1,170 @@
+"""Checkpoints and resume (mlctr/checkpoint.py and the trainer's use of it).
+
+A run that is killed (SIGKILL) or preempted (SIGTERM) and then rerun ends bitwise
+identical to the run that went through: same final parameters, optimizer state, best
+weights and metrics.jsonl. A corrupt or foreign checkpoint is a clear error and stays
+on disk; a NaN stops the run before anything after it is saved.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mlctr import checkpoint
+from mlctr import train
+
+
+def run_process(resumable, workdir, *extra_flags, interrupt=None):
+    """Runs the trainer as its own process (`tests/interrupt_run.py` when interrupted)."""
+    entry = ([os.path.join(resumable.REPO, "tests", "interrupt_run.py")] if interrupt
+             else ["-m", "mlctr.main"])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if interrupt:
+        env["MLCTR_TEST_INTERRUPT"] = interrupt
+    return subprocess.run([sys.executable, *entry, *resumable.flags(workdir), *extra_flags],
+                          cwd=resumable.REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def checkpoint_steps(workdir):
+    directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+
+
+def final_arrays(workdir):
+    """Live state of the newest checkpoint and the exported best weights, as numpy."""
+    step = checkpoint_steps(workdir)[-1]
+    path = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step), "state")
+    state = jax.tree_util.tree_map(np.asarray, ocp.StandardCheckpointer().restore(path))
+    return {"step": step, "state": state, "best": checkpoint.load_peer_weights(workdir)}
+
+
+def metrics_records(workdir):
+    """metrics.jsonl without its wall-clock fields."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items()
+                 if k not in ("steps_per_sec", "examples_per_sec")} for line in f]
+
+
+def assert_bitwise_equal(got, want):
+    got_leaves = jax.tree_util.tree_leaves_with_path(got)
+    want_leaves = jax.tree_util.tree_leaves(want)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    assert len(got_leaves) > 20
+    for (path, g), w in zip(got_leaves, want_leaves):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype and np.array_equal(g, w), jax.tree_util.keystr(path)
+
+
+def output(proc):
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+
+
+def test_killed_run_resumes_bitwise_identical(resumable, reference_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    killed = run_process(resumable, workdir, interrupt="KILL:52")
+    assert killed.returncode == -signal.SIGKILL, output(killed)
+    # Step 52 is past the epoch boundary (50) and the checkpoint at 45; keep = 2.
+    assert checkpoint_steps(workdir) == [30, 45]
+    assert max(r["step"] for r in metrics_records(workdir)) == 50  # logged after 45: dropped
+
+    results = train.train_and_evaluate(resumable.config(), workdir)
+
+    assert results["resumed_from"] == 45
+    assert_bitwise_equal(final_arrays(workdir), final_arrays(reference_run))
+    assert metrics_records(workdir) == metrics_records(reference_run)
+    with open(os.path.join(reference_run, "results.json")) as f:
+        reference = json.load(f)
+    assert results["valid"] == reference["valid"] and results["test"] == reference["test"]
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_bitwise(resumable, reference_run,
+                                                                   tmp_path):
+    workdir = str(tmp_path / "run")
+    stopped = run_process(resumable, workdir, interrupt="TERM:37")
+    assert stopped.returncode == 143, output(stopped)
+    assert "stopped on SIGTERM at step 37 after saving a checkpoint" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert checkpoint_steps(workdir) == [30, 37]  # 37 is no multiple of ckpt_steps = 15
+
+    results = train.train_and_evaluate(resumable.config(), workdir)
+
+    assert results["resumed_from"] == 37
+    assert_bitwise_equal(final_arrays(workdir), final_arrays(reference_run))
+    assert metrics_records(workdir) == metrics_records(reference_run)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_earlier_ones_are_kept(resumable, reference_run,
+                                                                        tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    bad = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "60", "state")
+    for root, _, files in os.walk(bad):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"not a checkpoint")
+
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        train.train_and_evaluate(resumable.config(), workdir)
+
+    message = str(error.value)
+    assert "checkpoints/60 cannot be restored: it is corrupt or incomplete" in message
+    assert "Earlier checkpoint(s) [45] are kept" in message and "mv " in message
+    assert checkpoint_steps(workdir) == [45, 60]
+    assert checkpoint.RunCheckpoints(workdir, keep=2).latest_step() == 60  # nothing deleted
+
+
+def test_checkpoint_of_another_config_is_refused(resumable, reference_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    config = resumable.config()
+    with config.unlocked():
+        config.optimizer.learning_rate = 0.01
+        config.train.max_steps = 80  # may change: training longer is a resume
+
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        train.train_and_evaluate(config, workdir)
+
+    message = str(error.value)
+    assert "optimizer.learning_rate: checkpoint 0.001, config 0.01" in message
+    assert "max_steps" not in message
+    assert checkpoint_steps(workdir) == [45, 60]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["optimizer"]["learning_rate"] == 0.001  # not overwritten
+
+
+def test_an_interrupted_save_is_never_taken_for_a_checkpoint(reference_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    # What a crash in the middle of saving step 75 leaves: orbax's temporary directory.
+    partial = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "75.orbax-checkpoint-tmp")
+    shutil.copytree(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "60", "progress"),
+                    os.path.join(partial, "progress"))
+
+    checkpoints = checkpoint.RunCheckpoints(workdir, keep=2)
+
+    assert checkpoints.latest_step() == 60
+    checkpoints.close()
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_saves_nothing_after(resumable,
+                                                                              tmp_path):
+    workdir = str(tmp_path / "run")
+    # Adam moves every weight by ~1e38 in step 1, so step 2's loss overflows.
+    proc = run_process(resumable, workdir, "--config.optimizer.learning_rate=1e38",
+                       "--config.checkpoint.ckpt_steps=1")
+
+    assert proc.returncode == 1, output(proc)
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"mlctr: error: peer 'deepfm' has a non-finite training loss \((nan|inf)\) "
+                     r"at step 2", proc.stderr), output(proc)
+    assert "peer 'dcn' has a non-finite training loss" in proc.stderr
+    assert "the last checkpoint, step 1, is from before it and is kept" in proc.stderr
+    assert checkpoint_steps(workdir) == [1]
