@@ -53,6 +53,7 @@ def _label(rows: int) -> str:
 
 
 def main(argv):
+    """Runs the benchmark; the last printed line is the JSON summary."""
     del argv
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="mlctr_bench_")
     os.makedirs(workdir, exist_ok=True)

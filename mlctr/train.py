@@ -446,15 +446,19 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
 
 def initial_state(config, peers, optimizer, dataset) -> dict:
     """Fresh peers, or the best weights of `config.init_from` (finetuning)."""
+    # Jitted as a whole: one (cacheable) compilation instead of dozens of tiny
+    # op-by-op ones for the optimizer states.
     sample_ids = jnp.zeros((2, dataset.num_fields), jnp.int32)
-    state = mutual.init_state(peers, jax.random.PRNGKey(config.seed), sample_ids, optimizer,
-                              config.optimizer.learning_rate, same_init=config.mutual.same_init)
+    state = jax.jit(lambda key: mutual.init_state(
+        peers, key, sample_ids, optimizer, config.optimizer.learning_rate,
+        same_init=config.mutual.same_init))(jax.random.PRNGKey(config.seed))
     if config.init_from:
         weights = checkpoint.load_peer_weights(config.init_from, list(peers.names))
         params, batch_stats = mutual.stack_peer_variables(peers, weights)
         state["params"] = jax.tree_util.tree_map(jnp.asarray, params)
         state["batch_stats"] = jax.tree_util.tree_map(jnp.asarray, batch_stats)
-        state["opt_state"] = tuple(jax.vmap(optimizer.init)(p) for p in state["params"])
+        state["opt_state"] = jax.jit(lambda params: tuple(
+            jax.vmap(optimizer.init)(p) for p in params))(state["params"])
         logging.info("Initialised peers %s from %s", peers.names, config.init_from)
     return state
 

@@ -1,6 +1,6 @@
 """CTR data pipeline: raw Criteo/Avazu/synthetic files -> prepared dataset -> batches.
 
-    from mlctr.data import PreparedDataset, prepare
+    from mlctr.data import PreparedDataset, prepare  # prepare: the module
     prepare.prepare("synthetic", "data/raw/synthetic.txt", "data/synthetic", num_rows=500_000)
     dataset = PreparedDataset("data/synthetic")
     for batch in dataset.train_batches(4096, seed=0, epoch=0): ...
@@ -11,10 +11,16 @@ prepare (the preprocessing CLI and `encode_raw`), reader (batches), synthetic (t
 ground-truth generator), tfds_builders (TFDS `criteo` and `avazu`).
 """
 
-# `mlctr.data.prepare` stays the module (prepare.prepare is the function).
-from mlctr.data import prepare
 from mlctr.data.errors import DataError
-from mlctr.data.prepare import encode_raw
 from mlctr.data.reader import PreparedDataset, open_dataset
 
-__all__ = ["DataError", "PreparedDataset", "encode_raw", "open_dataset", "prepare"]
+__all__ = ["DataError", "PreparedDataset", "encode_raw", "open_dataset"]
+
+
+def __getattr__(name):
+    # Imported on first use, so that `python -m mlctr.data.prepare` does not find the
+    # module already imported by its package (runpy warns about that).
+    if name == "encode_raw":
+        from mlctr.data.prepare import encode_raw
+        return encode_raw
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,6 +41,7 @@ def columns(labeled: bool = True) -> list[str]:
 
 
 def header(labeled: bool = True) -> bytes:
+    """The header line (without newline) of a labeled or unlabeled file."""
     return ",".join(columns(labeled)).encode()
 
 

@@ -36,14 +36,17 @@ _HEADER_BYTES = 128
 
 
 def ids_path(data_dir: str, split: str) -> str:
+    """The int32 [n, F] global ids of a split."""
     return os.path.join(data_dir, f"{split}_ids.npy")
 
 
 def label_path(data_dir: str, split: str) -> str:
+    """The uint8 [n] labels of a split."""
     return os.path.join(data_dir, f"{split}_label.npy")
 
 
 def true_prob_path(data_dir: str, split: str) -> str:
+    """The float32 [n] true click probabilities of a split (synthetic data)."""
     return os.path.join(data_dir, f"{split}_true_prob.npy")
 
 

@@ -449,6 +449,7 @@ class RowProblems:
 
     @classmethod
     def empty(cls, num_rows: int) -> "RowProblems":
+        """No problems yet for `num_rows` rows."""
         return cls(np.full(num_rows, -1, np.int32), np.zeros(num_rows, np.int32))
 
     def flag(self, bad: np.ndarray, column: int, reason: str,
@@ -520,7 +521,8 @@ def assemble(path: str, lines: SplitLines, problems: RowProblems, keys: np.ndarr
                 detail = (f"truncated last line: no newline at the end of the file and "
                           f"{count} of {num_columns} columns")
             elif count == 0:
-                reason, detail = "wrong_column_count", f"empty line (expected {num_columns} columns)"
+                reason = "wrong_column_count"
+                detail = f"empty line (expected {num_columns} columns)"
             else:
                 reason = "wrong_column_count"
                 detail = f"expected {num_columns} columns, found {count}"

@@ -121,6 +121,7 @@ class SyntheticSpec:
     positive_rate: float = POSITIVE_RATE
 
     def to_json(self) -> dict:
+        """The spec as saved in the description (with the generator version)."""
         return {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(self)}
 
 

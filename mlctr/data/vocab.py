@@ -40,12 +40,12 @@ class KeyCoder:
 
     While all keys seen lie in a range narrower than `dense_limit` (numeric buckets,
     hours, small integer columns) a code is one array lookup at `key - low`. Otherwise
-    an open-addressing hash table (linear probing, load <= 1/2) of int32 codes, the keys
-    themselves being read from `keys[code]` (about 20-30 bytes per distinct value in
-    all, so memory stays small next to the parsing buffers); lookups and inserts run as rounds of gathers over all still-unresolved
-    keys, so a chunk of keys costs a few numpy passes, not a Python loop. Codes never
-    change once given (tables are rebuilt from the keys with their codes), so codes
-    written to disk early stay valid.
+    an open-addressing hash table (linear probing, load <= 2/3) of int32 codes, the keys
+    themselves being read from `keys[code]`: about 20-30 bytes per distinct value in all,
+    small next to the parsing buffers. Lookups and inserts run as rounds of gathers over
+    all still-unresolved keys, so a chunk of keys costs a few numpy passes, not a Python
+    loop. Codes never change once given (tables are rebuilt from the keys with their
+    codes), so codes written to disk early stay valid.
 
     Args:
         dense_limit: widest key range coded by direct lookup.
@@ -109,7 +109,7 @@ class KeyCoder:
 
     def _to_hash_mode(self) -> None:
         self._dense = None
-        size = 1 << max(6, int(2 * self.size).bit_length())
+        size = 1 << max(6, int(1.5 * self.size).bit_length())
         self._slot_code = np.full(size, -1, np.int32)
         self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
 
@@ -117,7 +117,7 @@ class KeyCoder:
         """Gives codes to distinct, absent keys; returns them."""
         start, count = self.size, len(new_keys)
         if start + count > len(self.keys):
-            grown = np.zeros(max(2 * len(self.keys), start + count), np.int64)
+            grown = np.zeros(max(len(self.keys) * 3 // 2, start + count), np.int64)
             grown[:start] = self.keys[:start]
             self.keys = grown
         self.keys[start:start + count] = new_keys
@@ -126,9 +126,9 @@ class KeyCoder:
         if self._dense is not None:
             self._dense[new_keys - self._dense_low] = new_codes
         else:
-            if 2 * self.size > len(self._slot_code):
+            if 3 * self.size > 2 * len(self._slot_code):
                 size = len(self._slot_code)
-                while 2 * self.size > size:
+                while 3 * self.size > 2 * size:
                     size *= 2
                 self._slot_code = None  # free the old table first
                 self._slot_code = np.full(size, -1, np.int32)
@@ -185,7 +185,7 @@ class Counts:
     def add(self, codes: np.ndarray, num_codes: int) -> None:
         """Counts one occurrence of each of `codes` (all < num_codes)."""
         if num_codes > len(self.counts):
-            grown = np.zeros(max(num_codes, 2 * len(self.counts)), np.int32)
+            grown = np.zeros(max(num_codes, len(self.counts) * 3 // 2), np.int32)
             grown[:len(self.counts)] = self.counts
             self.counts = grown
         if len(codes):

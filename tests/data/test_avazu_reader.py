@@ -20,7 +20,8 @@ def reference_rows(path):
             values = [int(hour[6:])]
             for name in avazu.COLUMNS[3:]:
                 value = row[name]
-                values.append(int(value) if name in avazu.INT_COLUMNS else parsing.string_key(value))
+                values.append(int(value) if name in avazu.INT_COLUMNS
+                              else parsing.string_key(value))
             values += [weekday, int(weekday in (0, 6))]
             keys.append(values)
     return np.array(keys, np.int64), np.array(labels, np.uint8)
@@ -29,7 +30,8 @@ def reference_rows(path):
 def test_real_rows_match_reference(avazu_files):
     total = 0
     for path in avazu_files:
-        parts = [avazu.parse_chunk(path, c) for c in parsing.RawFile(path, chunk_bytes=5000).chunks()]
+        chunks = parsing.RawFile(path, chunk_bytes=5000).chunks()
+        parts = [avazu.parse_chunk(path, c) for c in chunks]
         assert all(p.first_error is None for p in parts)
         keys = np.concatenate([p.keys for p in parts])
         labels = np.concatenate([p.labels for p in parts])

@@ -62,7 +62,8 @@ def test_raw_file_chunks_lines_and_checksum(tmp_path, compress):
     raw = parsing.RawFile(str(path), chunk_bytes=100)
     chunks = list(raw.chunks())
     assert b"".join(c.data for c in chunks) == rows + b"\n"
-    assert [c.first_line for c in chunks] == np.cumsum([1] + [c.num_lines for c in chunks[:-1]]).tolist()
+    expected_first_lines = np.cumsum([1] + [c.num_lines for c in chunks[:-1]])
+    assert [c.first_line for c in chunks] == expected_first_lines.tolist()
     assert chunks[-1].missing_final_newline and not chunks[0].missing_final_newline
     import hashlib
     assert raw.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,154 @@
+"""Shared by the step benchmarks (bench_step.py, bench_embedding.py, bench_vs_torch.py).
+
+A `StepRun` is one jitted mutual step (mlctr.mutual.make_train_step, exactly what the
+trainer runs) with its own state and a fixed stream of generated batches. `interleave`
+times several runs round-robin so that a shared, noisy machine slows them alike: compare
+ratios measured in one call, not absolute numbers across calls.
+
+Generated batches: batch 4096 x 39 fields (Criteo's 13 + 26), field f drawing uniformly
+from its own block of vocab_size // 39 rows, labels Bernoulli(0.25). Uniform ids are the
+worst case for sparse updates (almost every id of a batch is distinct at 1M+ rows; real
+CTR ids are heavy-tailed and repeat more).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from mlctr import mutual  # noqa: E402
+from mlctr.configs import default  # noqa: E402
+
+NUM_FIELDS = 39
+BATCH_SIZE = 4096
+
+
+def make_batches(vocab_size: int, num_batches: int = 4, batch_size: int = BATCH_SIZE,
+                 num_fields: int = NUM_FIELDS, seed: int = 0) -> list[dict]:
+    """Fixed batches of global ids (field blocks of vocab_size // num_fields rows)."""
+    rng = np.random.default_rng(seed)
+    rows_per_field = vocab_size // num_fields
+    offsets = np.arange(num_fields, dtype=np.int32) * rows_per_field
+    return [{"ids": jnp.asarray(rng.integers(0, rows_per_field, (batch_size, num_fields),
+                                             dtype=np.int32) + offsets),
+             "label": jnp.asarray((rng.random(batch_size) < 0.25).astype(np.float32))}
+            for _ in range(num_batches)]
+
+
+@dataclasses.dataclass
+class StepRun:
+    """One jitted step, its state and batches; `times` collects per-step wall seconds."""
+
+    name: str
+    step: object
+    state: dict
+    batches: list
+    num_peers: int
+    compile_seconds: float = 0.0
+    times: list = dataclasses.field(default_factory=list)
+    cpu_times: list = dataclasses.field(default_factory=list)
+    position: int = 0
+
+    def run(self, num_steps: int):
+        for _ in range(num_steps):
+            batch = self.batches[self.position % len(self.batches)]
+            self.position += 1
+            cpu, wall = time.process_time(), time.perf_counter()
+            self.state, measurements = self.step(self.state, batch)
+            jax.block_until_ready(measurements)
+            self.times.append(time.perf_counter() - wall)
+            self.cpu_times.append(time.process_time() - cpu)
+
+    @property
+    def step_seconds(self) -> float:
+        """Median wall seconds per step (robust to another process stealing a core)."""
+        return float(np.median(self.times))
+
+    def release(self):
+        self.state = None
+        gc.collect()
+
+
+def make_run(name: str, spec: str, vocab_size: int, *, embedding_optimizer: str = "dense",
+             peer_execution: str = "auto", models=None, batches=None, alpha: float = 1.0,
+             warmup_steps: int = 1) -> StepRun:
+    """Builds peers `spec` over `vocab_size` rows, compiles the step and warms it up."""
+    models = models if models is not None else default.model_sets()
+    peers = mutual.build_peers(spec, models, vocab_size=vocab_size, num_fields=NUM_FIELDS)
+    optimizer = mutual.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
+    state = mutual.init_state(peers, jax.random.PRNGKey(0),
+                              jnp.zeros((2, NUM_FIELDS), jnp.int32), optimizer, 1e-3)
+    step = mutual.make_train_step(peers, optimizer, alpha=alpha, peer_execution=peer_execution)
+    run = StepRun(name, step, state, batches or make_batches(vocab_size), peers.size)
+    start = time.perf_counter()
+    run.run(1)  # compiles
+    run.compile_seconds = time.perf_counter() - start
+    run.run(warmup_steps)
+    run.times.clear()
+    run.cpu_times.clear()
+    return run
+
+
+def interleave(runs: list[StepRun], rounds: int, steps_per_round: int = 1):
+    """Times the runs round-robin (order reversed every other round)."""
+    for r in range(rounds):
+        for run in (runs if r % 2 == 0 else runs[::-1]):
+            run.run(steps_per_round)
+
+
+def matmul_seconds(size: tuple[int, int, int] = (4096, 1024, 1024), repeats: int = 3) -> float:
+    """Median seconds of one float32 [m, k] @ [k, n] matmul (jitted, warmed up)."""
+    m, k, n = size
+    a = jnp.asarray(np.random.default_rng(1).normal(size=(m, k)), jnp.float32)
+    b = jnp.asarray(np.random.default_rng(2).normal(size=(k, n)), jnp.float32)
+    matmul = _matmul()
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+_MATMUL = None
+
+
+def _matmul():
+    global _MATMUL
+    if _MATMUL is None:
+        _MATMUL = jax.jit(lambda a, b: a @ b)
+    return _MATMUL
+
+
+def dnn_flops_per_example(input_dim: int, hidden_units, output_dim: int = 1) -> int:
+    """Forward + backward FLOPs of an MLP's matmuls per example (2 per MAC, x3 for backward:
+    the input gradient is needed too, it feeds the embeddings)."""
+    dims = [input_dim, *hidden_units, output_dim]
+    return 3 * 2 * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def machine() -> str:
+    """A line describing the host (CPU model, cores, load) and the JAX backend."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{model}, {os.cpu_count()} cores, load {load:.1f}; jax {jax.__version__} "
+            f"{jax.default_backend()} ({jax.devices()[0].device_kind})")

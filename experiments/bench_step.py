@@ -1,0 +1,74 @@
+"""Benchmark (not a test): does one jitted step for all peers cost what training them one by one does?
+
+On one fixed stream of generated batches (batch 4096, 39 fields, embedding 16, DNN 400x3,
+the default config's hyperparameter sets; --vocab_size rows, default 1M, about Criteo_x4's
+feature count), excluding compilation, it times
+  (a) each of DeepFM, DCN, IPNN and FiBiNET trained alone,
+  (b) the four in one jitted mutual step,
+  (c) four stacked DeepFM peers in one mutual step,
+all with the trainer's step (mlctr.mutual.make_train_step), round-robin so that a shared
+machine slows every variant alike. The last printed line is one JSON object with
+`single_peer_examples_per_sec` (DeepFM alone), `four_peer_examples_per_sec` (b),
+`mutual_overhead` = time(b) / sum of the four times in (a) and
+`vmap_overhead` = time(c) / (4 x DeepFM alone); target on CPU: both <= 1.05.
+
+  python experiments/bench_step.py                                  # ~5 min on 2 cores
+  python experiments/bench_step.py --quick                          # ~2 min
+  python experiments/bench_step.py --embedding_optimizer=lazy_adam  # sparse embedding rows
+  python experiments/bench_step.py --peer_execution=vmap            # default: auto
+"""
+import argparse
+import json
+
+import bench_lib
+
+PEERS = ("deepfm", "dcn", "ipnn", "fibinet")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vocab_size", type=int, default=1_000_000)
+    parser.add_argument("--embedding_optimizer", default="dense",
+                        choices=("dense", "lazy_adam", "adagrad", "sgd"))
+    parser.add_argument("--peer_execution", default="auto", choices=("auto", "vmap", "unroll"))
+    parser.add_argument("--rounds", type=int, default=6, help="round-robin rounds")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per run per round")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 2, 1
+
+    print("machine:", bench_lib.machine(), flush=True)
+    kwargs = dict(embedding_optimizer=args.embedding_optimizer,
+                  peer_execution=args.peer_execution,
+                  batches=bench_lib.make_batches(args.vocab_size))
+    runs = {name: bench_lib.make_run(name, name, args.vocab_size, **kwargs) for name in PEERS}
+    runs["mutual4"] = bench_lib.make_run("mutual4", ",".join(PEERS), args.vocab_size, **kwargs)
+    runs["deepfm4"] = bench_lib.make_run("deepfm4", "deepfm*4", args.vocab_size, **kwargs)
+    for run in runs.values():
+        print(f"compiled {run.name:8s} in {run.compile_seconds:5.1f} s", flush=True)
+    bench_lib.interleave(list(runs.values()), args.rounds, args.steps)
+
+    step_ms = {name: 1e3 * run.step_seconds for name, run in runs.items()}
+    for name, run in runs.items():
+        print(f"{name:8s} step {step_ms[name]:8.1f} ms (median of {len(run.times)}; "
+              f"min {1e3 * min(run.times):.1f})  "
+              f"{bench_lib.BATCH_SIZE / run.step_seconds:9.0f} examples/s")
+    solo_sum = sum(step_ms[name] for name in PEERS)
+    result = {
+        "single_peer_examples_per_sec": bench_lib.BATCH_SIZE / runs["deepfm"].step_seconds,
+        "four_peer_examples_per_sec": bench_lib.BATCH_SIZE / runs["mutual4"].step_seconds,
+        "four_deepfm_examples_per_sec": bench_lib.BATCH_SIZE / runs["deepfm4"].step_seconds,
+        "mutual_overhead": step_ms["mutual4"] / solo_sum,
+        "vmap_overhead": step_ms["deepfm4"] / (4 * step_ms["deepfm"]),
+        "step_ms": step_ms,
+        "vocab_size": args.vocab_size,
+        "batch_size": bench_lib.BATCH_SIZE,
+        "embedding_optimizer": args.embedding_optimizer,
+        "peer_execution": args.peer_execution,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
