@@ -24,5 +24,9 @@ setuptools.setup(
         # Tests and the paper's figures.
         "test": ["pytest>=8", "matplotlib>=3.8"],
         "plots": ["matplotlib>=3.8"],
+        # Accelerator builds of jaxlib, installed by `launch.sh slurm` / `launch.sh tpu`
+        # (MLCTR_EXTRAS overrides; MLCTR_NO_VENV=1 uses a cluster's own environment).
+        "cuda12": ["jax[cuda12]>=0.4.35,<0.11"],
+        "tpu": ["jax[tpu]>=0.4.35,<0.11"],
     },
 )

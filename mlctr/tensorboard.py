@@ -6,7 +6,7 @@ of the length, payload, masked CRC-32C of the payload) whose payloads are serial
 hand here rather than pulling in tensorboardX/protobuf for them:
 
   Event         wall_time (1, double), step (2, int64), file_version (3, string),
-                summary (5, Summary), session_log (6, SessionLog)
+                summary (5, Summary), session_log (7, SessionLog)
   Summary       value (1, repeated Value)
   Summary.Value tag (1, string), simple_value (2, float)
   SessionLog    status (1, enum; START = 1)
@@ -80,7 +80,7 @@ def encode_event(step: int, *, wall_time: float | None = None, scalars: dict | N
             for tag, value in scalars.items())
         out += _length_delimited(5, values)
     if session_start:
-        out += _length_delimited(6, _varint(1 << 3) + _varint(1))
+        out += _length_delimited(7, _varint(1 << 3) + _varint(1))
     return bytes(out)
 
 

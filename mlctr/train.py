@@ -87,26 +87,26 @@ def load_dataset(config: ml_collections.ConfigDict, workdir: str):
 
     data_dir = dataset_dir(config, workdir)
     feature_map = os.path.join(data_dir, "feature_map.json")
+    if jax.process_index() == 0 and not os.path.exists(feature_map):
+        raw = config.data.raw
+        if config.data.dataset == "synthetic":
+            raw = raw or os.path.join(data_dir, "raw", "synthetic_criteo.txt")
+        elif not raw:
+            raise ValueError(f"config.data.raw must name the raw {config.data.dataset} file "
+                             f"(no prepared dataset at {data_dir})")
+        logging.info("Preparing %s dataset into %s", config.data.dataset, data_dir)
+        prepare(
+            config.data.dataset, raw, data_dir, protocol=config.data.protocol,
+            skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
+            num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None)
+    if jax.process_count() > 1:
+        # Every process passes this barrier, whether or not it found the dataset.
+        multihost_utils.sync_global_devices("mlctr: dataset ready")
     if not os.path.exists(feature_map):
-        if jax.process_index() == 0:
-            raw = config.data.raw
-            if config.data.dataset == "synthetic":
-                raw = raw or os.path.join(data_dir, "raw", "synthetic_criteo.txt")
-            elif not raw:
-                raise ValueError(f"config.data.raw must name the raw {config.data.dataset} file "
-                                 f"(no prepared dataset at {data_dir})")
-            logging.info("Preparing %s dataset into %s", config.data.dataset, data_dir)
-            prepare(
-                config.data.dataset, raw, data_dir, protocol=config.data.protocol,
-                skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
-                num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("mlctr: dataset prepared")
-        if not os.path.exists(feature_map):
-            raise FileNotFoundError(
-                f"process {jax.process_index()} finds no prepared dataset at {data_dir} after "
-                "process 0 prepared it: put config.data.data_dir on storage all hosts share, or "
-                "prepare it on every host first (python -m mlctr.data.prepare ...)")
+        raise FileNotFoundError(
+            f"process {jax.process_index()} finds no prepared dataset at {data_dir} after "
+            "process 0 prepared it: put config.data.data_dir on storage all hosts share, or "
+            "prepare it on every host first (python -m mlctr.data.prepare ...)")
     return PreparedDataset(data_dir)
 
 
