@@ -198,6 +198,7 @@ def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
     Returns:
       The state dict described in the module docstring.
     """
+    xla_cpu.use_unrolled_threefry()  # a 10M-row table draws 160M normals at init
     init_key, rng = jax.random.split(key)
     all_keys = peer_init_keys(init_key, peers.size, same_init)
     params, batch_stats, opt_state = [], [], []

@@ -1,0 +1,112 @@
+"""Benchmark (not a test): DeepFM step time vs vocabulary size, dense Adam vs sparse row updates.
+
+The trainer's step (mlctr.mutual.make_train_step) for DeepFM (embedding 16, DNN 400x3,
+dropout 0.1, embedding L2 1e-5, the default config's set) at batch 4096 x 39 fields, with
+vocabularies of 10k, 1M and 10M rows, for 1 and 4 stacked peers, with dense optax Adam
+('dense') and with sparse lazy Adam on the embedding rows ('lazy_adam', mlctr/sparse.py).
+Compilation is excluded. Every configuration is timed round-robin against the sparse 10k
+step of the same peer count, so `sparse_10m_over_10k` is a ratio measured side by side; the
+1M configurations also alternate with a 4096x1024x1024 float32 matmul, whose rate gives
+`dnn_flop_efficiency` = DNN FLOPs x examples/s / matmul FLOP/s (the DNN's forward and
+backward matmuls, 3.42 MFLOP per example per peer: the arithmetic ceiling of this step).
+
+The last printed line is one JSON object: `dense_step_ms` and `sparse_step_ms` keyed by
+vocabulary size then peer count, `sparse_10m_over_10k` (4 peers; `_1peer` too),
+`dnn_flop_efficiency` and `dnn_flop_efficiency_dense` keyed by peer count (1M rows),
+`matmul_gflops`.
+
+  python experiments/bench_embedding.py            # ~15 min on 2 cores; 10M x 4 dense needs ~16 GB
+  python experiments/bench_embedding.py --quick    # 1 round, no dense step at 10M rows
+"""
+import argparse
+import json
+
+import bench_lib
+import numpy as np
+
+DEEPFM_DNN = (400, 400, 400)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vocab_sizes", default="10000,1000000,10000000")
+    parser.add_argument("--peers", default="1,4")
+    parser.add_argument("--sparse_optimizer", default="lazy_adam",
+                        choices=("lazy_adam", "adagrad", "sgd"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per run per round")
+    parser.add_argument("--skip_dense_above", type=int, default=0,
+                        help="no dense step above this many rows (0: none skipped)")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 1, 2
+        args.skip_dense_above = args.skip_dense_above or 1_000_000
+    vocab_sizes = [int(v) for v in args.vocab_sizes.split(",")]
+    peer_counts = [int(n) for n in args.peers.split(",")]
+    smallest, large = min(vocab_sizes), max(vocab_sizes)
+    flops_per_example = bench_lib.dnn_flops_per_example(
+        bench_lib.NUM_FIELDS * 16, DEEPFM_DNN)
+
+    print("machine:", bench_lib.machine(), flush=True)
+    step_ms = {"dense": {}, args.sparse_optimizer: {}}
+    ratios, efficiency, matmul_rates = {}, {"dense": {}, args.sparse_optimizer: {}}, []
+    for num_peers in peer_counts:
+        spec = "deepfm" if num_peers == 1 else f"deepfm*{num_peers}"
+        reference = bench_lib.make_run(f"{args.sparse_optimizer} {smallest} x{num_peers}", spec,
+                                       smallest, embedding_optimizer=args.sparse_optimizer)
+        for vocab_size in vocab_sizes:
+            for optimizer in (args.sparse_optimizer, "dense"):
+                if optimizer == "dense" and args.skip_dense_above and vocab_size > args.skip_dense_above:
+                    continue
+                name = f"{optimizer} {vocab_size} x{num_peers}"
+                if optimizer == args.sparse_optimizer and vocab_size == smallest:
+                    run = reference
+                else:
+                    run = bench_lib.make_run(name, spec, vocab_size, embedding_optimizer=optimizer)
+                reference_start = len(reference.times)
+                matmuls = []
+                for r in range(args.rounds):
+                    pair = [reference, run] if run is not reference else [run]
+                    bench_lib.interleave(pair if r % 2 == 0 else pair[::-1], 1, args.steps)
+                    if vocab_size == 1_000_000:
+                        matmuls.append(bench_lib.matmul_seconds())
+                ms = 1e3 * run.step_seconds
+                step_ms[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = ms
+                line = f"{name:28s} step {ms:8.1f} ms (compile {run.compile_seconds:.0f} s)"
+                if run is not reference:
+                    reference_ms = 1e3 * float(np.median(reference.times[reference_start:]))
+                    line += f"   | {reference.name} alongside: {reference_ms:.1f} ms"
+                    if optimizer == args.sparse_optimizer and vocab_size == large:
+                        ratios[num_peers] = ms / reference_ms
+                if matmuls:
+                    rate = 2 * 4096 * 1024 * 1024 / float(np.median(matmuls))
+                    matmul_rates.append(rate)
+                    examples_per_sec = bench_lib.BATCH_SIZE / run.step_seconds
+                    efficiency[optimizer][str(num_peers)] = (
+                        flops_per_example * num_peers * examples_per_sec / rate)
+                    line += (f"   | matmul {rate / 1e9:.1f} GFLOP/s, DNN efficiency "
+                             f"{efficiency[optimizer][str(num_peers)]:.2f}")
+                print(line, flush=True)
+                if run is not reference:
+                    run.release()
+        reference.release()
+
+    result = {
+        "dense_step_ms": step_ms["dense"],
+        "sparse_step_ms": step_ms[args.sparse_optimizer],
+        "sparse_optimizer": args.sparse_optimizer,
+        "sparse_10m_over_10k": ratios.get(4),
+        "sparse_10m_over_10k_1peer": ratios.get(1),
+        "dnn_flop_efficiency": efficiency[args.sparse_optimizer],
+        "dnn_flop_efficiency_dense": efficiency["dense"],
+        "matmul_gflops": (float(np.median(matmul_rates)) / 1e9
+                          if matmul_rates else None),
+        "dnn_mflop_per_example": flops_per_example / 1e6,
+        "batch_size": bench_lib.BATCH_SIZE,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
