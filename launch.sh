@@ -133,7 +133,7 @@ case "$MODE" in
     exec_main "$@"
     ;;
   local|--*)
-    [[ "$MODE" == "local" ]] && shift
+    if [[ $# -gt 0 && "$1" == "local" ]]; then shift; fi
     setup_env plots
     exec_main "$@"
     ;;

@@ -5,10 +5,11 @@ dropout 0.1, embedding L2 1e-5, the default config's set) at batch 4096 x 39 fie
 vocabularies of 10k, 1M and 10M rows, for 1 and 4 stacked peers, with dense optax Adam
 ('dense') and with sparse lazy Adam on the embedding rows ('lazy_adam', mlctr/sparse.py).
 Compilation is excluded. Every configuration is timed round-robin against the sparse 10k
-step of the same peer count, so `sparse_10m_over_10k` is a ratio measured side by side; the
-1M configurations also alternate with a 4096x1024x1024 float32 matmul, whose rate gives
-`dnn_flop_efficiency` = DNN FLOPs x examples/s / matmul FLOP/s (the DNN's forward and
-backward matmuls, 3.42 MFLOP per example per peer: the arithmetic ceiling of this step).
+step of the same peer count, so `sparse_10m_over_10k` is a ratio measured side by side. At
+1M rows every timed step sits between two 4096x1024x1024 float32 matmuls; per step,
+efficiency = DNN FLOPs x examples/s / the matmul FLOP/s around it (the DNN's forward and
+backward matmuls, 3.42 MFLOP per example per peer: the arithmetic ceiling of this step), and
+`dnn_flop_efficiency` is the median over steps.
 
 The last printed line is one JSON object: `dense_step_ms` and `sparse_step_ms` keyed by
 vocabulary size then peer count, `sparse_10m_over_10k` (4 peers; `_1peer` too),
@@ -65,12 +66,25 @@ def main():
                 else:
                     run = bench_lib.make_run(name, spec, vocab_size, embedding_optimizer=optimizer)
                 reference_start = len(reference.times)
-                matmuls = []
+                step_efficiency, matmuls = [], []
                 for r in range(args.rounds):
-                    pair = [reference, run] if run is not reference else [run]
-                    bench_lib.interleave(pair if r % 2 == 0 else pair[::-1], 1, args.steps)
-                    if vocab_size == 1_000_000:
-                        matmuls.append(bench_lib.matmul_seconds())
+                    if run is not reference and r % 2 == 0:
+                        reference.run(args.steps)
+                    for _ in range(args.steps):
+                        if vocab_size == 1_000_000:
+                            # The matmul right before and after each step: the load of a
+                            # shared machine changes within seconds.
+                            before = bench_lib.matmul_seconds()
+                            run.run(1)
+                            after = bench_lib.matmul_seconds()
+                            rate = 2 * 4096 * 1024 * 1024 / (0.5 * (before + after))
+                            matmuls.append(rate)
+                            step_efficiency.append(flops_per_example * num_peers *
+                                                   bench_lib.BATCH_SIZE / run.times[-1] / rate)
+                        else:
+                            run.run(1)
+                    if run is not reference and r % 2 == 1:
+                        reference.run(args.steps)
                 ms = 1e3 * run.step_seconds
                 step_ms[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = ms
                 line = f"{name:28s} step {ms:8.1f} ms (compile {run.compile_seconds:.0f} s)"
@@ -80,13 +94,12 @@ def main():
                     if optimizer == args.sparse_optimizer and vocab_size == large:
                         ratios[num_peers] = ms / reference_ms
                 if matmuls:
-                    rate = 2 * 4096 * 1024 * 1024 / float(np.median(matmuls))
-                    matmul_rates.append(rate)
-                    examples_per_sec = bench_lib.BATCH_SIZE / run.step_seconds
-                    efficiency[optimizer][str(num_peers)] = (
-                        flops_per_example * num_peers * examples_per_sec / rate)
+                    rate = float(np.median(matmuls))
+                    matmul_rates.extend(matmuls)
+                    efficiency[optimizer][str(num_peers)] = float(np.median(step_efficiency))
                     line += (f"   | matmul {rate / 1e9:.1f} GFLOP/s, DNN efficiency "
-                             f"{efficiency[optimizer][str(num_peers)]:.2f}")
+                             f"{efficiency[optimizer][str(num_peers)]:.2f} (per step: "
+                             f"{' '.join(f'{e:.2f}' for e in step_efficiency)})")
                 print(line, flush=True)
                 if run is not reference:
                     run.release()
@@ -100,8 +113,7 @@ def main():
         "sparse_10m_over_10k_1peer": ratios.get(1),
         "dnn_flop_efficiency": efficiency[args.sparse_optimizer],
         "dnn_flop_efficiency_dense": efficiency["dense"],
-        "matmul_gflops": (float(np.median(matmul_rates)) / 1e9
-                          if matmul_rates else None),
+        "matmul_gflops": float(np.median(matmul_rates)) / 1e9 if matmul_rates else None,
         "dnn_mflop_per_example": flops_per_example / 1e6,
         "batch_size": bench_lib.BATCH_SIZE,
     }

@@ -22,6 +22,7 @@ held in memory.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import os
@@ -132,19 +133,34 @@ def read_rows(path: str, start: int, stop: int) -> np.ndarray:
     return rows.reshape((-1,) + tuple(shape[1:]))
 
 
-def update_rows(path: str, update, *, block_rows: int = 1 << 16) -> None:
-    """Rewrites a .npy file in place, block by block: rows <- update(rows)."""
+def update_rows(path: str, update, *, block_rows: int = 1 << 16, num_threads: int = 1) -> None:
+    """Rewrites a .npy file in place, block by block: rows <- update(rows).
+
+    With num_threads > 1 the blocks are shared out among threads (each with its own
+    file handle; `update` must be thread-safe, numpy releases the GIL).
+    """
     dtype, shape, offset = npy_layout(path)
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-    with open(path, "r+b") as f:
-        for start in range(0, shape[0], block_rows):
-            count = min(block_rows, shape[0] - start)
-            f.seek(offset + start * row_bytes)
-            block = np.fromfile(f, dtype=dtype, count=count * row_bytes // dtype.itemsize)
-            block = np.ascontiguousarray(update(block.reshape((count,) + tuple(shape[1:]))),
-                                         dtype=dtype)
-            f.seek(offset + start * row_bytes)
-            f.write(block.data)
+    starts = range(0, shape[0], block_rows)
+
+    def rewrite(part: int) -> None:
+        with open(path, "r+b") as f:
+            for start in starts[part::num_threads]:
+                count = min(block_rows, shape[0] - start)
+                f.seek(offset + start * row_bytes)
+                block = np.fromfile(f, dtype=dtype, count=count * row_bytes // dtype.itemsize)
+                block = np.ascontiguousarray(
+                    update(block.reshape((count,) + tuple(shape[1:]))), dtype=dtype)
+                f.seek(offset + start * row_bytes)
+                f.write(block.data)
+
+    if num_threads <= 1 or len(starts) <= 1:
+        num_threads = 1
+        rewrite(0)
+        return
+    with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+        for done in [pool.submit(rewrite, part) for part in range(num_threads)]:
+            done.result()
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -26,6 +26,7 @@ problem bookkeeping (`RowProblems`, `parse_chunk`) build on these.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
@@ -47,6 +48,7 @@ _ASCII_HIGH_BITS = np.uint64(0x8080808080808080)
 _ZEROS = np.uint64(0x3030303030303030)
 _HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
 _PLUS_SIX = np.uint64(0x0606060606060606)
+_THREES = np.uint64(0x3333333333333333)
 # _LOW_MASKS[n] keeps the lowest n bytes of a word.
 _LOW_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)
 _SHIFTS = np.array([8 * (8 - n) for n in range(9)], dtype=np.uint64)
@@ -164,7 +166,7 @@ class RawFile:
                     continue
                 rest = block[cut:]
                 data = block[:cut]
-                num_lines = data.count(b"\n")
+                num_lines = int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))
                 yield RawChunk(data, next_line, num_lines, False)
                 next_line += num_lines
             if rest:
@@ -229,6 +231,33 @@ def background(iterator: Iterator, size: int) -> Iterator:
         thread.join()
 
 
+def ordered_map(function: Callable, items: Iterator, num_threads: int) -> Iterator:
+    """`function` over `items` in `num_threads` threads, results in order.
+
+    Up to `num_threads` items are processed while the consumer works on the last
+    result. Errors are re-raised in order; closing the returned generator waits for
+    the running calls and closes `items`.
+    """
+    if num_threads <= 1:
+        yield from background((function(item) for item in items), 1)
+        return
+    pending: collections.deque = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(num_threads)
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > num_threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
+        if hasattr(items, "close"):
+            items.close()
+
+
 # ---------------------------------------------------------------------------
 # Splitting lines into fields.
 
@@ -239,7 +268,8 @@ class SplitLines:
 
     Attributes:
         buf: the chunk's bytes as uint8, plus zero padding.
-        starts: int64 [C, n] byte offset in `buf` of each field (field-major).
+        starts: int64 [C, n] byte offset in `buf` of each field (field-major; may be a
+            transposed view of a row-major array).
         lengths: int64 [C, n] byte length of each field (without delimiter, CR, newline).
         line_numbers: int64 [n] 1-based file line number of each row.
         bad_line_numbers: int64 [k] lines whose column count is not C.
@@ -277,37 +307,58 @@ def split_lines(chunk: RawChunk, delimiter: bytes, num_columns: int) -> SplitLin
     """
     buf = np.frombuffer(chunk.data + bytes(_PAD), dtype=np.uint8)
     text = buf[:len(chunk.data)]
-    separators = np.flatnonzero((text == ord(delimiter)) | (text == 10))
-    line_end_index = np.flatnonzero(text[separators] == 10)  # index into separators
-    columns_per_line = np.diff(line_end_index, prepend=-1)
-    line_numbers = chunk.first_line + np.arange(len(line_end_index), dtype=np.int64)
-    good = columns_per_line == num_columns
-    line_ends = separators[line_end_index]
-    line_starts = np.empty_like(line_ends)
-    line_starts[:1] = 0
-    line_starts[1:] = line_ends[:-1] + 1
-    if good.all():  # the common case: the separators are the field ends, row by row
-        bad_counts = columns_per_line[:0]
-        ends = np.ascontiguousarray(separators.reshape(-1, num_columns).T)
+    newline = text == 10
+    is_separator = text == ord(delimiter)
+    is_separator |= newline
+    separators = np.flatnonzero(is_separator)
+    num_lines = int(np.count_nonzero(newline))
+    del newline, is_separator
+    # The common case: C separators per line, the last of each group a newline. Then
+    # the groups are the lines (there are as many newlines as groups), and the
+    # separators reshaped are the field ends, line by line.
+    if len(separators) == num_lines * num_columns and (
+            num_lines == 0 or bool((text[separators[num_columns - 1::num_columns]] == 10).all())):
+        line_numbers = chunk.first_line + np.arange(num_lines, dtype=np.int64)
+        # Row-major [n, C] underneath (the gathers at field starts then read the chunk
+        # in order), field-major views.
+        ends = separators.reshape(-1, num_columns)
+        starts = np.empty_like(ends)
+        starts[:1, 0] = 0
+        np.add(ends[:-1, -1], 1, out=starts[1:, 0])
+        np.add(ends[:, :-1], 1, out=starts[:, 1:])
+        starts, ends = starts.T, ends.T
+        empty = np.zeros(0, np.int64)
+        good_line_numbers, bad_line_numbers, bad_counts = line_numbers, empty, empty
     else:
+        line_end_index = np.flatnonzero(text[separators] == 10)  # index into separators
+        columns_per_line = np.diff(line_end_index, prepend=-1)
+        line_numbers = chunk.first_line + np.arange(len(line_end_index), dtype=np.int64)
+        good = columns_per_line == num_columns
+        line_ends = separators[line_end_index]
+        line_starts = np.empty_like(line_ends)
+        line_starts[:1] = 0
+        line_starts[1:] = line_ends[:-1] + 1
         bad_counts = columns_per_line[~good]
         line_lengths = line_ends - line_starts
         bad_counts = np.where(line_lengths[~good] == 0, 0, bad_counts)
         good_end_index = line_end_index[good]
         ends = separators[np.arange(1 - num_columns, 1)[:, None] + good_end_index[None, :]]
-    starts = np.empty_like(ends)
-    starts[0] = line_starts[good]
-    starts[1:] = ends[:-1] + 1
+        starts = np.empty_like(ends)
+        starts[0] = line_starts[good]
+        starts[1:] = ends[:-1] + 1
+        good_line_numbers, bad_line_numbers = line_numbers[good], line_numbers[~good]
+        num_lines = len(line_end_index)
     if b"\r" in chunk.data:  # CRLF line ends: the CR is not part of the last field
         last = ends[-1]
         has_cr = (last > starts[-1]) & (buf[np.maximum(last - 1, 0)] == 13)
         ends[-1] -= has_cr
-    return SplitLines(buf=buf, starts=starts, lengths=ends - starts,
-                      line_numbers=line_numbers[good],
-                      bad_line_numbers=line_numbers[~good],
+    ends -= starts  # the lengths, in place
+    return SplitLines(buf=buf, starts=starts, lengths=ends,
+                      line_numbers=good_line_numbers,
+                      bad_line_numbers=bad_line_numbers,
                       bad_column_counts=bad_counts,
                       missing_final_newline=chunk.missing_final_newline,
-                      last_line=chunk.first_line + len(line_end_index) - 1)
+                      last_line=chunk.first_line + num_lines - 1)
 
 
 # ---------------------------------------------------------------------------
@@ -332,15 +383,18 @@ def string_keys(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
         most 8 bytes (the empty string is 0), else a hash with the top bit set.
     """
     keys = _words(buf)[starts]
-    keys &= _LOW_MASKS[np.minimum(lengths, 8)]
-    slow = (lengths > 8) | ((keys & _ASCII_HIGH_BITS) != 0)
-    if slow.any():
-        rows = np.flatnonzero(slow.reshape(-1))
-        flat_starts, flat_lengths = starts.reshape(-1), lengths.reshape(-1)
-        flat_keys = keys.reshape(-1)
-        for i in rows:
-            start = int(flat_starts[i])
-            flat_keys[i] = hash_string_key(bytes(buf[start:start + int(flat_lengths[i])]))
+    long = lengths.max(initial=0) > 8
+    # Keep the lowest `length` bytes: shift the others out at the top and back.
+    shift = np.minimum(lengths, 8) if long else lengths.copy()
+    shift -= 8
+    shift *= -8
+    shift = shift.view(np.uint64)
+    keys <<= shift
+    keys >>= shift
+    if long or (np.bitwise_or.reduce(keys, axis=None) & _ASCII_HIGH_BITS):
+        where = np.nonzero((lengths > 8) | ((keys & _ASCII_HIGH_BITS) != 0))
+        keys[where] = [hash_string_key(bytes(buf[start:start + length]))
+                       for start, length in zip(starts[where].tolist(), lengths[where].tolist())]
     return keys.view(np.int64)
 
 
@@ -383,6 +437,38 @@ def _swar_digits(words: np.ndarray, num_digits: np.ndarray) -> tuple[np.ndarray,
     return value, ok
 
 
+def _parse_words(words: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values (uint64) and validity of the text of 1 to 8 digits in the low bytes of words.
+
+    The fast path of `parse_ints`: words and lengths are consumed (modified in place).
+    """
+    # Digits to the top bytes (the bytes past the text drop out), '0' below them.
+    shift = lengths.view(np.uint64)
+    shift -= np.uint64(8)
+    shift *= np.uint64(-8 & 0xFFFFFFFFFFFFFFFF)  # 8 * (8 - length)
+    words <<= shift
+    words |= np.right_shift(_ZEROS, np.uint64(64) - shift)
+    # Every byte a digit: high nibble 3 both as is and after adding 6 (the second one
+    # moved to the low nibble, so that the byte reads 0x33).
+    check = words + _PLUS_SIX
+    check &= _HIGH_NIBBLES
+    check >>= np.uint64(4)
+    check |= words & _HIGH_NIBBLES
+    ok = check == _THREES
+    del check
+    # Nibbles to a number: pairs, quads, then all 8 digits (byte 0 the most significant).
+    words &= np.uint64(0x0F0F0F0F0F0F0F0F)
+    words *= np.uint64(1 + (10 << 8))
+    words >>= np.uint64(8)
+    words &= np.uint64(0x00FF00FF00FF00FF)
+    words *= np.uint64(1 + (100 << 16))
+    words >>= np.uint64(16)
+    words &= np.uint64(0x0000FFFF0000FFFF)
+    words *= np.uint64(1 + (10000 << 32))
+    words >>= np.uint64(32)
+    return words, ok
+
+
 def parse_ints(buf: np.ndarray, starts: np.ndarray,
                lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Parses decimal integers (optional '-', 1 to 16 digits), vectorised.
@@ -394,29 +480,43 @@ def parse_ints(buf: np.ndarray, starts: np.ndarray,
 
     Returns:
         (values int64, ok bool): ok is False for anything but an integer, including the
-        empty string and numbers of more than 16 digits; values there are arbitrary.
+        empty string and numbers of more than 16 digits; values there are arbitrary
+        (0 for the empty string).
     """
-    negative = (buf[starts] == ord("-")) & (lengths > 1)
-    any_negative = negative.any()
-    digit_starts = starts + negative if any_negative else starts
-    num_digits = lengths - negative if any_negative else lengths
-    ok = num_digits >= 1
-    words = _words(buf)
-    if num_digits.max(initial=0) <= 8:  # the common case: one word per number
-        values, digits_ok = _swar_digits(words[digit_starts], num_digits)
-        ok &= digits_ok
-    else:
-        ok &= num_digits <= 16
-        num_digits = np.clip(num_digits, 0, 16)
-        num_low = np.minimum(num_digits, 8)
-        low, low_ok = _swar_digits(words[digit_starts + num_digits - num_low], num_low)
-        high, high_ok = _swar_digits(words[digit_starts], num_digits - num_low)
-        values = high * np.uint64(10**8) + low
-        ok &= low_ok & high_ok
+    words = _words(buf)[starts]
+    first = words & np.uint64(0xFF)
+    negative = first == ord("-")
+    negative &= lengths > 1
+    special = lengths > 8  # long numbers, negative numbers: parsed apart
+    special |= negative
+    where = np.nonzero(special) if special.any() else None
+    if where is not None:
+        special_values, special_ok = _parse_ints_slow(buf, starts[where], lengths[where])
+    empty = lengths == 0
+    values, ok = _parse_words(words, np.minimum(lengths, 8))
+    ok &= ~empty
     values = values.view(np.int64)
-    if any_negative:
-        values = np.where(negative, -values, values)
+    if where is not None:
+        values[where] = special_values
+        ok[where] = special_ok
     return values, ok
+
+
+def _parse_ints_slow(buf: np.ndarray, starts: np.ndarray,
+                     lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`parse_ints` of any integers (long, negative), 1-D: two words per number."""
+    negative = (buf[starts] == ord("-")) & (lengths > 1)
+    digit_starts = starts + negative
+    num_digits = lengths - negative
+    ok = (num_digits >= 1) & (num_digits <= 16)
+    num_digits = np.clip(num_digits, 0, 16)
+    num_low = np.minimum(num_digits, 8)
+    words = _words(buf)
+    low, low_ok = _swar_digits(words[digit_starts + num_digits - num_low], num_low)
+    high, high_ok = _swar_digits(words[digit_starts], num_digits - num_low)
+    values = (high * np.uint64(10**8) + low).view(np.int64)
+    ok &= low_ok & high_ok
+    return np.where(negative, -values, values), ok
 
 
 def parse_labels(buf: np.ndarray, starts: np.ndarray,

@@ -38,6 +38,7 @@ DATASETS = ("criteo", "avazu", "synthetic")
 PROTOCOLS = ("x4_001", "x4_002")
 RAW_FORMATS = {"criteo": criteo, "avazu": avazu}
 _REMAP_ROWS = 1 << 15
+PARSE_THREADS = 2
 
 
 def _malloc_trim():
@@ -198,10 +199,10 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
     raw_file = parsing.RawFile(raw, chunk_bytes=chunk_bytes)
     num_rows = num_chunks = 0
     last_log = time.time()
-    # Parsing runs one chunk ahead in a background thread (numpy releases the GIL), so
-    # parsing and coding use both cores.
-    parsed_chunks = parsing.background((module.parse_chunk(raw, chunk)
-                                        for chunk in raw_file.chunks()), 1)
+    # Chunks are parsed ahead in PARSE_THREADS threads (numpy releases the GIL) while
+    # this thread codes the previous one, so parsing and coding use both cores.
+    parsed_chunks = parsing.ordered_map(lambda chunk: module.parse_chunk(raw, chunk),
+                                        raw_file.chunks(), PARSE_THREADS)
     with contextlib.closing(parsed_chunks):
         for parsed in parsed_chunks:
             if parsed.first_error is not None:
@@ -211,12 +212,18 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
             n = len(parsed.labels)
             splits = split_lib.assign_splits(num_rows, n, seed)
             num_rows += n
+            # The rows in split order (train, valid, test; file order within each), so
+            # that each split's rows are one slice.
+            order = np.argsort(splits, kind="stable")
+            bounds = np.cumsum(np.bincount(splits, minlength=3))
+            train_rows = order[:bounds[0]]
             codes = np.empty((n, num_fields), np.int32)
-            train = splits == split_lib.TRAIN
             for f in range(num_fields):
                 field_codes = coders[f].encode(parsed.keys[:, f])
                 codes[:, f] = field_codes
-                counts[f].add(field_codes[train], len(coders[f]))
+                counts[f].add(field_codes.take(train_rows), len(coders[f]))
+            codes = codes.take(order, axis=0)
+            labels = parsed.labels.take(order)
             if true_prob is not None:
                 raw_rows = parsed.line_numbers - 1 - header_lines
                 if len(raw_rows):
@@ -224,12 +231,12 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
                                                 int(raw_rows[-1]) + 1)[raw_rows - raw_rows[0]]
                 else:
                     chunk_probs = np.zeros(0, np.float32)
+                chunk_probs = chunk_probs.take(order)
             for s in range(3):
-                rows = splits == s
+                rows = slice(bounds[s - 1] if s else 0, bounds[s])
                 ids_out[s].append(codes[rows])
-                labels = parsed.labels[rows]
-                label_out[s].append(labels)
-                positives[s] += int(labels.sum())
+                label_out[s].append(labels[rows])
+                positives[s] += int(np.count_nonzero(labels[rows]))
                 if true_prob is not None:
                     prob_out[s].append(chunk_probs[rows])
             num_chunks += 1
@@ -265,13 +272,15 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
         code_to_global.append(local_ids + offset)
         offset += size
     code_offsets = np.cumsum([0] + [len(c) for c in coders[:-1]]).astype(np.int64)
+    if code_offsets[-1] + len(coders[-1]) < 2**31:  # int32 arithmetic: half the bytes
+        code_offsets = code_offsets.astype(np.int32)
     lookup = np.concatenate(code_to_global).astype(np.int32)
     del coders, counts, code_to_global
     _release_freed_memory()
     split_info = {}
     for s, name in enumerate(fmt.SPLITS):
-        fmt.update_rows(fmt.ids_path(out, name), lambda codes: lookup[codes + code_offsets],
-                        block_rows=_REMAP_ROWS)
+        fmt.update_rows(fmt.ids_path(out, name), lambda codes: lookup.take(codes + code_offsets),
+                        block_rows=_REMAP_ROWS, num_threads=PARSE_THREADS)
         n = ids_out[s].num_rows
         split_info[name] = {"num_examples": n,
                             "positive_rate": float(positives[s] / n) if n else None}

@@ -47,12 +47,13 @@ import gzip
 import json
 import os
 import statistics
+import threading
 
 import numpy as np
 
 from mlctr.data import avazu, criteo
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FULL_ROWS = 45_840_617  # rows of the Criteo Kaggle train.txt
 MAX_CARDINALITY = 1_000_000
 CHUNK_ROWS = 1 << 13
@@ -136,8 +137,13 @@ def true_prob_path(raw_path: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Text tokens: each raw column value is one little-endian uint64 word of at most 8
-# bytes plus a length; lines are assembled by scattering the words at their offsets.
+# Text. Every raw column value is one little-endian uint64 word of at most 8 bytes of
+# text, NUL-padded, looked up in a table built once (hex strings, decimal integers with
+# their separator). A chunk's rows are assembled in a fixed-width uint8 matrix with one
+# slot per column: a word whose text and separator fit in 8 bytes is written with its
+# separator (an unaligned 8-byte store through a strided view; its NUL bytes spill into
+# the next slot, which is written after it), an 8-byte word then its separator byte.
+# One boolean mask then strips the NUL padding of all rows at once.
 
 
 def _pack(text: bytes) -> int:
@@ -148,6 +154,7 @@ _DECIMAL_WORDS = np.array([_pack(str(v).encode()) for v in range(10_000)], np.ui
 _DECIMAL_LENGTHS = np.array([len(str(v)) for v in range(10_000)], np.int64)
 _PADDED4_WORDS = np.array([_pack(f"{v:04d}".encode()) for v in range(10_000)], np.uint64)
 _MINUS = np.uint64(ord("-"))
+_TAB, _COMMA, _NEWLINE = ord("\t"), ord(","), ord("\n")
 
 
 def _int_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +171,13 @@ def _int_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         words = np.where(negative, (words << np.uint64(8)) | _MINUS, words)
         lengths = lengths + negative
     return words, lengths
+
+
+def _with_separator(words: np.ndarray, lengths: np.ndarray, separator: int) -> np.ndarray:
+    """Text words with `separator` appended (text of at most 7 bytes)."""
+    if len(lengths) and lengths.max() > 7:
+        raise ValueError("text too long for an 8-byte word with its separator")
+    return words | (np.uint64(separator) << (8 * np.asarray(lengths)).astype(np.uint64))
 
 
 def _padded8_words(values: np.ndarray) -> np.ndarray:
@@ -183,43 +197,61 @@ def _hex_words(values: np.ndarray) -> np.ndarray:
     return x + np.uint64(0x3030303030303030) + letters * np.uint64(ord("a") - ord("0") - 10)
 
 
-def join_tokens(words: np.ndarray, lengths: np.ndarray, separators: np.ndarray) -> bytes:
-    """Assembles lines from per-column text words, vectorised.
+_ROWS = threading.local()
 
-    Args:
-        words: uint64 [n, T] little-endian text of each token (at most 8 bytes).
-        lengths: int [n, T] bytes of each token.
-        separators: uint8 [T] byte written after each token (0: none).
 
-    Returns:
-        The n lines as bytes.
-    """
-    n, num_tokens = words.shape
-    sizes = lengths + (separators != 0)
-    ends = np.cumsum(sizes.reshape(-1))
-    total = int(ends[-1]) if len(ends) else 0
-    out = np.zeros(total + 8, np.uint8)
-    view = np.ndarray(shape=(total + 1,), dtype="<u8", buffer=out, strides=(1,))
-    # In index order each word's spill past its end is overwritten by the next word.
-    view[ends - sizes.reshape(-1)] = words.reshape(-1)
-    ends = ends.reshape(n, num_tokens)
-    first = int(np.argmax(separators != 0))  # tokens without separator come first
-    out[ends[:, first:] - 1] = separators[first:]
-    return out[:total].tobytes()
+def _row_matrix(n: int, width: int) -> np.ndarray:
+    """A uint8 [n, width] matrix reused by the calling thread (contents undefined)."""
+    buffer = getattr(_ROWS, "buffer", None)
+    if buffer is None or len(buffer) < n * width:
+        buffer = _ROWS.buffer = np.empty(max(n, CHUNK_ROWS) * width, np.uint8)
+    return buffer[:n * width].reshape(n, width)
+
+
+def _store_words(rows: np.ndarray, offset: int, words: np.ndarray, stride: int = 9) -> None:
+    """Writes words [n] or [n, k] (uint64) at byte `offset` (+ j * stride) of every row."""
+    n, width = rows.shape
+    words = words.reshape(n, -1)
+    view = np.ndarray((n, words.shape[1]), "<u8", rows, offset, (width, stride))
+    view[...] = words
+
+
+def _store_bytes(rows: np.ndarray, offset: int, values, count: int = 1,
+                 stride: int = 9) -> None:
+    """Writes bytes [n] / [count] / [n, count] at `offset` (+ j * stride) of every row."""
+    n, width = rows.shape
+    view = np.ndarray((n, count), np.uint8, rows, offset, (width, stride))
+    view[...] = np.reshape(values, (n, count) if np.size(values) == n * count else (count,))
+
+
+def _strip(rows: np.ndarray) -> np.ndarray:
+    """The rows' text without the NUL padding, as uint8."""
+    flat = rows.reshape(-1)
+    return flat[flat != 0]
 
 
 # ---------------------------------------------------------------------------
 # Field layout and the hidden CTR function.
 #
-# Every random column value is drawn from 32 random bits through a quantile table of
-# QUANTILE_CELLS cells: the top bits pick a cell of equal probability, the low bits a
-# point inside it, interpolated linearly between the cell's bounds. That is the
-# power-law (categorical ranks) or log-normal (integers) inverse CDF, exact at the cell
-# bounds, at the cost of a few integer operations per value instead of logarithms.
+# Every random column value is drawn from one 64-bit random word through a quantile
+# table of QUANTILE_CELLS cells of equal probability: the top bits pick a cell, the low
+# bits a point inside it, interpolated linearly between the cell's bounds. That is the
+# inverse CDF of the column's distribution, exact at the cell bounds, at the cost of a
+# few integer operations per value instead of logarithms. Missing values (and Criteo's
+# few negative integers) are leading runs of constant cells of the same tables, so one
+# draw gives the value, missing or not.
 
 QUANTILE_BITS = 12
 QUANTILE_CELLS = 1 << QUANTILE_BITS
-_FRACTION_BITS = 32 - QUANTILE_BITS
+_FRACTION_BITS = 20
+_CELL_SHIFT = np.uint32(32 - QUANTILE_BITS)
+_FRACTION_MASK = np.uint32((1 << _FRACTION_BITS) - 1)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_LOW48 = np.uint64((1 << 48) - 1)
+# Criteo integers are drawn as v + 4 (v >= -3; 0: missing); below _DECIMAL_TABLE their
+# text (with the tab) and bucket id come from one table lookup.
+_INT_SHIFT = 4
+_DECIMAL_TABLE = 100_000 + _INT_SHIFT
 
 
 @dataclasses.dataclass
@@ -261,43 +293,68 @@ def _fields(spec: SyntheticSpec, rng: np.random.Generator) -> list[_Field]:
     return fields
 
 
-def _zipf_table(cardinality: int, exponent: float) -> np.ndarray:
-    """Quantile table of ranks 0..K-1 of a truncated continuous power law."""
-    q = np.arange(QUANTILE_CELLS + 1) / QUANTILE_CELLS
+def _zipf_points(cardinality: int, exponent: float, cells: int) -> np.ndarray:
+    """Quantile points (cells + 1) of ranks 0..K-1 of a truncated continuous power law."""
+    q = np.arange(cells + 1) / cells
     scale = (cardinality + 1.0) ** (1.0 - exponent) - 1.0
     ranks = np.floor(np.exp(np.log1p(scale * q) / (1.0 - exponent)) - 1.0)
     ranks[-1] = cardinality
     return np.clip(ranks, 0, cardinality).astype(np.int64)
 
 
-def _lognormal_table(mu: float, sigma: float) -> np.ndarray:
-    """Quantile table of floor(exp(N(mu, sigma))), capped below 10^8."""
+def _lognormal_points(mu: float, sigma: float, cells: int) -> np.ndarray:
+    """Quantile points (cells + 1) of floor(exp(N(mu, sigma))), capped below 10^8."""
     normal = statistics.NormalDist()
-    q = np.clip(np.arange(QUANTILE_CELLS + 1) / QUANTILE_CELLS, 1e-6, 1 - 1e-6)
+    q = np.clip(np.arange(cells + 1) / cells, 1e-6, 1 - 1e-6)
     z = np.array([normal.inv_cdf(float(p)) for p in q])
     return np.minimum(np.floor(np.exp(mu + sigma * z)), 99_999_999).astype(np.int64)
 
 
-def _sample(tables: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """Values from quantile tables [k, CELLS + 1] and uint64 random bits [n, k]."""
-    low = (bits & np.uint64(0xFFFFFFFF)).view(np.int64)
-    cell = low >> _FRACTION_BITS
-    cell += np.arange(0, tables.size, tables.shape[1])
-    low &= (1 << _FRACTION_BITS) - 1
-    flat = tables.reshape(-1)
-    start = np.take(flat, cell)
-    step = np.take(flat, cell + 1)
-    step -= start
-    step *= low
-    step >>= _FRACTION_BITS
-    step += start
-    return step
+def _quantile_cells(constants: list[tuple[float, int]], points) -> np.ndarray:
+    """Packed cells (start | step << 32, uint64 [QUANTILE_CELLS]) of a mixture.
+
+    Args:
+        constants: (share, value) of leading constant parts (missing values, ...), each
+            rounded to whole cells.
+        points: function of a cell count k -> the k + 1 quantile points of the continuous
+            rest (non-negative, non-decreasing, below 2^32).
+    """
+    starts, steps = [], []
+    for share, value in constants:
+        k = int(round(share * QUANTILE_CELLS))
+        starts.append(np.full(k, value, np.int64))
+        steps.append(np.zeros(k, np.int64))
+    rest = QUANTILE_CELLS - sum(len(s) for s in starts)
+    bounds = points(rest)
+    starts.append(bounds[:-1])
+    steps.append(np.diff(bounds))
+    start, step = np.concatenate(starts), np.concatenate(steps)
+    assert start.min() >= 0 and (start + step).max() < 2**32
+    return start.astype(np.uint64) | (step.astype(np.uint64) << np.uint64(32))
 
 
-def _bernoulli(bits: np.ndarray, probability: np.ndarray, shift: int) -> np.ndarray:
-    """True with `probability` per column, from 16 of the random bits."""
-    threshold = np.round(np.asarray(probability) * 65536).astype(np.uint64)
-    return ((bits >> np.uint64(shift)) & np.uint64(0xFFFF)) < threshold
+def _cell_max(cells: np.ndarray) -> int:
+    """The largest value a packed cell table can give."""
+    start, step = cells & _LOW32, cells >> np.uint64(32)
+    return int((start + np.maximum(step, 1) - 1).max())
+
+
+def _sample(cells: np.ndarray, base: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Values (uint64 [k, n]) from packed cells (flat, k tables) and random uint32 [k, n].
+
+    The top QUANTILE_BITS bits of each random number pick the cell, the other
+    _FRACTION_BITS the point in it. base: uint32 [k, 1], each column's first cell.
+    """
+    index = bits >> _CELL_SHIFT
+    index += base
+    packed = np.take(cells, index)
+    np.bitwise_and(bits, _FRACTION_MASK, out=index)
+    step = packed >> np.uint64(32)
+    step *= index
+    step >>= np.uint64(_FRACTION_BITS)
+    packed &= _LOW32
+    packed += step
+    return packed
 
 
 def _scramble32(ranks: np.ndarray, salt: np.ndarray) -> np.ndarray:
@@ -310,19 +367,41 @@ def _scramble32(ranks: np.ndarray, salt: np.ndarray) -> np.ndarray:
     return x
 
 
+def _criteo_int_table() -> np.ndarray:
+    """uint64 [_DECIMAL_TABLE]: text + tab | bucket id << 48 of each drawn v + 4."""
+    values = np.arange(_DECIMAL_TABLE) - _INT_SHIFT
+    missing = values < -3
+    words, lengths = _int_tokens(np.where(missing, 0, values))
+    lengths = np.where(missing, 0, lengths)
+    words = _with_separator(np.where(missing, np.uint64(0), words), lengths, _TAB)
+    buckets = _int_bucket_ids(np.where(missing, 0, values))
+    return words | (buckets.astype(np.uint64) << np.uint64(48))
+
+
+def _int_bucket_ids(values: np.ndarray) -> np.ndarray:
+    """Value ids of Criteo integers: the BARS bucket, shifted past the negative ones."""
+    return np.clip(criteo.bucketize(values) + _INT_BUCKET_OFFSET, 0, _INT_BUCKETS - 1)
+
+
 @dataclasses.dataclass
 class _Block:
-    """A block of generated rows before labelling.
+    """Rows drawn before labelling, field-major.
 
     Attributes:
-        ids: int64 [n, F] global value ids (index into the parameter table).
-        words, lengths: text tokens [n, T] (the label token left to fill).
-        label_token: index of the label token.
+        columns: int64 [F, n] global value ids (index into the parameter table).
+        bits: uint32 [W, n] the rows' random numbers (row 0: the labels').
+        words: uint64 [k, n] text words that are not looked up by id (Criteo integers).
+        text: uint64 [t, n] text words of the categorical columns (set by `fast_logits`).
     """
-    ids: np.ndarray
-    words: np.ndarray
-    lengths: np.ndarray
-    label_token: int
+    columns: np.ndarray
+    bits: np.ndarray
+    words: np.ndarray | None = None
+    text: np.ndarray | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int64 [n, F] global value ids."""
+        return self.columns.T
 
 
 class HiddenFunction:
@@ -356,106 +435,179 @@ class HiddenFunction:
         self.hidden_w = rng.standard_normal((width, HIDDEN_UNITS), np.float32) / np.sqrt(width)
         self.hidden_b = (0.5 * rng.standard_normal(HIDDEN_UNITS)).astype(np.float32)
         self.out_w = rng.standard_normal(HIDDEN_UNITS).astype(np.float32)
-        categorical = [f for f in self.fields if f.cardinality]
-        self._zipf = np.stack([_zipf_table(f.cardinality, f.zipf_exponent) for f in categorical])
-        self._missing = np.array([f.missing for f in categorical])
+        categorical = [i for i, f in enumerate(self.fields) if f.cardinality]
         salts = rng.integers(0, 2**32, len(categorical), dtype=np.uint64)
-        # The text of every categorical value: 8 hex digits, as one word.
-        self._hex_offsets = np.concatenate([[0], np.cumsum([f.cardinality for f in categorical])])
-        self._hex = np.concatenate([
-            _hex_words(_scramble32(np.arange(f.cardinality), salt))
-            for f, salt in zip(categorical, salts)])
+        # Quantile cells of every drawn column (Criteo: the integers, then the strings).
+        tables = []
         if spec.raw_format == "criteo":
-            self._lognormal = np.stack([_lognormal_table(mu, sigma)
-                                        for mu, sigma, _, _ in _CRITEO_INTEGER])
+            for mu, sigma, missing, negative in _CRITEO_INTEGER:
+                constants = [(missing, 0)] + [(negative / 3, v) for v in (1, 2, 3) if negative]
+                tables.append(_quantile_cells(
+                    constants, lambda k, mu=mu, sigma=sigma:
+                    _lognormal_points(mu, sigma, k) + _INT_SHIFT))
+        for i in categorical:
+            f = self.fields[i]
+            tables.append(_quantile_cells(
+                [(f.missing, 0)], lambda k, f=f: _zipf_points(f.cardinality, f.zipf_exponent, k) + 1))
+        self._cells = np.concatenate(tables)
+        self._cell_base = (np.arange(len(tables), dtype=np.uint32)
+                           * np.uint32(QUANTILE_CELLS))[:, None]
+        # The text word of every categorical value id (0 for missing values).
+        self._text = np.zeros(total, np.uint64)
+        for i, salt in zip(categorical, salts):
+            f, first = self.fields[i], self.offsets[i] + 1
+            self._text[first:first + f.cardinality] = self._value_text(i, salt)
+        if spec.raw_format == "criteo":
+            self._int_table = _criteo_int_table()
+            num_int = len(_CRITEO_INTEGER)
+            int_max = [_cell_max(t) - _INT_SHIFT for t in tables[:num_int]]
+            # Integer columns that can go past the lookup table: their long values are
+            # formatted apart.
+            self._long_int_columns = [j for j, v in enumerate(int_max)
+                                      if v + _INT_SHIFT >= _DECIMAL_TABLE]
+            widths = [max(len(str(v)), 2 if neg else 1) + 1
+                      for v, (_, _, _, neg) in zip(int_max, _CRITEO_INTEGER)]
+            if max(widths) > 8:
+                raise ValueError("a Criteo integer column exceeds 7 digits")
+            self._int_offsets = 2 + np.concatenate([[0], np.cumsum(widths)[:-1]])
+            self._hex_offset = 2 + sum(widths)
+            self._row_width = self._hex_offset + 9 * len(_CRITEO_CATEGORICAL)
+            self._randoms_per_row = 1 + len(tables)  # the label, the columns
+        else:
+            self._avazu_layout()
+            # The label, the row id (two), the time (two), the columns.
+            self._randoms_per_row = 5 + len(tables)
         self.scales = np.ones(3, np.float32)
         self.bias = np.float32(0.0)
         self._calibrate()
 
+    def _value_text(self, field: int, salt) -> np.ndarray:
+        """Text words of the values (ranks 0..K-1) of a categorical field."""
+        f = self.fields[field]
+        ranks = np.arange(f.cardinality)
+        if self.spec.raw_format == "criteo":
+            return _hex_words(_scramble32(ranks, salt))
+        name, kind, _, first_value = _AVAZU_COLUMNS[field - 1]
+        if kind == "hex":
+            return _hex_words(_scramble32(ranks, salt))
+        values = first_value + ranks
+        if name == "C20":  # Avazu's C20 uses -1 for its most common value
+            values = np.where(ranks == 0, -1, values)
+        words, lengths = _int_tokens(values)
+        last = field == len(_AVAZU_COLUMNS)
+        return _with_separator(words, lengths, _NEWLINE if last else _COMMA)
+
+    def _avazu_layout(self) -> None:
+        # id (16 digits: two words) "," click "," hour (8 digits) "," then the columns.
+        self._avazu_columns = []  # (kind, offset) of the 21 columns
+        offset = 28
+        for j, (_, kind, _, _) in enumerate(_AVAZU_COLUMNS):
+            self._avazu_columns.append((kind, offset))
+            if kind == "hex":
+                offset += 9
+            else:
+                field = j + 1
+                first = self.offsets[field] + 1
+                words = self._text[first:first + self.fields[field].cardinality]
+                offset += max(1, (int(np.max(words)).bit_length() + 7) // 8)
+        self._avazu_end = offset
+        self._row_width = max(offset, max(o for _, o in self._avazu_columns) + 8)
+
     # -- drawing rows --------------------------------------------------------------
 
-    def _categorical(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(value ids, hex words, missing) of the categorical columns."""
-        ranks = _sample(self._zipf, bits)
-        missing = _bernoulli(bits, self._missing, 32)
-        value_ids = np.where(missing, 0, ranks + 1)
-        return value_ids, ranks, missing
-
     def draw(self, rng: np.random.Generator, n: int) -> _Block:
-        """Value ids and raw text tokens of n fresh rows."""
+        """Value ids (and what the text needs) of n fresh rows."""
+        words = (self._randoms_per_row + 1) // 2
+        bits = rng.bit_generator.random_raw(n * words).view(np.uint32).reshape(-1, n)
         if self.spec.raw_format == "criteo":
-            return self._draw_criteo(rng, n)
-        return self._draw_avazu(rng, n)
+            return self._draw_criteo(bits)
+        return self._draw_avazu(bits)
 
-    def _draw_criteo(self, rng: np.random.Generator, n: int) -> _Block:
-        num_int, num_cat = len(_CRITEO_INTEGER), len(_CRITEO_CATEGORICAL)
-        bits = rng.bit_generator.random_raw(n * (num_int + num_cat)).reshape(n, -1)
-        int_bits, cat_bits = bits[:, :num_int], bits[:, num_int:]
-        _, _, int_missing, negative_share = zip(*_CRITEO_INTEGER)
-        values = _sample(self._lognormal, int_bits)
-        # A few small negative values (Criteo's I2): -1, -2 or -3.
-        negative = _bernoulli(int_bits, negative_share, 48)
-        if negative.any():
-            values = np.where(negative, -1 - (int_bits >> np.uint64(40)).astype(np.int64) % 3,
-                              values)
-        missing_int = _bernoulli(int_bits, int_missing, 32)
-        buckets = criteo.bucketize(np.where(missing_int, 0, values))
-        int_ids = np.clip(buckets + _INT_BUCKET_OFFSET, 0, _INT_BUCKETS - 1)
-        cat_ids, ranks, missing_cat = self._categorical(cat_bits)
-        ids = np.concatenate([int_ids, cat_ids], axis=1) + self.offsets
+    def _draw_criteo(self, bits: np.ndarray) -> _Block:
+        num_int = len(_CRITEO_INTEGER)
+        values = _sample(self._cells, self._cell_base, bits[1:]).view(np.int64)
+        ints = values[:num_int]
+        packed = self._int_table.take(ints, mode="clip")
+        columns = values  # reused: the categorical value ids stay in place
+        ints_long = [(j, np.flatnonzero(ints[j] >= _DECIMAL_TABLE))
+                     for j in self._long_int_columns]
+        ints_long = [(j, rows, ints[j, rows] - _INT_SHIFT) for j, rows in ints_long if len(rows)]
+        np.right_shift(packed, np.uint64(48), out=columns[:num_int], casting="unsafe")
+        packed &= _LOW48
+        for j, rows, long_values in ints_long:
+            words, lengths = _int_tokens(long_values)
+            packed[j, rows] = _with_separator(words, lengths, _TAB)
+            columns[j, rows] = _int_bucket_ids(long_values)
+        columns += self.offsets[:, None]
+        return _Block(columns, bits, packed)
 
-        words = np.empty((n, 1 + num_int + num_cat), np.uint64)
-        lengths = np.empty((n, 1 + num_int + num_cat), np.int64)
-        int_words, int_lengths = _int_tokens(values)
-        words[:, 1:1 + num_int] = int_words
-        lengths[:, 1:1 + num_int] = np.where(missing_int, 0, int_lengths)
-        words[:, 1 + num_int:] = self._hex[ranks + self._hex_offsets[:-1]]
-        lengths[:, 1 + num_int:] = np.where(missing_cat, 0, 8)
-        return _Block(ids, words, lengths, 0)
+    def _draw_avazu(self, bits: np.ndarray) -> _Block:
+        n = bits.shape[1]
+        day = (bits[3].astype(np.uint64) * np.uint64(_AVAZU_DAYS)) >> np.uint64(32)
+        hour = (bits[4].astype(np.uint64) * np.uint64(24)) >> np.uint64(32)
+        weekday = self._avazu_weekdays()[day.astype(np.int64)]
+        columns = np.empty((len(self.fields), n), np.int64)
+        columns[0] = hour
+        columns[1:-2] = _sample(self._cells, self._cell_base, bits[5:5 + len(columns) - 3]
+                                ).view(np.int64)
+        columns[-2] = weekday
+        columns[-1] = (weekday == 0) | (weekday == 6)
+        columns += self.offsets[:, None]
+        return _Block(columns, bits)
 
-    def _draw_avazu(self, rng: np.random.Generator, n: int) -> _Block:
-        num_cat = len(_AVAZU_COLUMNS)
-        bits = rng.bit_generator.random_raw(n * (num_cat + 2)).reshape(n, -1)
-        time_bits = bits[:, -1]
-        day = ((time_bits & np.uint64(0xFFFFFFFF)) * np.uint64(_AVAZU_DAYS)) >> np.uint64(32)
-        hour = ((time_bits >> np.uint64(32)) * np.uint64(24)) >> np.uint64(32)
-        day, hour = day.astype(np.int64), hour.astype(np.int64)
-        dates = [_AVAZU_FIRST_DAY + datetime.timedelta(days=d) for d in range(_AVAZU_DAYS)]
-        date_code = np.array([(d.year % 100) * 10**6 + d.month * 10**4 + d.day * 100
-                              for d in dates])
-        weekday = np.array([int(d.strftime("%w")) for d in dates])[day]
-        cat_ids, ranks, _ = self._categorical(bits[:, :num_cat])
-        ids = np.concatenate([hour[:, None], cat_ids, weekday[:, None],
-                              ((weekday == 0) | (weekday == 6)).astype(np.int64)[:, None]],
-                             axis=1) + self.offsets
-        # Tokens: id (two 8-digit words), click, hour, then the 21 columns.
-        words = np.zeros((n, 4 + num_cat), np.uint64)
-        lengths = np.zeros((n, 4 + num_cat), np.int64)
-        row_ids = (bits[:, -2] % np.uint64(9 * 10**15)).astype(np.int64) + 10**15
-        words[:, 0], lengths[:, 0] = _int_tokens(row_ids // 10**8)
-        words[:, 1], lengths[:, 1] = _padded8_words(row_ids % 10**8), 8
-        words[:, 3], lengths[:, 3] = _int_tokens(date_code[day] + hour)
-        hex_words = self._hex[ranks + self._hex_offsets[:-1]]
-        for j, (name, kind, _, first_value) in enumerate(_AVAZU_COLUMNS):
+    @staticmethod
+    def _avazu_days() -> list:
+        return [_AVAZU_FIRST_DAY + datetime.timedelta(days=d) for d in range(_AVAZU_DAYS)]
+
+    def _avazu_weekdays(self) -> np.ndarray:
+        return np.array([int(d.strftime("%w")) for d in self._avazu_days()])
+
+    def _text_rows(self, block: _Block, labels: np.ndarray) -> np.ndarray:
+        """The rows' raw text (uint8) from their ids, text words and labels."""
+        n = len(labels)
+        rows = _row_matrix(n, self._row_width)
+        if self.spec.raw_format == "criteo":
+            num_int = len(_CRITEO_INTEGER)
+            # Inline words left to right: "0\t" / "1\t", then the integers with their tabs.
+            _store_words(rows, 0, labels.astype(np.uint64) + np.uint64(ord("0") | _TAB << 8))
+            for j in range(num_int):
+                _store_words(rows, int(self._int_offsets[j]), block.words[j])
+            hex_words = block.text
+            num_cat = len(hex_words)
+            for j in range(num_cat):  # (one store of hex_words.T would be slower)
+                _store_words(rows, self._hex_offset + 9 * j, hex_words[j])
+            separators = np.full(num_cat, _TAB, np.uint8)
+            separators[-1] = _NEWLINE
+            _store_bytes(rows, self._hex_offset + 8, separators, count=num_cat)
+            return _strip(rows)
+        # Avazu: inline words left to right (click, integer columns), then 8-byte words
+        # (id, hour, hex columns) and their separator bytes.
+        _store_words(rows, 17, labels.astype(np.uint64) + np.uint64(ord("0") | _COMMA << 8))
+        text = block.text
+        hex_columns = []
+        for j, (kind, offset) in enumerate(self._avazu_columns):
             if kind == "hex":
-                words[:, 4 + j], lengths[:, 4 + j] = hex_words[:, j], 8
+                hex_columns.append((j, offset))
             else:
-                values = first_value + ranks[:, j]
-                if name == "C20":  # Avazu's C20 uses -1 for its most common value
-                    values = np.where(ranks[:, j] == 0, -1, values)
-                words[:, 4 + j], lengths[:, 4 + j] = _int_tokens(values)
-        return _Block(ids, words, lengths, 2)
-
-    def separators(self) -> np.ndarray:
-        """The byte after each text token."""
-        if self.spec.raw_format == "criteo":
-            separators = np.full(1 + len(_CRITEO_INTEGER) + len(_CRITEO_CATEGORICAL),
-                                 ord(criteo.DELIMITER), np.uint8)
-        else:
-            separators = np.full(4 + len(_AVAZU_COLUMNS), ord(avazu.DELIMITER), np.uint8)
-            separators[0] = 0  # the two words of the id
-        separators[-1] = ord("\n")
-        return separators
+                _store_words(rows, offset, text[j])
+        rows[:, self._avazu_end:] = 0
+        row_bits = (block.bits[1].astype(np.uint64) << np.uint64(32)) | block.bits[2]
+        row_ids = (row_bits % np.uint64(9 * 10**15)).astype(np.int64) + 10**15
+        _store_words(rows, 0, np.stack([_padded8_words(row_ids // 10**8),
+                                        _padded8_words(row_ids % 10**8)], axis=1), stride=8)
+        days = self._avazu_days()
+        date_code = np.array([(d.year % 100) * 10**6 + d.month * 10**4 + d.day * 100
+                              for d in days])
+        day = ((block.bits[3].astype(np.uint64) * np.uint64(_AVAZU_DAYS)) >> np.uint64(32)
+               ).astype(np.int64)
+        hour = block.columns[0] - self.offsets[0]
+        _store_words(rows, 19, _padded8_words(date_code[day] + hour))
+        for j, offset in hex_columns:
+            _store_words(rows, offset, text[j])
+            _store_bytes(rows, offset + 8, _COMMA)
+        _store_bytes(rows, 16, _COMMA)
+        _store_bytes(rows, 27, _COMMA)
+        return _strip(rows)
 
     # -- the click model -----------------------------------------------------------
 
@@ -490,17 +642,62 @@ class HiddenFunction:
             else:
                 high = mid
         self.bias = np.float32(0.5 * (low + high))
+        # The same function, regrouped for speed: the linear part and the FM part's
+        # squared norms are one scalar per value id, the latents 16-byte items, and the
+        # MLP's first layer is a sum of per-(field, value) projections (no BLAS call,
+        # whose threads would fight the generator's).
+        unary = self.scales[0] * self.weights
+        for f in self.fm_fields:
+            start, stop = self.offsets[f], self.offsets[f] + self.fields[f].num_ids
+            unary[start:stop] -= 0.5 * self.scales[1] * np.einsum(
+                "nk,nk->n", self.latents[start:stop], self.latents[start:stop])
+        self._unary = unary.astype(np.float32)
+        self._text_fields = np.array([i for i, f in enumerate(self.fields) if f.cardinality])
+        self._latent_items = np.ascontiguousarray(self.latents).view(np.complex128).reshape(-1)
+        self._fm_scale = np.float32(0.5 * self.scales[1])
+        projections, shifts, base = [], [], 0
+        for j, f in enumerate(self.deep_fields):
+            start, stop = self.offsets[f], self.offsets[f] + self.fields[f].num_ids
+            w = self.hidden_w[j * LATENT_DIM:(j + 1) * LATENT_DIM]
+            projections.append(np.einsum("nk,kh->nh", self.latents[start:stop], w))
+            shifts.append(base - start)
+            base += stop - start
+        self._deep_projection = np.concatenate(projections).astype(np.float32)
+        self._deep_shift = np.array(shifts, np.int64)[:, None]
+        self._out_w = (self.scales[2] * self.out_w).astype(np.float32)
 
-    def chunk(self, index: int, num_rows: int) -> tuple[bytes, np.ndarray, int]:
-        """Generates chunk `index` (rows index*CHUNK_ROWS ...): (text, probs, positives)."""
+    def fast_logits(self, block: _Block) -> np.ndarray:
+        """`logits` of a block's rows, regrouped for speed (equal up to float32 rounding).
+
+        Also sets `block.text`, the categorical columns' text words.
+        """
+        columns = block.columns
+        block.text = self._text.take(columns[self._text_fields])
+        logits = self._unary.take(columns).sum(axis=0)
+        fm = self._latent_items.take(columns[self.fm_fields]).view(np.float32).reshape(
+            FM_FIELDS, -1, LATENT_DIM).sum(axis=0)
+        logits += self._fm_scale * np.einsum("nk,nk->n", fm, fm)
+        hidden = self._deep_projection.take(columns[self.deep_fields] + self._deep_shift,
+                                            axis=0).sum(axis=0)
+        hidden += self.hidden_b
+        np.maximum(hidden, 0, out=hidden)
+        logits += np.einsum("nh,h->n", hidden, self._out_w)
+        logits += self.bias
+        return logits
+
+    def chunk(self, index: int, num_rows: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """Generates chunk `index` (rows index*CHUNK_ROWS ...): (text, probs, positives).
+
+        The text is uint8 (bytes-like), the probabilities float32.
+        """
         rng = np.random.default_rng([self.spec.seed, 2, index])
         block = self.draw(rng, num_rows)
-        probs = _sigmoid(self.logits(block.ids))
-        labels = rng.random(num_rows, np.float32) < probs
-        block.words[:, block.label_token] = np.where(labels, ord("1"), ord("0"))
-        block.lengths[:, block.label_token] = 1
-        text = join_tokens(block.words, block.lengths, self.separators())
-        return text, probs, int(labels.sum())
+        probs = _sigmoid(self.fast_logits(block))
+        # 24 random bits per label: uniform on [0, 1) in steps of 2^-24.
+        uniform = (block.bits[0] >> np.uint32(8)).astype(np.float32)
+        uniform *= np.float32(2.0**-24)
+        labels = uniform < probs
+        return self._text_rows(block, labels), probs, int(np.count_nonzero(labels))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

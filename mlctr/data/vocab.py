@@ -35,17 +35,23 @@ def mix64(keys: np.ndarray) -> np.ndarray:
     return x
 
 
+_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, odd
+
+
 class KeyCoder:
     """Dense codes 0..n-1 for int64 keys, in first-seen order, vectorised.
 
     While all keys seen lie in a range narrower than `dense_limit` (numeric buckets,
     hours, small integer columns) a code is one array lookup at `key - low`. Otherwise
-    an open-addressing hash table (linear probing, load <= 2/3) of int32 codes, the keys
-    themselves being read from `keys[code]`: about 20-30 bytes per distinct value in all,
-    small next to the parsing buffers. Lookups and inserts run as rounds of gathers over
-    all still-unresolved keys, so a chunk of keys costs a few numpy passes, not a Python
-    loop. Codes never change once given (tables are rebuilt from the keys with their
-    codes), so codes written to disk early stay valid.
+    an open-addressing hash table (linear probing, load <= 1/2 (1/8 while small),
+    Fibonacci hashing) of
+    int32 slots holding code + 1 (0: empty), the keys themselves being read from
+    `keys[code + 1]` (`keys[0]` is a sentinel, read for empty slots): about 20-30 bytes
+    per distinct value in all, small next to the parsing buffers. A lookup costs two
+    gathers and a compare per key; the few keys whose slot holds another key probe on
+    in rounds over fewer and fewer keys, so a chunk of keys costs a few numpy passes,
+    not a Python loop. Codes never change once given (tables are rebuilt from the keys
+    with their codes), so codes written to disk early stay valid.
 
     Args:
         dense_limit: widest key range coded by direct lookup.
@@ -53,18 +59,19 @@ class KeyCoder:
 
     def __init__(self, dense_limit: int = 1 << 20):
         self.dense_limit = dense_limit
-        self.keys = np.zeros(64, np.int64)  # key of each code
+        self.keys = np.zeros(64, np.int64)  # keys[code + 1]: key of each code
         self.size = 0
         self._dense: np.ndarray | None = np.zeros(0, np.int32)  # None: hash mode
         self._dense_low = 0
-        self._slot_code: np.ndarray | None = None
+        self._slots: np.ndarray | None = None
+        self._shift = np.uint64(64)
 
     def __len__(self) -> int:
         return self.size
 
     def code_keys(self) -> np.ndarray:
         """int64 [n]: the key of each code."""
-        return self.keys[:self.size]
+        return self.keys[1:self.size + 1]
 
     def encode(self, keys: np.ndarray) -> np.ndarray:
         """Codes of `keys`, giving new codes to keys not seen before.
@@ -79,7 +86,7 @@ class KeyCoder:
         if not len(keys):
             return np.zeros(0, np.int32)
         if self._dense is not None and self._dense_covers(keys):
-            codes = self._dense[keys - self._dense_low]
+            codes = self._dense.take(keys - self._dense_low)
         else:
             codes = self._lookup(keys)
         new = codes < 0
@@ -109,70 +116,94 @@ class KeyCoder:
 
     def _to_hash_mode(self) -> None:
         self._dense = None
-        size = 1 << max(6, int(1.5 * self.size).bit_length())
-        self._slot_code = np.full(size, -1, np.int32)
+        self._new_table(self._table_size())
+
+    _SMALL_TABLE = 1 << 16
+
+    @classmethod
+    def _load_limit(cls, slots: int) -> int:
+        """Most keys in a table of `slots`: 1/8 while small (a few hundred KB at most,
+        the frequent values nearly all in their home slots), then 1/2."""
+        return slots // 8 if slots <= cls._SMALL_TABLE else slots // 2
+
+    def _table_size(self) -> int:
+        slots = 64
+        while self.size > self._load_limit(slots):
+            slots *= 2
+        return slots
+
+    def _new_table(self, size: int) -> None:
+        """An empty table of `size` (a power of 2) slots, then every code inserted."""
+        self._slots = None  # free the old table first
+        self._slots = np.zeros(size, np.int32)
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
         self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
 
     def _add(self, new_keys: np.ndarray) -> np.ndarray:
         """Gives codes to distinct, absent keys; returns them."""
         start, count = self.size, len(new_keys)
-        if start + count > len(self.keys):
-            grown = np.zeros(max(len(self.keys) * 3 // 2, start + count), np.int64)
-            grown[:start] = self.keys[:start]
+        if start + count + 1 > len(self.keys):
+            grown = np.zeros(max(len(self.keys) * 3 // 2, start + count + 1), np.int64)
+            grown[:start + 1] = self.keys[:start + 1]
             self.keys = grown
-        self.keys[start:start + count] = new_keys
+        self.keys[start + 1:start + count + 1] = new_keys
         new_codes = np.arange(start, start + count, dtype=np.int32)
         self.size += count
         if self._dense is not None:
             self._dense[new_keys - self._dense_low] = new_codes
+        elif self.size > self._load_limit(len(self._slots)):
+            self._new_table(self._table_size())
         else:
-            if 3 * self.size > 2 * len(self._slot_code):
-                size = len(self._slot_code)
-                while 3 * self.size > 2 * size:
-                    size *= 2
-                self._slot_code = None  # free the old table first
-                self._slot_code = np.full(size, -1, np.int32)
-                self._insert_new(self.code_keys(), np.arange(self.size, dtype=np.int32))
-            else:
-                self._insert_new(new_keys, new_codes)
+            self._insert_new(new_keys, new_codes)
         return new_codes
 
     # -- hash mode -----------------------------------------------------------------
 
+    def _home(self, keys: np.ndarray) -> np.ndarray:
+        """The first slot of each key (Fibonacci hashing: the top bits of key * phi)."""
+        slots = keys.view(np.uint64) * _FIBONACCI
+        slots >>= self._shift
+        return slots.view(np.int64)
+
     def _lookup(self, keys: np.ndarray) -> np.ndarray:
         """Codes of `keys` (-1 where absent)."""
-        mask = len(self._slot_code) - 1
-        slots = (mix64(keys) & np.uint64(mask)).astype(np.int64)
-        slot_codes = self._slot_code[slots]
-        occupied = slot_codes >= 0
-        hit = occupied & (np.take(self.keys, np.maximum(slot_codes, 0)) == keys)
-        codes = np.where(hit, slot_codes, -1).astype(np.int32)
-        # Keys whose slot holds another key probe on, in rounds over fewer and fewer keys.
-        active = np.flatnonzero(occupied & ~hit)
-        slots = slots[active]
-        while len(active):
-            slots = (slots + 1) & mask
-            slot_codes = self._slot_code[slots]
-            occupied = slot_codes >= 0
-            hit = occupied & (np.take(self.keys, np.maximum(slot_codes, 0)) == keys[active])
-            codes[active[hit]] = slot_codes[hit]
-            more = occupied & ~hit
-            active, slots = active[more], slots[more]
+        mask = len(self._slots) - 1
+        slots = self._home(keys)
+        values = self._slots.take(slots)  # code + 1, 0: empty
+        found = self.keys.take(values) == keys
+        codes = values - 1  # right where found (-1: an empty slot, the sentinel matched)
+        missed = np.flatnonzero(~found)
+        if len(missed):
+            # Where the slot is empty the key is absent; else another key holds it: probe
+            # on, in rounds over fewer and fewer keys.
+            codes[missed] = -1
+            occupied = values[missed] > 0
+            active, slots, pending = missed[occupied], slots[missed[occupied]], keys[missed[occupied]]
+            while len(active):
+                slots = (slots + 1) & mask
+                values = self._slots[slots]
+                found = self.keys[values] == pending
+                codes[active[found]] = values[found] - 1
+                more = ~found & (values > 0)
+                active, slots, pending = active[more], slots[more], pending[more]
         return codes
 
     def _insert_new(self, keys: np.ndarray, codes: np.ndarray) -> None:
         """Inserts distinct keys known to be absent, with their (already stored) codes."""
-        mask = len(self._slot_code) - 1
-        slots = (mix64(keys) & np.uint64(mask)).astype(np.int64)
+        mask = len(self._slots) - 1
+        slots = self._home(keys)
+        values = codes + 1
         while len(keys):
-            empty = self._slot_code[slots] < 0
-            # Several keys may race for one empty slot: the last write wins, the others
-            # see the slot taken in the next round and probe on.
-            self._slot_code[slots[empty]] = codes[empty]
+            empty = self._slots[slots] == 0
+            # Several keys may race for one empty slot: the smallest code wins (written
+            # last), the others see the slot taken in the next round and probe on. Small
+            # codes are the values seen first, mostly the frequent ones: they get their
+            # home slots, and most lookups one probe.
+            self._slots[slots[empty][::-1]] = values[empty][::-1]
             won = np.zeros(len(keys), bool)
-            won[empty] = self._slot_code[slots[empty]] == codes[empty]
+            won[empty] = self._slots[slots[empty]] == values[empty]
             lost = ~won
-            keys, codes = keys[lost], codes[lost]
+            keys, values = keys[lost], values[lost]
             slots = np.where(empty[lost], slots[lost], (slots[lost] + 1) & mask)
 
 
@@ -188,9 +219,19 @@ class Counts:
             grown = np.zeros(max(num_codes, len(self.counts) * 3 // 2), np.int32)
             grown[:len(self.counts)] = self.counts
             self.counts = grown
-        if len(codes):
-            top = int(codes.max()) + 1
+        if not len(codes):
+            return
+        top = int(codes.max()) + 1
+        # bincount costs O(top): fine for small codes (frequent values get them first);
+        # the rare large ones are counted by sorting.
+        limit = 16 * len(codes) + 4096
+        if top <= limit:
             self.counts[:top] += np.bincount(codes, minlength=top).astype(np.int32)
+            return
+        large = codes >= limit
+        self.counts[:limit] += np.bincount(codes[~large], minlength=limit).astype(np.int32)
+        values, counts = np.unique(codes[large], return_counts=True)
+        self.counts[values] += counts.astype(np.int32)
 
 
 def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count: int,
