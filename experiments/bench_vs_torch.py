@@ -148,14 +148,18 @@ def main():
     parser.add_argument("--vocab_size", type=int, default=1_000_000)
     parser.add_argument("--dnn", default="1000,1000,1000,1000,1000",
                         help="DNN hidden units (BARS Criteo: 1000x5)")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per library per round")
-    parser.add_argument("--quick", action="store_true", help="DNN 400x3, 2 rounds of 1 step")
+    parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (4)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per library per round (2)")
+    parser.add_argument("--quick", action="store_true",
+                        help="DNN 400x3 and, unless given, 2 rounds of 1 step")
     args = parser.parse_args()
     if args.worker:
         return torch_worker(args)
     if args.quick:
-        args.dnn, args.rounds, args.steps = "400,400,400", 2, 1
+        args.dnn = "400,400,400"
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.steps = args.steps or (1 if args.quick else 2)
     if not os.path.exists(args.torch_python):
         sys.exit(f"no DeepCTR-Torch environment at {args.torch_python}: create it as the "
                  "docstring says, or pass --torch_python")

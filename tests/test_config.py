@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mlctr import mutual
-from mlctr.configs import default, tiny
+from mlctr.configs import bars, default, tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,3 +36,11 @@ def test_misspelled_override_fails_on_the_command_line(tmp_path):
     assert proc.returncode != 0
     assert "alpah" in proc.stderr
     assert not os.path.exists(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("dataset", ["criteo", "avazu"])
+def test_bars_configs_build_every_model(dataset):
+    config = bars.get_config(dataset)
+    assert config.train.batch_size == 10000 and config.data.dataset == dataset
+    peers = mutual.build_peers(",".join(config.models), config.models, vocab_size=50, num_fields=3)
+    assert "fibinet" in peers.names
