@@ -9,7 +9,7 @@
 #                                             task (per host, or per GPU)
 #   bash launch.sh tpu [FLAGS...]             the same command on every Cloud TPU VM worker
 #
-# mlctr/CLUSTER.md has copy-paste commands for each mode. A run stopped by SIGTERM
+# README.md ("Cluster") has copy-paste commands for each mode. A run stopped by SIGTERM
 # saves a checkpoint and exits 143; the same command resumes it.
 #
 # Environment: MLCTR_VENV (default .venv), PYTHON (default python3), MLCTR_NO_VENV=1 to
@@ -105,7 +105,7 @@ case "$MODE" in
   slurm)
     shift
     if [[ -z "${SLURM_JOB_ID:-}" ]]; then
-      echo "slurm: run this inside an allocation (sbatch script or salloc); see mlctr/CLUSTER.md" >&2
+      echo "slurm: run this inside an allocation (sbatch script or salloc); see the Cluster section of README.md" >&2
       exit 2
     fi
     setup_env "plots,cuda12"  # once, before the tasks start (they share the venv)

@@ -1,7 +1,7 @@
 """Benchmark (not a test): DeepFM step time vs vocabulary size, dense Adam vs sparse row updates.
 
 The trainer's step (mlctr.mutual.make_train_step) for DeepFM (embedding 16, DNN 400x3,
-dropout 0.1, embedding L2 1e-5, the default config's set) at batch 4096 x 39 fields, with
+dropout 0.1, embedding L2 1e-5: bench_lib.BENCH_MODELS) at batch 4096 x 39 fields, with
 vocabularies of 10k, 1M and 10M rows, for 1 and 4 stacked peers, with dense optax Adam
 ('dense') and with sparse lazy Adam on the embedding rows ('lazy_adam', mlctr/sparse.py).
 Compilation is excluded. Every configuration is timed round-robin against the sparse 10k

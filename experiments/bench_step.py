@@ -1,8 +1,8 @@
 """Benchmark (not a test): does one jitted step for all peers cost what training them one by one does?
 
-On one fixed stream of generated batches (batch 4096, 39 fields, embedding 16, DNN 400x3,
-the default config's hyperparameter sets; --vocab_size rows, default 1M, about Criteo_x4's
-feature count), excluding compilation, it times
+On one fixed stream of generated batches (batch 4096, 39 fields; embedding 16, DNN 400x3,
+dropout 0.1, embedding L2 1e-5: bench_lib.BENCH_MODELS; --vocab_size rows, default 1M,
+about Criteo_x4's feature count), excluding compilation, it times
   (a) each of DeepFM, DCN, IPNN and FiBiNET trained alone,
   (b) the four in one jitted mutual step,
   (c) four stacked DeepFM peers in one mutual step,

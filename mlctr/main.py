@@ -8,7 +8,7 @@ key fails loudly), overridable field by field: `--config.mutual.alpha=0.5`.
 Rerunning a command resumes from the work dir's newest checkpoint. Exit status:
 0 done; 1 with a one-line `mlctr: error: ...` for a NaN/inf loss or a bad
 checkpoint; 143 after SIGTERM, once the checkpoint is saved. Multi-process and
-cluster launches: `launch.sh` and mlctr/CLUSTER.md.
+cluster launches: `launch.sh` and the "Cluster" section of README.md.
 """
 import logging as py_logging
 import os

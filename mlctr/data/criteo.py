@@ -88,7 +88,7 @@ def parse_chunk(path: str, chunk: parsing.RawChunk, *, labeled: bool = True
                           "non_integer", lambda v: f"{v!r} is not an integer")
     keys = np.empty((len(FIELD_NAMES), n), np.int64)
     # Missing integers parse as 0; the keys of rows with a problem are dropped.
-    keys[:num_int] = bucketize_fast(values)
+    keys[:num_int] = bucketize_fast(values.T).T  # (values.T: row-major, contiguous)
     str_cols = slice(first + num_int, len(names))
     keys[num_int:] = parsing.string_keys(buf, starts[str_cols], lengths[str_cols])
     return parsing.assemble(path, lines, problems, keys, labels, names)

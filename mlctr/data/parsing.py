@@ -7,17 +7,25 @@ loops over rows in Python:
   arrays then stay in the CPU caches, twice as fast as 16 MiB here), from a
   background thread so that reading, gunzipping and hashing overlap the parsing; it
   counts line numbers for error messages and computes the SHA-256 of the bytes on disk.
-* `split_lines` finds every delimiter and newline of a chunk with one numpy scan and
-  returns per-field byte offsets and lengths as field-major [columns, rows] arrays (so
-  each column is contiguous), setting aside the rows whose column count is wrong.
+* `split_lines` finds every delimiter and newline of a chunk with one numpy scan; in
+  the common case (every line has the right column count, checked with a count and
+  one gather) the separators are the field ends and each field starts after the
+  previous one, two flat array operations. It returns per-field byte offsets and
+  lengths as field-major [columns, rows] views of row-major arrays (so that the
+  gathers at field starts read the chunk in order), setting aside the rows whose
+  column count is wrong.
 * `string_keys` turns each field's bytes into an exact int64 key by reading the 8 bytes
   at the field start as one little-endian word (an unaligned strided view of the
-  chunk) and masking off the bytes past its length. Strings of up to 8 ASCII bytes
+  chunk) and shifting out the bytes past its length. Strings of up to 8 ASCII bytes
   (all Criteo and Avazu values) map to distinct non-negative keys, the empty string
   to 0; longer or non-ASCII strings fall back to a 63-bit BLAKE2b hash with the top
   bit set (negative keys), so the two kinds never collide with each other.
 * `parse_ints` parses decimal integers of up to 16 digits, with an optional minus
-  sign, with SWAR arithmetic on the same 8-byte words and flags anything else.
+  sign, with SWAR arithmetic on the same 8-byte words (a digit check and three
+  multiply-shift steps for the common 1 to 8 digits; negative and longer numbers
+  apart) and flags anything else.
+* `ordered_map` runs the per-chunk parsing in threads (numpy releases the GIL), in
+  order.
 
 Format-specific conversion (`mlctr.data.criteo`, `mlctr.data.avazu`) and the row
 problem bookkeeping (`RowProblems`, `parse_chunk`) build on these.
@@ -268,7 +276,7 @@ class SplitLines:
 
     Attributes:
         buf: the chunk's bytes as uint8, plus zero padding.
-        starts: int64 [C, n] byte offset in `buf` of each field (field-major; may be a
+        starts: int64 [C, n] byte offset in `buf` of each field (field-major: a
             transposed view of a row-major array).
         lengths: int64 [C, n] byte length of each field (without delimiter, CR, newline).
         line_numbers: int64 [n] 1-based file line number of each row.
@@ -319,14 +327,11 @@ def split_lines(chunk: RawChunk, delimiter: bytes, num_columns: int) -> SplitLin
     if len(separators) == num_lines * num_columns and (
             num_lines == 0 or bool((text[separators[num_columns - 1::num_columns]] == 10).all())):
         line_numbers = chunk.first_line + np.arange(num_lines, dtype=np.int64)
-        # Row-major [n, C] underneath (the gathers at field starts then read the chunk
-        # in order), field-major views.
-        ends = separators.reshape(-1, num_columns)
-        starts = np.empty_like(ends)
-        starts[:1, 0] = 0
-        np.add(ends[:-1, -1], 1, out=starts[1:, 0])
-        np.add(ends[:, :-1], 1, out=starts[:, 1:])
-        starts, ends = starts.T, ends.T
+        # Each field starts after the previous separator (line by line, field by field).
+        starts = np.empty_like(separators)
+        starts[:1] = 0
+        np.add(separators[:-1], 1, out=starts[1:])
+        ends = separators
         empty = np.zeros(0, np.int64)
         good_line_numbers, bad_line_numbers, bad_counts = line_numbers, empty, empty
     else:
@@ -342,12 +347,16 @@ def split_lines(chunk: RawChunk, delimiter: bytes, num_columns: int) -> SplitLin
         line_lengths = line_ends - line_starts
         bad_counts = np.where(line_lengths[~good] == 0, 0, bad_counts)
         good_end_index = line_end_index[good]
-        ends = separators[np.arange(1 - num_columns, 1)[:, None] + good_end_index[None, :]]
+        ends = separators[good_end_index[:, None] + np.arange(1 - num_columns, 1)[None, :]]
         starts = np.empty_like(ends)
-        starts[0] = line_starts[good]
-        starts[1:] = ends[:-1] + 1
+        starts[:, 0] = line_starts[good]
+        starts[:, 1:] = ends[:, :-1] + 1
         good_line_numbers, bad_line_numbers = line_numbers[good], line_numbers[~good]
         num_lines = len(line_end_index)
+    # Row-major [n, C] underneath (so the gathers at field starts read the chunk in
+    # order), field-major [C, n] views.
+    starts = starts.reshape(-1, num_columns).T
+    ends = ends.reshape(-1, num_columns).T
     if b"\r" in chunk.data:  # CRLF line ends: the CR is not part of the last field
         last = ends[-1]
         has_cr = (last > starts[-1]) & (buf[np.maximum(last - 1, 0)] == 13)
@@ -370,6 +379,11 @@ def _words(buf: np.ndarray) -> np.ndarray:
     return np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
 
 
+def _row_major(array: np.ndarray) -> np.ndarray:
+    """`array.T` contiguous: [C', n] field views of row-major data become [n, C']."""
+    return np.ascontiguousarray(array.T)
+
+
 def string_keys(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Exact int64 keys of the strings at `starts` with `lengths` (see module doc).
 
@@ -382,6 +396,9 @@ def string_keys(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
         int64 keys, same shape: the bytes packed little-endian for ASCII strings of at
         most 8 bytes (the empty string is 0), else a hash with the top bit set.
     """
+    # Computed on row-major contiguous copies (the fields of a line side by side), the
+    # result transposed back (a view).
+    starts, lengths = _row_major(starts), _row_major(lengths)
     keys = _words(buf)[starts]
     long = lengths.max(initial=0) > 8
     # Keep the lowest `length` bytes: shift the others out at the top and back.
@@ -395,7 +412,7 @@ def string_keys(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.
         where = np.nonzero((lengths > 8) | ((keys & _ASCII_HIGH_BITS) != 0))
         keys[where] = [hash_string_key(bytes(buf[start:start + length]))
                        for start, length in zip(starts[where].tolist(), lengths[where].tolist())]
-    return keys.view(np.int64)
+    return keys.view(np.int64).T
 
 
 def hash_string_key(value: bytes) -> int:
@@ -483,6 +500,8 @@ def parse_ints(buf: np.ndarray, starts: np.ndarray,
         empty string and numbers of more than 16 digits; values there are arbitrary
         (0 for the empty string).
     """
+    # Computed on row-major contiguous copies, the results transposed back (views).
+    starts, lengths = _row_major(starts), _row_major(lengths)
     words = _words(buf)[starts]
     first = words & np.uint64(0xFF)
     negative = first == ord("-")
@@ -499,7 +518,7 @@ def parse_ints(buf: np.ndarray, starts: np.ndarray,
     if where is not None:
         values[where] = special_values
         ok[where] = special_ok
-    return values, ok
+    return values.T, ok.T
 
 
 def _parse_ints_slow(buf: np.ndarray, starts: np.ndarray,

@@ -7,12 +7,15 @@
 
 Two streaming passes, memory bounded by the chunk size and the vocabularies:
 
-1. Read the raw file in chunks (`mlctr.data.parsing.RawFile`), parse each chunk into
-   per-field int64 keys, assign each row its split (`mlctr.data.split`), give every
-   distinct key of every field a temporary code (`mlctr.data.vocab.KeyCoder`), count the
-   train-split occurrences, and append the codes to `{split}_ids.npy`.
+1. Read the raw file in chunks (`mlctr.data.parsing.RawFile`, a reading thread),
+   parse each chunk into per-field int64 keys (PARSE_THREADS threads, in order),
+   assign each row its split (`mlctr.data.split`), give every distinct key of every
+   field a temporary code (`mlctr.data.vocab.KeyCoder`), count the train-split
+   occurrences, and append the codes to `{split}_ids.npy` (the chunk's rows sorted by
+   split, file order within each).
 2. Fit the vocabularies on the train counts (min_count, OOV), then rewrite the code
-   files in place as global ids (per-field offset + local id).
+   files in place as global ids (per-field offset + local id), in PARSE_THREADS
+   threads.
 
 `feature_map.json` is written last, atomically, so a directory without it is never
 taken for a complete dataset; a failed run removes what it wrote. Bad input raises
@@ -38,7 +41,7 @@ DATASETS = ("criteo", "avazu", "synthetic")
 PROTOCOLS = ("x4_001", "x4_002")
 RAW_FORMATS = {"criteo": criteo, "avazu": avazu}
 _REMAP_ROWS = 1 << 15
-PARSE_THREADS = 2
+PARSE_THREADS = 2  # parsing (and remapping) threads; the coding runs in the caller's
 
 
 def _malloc_trim():

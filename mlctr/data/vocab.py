@@ -43,15 +43,17 @@ class KeyCoder:
 
     While all keys seen lie in a range narrower than `dense_limit` (numeric buckets,
     hours, small integer columns) a code is one array lookup at `key - low`. Otherwise
-    an open-addressing hash table (linear probing, load <= 1/2 (1/8 while small),
-    Fibonacci hashing) of
-    int32 slots holding code + 1 (0: empty), the keys themselves being read from
-    `keys[code + 1]` (`keys[0]` is a sentinel, read for empty slots): about 20-30 bytes
-    per distinct value in all, small next to the parsing buffers. A lookup costs two
-    gathers and a compare per key; the few keys whose slot holds another key probe on
-    in rounds over fewer and fewer keys, so a chunk of keys costs a few numpy passes,
-    not a Python loop. Codes never change once given (tables are rebuilt from the keys
-    with their codes), so codes written to disk early stay valid.
+    an open-addressing hash table (linear probing, Fibonacci hashing) of int32 slots
+    holding code + 1 (0: empty), the keys themselves read from `keys[code + 1]`
+    (`keys[0]`, read for empty slots, is never taken for a match): about 20-40 bytes per
+    distinct value in all, small next to the parsing buffers. The table is kept at most
+    1/8 full while small (up to 2^16 slots) and 1/2 full after that; when several keys
+    race for a slot the smallest code (the value seen first, mostly a frequent one)
+    wins, so nearly all lookups take one probe: two gathers and a compare per key. The
+    few keys whose slot holds another key probe on in rounds over fewer and fewer keys,
+    so a chunk of keys costs a few numpy passes, not a Python loop. Codes never change
+    once given (tables are rebuilt from the keys with their codes), so codes written
+    to disk early stay valid.
 
     Args:
         dense_limit: widest key range coded by direct lookup.
@@ -224,12 +226,15 @@ class Counts:
         top = int(codes.max()) + 1
         # bincount costs O(top): fine for small codes (frequent values get them first);
         # the rare large ones are counted by sorting.
-        limit = 16 * len(codes) + 4096
+        limit = 4 * len(codes) + 1024
         if top <= limit:
             self.counts[:top] += np.bincount(codes, minlength=top).astype(np.int32)
             return
         large = codes >= limit
-        self.counts[:limit] += np.bincount(codes[~large], minlength=limit).astype(np.int32)
+        small = codes[~large]
+        if len(small):
+            top = int(small.max()) + 1
+            self.counts[:top] += np.bincount(small, minlength=top).astype(np.int32)
         values, counts = np.unique(codes[large], return_counts=True)
         self.counts[values] += counts.astype(np.int32)
 

@@ -78,3 +78,62 @@ def test_corrupt_gzip_names_file_and_line(tmp_path):
         list(parsing.RawFile(str(path), chunk_bytes=1 << 12).chunks())
     assert error.value.reason == "corrupt_gzip"
     assert str(path) in str(error.value) and ":" in str(error.value)
+
+
+def _python_int(text: bytes):
+    """The integer parse_ints accepts: optional '-', 1 to 16 ASCII digits; else None."""
+    digits = text[1:] if text.startswith(b"-") and len(text) > 1 else text
+    if 1 <= len(digits) <= 16 and all(48 <= b <= 57 for b in digits):
+        return -int(digits) if digits is not text else int(digits)
+    return None
+
+
+@pytest.mark.parametrize("delimiter", [b"\t", b","])
+def test_random_lines_match_python(delimiter):
+    # Random fields (digits, signs, letters, non-ASCII and control bytes, up to 20
+    # bytes), some lines with a wrong column count or CRLF: split, ints and string keys
+    # against plain Python, on the row-major views split_lines returns.
+    rng = np.random.default_rng(3)
+    alphabet = list(b"0123456789" * 6 + b"--abcf+ .x") + [0xC3, 0xA9, 0x80, 0xFF, 0xFA, 0x2F, 0x3A, 13]
+    num_columns = 5
+    for _ in range(20):
+        rows, lines = [], []
+        for _ in range(int(rng.integers(1, 80))):
+            count = num_columns if rng.random() < 0.9 else int(rng.integers(1, 8))
+            fields = [bytes(rng.choice(alphabet, int(rng.choice([0, 1, 2, 3, 5, 8, 9, 16, 17, 20])))
+                            .astype(np.uint8).tolist()).replace(delimiter, b"").rstrip(b"\r")
+                      for _ in range(count)]
+            lines.append(delimiter.join(fields) + (b"\r\n" if rng.random() < 0.1 else b"\n"))
+            if count == num_columns:
+                rows.append((len(lines), fields))
+        lines = _fields(b"".join(lines), delimiter, num_columns)
+        assert lines.line_numbers.tolist() == [number for number, _ in rows]
+        values, ok = parsing.parse_ints(lines.buf, lines.starts, lines.lengths)
+        keys = parsing.string_keys(lines.buf, lines.starts, lines.lengths)
+        for r, (_, fields) in enumerate(rows):
+            for c, field in enumerate(fields):
+                start, length = lines.starts[c, r], lines.lengths[c, r]
+                assert bytes(lines.buf[start:start + length]) == field
+                expected = _python_int(field)
+                assert bool(ok[c, r]) == (expected is not None), field
+                if expected is not None:
+                    assert values[c, r] == expected, field
+                assert keys[c, r] == parsing.string_key(field), field
+
+
+def test_ordered_map_keeps_order_and_raises_in_order():
+    import threading
+    import time
+
+    def slow_square(x):
+        time.sleep(0.001 * (x % 3))
+        if x == 7:
+            raise ValueError("seven")
+        return x * x, threading.get_ident()
+
+    results = list(parsing.ordered_map(slow_square, iter(range(7)), 2))
+    assert [r for r, _ in results] == [x * x for x in range(7)]
+    assert len({t for _, t in results}) <= 2
+    with pytest.raises(ValueError, match="seven"):
+        list(parsing.ordered_map(slow_square, iter(range(20)), 2))
+    assert [r for r, _ in parsing.ordered_map(slow_square, iter(range(5)), 1)] == [0, 1, 4, 9, 16]

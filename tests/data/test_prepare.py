@@ -133,3 +133,13 @@ def test_prepare_avazu_real_rows(avazu_files, tmp_path):
     assert names[0] == "hour" and names[-2:] == ["weekday", "weekend"] and "id" not in names
     hour = next(f for f in feature_map["fields"] if f["name"] == "hour")
     assert hour["vocab_size"] <= 25
+
+
+def test_parse_threads_do_not_change_the_output(synthetic_avazu, tmp_path, monkeypatch):
+    from mlctr.data import prepare as prepare_module
+
+    prepare("avazu", synthetic_avazu, str(tmp_path / "two"), chunk_bytes=20_000)
+    monkeypatch.setattr(prepare_module, "PARSE_THREADS", 1)
+    prepare("avazu", synthetic_avazu, str(tmp_path / "one"), chunk_bytes=50_000)
+    two, one = _files(tmp_path / "two"), _files(tmp_path / "one")
+    assert sorted(two) == sorted(one) and all(two[name] == one[name] for name in two)

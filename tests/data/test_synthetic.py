@@ -1,6 +1,7 @@
 """The ground-truth synthetic generator (mlctr.data.synthetic)."""
 
 import numpy as np
+import pytest
 
 from mlctr.data import avazu, criteo, parsing, synthetic
 
@@ -66,3 +67,57 @@ def test_token_formatting_round_trips():
     hexes = synthetic._hex_words(np.array([0, 0xDEADBEEF, 0x0123ABCD], np.uint64))
     assert [int(w).to_bytes(8, "little").decode() for w in hexes] == [
         "00000000", "deadbeef", "0123abcd"]
+
+
+@pytest.mark.parametrize("raw_format", ["criteo", "avazu"])
+def test_text_encodes_the_value_ids(raw_format):
+    # The raw text of a chunk, parsed back, matches the ids the labels came from: the
+    # integers through the BARS bucketing, every other value one-to-one with its id.
+    hidden = synthetic.HiddenFunction(synthetic.SyntheticSpec(raw_format, 200_000, 5))
+    module = criteo if raw_format == "criteo" else avazu
+    text, probs, positives = hidden.chunk(3, 4000)
+    expected = hidden.draw(np.random.default_rng([5, 2, 3]), 4000).ids - hidden.offsets
+    data = text.tobytes()
+    if raw_format == "avazu":
+        data = avazu.HEADER + b"\n" + data
+    parsed = module.parse_chunk("x", parsing.RawChunk(data, 1, data.count(b"\n"), False))
+    assert parsed.first_error is None and len(parsed.labels) == 4000
+    assert parsed.labels.sum() == positives and probs.shape == (4000,)
+    for f, field in enumerate(hidden.fields):
+        keys, ids = parsed.keys[:, f], expected[:, f]
+        if raw_format == "criteo" and f < len(criteo.INT_COLUMNS):
+            np.testing.assert_array_equal(np.clip(keys + 4, 0, 403), ids, err_msg=field.name)
+            continue
+        pairs = np.unique(np.stack([keys, ids], axis=1), axis=0)
+        assert len(pairs) == len(np.unique(keys)) == len(np.unique(ids)), field.name
+        if field.cardinality and raw_format == "criteo":  # missing: "" (key 0), id 0
+            np.testing.assert_array_equal(keys == 0, ids == 0, err_msg=field.name)
+
+
+@pytest.mark.parametrize("raw_format", ["criteo", "avazu"])
+def test_fast_logits_match_the_hidden_function(raw_format):
+    hidden = synthetic.HiddenFunction(synthetic.SyntheticSpec(raw_format, 50_000, 4))
+    block = hidden.draw(np.random.default_rng(0), 3000)
+    np.testing.assert_allclose(hidden.fast_logits(block), hidden.logits(block.ids),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_quantile_cells_missing_shares_and_values():
+    cells = synthetic._quantile_cells(
+        [(0.25, 0), (0.125, 7)], lambda k: np.linspace(10, 10 + 4 * k, k + 1).astype(np.int64))
+    bits = np.random.default_rng(0).integers(0, 2**32, (1, 200_000), dtype=np.uint64)
+    values = synthetic._sample(cells, np.zeros((1, 1), np.uint32), bits.astype(np.uint32))[0]
+    assert abs((values == 0).mean() - 0.25) < 0.005 and abs((values == 7).mean() - 0.125) < 0.005
+    rest = values[values >= 10]
+    assert rest.max() < 10 + 4 * (synthetic.QUANTILE_CELLS - 1024 - 512)
+    assert synthetic._cell_max(cells) == 10 + 4 * (synthetic.QUANTILE_CELLS - 1024 - 512) - 1
+    # Uniform within the continuous part: every value between 10 and the top appears.
+    assert len(np.unique(rest)) > 0.9 * min(len(rest), 4 * 2560)
+
+
+def test_normal_quantiles_match_statistics():
+    import statistics
+
+    p = np.array([1e-6, 0.01, 0.07, 0.3, 0.5, 0.8, 0.93, 0.999, 1 - 1e-6])
+    expected = [statistics.NormalDist().inv_cdf(float(x)) for x in p]
+    np.testing.assert_array_equal(synthetic._normal_quantiles(p), expected)
