@@ -129,6 +129,7 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         raw_format = dataset
     module = raw_format_module(raw_format)
     parsing.RawFile(raw).check_exists()
+    parsing.keep_freed_memory()
 
     os.makedirs(out, exist_ok=True)
     feature_map_path = os.path.join(out, fmt.FEATURE_MAP)
@@ -220,12 +221,11 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
             order = np.argsort(splits, kind="stable")
             bounds = np.cumsum(np.bincount(splits, minlength=3))
             train_rows = order[:bounds[0]]
-            codes = np.empty((n, num_fields), np.int32)
+            codes = np.empty((num_fields, n), np.int32)
             for f in range(num_fields):
-                field_codes = coders[f].encode(parsed.keys[:, f])
-                codes[:, f] = field_codes
-                counts[f].add(field_codes.take(train_rows), len(coders[f]))
-            codes = codes.take(order, axis=0)
+                codes[f] = coders[f].encode(parsed.keys[:, f])
+                counts[f].add(codes[f].take(train_rows), len(coders[f]))
+            codes = codes.T[order]  # rows again, in split order
             labels = parsed.labels.take(order)
             if true_prob is not None:
                 raw_rows = parsed.line_numbers - 1 - header_lines
@@ -274,9 +274,9 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
                        "num_distinct_values": len(coders[f])})
         code_to_global.append(local_ids + offset)
         offset += size
+    # int64 offsets: the sums are int64, the indices `take` wants (int32 ones it would
+    # convert first, slower than the whole lookup).
     code_offsets = np.cumsum([0] + [len(c) for c in coders[:-1]]).astype(np.int64)
-    if code_offsets[-1] + len(coders[-1]) < 2**31:  # int32 arithmetic: half the bytes
-        code_offsets = code_offsets.astype(np.int32)
     lookup = np.concatenate(code_to_global).astype(np.int32)
     del coders, counts, code_to_global
     _release_freed_memory()

@@ -38,8 +38,8 @@ one 32-bit random number through a quantile table (missing values included), its
 from a lookup table (hex strings, decimal integers with their separator) written into
 fixed-width slots of a uint8 row matrix whose NUL padding one boolean mask strips, the
 true probability from per-value tables (the hidden function regrouped, see
-`HiddenFunction.fast_logits`). About 1.5 CPU-us per Criteo row (GENERATOR_VERSION 1
-took ~7).
+`HiddenFunction.fast_logits`). About 2 CPU-seconds per million Criteo rows, writing
+included (GENERATOR_VERSION 1, same design with per-value formatting: about 6.5).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import threading
 
 import numpy as np
 
-from mlctr.data import avazu, criteo
+from mlctr.data import avazu, criteo, parsing
 
 GENERATOR_VERSION = 2
 FULL_ROWS = 45_840_617  # rows of the Criteo Kaggle train.txt
@@ -489,8 +489,9 @@ class HiddenFunction:
                     _lognormal_points(mu, sigma, k) + _INT_SHIFT))
         for i in categorical:
             f = self.fields[i]
-            tables.append(_quantile_cells(
-                [(f.missing, 0)], lambda k, f=f: _zipf_points(f.cardinality, f.zipf_exponent, k) + 1))
+            tables.append(_quantile_cells(  # value ids: 0 missing, rank + 1
+                [(f.missing, 0)],
+                lambda k, f=f: _zipf_points(f.cardinality, f.zipf_exponent, k) + 1))
         self._cells = np.concatenate(tables)
         self._cell_base = (np.arange(len(tables), dtype=np.uint32)
                            * np.uint32(QUANTILE_CELLS))[:, None]
@@ -787,6 +788,7 @@ def generate(path: str, *, num_rows: int, seed: int = 2018, raw_format: str = "c
             and os.path.exists(path) and os.path.exists(true_prob_path(path))):
         return existing
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    parsing.keep_freed_memory()
     if os.path.exists(spec_path(path)):
         os.remove(spec_path(path))
     hidden = HiddenFunction(spec)

@@ -179,8 +179,8 @@ class KeyCoder:
             # Where the slot is empty the key is absent; else another key holds it: probe
             # on, in rounds over fewer and fewer keys.
             codes[missed] = -1
-            occupied = values[missed] > 0
-            active, slots, pending = missed[occupied], slots[missed[occupied]], keys[missed[occupied]]
+            active = missed[values[missed] > 0]
+            slots, pending = slots[active], keys[active]
             while len(active):
                 slots = (slots + 1) & mask
                 values = self._slots[slots]

@@ -94,7 +94,8 @@ def test_random_lines_match_python(delimiter):
     # bytes), some lines with a wrong column count or CRLF: split, ints and string keys
     # against plain Python, on the row-major views split_lines returns.
     rng = np.random.default_rng(3)
-    alphabet = list(b"0123456789" * 6 + b"--abcf+ .x") + [0xC3, 0xA9, 0x80, 0xFF, 0xFA, 0x2F, 0x3A, 13]
+    alphabet = list(b"0123456789" * 6 + b"--abcf+ .x") + [0xC3, 0xA9, 0x80, 0xFF, 0xFA, 0x2F,
+                                                          0x3A, 13]
     num_columns = 5
     for _ in range(20):
         rows, lines = [], []
