@@ -61,7 +61,8 @@ def main(argv):
              + report.markdown_table(rows, [
                  ("peer", "peer"), ("pretrain", "pretrained"), ("control", "control finetune"),
                  ("kd", "one-way KD"), ("mutual", "mutual finetune"),
-                 ("kd_gain", "KD gain % vs control"), ("mutual_gain", "mutual gain % vs control")]))
+                 ("kd_gain", "KD gain % vs control"), ("mutual_gain", "mutual gain % vs control")])
+             + paper.bayes_note(pretrained))
     _plot(per_seed, peers + ["ensemble"], os.path.join(workdir, "baselines.png"))
     paper.write_outputs(workdir, {"claim": "baselines", "seeds": seeds, "per_seed": per_seed,
                                   "rows": rows}, table)

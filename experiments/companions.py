@@ -70,7 +70,8 @@ def main(argv):
                  ("fraction", "companion pretraining fraction"), ("companion_steps", "steps"),
                  ("companion_auc", "companion mean AUC"), ("control_auc", f"{target} control AUC"),
                  ("mutual_auc", f"{target} mutual AUC"), ("gain_pct", "gain %"),
-                 ("verdict", "paired test")]))
+                 ("verdict", "paired test")])
+             + paper.bayes_note(full))
     report.plot_gain(xs, gains, os.path.join(workdir, "gain_vs_companion_auc.png"),
                      xlabel="companions' mean test AUC", title=f"{target}: gain vs companion strength",
                      labels=[f"f={f}" for f in fractions])

@@ -30,7 +30,7 @@ def main(argv):
     target = order[0]
     target_auc = {n: [] for n in range(1, len(order) + 1)}
     for seed in seeds:
-        pretrain_dir, _ = paper.pretrain(config, pretrain_root, seed, ",".join(order))
+        pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, ",".join(order))
         for n in range(1, len(order) + 1):
             run_dir = os.path.join(workdir, f"seed{seed}", f"n{n}")
             results = paper.finetune(config, run_dir, seed=seed, init_from=pretrain_dir,
@@ -51,7 +51,8 @@ def main(argv):
              + report.markdown_table(rows, [("N", "N"), ("peers", "peers"),
                                             ("target_auc", f"{target} AUC"),
                                             ("gain_pct", "gain % vs N=1"),
-                                            ("verdict", "paired test")]))
+                                            ("verdict", "paired test")])
+             + paper.bayes_note(pretrained))
     report.plot_gain(list(target_auc), gains, os.path.join(workdir, "gain_vs_n.png"),
                      xlabel="number of peers N", title=f"{target}: gain vs N")
     paper.write_outputs(workdir, {"claim": "cotrain_size", "seeds": seeds, "order": order,

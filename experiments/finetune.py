@@ -42,7 +42,6 @@ def main(argv):
             row[f"{metric}_gain"] = f"{s['gain_pct']:+.3f}"
             row[f"{metric}_verdict"] = s["verdict"]
         rows.append(row)
-    bayes = per_seed[0].get("bayes")
     table = (f"Mutual vs independent finetune from the same pretrained peers (test split, seeds "
              f"{seeds}, alpha {config.mutual.alpha}, {config.mutual.divergence}, finetune lr "
              f"{config.finetune.learning_rate}, {config.finetune.num_epochs} epoch(s))\n\n"
@@ -50,7 +49,8 @@ def main(argv):
                  ("peer", "peer"), ("pretrain_auc", "pretrain AUC"), ("control_auc", "control AUC"),
                  ("mutual_auc", "mutual AUC"), ("auc_gain", "AUC gain %"),
                  ("auc_verdict", "AUC paired test"), ("logloss_gain", "logloss gain %"),
-                 ("logloss_verdict", "logloss paired test")]))
+                 ("logloss_verdict", "logloss paired test")])
+             + paper.bayes_note(pretrained))
     names = [n for n in per_seed[0]["control"] if n != "ensemble"]
     control = paper.learning_curves(per_seed[0]["control_dir"], names)
     mutual = paper.learning_curves(per_seed[0]["mutual_dir"], names)

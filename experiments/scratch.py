@@ -42,7 +42,8 @@ def main(argv):
              + report.markdown_table(rows, [("peer", "peer"), ("metric", "metric"),
                                             ("independent", "independent"), ("mutual", "mutual"),
                                             ("gain_pct", "gain %"), ("p", "paired p"),
-                                            ("verdict", "verdict")]))
+                                            ("verdict", "verdict")])
+             + paper.bayes_note(independent))
     names = [n for n in per_seed[0]["independent"] if n != "ensemble"]
     ind = paper.learning_curves(per_seed[0]["independent_dir"], names)
     mut = paper.learning_curves(per_seed[0]["mutual_dir"], names)

@@ -33,7 +33,7 @@ def main(argv):
                  for a in alphas if a != config.mutual.alpha]
     scores = {"control": []}
     for seed in seeds:
-        pretrain_dir, _ = paper.pretrain(config, pretrain_root, seed, peers)
+        pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, peers)
         runs = [("control", dict(alpha=0.0))] + variants
         for label, options in runs:
             tag = label.replace(", ", "_").replace(" ", "")
@@ -49,7 +49,8 @@ def main(argv):
                      "gain_pct": f"{s['gain_pct']:+.3f}", "verdict": s["verdict"]})
     table = (f"Mutual-term variants vs the independent finetune (peers' mean test AUC, seeds {seeds})\n\n"
              + report.markdown_table(rows, [("variant", "variant"), ("mean_auc", "mean AUC"),
-                                            ("gain_pct", "gain %"), ("verdict", "paired test")]))
+                                            ("gain_pct", "gain %"), ("verdict", "paired test")])
+             + paper.bayes_note(pretrained))
     sweep = sorted(set(alphas) | {config.mutual.alpha})
     label_of = {a: (f"mse, stop-gradient, alpha {a:g}" if a != config.mutual.alpha else
                     f"mse, stop-gradient, alpha {config.mutual.alpha:g}") for a in sweep}

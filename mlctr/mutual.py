@@ -27,8 +27,8 @@ State layout (a plain dict pytree, easy to checkpoint):
   params:        tuple over groups of stacked param pytrees.
   batch_stats:   tuple over groups of stacked batch-norm stats ({} if none).
   opt_state:     tuple over groups of stacked optax states (with a
-                 `sparse.SparseOptimizer`: {'dense': ..., 'rows': {table path:
-                 per-row state}}).
+                 `sparse.SparseOptimizer`: {'dense': ..., 'rows': per-row states of
+                 the embedding tables, nested like the params}).
   learning_rate: float32 [N], one learning rate per peer (decayed per peer by
                  the trainer; 0 freezes a peer that has early-stopped).
 """

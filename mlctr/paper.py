@@ -184,6 +184,15 @@ def learning_curves(run_dir: str, names: list[str]) -> dict[str, tuple[list, lis
     return curves
 
 
+def bayes_note(results: dict, split: str = "test") -> str:
+    """A table footnote with the Bayes-optimal metrics of a synthetic split ('' otherwise)."""
+    bayes = (results or {}).get("bayes", {}).get(split)
+    if not bayes:
+        return ""
+    return (f"\n\nBayes-optimal on this synthetic {split} split (true click probabilities): "
+            f"AUC {bayes['auc']:.5f}, logloss {bayes['logloss']:.5f}.")
+
+
 def write_outputs(workdir: str, results: dict, table: str):
     """<workdir>/results.json and table.md (the figures are written by the caller)."""
     os.makedirs(workdir, exist_ok=True)

@@ -67,7 +67,7 @@ TABLE_NAME = "embedding_table"
 
 
 def is_table(path) -> bool:
-    """Whether a tree path (from `tree_*_with_path` or `flatten_dict`) ends at a table."""
+    """Whether a tree path (from `jax.tree_util.tree_*_with_path`) ends at a table."""
     last = path[-1]
     return getattr(last, "key", last) == TABLE_NAME
 
@@ -77,14 +77,32 @@ def table_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: is_table(path), params)
 
 
-def _path_key(path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
+def _path_keys(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", k)) for k in path)
 
 
-def _tables(tree) -> dict[str, jax.Array]:
-    """{'linear/embedding/embedding_table': leaf, ...} for every table leaf of `tree`."""
-    return {_path_key(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+def _tables(tree) -> dict[tuple[str, ...], jax.Array]:
+    """{('linear', 'embedding', 'embedding_table'): leaf, ...} for every table of `tree`."""
+    return {_path_keys(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
             if is_table(path)}
+
+
+def _nested(pairs) -> dict:
+    """{(a, b): x} -> {a: {b: x}}: row states mirror the params' nesting (plain keys, so
+    checkpoints name them like the tables they belong to)."""
+    out = {}
+    for keys, value in pairs:
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return out
+
+
+def _lookup(tree: dict, keys: tuple[str, ...]):
+    for key in keys:
+        tree = tree[key]
+    return tree
 
 
 # ---------------------------------------------------------------------------
@@ -259,23 +277,25 @@ class SparseOptimizer:
         return optax.chain(*parts)
 
     def init(self, params) -> dict:
-        """{'dense': clip/Adam state (no table moments), 'rows': {table path: row state}}."""
+        """{'dense': clip/Adam state (no table moments), 'rows': per-table row states, nested
+        like the params ({'embedding': {'embedding_table': {'mu': ..., ...}}, ...})}."""
         return {"dense": self._dense.init(params),
-                "rows": {key: _row_init(self.embedding_optimizer, table)
-                         for key, table in _tables(params).items()}}
+                "rows": _nested((keys, _row_init(self.embedding_optimizer, table))
+                                for keys, table in _tables(params).items())}
 
     def update(self, grads, state: dict, params):
         """One peer's directions on the gathered view; returns (directions, new state)."""
         directions, dense_state = self._dense.update(grads, state["dense"], params)
-        row_grads = _tables(directions)  # clipped, not yet transformed
-        row_directions, rows_state = {}, {}
-        for key, row_state in state["rows"].items():
-            row_directions[key], rows_state[key] = _row_update(
-                self.embedding_optimizer, row_grads[key], row_state, b1=self.b1, b2=self.b2,
-                eps=self.eps)
+        row_directions, rows_state = {}, []
+        for keys, row_grads in _tables(directions).items():  # clipped, not yet transformed
+            row_directions[keys], new_row_state = _row_update(
+                self.embedding_optimizer, row_grads, _lookup(state["rows"], keys),
+                b1=self.b1, b2=self.b2, eps=self.eps)
+            rows_state.append((keys, new_row_state))
         directions = jax.tree_util.tree_map_with_path(
-            lambda path, d: row_directions[_path_key(path)] if is_table(path) else d, directions)
-        return directions, {"dense": dense_state, "rows": rows_state}
+            lambda path, d: row_directions[_path_keys(path)] if is_table(path) else d,
+            directions)
+        return directions, {"dense": dense_state, "rows": _nested(rows_state)}
 
     @staticmethod
     def take_state_rows(state: dict, rows: jax.Array, axis: int = 0) -> dict:

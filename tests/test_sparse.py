@@ -96,7 +96,7 @@ def test_row_optimizer_matches_numpy_reference(kind):
     state = optimizer.init(params)
     ref_table = np.asarray(params["embedding"]["embedding_table"], np.float64)
     ref_state = {k: np.asarray(v, np.float64) for k, v in
-                 state["rows"]["embedding/embedding_table"].items()}
+                 state["rows"]["embedding"]["embedding_table"].items()}
 
     @jax.jit
     def update(params, state, ids, row_grads):
@@ -123,7 +123,7 @@ def test_row_optimizer_matches_numpy_reference(kind):
         np.testing.assert_allclose(params["embedding"]["embedding_table"], ref_table,
                                    rtol=1e-5, atol=1e-6, err_msg=f"step {step}")
         for key, value in ref_state.items():
-            np.testing.assert_allclose(state["rows"]["embedding/embedding_table"][key], value,
+            np.testing.assert_allclose(state["rows"]["embedding"]["embedding_table"][key], value,
                                        rtol=1e-5, atol=1e-9, err_msg=f"{key} step {step}")
     # Row 2 was never in a batch: untouched, its state zero.
     np.testing.assert_array_equal(params["embedding"]["embedding_table"][2], ref_table[2])
@@ -152,11 +152,15 @@ def test_untouched_rows_bitwise_unchanged():
                 assert not np.array_equal(new[:, :VOCAB // 2], leaf[:, :VOCAB // 2])
         rows_before = before["opt_state"][group]["rows"]
         rows_after = after["opt_state"][group]["rows"]
-        for key in rows_before:
+        tables = [rows_before["embedding"]["embedding_table"],
+                  rows_after["embedding"]["embedding_table"]]
+        if "linear" in rows_before:  # DeepFM's first-order weights: a [V, 1] table
+            tables += [rows_before["linear"]["embedding"]["embedding_table"],
+                       rows_after["linear"]["embedding"]["embedding_table"]]
+        for old, new in zip(tables[::2], tables[1::2]):
             for name in ("mu", "nu", "count"):
-                np.testing.assert_array_equal(rows_after[key][name][:, upper],
-                                              rows_before[key][name][:, upper])
-            counts = rows_after[key]["count"][:, :VOCAB // 2]
+                np.testing.assert_array_equal(new[name][:, upper], old[name][:, upper])
+            counts = new["count"][:, :VOCAB // 2]
             assert counts.max() == 2 and counts.min() == 0  # not every low id was drawn
     assert np.all(np.isfinite(np.asarray(m["loss"])))
 
