@@ -284,7 +284,7 @@ def effective_alpha(step: jax.Array, alpha: float, warmup_steps: int) -> jax.Arr
 def resolve_peer_execution(peer_execution: str) -> str:
     """'auto' = an unrolled loop on CPU (measured faster there), vmap elsewhere.
 
-    Measured on 2 CPU cores (experiments/PERFORMANCE.md), 4 stacked DeepFM peers at batch
+    Measured on 2 CPU cores (README.md, "Performance"), 4 stacked DeepFM peers at batch
     4096, 1M rows, one step: with sparse lazy Adam unroll 741 ms vs vmap 846 ms (1 peer
     alone: 214 ms); with dense Adam 1067 vs 1082 ms. Groups of one peer run the same program
     either way. On GPU/TPU vmap turns a group's matmuls into one batched matmul.
