@@ -10,19 +10,17 @@ Every entry takes:
   --pretrain_root  where pretrained peers are cached (default <workdir>/pretrain);
                    point several entries at one root to share pretraining
 """
-import logging as py_logging
 import os
 import sys
 
 from absl import flags
-import jax
 from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from mlctr import paper  # noqa: E402
+from mlctr import distributed, paper  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(REPO, "mlctr/configs/default.py"),
@@ -36,17 +34,9 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"
                     "Persistent XLA compilation cache ('' disables).")
 
 
-class _QuietOrbax(py_logging.Filter):
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def setup():
     """Returns (config, workdir, seeds, pretrain_root) from the flags."""
-    if FLAGS.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    py_logging.getLogger("absl").addFilter(_QuietOrbax())
+    distributed.configure_runtime(FLAGS.compilation_cache)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)

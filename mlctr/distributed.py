@@ -1,4 +1,4 @@
-"""Multi-process (multi-host) JAX start-up from the launcher's environment.
+"""Process start-up: compilation cache, log filtering, multi-host JAX from the environment.
 
 `launch.sh` sets these variables; each process then calls
 `jax.distributed.initialize` before touching any device:
@@ -18,6 +18,7 @@ for one process per host.
 """
 from __future__ import annotations
 
+import logging as py_logging
 import os
 
 import jax
@@ -50,3 +51,22 @@ def initialize_from_env() -> bool:
     if mode:
         raise ValueError(f"MLCTR_DISTRIBUTED={mode!r}: expected 'auto' or unset")
     return False
+
+
+class _QuietOrbax(py_logging.Filter):
+    """Drops orbax's per-save INFO chatter; warnings and errors still show."""
+
+    def filter(self, record):
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def configure_runtime(compilation_cache: str = ""):
+    """Persistent compilation cache (when a dir is given) and quiet orbax logs.
+
+    Call before any computation: entry points (mlctr.main, the experiments) do.
+    """
+    if compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    py_logging.getLogger("absl").addFilter(_QuietOrbax())
+

@@ -10,7 +10,6 @@ Rerunning a command resumes from the work dir's newest checkpoint. Exit status:
 checkpoint; 143 after SIGTERM, once the checkpoint is saved. Multi-process and
 cluster launches: `launch.sh` and the "Cluster" section of README.md.
 """
-import logging as py_logging
 import os
 import sys
 
@@ -35,21 +34,6 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"
 flags.mark_flags_as_required(["config"])
 
 
-class _QuietOrbax(py_logging.Filter):
-    """Drops orbax's per-save INFO chatter; warnings and errors still show."""
-
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def configure_runtime():
-    """Compilation cache and log filtering, before any computation."""
-    if FLAGS.compilation_cache:
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compilation_cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    py_logging.getLogger("absl").addFilter(_QuietOrbax())
-
-
 # Exit status of a run stopped by SIGTERM after saving its checkpoint: what a shell
 # reports for a process that SIGTERM ended, so schedulers and wrappers treat it as
 # "terminated, not finished"; rerunning the same command resumes it.
@@ -59,7 +43,7 @@ PREEMPTED_EXIT_CODE = 143
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    configure_runtime()
+    distributed.configure_runtime(FLAGS.compilation_cache)
     distributed.initialize_from_env()
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # process 0 reports progress for all
