@@ -42,7 +42,9 @@ class FiBiNET(nn.Module):
                                      name='bilinear_raw')(feature_emb)
     bilinear_q = BilinearInteraction(self.bilinear_type, dtype=self.dtype,
                                      name='bilinear_senet')(senet_emb)
-    comb = jnp.concatenate([bilinear_p, bilinear_q], axis=1).reshape(ids.shape[0], -1)
+    # Flatten each before concatenating (same order): one concat of all pair blocks.
+    batch = ids.shape[0]
+    comb = jnp.concatenate([bilinear_p.reshape(batch, -1), bilinear_q.reshape(batch, -1)], axis=1)
     dnn_logit = MLPBlock(self.dnn_hidden_units, self.net_dropout, self.batch_norm,
                          output_dim=1, dtype=self.dtype, name='dnn')(comb, train=train)[:, 0]
     linear_logit = LinearTerm(self.vocab_size, use_bias=False, dtype=self.dtype,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlctr.models import layers
-from mlctr.models.layers import initializers
+from mlctr.models.layers import initializers, product
 from mlctr.models.layers.senet import senet_reduced_size
 
 B, F, D = 6, 4, 3
@@ -238,6 +238,104 @@ def test_bilinear_matches_numpy(bilinear_type):
 def test_bilinear_rejects_unknown_type():
   with pytest.raises(ValueError, match='bilinear_type'):
     layers.BilinearInteraction('field_pairs').init(jax.random.key(0), _emb())
+
+
+# ----------------------------------------------------------------------------- fast paths
+# The pair layers avoid gathering field pairs and CIN avoids transposing its big tensor (slow
+# on CPU; see layers/product.py, layers/cin.py). Each fast path against the straightforward
+# gather / einsum formula it replaces: values AND gradients (autodiff takes a different path
+# through them), at field counts with no pair, one pair, and several uneven blocks.
+def _vjp_pair(fast, reference, *args):
+  """Jitted (value, gradients for a random cotangent) of ``fast`` and ``reference``."""
+
+  @fast_jit
+  def run(*args):
+    results = []
+    for fn in (fast, reference):
+      out, vjp = jax.vjp(fn, *args)
+      cotangent = jax.random.normal(jax.random.key(5), out.shape, out.dtype)
+      results.append((out, vjp(cotangent)))
+    return results
+
+  return jax.tree_util.tree_map(np.asarray, run(*args))
+
+
+def _random_params(module, *args, seed=25):
+  """Random params of ``module``'s shapes (cheaper than an eager ``init``)."""
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+      lambda x: (0.5 * rng.normal(size=x.shape)).astype(np.float32), shapes)
+
+
+def _assert_same(results, rtol=1e-5, atol=1e-6):
+  (fast_out, fast_grads), (ref_out, ref_grads) = results
+  assert fast_out.shape == ref_out.shape
+  np.testing.assert_allclose(fast_out, ref_out, rtol=rtol, atol=atol)
+  assert jax.tree_util.tree_structure(fast_grads) == jax.tree_util.tree_structure(ref_grads)
+  for fast_grad, ref_grad in zip(jax.tree_util.tree_leaves(fast_grads),
+                                 jax.tree_util.tree_leaves(ref_grads)):
+    np.testing.assert_allclose(fast_grad, ref_grad, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize('num_fields', [1, 2, 5])
+def test_pair_fast_paths_match_gather_formulas(num_fields):
+  assert [(i, j) for i, start, count in product.pair_blocks(num_fields)
+          for j in range(i + 1, i + 1 + count)] == _pairs(num_fields)
+  assert [start for _, start, _ in product.pair_blocks(num_fields)] == [
+      _pairs(num_fields).index((i, i + 1)) for i in range(num_fields - 1)]
+  left, right = product.field_pairs(num_fields)
+  e, e2 = _emb(20, (B, num_fields, D)), _emb(21, (B, num_fields, D))
+  kernel = _emb(22, (len(left), D, D))
+  _assert_same(_vjp_pair(layers.inner_product,
+                         lambda e: jnp.sum(e[:, left] * e[:, right], -1), e))
+  _assert_same(_vjp_pair(product.pairwise_product, lambda a, b: a[:, left] * b[:, right], e, e2))
+  _assert_same(_vjp_pair(
+      product.pairwise_bilinear,
+      lambda e, w: jnp.einsum('bpk,pkl->bpl', e[:, left], w) * e[:, right], e, kernel),
+      rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('bilinear_type', ['field_all', 'field_each', 'field_interaction'])
+def test_pair_layers_gradients_match_gather_formulas(bilinear_type):
+  e = _emb(23, (B, 5, D))
+  left, right = product.field_pairs(5)
+  bilinear = layers.BilinearInteraction(bilinear_type)
+  w = _random_params(bilinear, e)['bilinear_W']
+
+  def reference(e, w):
+    if bilinear_type == 'field_all':
+      return jnp.einsum('bpk,kl->bpl', e[:, left], w) * e[:, right]
+    if bilinear_type == 'field_each':
+      return jnp.einsum('bfk,fkl->bfl', e, w)[:, left] * e[:, right]
+    return jnp.einsum('bpk,pkl->bpl', e[:, left], w) * e[:, right]
+
+  _assert_same(_vjp_pair(lambda e, w: bilinear.apply({'params': {'bilinear_W': w}}, e),
+                         reference, e, w), rtol=1e-4, atol=1e-5)
+  outer = layers.OuterProduct()
+  kernel = _random_params(outer, e)['kernel']
+  _assert_same(_vjp_pair(
+      lambda e, k: outer.apply({'params': {'kernel': k}}, e),
+      lambda e, k: jnp.sum(jnp.einsum('bpk,pkl->bpl', e[:, left], k) * e[:, right], -1),
+      e, kernel), rtol=1e-4, atol=1e-5)
+
+
+def test_cin_gradients_match_einsum_formula():
+  e = _emb(24)
+  module = layers.CompressedInteractionNet(cin_hidden_units=(3, 2))
+  params = _random_params(module, e)
+
+  def reference(e, params):  # FuxiCTR's layout: Z [B, F*H, D], Conv1d over axis 1
+    x, pooled = e, []
+    for k in range(2):
+      z = jnp.einsum('bhd,bmd->bhmd', e, x).reshape(B, -1, D)
+      layer = params[f'cin_layer_{k}']
+      x = jnp.einsum('bcd,co->bod', z, layer['kernel']) + layer['bias'][None, :, None]
+      pooled.append(x.sum(-1))
+    return jnp.concatenate(pooled, -1) @ params['fc']['kernel'][:, 0] + params['fc']['bias'][0]
+
+  _assert_same(_vjp_pair(lambda e, p: module.apply({'params': p}, e), reference, e, params),
+               rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- CIN

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mlctr.models.layers import initializers
+from mlctr.models.layers.product import pairwise_bilinear, pairwise_product
 
 BILINEAR_TYPES = ('field_all', 'field_each', 'field_interaction')
 
@@ -28,36 +29,24 @@ class BilinearInteraction(nn.Module):
   @nn.compact
   def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
     num_fields, dim = feature_emb.shape[1], feature_emb.shape[2]
-    num_pairs = num_fields * (num_fields - 1) // 2
     feature_emb = feature_emb.astype(self.dtype)
     if self.bilinear_type == 'field_all':
       shape = (dim, dim)
     elif self.bilinear_type == 'field_each':
       shape = (num_fields, dim, dim)
     elif self.bilinear_type == 'field_interaction':
-      shape = (num_pairs, dim, dim)
+      shape = (num_fields * (num_fields - 1) // 2, dim, dim)
     else:
       raise ValueError(f'bilinear_type must be one of {BILINEAR_TYPES}, '
                        f'got {self.bilinear_type!r}')
     w = self.param('bilinear_W', initializers.torch_xavier_normal(shape), shape,
                    jnp.float32).astype(self.dtype)
-    # Pairs (i, j > i) come in blocks of one left field i; the right embeddings of a block are
-    # the slice e[:, i+1:], so no [B, P, D] gather is needed, and a block's field_interaction
-    # weights multiply e_i in one [D, n_i * D] matmul. ~2x faster forward + backward on CPU
-    # than gathering the pairs and a batched einsum over P (which transposes [B, P, D] twice).
+    # Pair blocks instead of gathers of field pairs (slow on CPU): see layers/product.py.
+    if self.bilinear_type == 'field_interaction':
+      return pairwise_bilinear(feature_emb, w)
+    # field_all / field_each: multiply each field once, then pair it with the later fields.
     if self.bilinear_type == 'field_all':
-      projected = feature_emb @ w                                  # [B, F, D]
-    elif self.bilinear_type == 'field_each':
-      projected = jnp.einsum('bfk,fkl->bfl', feature_emb, w)       # [B, F, D]
-    batch = feature_emb.shape[0]
-    blocks, start = [], 0
-    for i in range(num_fields - 1):
-      n = num_fields - 1 - i
-      if self.bilinear_type == 'field_interaction':
-        block_w = jnp.transpose(w[start:start + n], (1, 0, 2)).reshape(dim, n * dim)
-        left_emb = (feature_emb[:, i, :] @ block_w).reshape(batch, n, dim)
-      else:
-        left_emb = projected[:, i:i + 1, :]
-      blocks.append(left_emb * feature_emb[:, i + 1:, :])
-      start += n
-    return jnp.concatenate(blocks, axis=1)
+      left_emb = jnp.einsum('bfk,kl->bfl', feature_emb, w)
+    else:
+      left_emb = jnp.einsum('bfk,fkl->bfl', feature_emb, w)
+    return pairwise_product(left_emb, feature_emb)

@@ -6,6 +6,12 @@
 (= Linear F*H_{k-1} -> H_k with bias, xavier_normal / zeros, no activation), giving X^k
 [B, H_k, D]. Each X^k is sum-pooled over D; the pooled vectors are concatenated and a Linear
 maps them to one logit. FuxiCTR keeps every layer's full output (no split-half).
+
+Implementation: the same math, embedding-dim-major: X^k is kept as [B, D, H_k] and Z is
+built directly as [B, D, F*H_{k-1}], the layout the Linear contracts. So neither Z nor its
+equally large gradient is ever transposed, and the outer product's batch dims (b, d) lead
+in it and in its gradient contractions, as batched matmuls want them (the [B, F*H, D]
+formulation transposed both, ~1.5x slower per xDeepFM training step on CPU).
 """
 
 from typing import Any, Sequence
@@ -24,14 +30,14 @@ class CompressedInteractionNet(nn.Module):
 
   @nn.compact
   def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
-    x0 = feature_emb.astype(self.dtype)
-    batch, _, dim = x0.shape
+    x0 = feature_emb.astype(self.dtype).transpose(0, 2, 1)  # [B, D, F]
+    batch, dim, _ = x0.shape
     x = x0
     pooled = []
     for i, units in enumerate(self.cin_hidden_units):
-      z = jnp.einsum('bhd,bmd->bhmd', x0, x).reshape(batch, -1, dim)
+      # Z as [B, D, F*H_{k-1}], channel index h * H_{k-1} + m.
+      z = jnp.einsum('bdh,bdm->bdhm', x0, x).reshape(batch, dim, -1)
       # Conv1d(kernel_size=1) over channels == Linear on the channel axis.
-      x = Linear(units, dtype=self.dtype, name=f'cin_layer_{i}')(z.transpose(0, 2, 1))
-      x = x.transpose(0, 2, 1)  # [B, H_k, D]
-      pooled.append(jnp.sum(x, axis=-1))
+      x = Linear(units, dtype=self.dtype, name=f'cin_layer_{i}')(z)  # [B, D, H_k]
+      pooled.append(jnp.sum(x, axis=1))
     return Linear(1, dtype=self.dtype, name='fc')(jnp.concatenate(pooled, axis=-1))[:, 0]
