@@ -59,11 +59,25 @@ def main(argv):
                 f"unknown config.mode {config.mode!r}; expected train or finetune_study")
     except train.Preempted as e:
         print(f"mlctr: {e}", file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        _exit_now(PREEMPTED_EXIT_CODE)
     except (train.NonFiniteLossError, checkpoint.CheckpointError) as e:
         # Expected failures with a complete message: no traceback.
         print(f"mlctr: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        _exit_now(1)
+
+
+def _exit_now(code: int):
+    """Exits without interpreter finalisation.
+
+    Checkpoints are complete and every writer is closed by now (train.py's finally),
+    but a daemon input thread may still sit in native JAX code; tearing the
+    interpreter down under it can abort the process ("exception not rethrown",
+    seen on SIGTERM) and turn a clean stop into exit status -6.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
