@@ -27,6 +27,7 @@ from absl import logging
 import ml_collections
 
 from mlctr import checkpoint
+from mlctr import study
 from mlctr import train
 
 DATASET_CHOICES = ("synthetic", "shared_criteo", "shared_avazu", "criteo", "avazu")
@@ -147,11 +148,7 @@ def finetune(base: ml_collections.ConfigDict, run_dir: str, *, seed: int, init_f
         config.mutual.alpha = alpha
         for key, value in mutual_options.items():
             config.mutual[key] = value
-        config.optimizer.learning_rate = base.finetune.learning_rate
-        config.train.num_epochs = base.finetune.num_epochs
-        config.train.eval_steps = base.finetune.eval_steps
-        config.train.patience = base.finetune.patience
-        config.train.max_steps = base.finetune.max_steps
+        study.apply_finetune_schedule(config, base.finetune)
     return run_cached(config, run_dir)
 
 

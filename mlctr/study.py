@@ -27,6 +27,16 @@ from mlctr import report
 from mlctr import train
 
 
+def apply_finetune_schedule(config: ml_collections.ConfigDict,
+                            finetune: ml_collections.ConfigDict):
+    """Sets the training schedule of a finetune phase from `config.finetune` (in place)."""
+    config.optimizer.learning_rate = finetune.learning_rate
+    config.train.num_epochs = finetune.num_epochs
+    config.train.eval_steps = finetune.eval_steps
+    config.train.patience = finetune.patience
+    config.train.max_steps = finetune.max_steps
+
+
 def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
     """The three phase configs of a finetune study (all share the dataset)."""
     data_dir = train.dataset_dir(config, workdir)
@@ -41,11 +51,7 @@ def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
         with c.unlocked():
             c.init_from = config.init_from or os.path.join(workdir, "pretrain")
             c.mutual.alpha = alpha
-            c.optimizer.learning_rate = config.finetune.learning_rate
-            c.train.num_epochs = config.finetune.num_epochs
-            c.train.eval_steps = config.finetune.eval_steps
-            c.train.patience = config.finetune.patience
-            c.train.max_steps = config.finetune.max_steps
+            apply_finetune_schedule(c, config.finetune)
         finetune[name] = c
     phases = {} if config.init_from else {"pretrain": pretrain}
     phases.update(finetune)
