@@ -14,7 +14,8 @@ backward matmuls, 3.42 MFLOP per example per peer: the arithmetic ceiling of thi
 The last printed line is one JSON object: `dense_step_ms` and `sparse_step_ms` keyed by
 vocabulary size then peer count, `sparse_10m_over_10k` (4 peers; `_1peer` too),
 `dnn_flop_efficiency` and `dnn_flop_efficiency_dense` keyed by peer count (1M rows),
-`matmul_gflops`.
+`matmul_gflops`, `page_faults_per_step` (minor faults; 0 once XLA's host buffers are reused,
+see mlctr/xla_cpu.py).
 
   python experiments/bench_embedding.py            # ~15 min on 2 cores; 10M x 4 dense needs ~16 GB
   python experiments/bench_embedding.py --quick    # 1 round, no dense step at 10M rows
@@ -51,6 +52,7 @@ def main():
 
     print("machine:", bench_lib.machine(), flush=True)
     step_ms = {"dense": {}, args.sparse_optimizer: {}}
+    faults = {"dense": {}, args.sparse_optimizer: {}}
     ratios, efficiency, matmul_rates = {}, {"dense": {}, args.sparse_optimizer: {}}, []
     for num_peers in peer_counts:
         spec = "deepfm" if num_peers == 1 else f"deepfm*{num_peers}"
@@ -87,7 +89,9 @@ def main():
                         reference.run(args.steps)
                 ms = 1e3 * run.step_seconds
                 step_ms[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = ms
-                line = f"{name:28s} step {ms:8.1f} ms (compile {run.compile_seconds:.0f} s)"
+                faults[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = run.faults_per_step
+                line = (f"{name:28s} step {ms:8.1f} ms (compile {run.compile_seconds:.0f} s, "
+                        f"{run.faults_per_step:.0f} page faults/step)")
                 if run is not reference:
                     reference_ms = 1e3 * float(np.median(reference.times[reference_start:]))
                     line += f"   | {reference.name} alongside: {reference_ms:.1f} ms"
@@ -113,6 +117,7 @@ def main():
         "sparse_10m_over_10k_1peer": ratios.get(1),
         "dnn_flop_efficiency": efficiency[args.sparse_optimizer],
         "dnn_flop_efficiency_dense": efficiency["dense"],
+        "page_faults_per_step": faults,
         "matmul_gflops": float(np.median(matmul_rates)) / 1e9 if matmul_rates else None,
         "dnn_mflop_per_example": flops_per_example / 1e6,
         "batch_size": bench_lib.BATCH_SIZE,

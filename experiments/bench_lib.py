@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from mlctr import mutual  # noqa: E402
+from mlctr import mutual, xla_cpu  # noqa: E402
 
 NUM_FIELDS = 39
 BATCH_SIZE = 4096
@@ -70,17 +70,25 @@ class StepRun:
     compile_seconds: float = 0.0
     times: list = dataclasses.field(default_factory=list)
     cpu_times: list = dataclasses.field(default_factory=list)
+    page_faults: list = dataclasses.field(default_factory=list)
     position: int = 0
 
     def run(self, num_steps: int):
         for _ in range(num_steps):
             batch = self.batches[self.position % len(self.batches)]
             self.position += 1
+            faults = xla_cpu.minor_page_faults()
             cpu, wall = time.process_time(), time.perf_counter()
             self.state, measurements = self.step(self.state, batch)
             jax.block_until_ready(measurements)
             self.times.append(time.perf_counter() - wall)
             self.cpu_times.append(time.process_time() - cpu)
+            self.page_faults.append(xla_cpu.minor_page_faults() - faults)
+
+    @property
+    def faults_per_step(self) -> float:
+        """Median minor page faults per step (0 when XLA's buffers are reused: xla_cpu.py)."""
+        return float(np.median(self.page_faults))
 
     @property
     def step_seconds(self) -> float:
@@ -109,6 +117,7 @@ def make_run(name: str, spec: str, vocab_size: int, *, embedding_optimizer: str 
     run.run(warmup_steps)
     run.times.clear()
     run.cpu_times.clear()
+    run.page_faults.clear()
     return run
 
 
@@ -159,5 +168,6 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    allocator = "kept" if xla_cpu.keep_host_allocations() else "system"
     return (f"{model}, {os.cpu_count()} cores, load {load:.1f}; jax {jax.__version__} "
-            f"{jax.default_backend()} ({jax.devices()[0].device_kind})")
+            f"{jax.default_backend()} ({jax.devices()[0].device_kind}); host allocator {allocator}")

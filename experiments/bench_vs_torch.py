@@ -13,7 +13,9 @@ Each library runs in its own process: DeepCTR-Torch in a separate virtual enviro
   python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 \\
       deepctr-torch==0.3.0 requests pandas scikit-learn tqdm
 using the CPU build of torch), mlctr in this one. This script drives both and times them
-round-robin, one library computing at a time, so a shared machine slows both alike.
+round-robin, one library computing at a time, so a shared machine slows both alike. The
+torch worker gets the host allocator settings mlctr gives itself (mlctr/xla_cpu.py) unless
+--torch_allocator=system.
 
 The torch side replicates one iteration of DeepCTR-Torch's `BaseModel.fit` exactly:
 forward on float inputs, BCE with reduction='sum' (as fit does), plus
@@ -45,6 +47,11 @@ EMBEDDING_DIM = 16
 L2 = 1e-5          # FuxiCTR convention: l2 / 2 * sum(w^2)
 DROPOUT = 0.2
 CROSS_LAYERS = 4
+# The host allocator settings mlctr applies to itself (mlctr/xla_cpu.py: one arena, no
+# mmap, no trimming), given to the torch worker too so that neither side pays for page
+# faults the other avoids (--torch_allocator=system measures torch with glibc's defaults).
+TORCH_SAME_ALLOCATOR = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                        "glibc.malloc.trim_threshold=2147483647")
 
 
 # ---------------------------------------------------------------------------
@@ -107,11 +114,14 @@ def torch_worker(args):
 class TorchWorker:
     """Handle on a worker process: `run(n)` times n steps there."""
 
-    def __init__(self, torch_python, model, dnn, batches_path):
+    def __init__(self, torch_python, model, dnn, batches_path, allocator="same"):
+        env = dict(os.environ)
+        if allocator == "same":  # glibc set as mlctr sets itself (mlctr/xla_cpu.py)
+            env["GLIBC_TUNABLES"] = TORCH_SAME_ALLOCATOR
         self.proc = subprocess.Popen(
             [torch_python, os.path.abspath(__file__), "--worker", f"--model={model}",
              f"--dnn={dnn}", f"--batches={batches_path}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
         self.times = []
 
@@ -151,6 +161,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (4)")
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per library per round (2)")
+    parser.add_argument("--torch_allocator", default="same", choices=("same", "system"),
+                        help="glibc settings of the torch worker: mlctr's own or the defaults")
     parser.add_argument("--quick", action="store_true",
                         help="DNN 400x3 and, unless given, 2 rounds of 1 step")
     args = parser.parse_args()
@@ -185,7 +197,8 @@ def main():
                  labels=np.stack([np.asarray(b["label"]) for b in batches]),
                  rows_per_field=rows_per_field)
         for name in args.models.split(","):
-            worker = TorchWorker(args.torch_python, name, args.dnn, batches_path)
+            worker = TorchWorker(args.torch_python, name, args.dnn, batches_path,
+                                 args.torch_allocator)
             runs = [bench_lib.make_run(f"mlctr {name} {opt}", name, vocab_size, models=models,
                                        batches=batches, embedding_optimizer=opt)
                     for opt in ("dense", "lazy_adam")]
@@ -210,7 +223,8 @@ def main():
     results["config"] = {"vocab_size": vocab_size, "batch_size": bench_lib.BATCH_SIZE,
                          "dnn_hidden_units": list(dnn), "embedding_dim": EMBEDDING_DIM,
                          "net_dropout": DROPOUT, "torch": worker.info.get("torch"),
-                         "torch_threads": worker.info.get("threads")}
+                         "torch_threads": worker.info.get("threads"),
+                         "torch_allocator": args.torch_allocator}
     print(json.dumps(results))
 
 

@@ -28,7 +28,8 @@ device gathers its own peers' rows; on a data mesh the rows of the global batch 
 redundantly on every device and the [K, d] row gradients are what gets all-reduced.
 
 Semantics, and where they differ from dense optax (all documented choices):
-  * lazy_adam: per row r a step count c_r, first moment m_r and second moment v_r. When
+  * lazy_adam: per row r a step count c_r, first moment m_r and second moment v_r (stored
+    packed as one float32 row [m_r | v_r | c_r], see `row_state_fields`). When
     the row is in the batch (even if its gradient happens to be 0): c_r += 1,
     m_r = b1 m_r + (1 - b1) g_r, v_r = b2 v_r + (1 - b2) g_r^2 and
     w_r -= lr * (m_r / (1 - b1^c_r)) / (sqrt(v_r / (1 - b2^c_r)) + eps).
@@ -204,10 +205,13 @@ def put_table_rows(params, new_params, rows: jax.Array, axis: int = 0):
 
 
 def _row_init(kind: str, table: jax.Array) -> dict[str, jax.Array]:
-    vocab_size = table.shape[0]
+    vocab_size, dim = table.shape
     if kind == "lazy_adam":
-        return {"mu": jnp.zeros_like(table), "nu": jnp.zeros_like(table),
-                "count": jnp.zeros((vocab_size,), jnp.int32)}
+        # One float32 row [mu (d) | nu (d) | count (1)] per table row: a step gathers and
+        # scatters one [K, 2d+1] array per table instead of three (mu, nu, count) -- at 10M
+        # rows each gathered row is a cache miss, so this cuts the misses 3x. The count is
+        # exact in float32 up to 2^24 updates of one row.
+        return {"slots": jnp.zeros((vocab_size, 2 * dim + 1), jnp.float32)}
     if kind == "adagrad":
         return {"accumulator": jnp.zeros((vocab_size,), jnp.float32)}
     if kind == "sgd":
@@ -215,17 +219,33 @@ def _row_init(kind: str, table: jax.Array) -> dict[str, jax.Array]:
     raise ValueError(f"unknown row optimizer {kind!r}")
 
 
+def row_state_fields(kind: str, state: dict) -> dict:
+    """A table's row state by field name, for reading (numpy or jax arrays, any leading axes).
+
+    lazy_adam packs its state into one array `slots` [..., V, 2d+1]; this returns
+    {'mu': [..., V, d], 'nu': [..., V, d], 'count': [..., V]} (views). Other kinds are
+    stored by name already and returned as they are.
+    """
+    if kind != "lazy_adam":
+        return dict(state)
+    slots = state["slots"]
+    dim = (slots.shape[-1] - 1) // 2
+    return {"mu": slots[..., :dim], "nu": slots[..., dim:2 * dim], "count": slots[..., 2 * dim]}
+
+
 def _row_update(kind: str, grads: jax.Array, state: dict, *, b1: float, b2: float, eps: float):
     """Direction (to be scaled by -lr) and new state of gathered rows [K, d]."""
     if kind == "lazy_adam":
         # Same expressions and order as optax.scale_by_adam, with a per-row count.
-        count = state["count"] + 1
-        mu = (1 - b1) * grads + b1 * state["mu"]
-        nu = (1 - b2) * (grads ** 2) + b2 * state["nu"]
+        fields = row_state_fields(kind, state)
+        count = fields["count"] + 1
+        mu = (1 - b1) * grads + b1 * fields["mu"]
+        nu = (1 - b2) * (grads ** 2) + b2 * fields["nu"]
         mu_hat = mu / (1 - b1 ** count[:, None]).astype(mu.dtype)
         nu_hat = nu / (1 - b2 ** count[:, None]).astype(nu.dtype)
         direction = mu_hat / (jnp.sqrt(nu_hat) + eps)
-        return direction, {"mu": mu, "nu": nu, "count": count}
+        slots = jnp.concatenate([mu, nu, count[:, None]], axis=-1).astype(jnp.float32)
+        return direction, {"slots": slots}
     if kind == "adagrad":
         accumulator = state["accumulator"] + jnp.mean(grads.astype(jnp.float32) ** 2, axis=-1)
         direction = grads / (jnp.sqrt(accumulator)[:, None] + eps).astype(grads.dtype)

@@ -1,8 +1,19 @@
-"""CPU speed-up that changes no result: Threefry lowered unrolled, as on GPU/TPU.
+"""CPU speed-ups that change no result: host allocator settings, Threefry lowered unrolled.
 
-JAX lowers its Threefry-2x32 PRNG on CPU as a rolled loop of 5 iterations (to keep compile
-time small); each iteration writes its intermediate arrays to memory, so generating random
-bits is memory-bound. Dropout needs one random word per activation -- 4096 x 1200 words per
+Host allocator (`keep_host_allocations`, applied when mlctr is imported). XLA:CPU allocates
+each execution's temporaries as one block (~100 MB for a DeepFM step at batch 4096) with
+posix_memalign and frees it when the step ends. glibc serves a block that large from a
+fresh mmap in the worker thread's arena (above 64 MB a non-main arena always mmaps, whatever
+M_MMAP_MAX says) and unmaps it on free, so every step page-faults its whole working set
+again: ~29,000 minor faults and ~40 ms of a ~230 ms step on 2 cores (measured with
+getrusage; `experiments/bench_embedding.py` reports the faults per step). With one arena,
+no mmap and no trimming, freed blocks stay in the process and the next step reuses them:
+0 faults per step. Memory is not returned to the OS after a peak (the next step needs it
+anyway). Set MLCTR_HOST_ALLOCATOR=system before importing mlctr to keep glibc's defaults.
+
+Threefry (`use_unrolled_threefry`). JAX lowers its Threefry-2x32 PRNG on CPU as a rolled
+loop of 5 iterations (to keep compile time small); each iteration writes its intermediate
+arrays to memory, so generating random bits is memory-bound. Dropout needs one random word per activation -- 4096 x 1200 words per
 DeepFM step (DNN 400x3) -- and this cost ~150 ms per step on a 2-core CPU, about as much as
 the DNN's matmuls. The unrolled lowering (what JAX uses on GPU and TPU) fuses the 20 rounds
 into one elementwise kernel: ~10x faster, and the random bits are bitwise identical (same
@@ -15,11 +26,52 @@ does nothing and training is just slower.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
+import os
+import sys
 
 from absl import logging
 
 _installed = False
+_allocator_tuned = None
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def keep_host_allocations() -> bool:
+    """glibc malloc: one arena, no mmap, no trimming (see the module docstring).
+
+    Must run before JAX starts its CPU client's threads (an existing thread keeps its
+    arena); mlctr/__init__.py calls it on import. Idempotent; returns whether it is in
+    effect. A no-op off Linux/glibc and with MLCTR_HOST_ALLOCATOR=system.
+    """
+    global _allocator_tuned
+    if _allocator_tuned is not None:
+        return _allocator_tuned
+    _allocator_tuned = False
+    if os.environ.get("MLCTR_HOST_ALLOCATOR", "").lower() == "system" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    _allocator_tuned = all(mallopt(param, value) == 1 for param, value in (
+        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    return _allocator_tuned
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far (getrusage), or -1 where unavailable."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return -1
 
 
 def use_unrolled_threefry() -> bool:

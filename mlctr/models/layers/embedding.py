@@ -51,7 +51,10 @@ class FeatureEmbedding(nn.Module):
     """Looks up ``ids`` int [B, F] -> [B, F, embedding_dim] in ``dtype``."""
     table = self.param('embedding_table', initializers.embedding_normal(),
                        (self.vocab_size, self.embedding_dim), jnp.float32)
-    return jnp.take(table, ids, axis=0).astype(self.dtype)
+    # 'clip' rather than the default 'fill' (NaN for out-of-range ids): the same rows for
+    # every valid id and ~2x faster on CPU (no per-element bounds select). Ids come from
+    # a feature map (mlctr.data), in range by construction; the sparse step's are slots.
+    return jnp.take(table, ids, axis=0, mode='clip').astype(self.dtype)
 
 
 class LinearTerm(nn.Module):
