@@ -50,6 +50,11 @@ def main(argv):
             if all(name in r[arm] for r in per_seed):
                 row[arm] = report.mean_std([r[arm][name]["auc"] for r in per_seed])
         for arm in ("kd", "mutual"):
+            if arm == "kd" and any(name == r["teacher"] for r in per_seed):
+                # The teacher is not trained in the KD arm: its "KD" AUC is its pretrained one.
+                row["kd_gain"] = "teacher (frozen)" if all(
+                    name == r["teacher"] for r in per_seed) else "teacher in some seeds"
+                continue
             if all(name in r[arm] for r in per_seed):
                 s = report.summarise_pairs("auc", [r[arm][name]["auc"] for r in per_seed],
                                            [r["control"][name]["auc"] for r in per_seed])

@@ -113,9 +113,12 @@ def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, pee
         config.mutual.alpha = 0.0
         config.init_from = ""
         config.train.max_steps = max_steps or base.train.max_steps
-    key = _digest({"data": config.data.to_dict(), "models": config.models.to_dict(),
-                   "optimizer": config.optimizer.to_dict(), "train": config.train.to_dict(),
-                   "peers": peers})
+    keyed = {"data": config.data.to_dict(), "models": config.models.to_dict(),
+             "optimizer": config.optimizer.to_dict(), "train": config.train.to_dict(),
+             "peers": peers}
+    if config.compute_dtype != "float32":  # (float32 runs keep the keys they always had)
+        keyed["compute_dtype"] = config.compute_dtype
+    key = _digest(keyed)
     tag = f"{peers.replace(',', '+')}_steps{config.train.max_steps or 'all'}_{key}_seed{seed}"
     run_dir = os.path.join(pretrain_root, tag)
     return run_dir, run_cached(config, run_dir)

@@ -25,6 +25,7 @@ ENTRIES = {
     "companions": (["gain_vs_companion_auc.png"], ["--fractions=0.5,1.0"]),
     "variants": (["gain_vs_alpha.png"], ["--alphas=0.5,1"]),
     "baselines": (["baselines.png"], []),
+    "precision": (["precision.png"], []),
 }
 
 
@@ -48,3 +49,6 @@ def test_experiment_entry_writes_table_json_and_figure(entry, shared_root):
     assert results["claim"] == entry and results["seeds"] == [0]
     for figure in figures:
         assert (workdir / figure).stat().st_size > 1000
+    if entry == "precision":  # two trainings, not the float32 cache read twice
+        seed0 = results["per_seed"][0]
+        assert seed0["float32"] != seed0["bfloat16"]
