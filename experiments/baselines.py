@@ -15,8 +15,6 @@ import os
 
 from absl import app
 
-import numpy as np
-
 import common
 from mlctr import paper, report
 
@@ -68,33 +66,10 @@ def main(argv):
                  ("kd", "one-way KD"), ("mutual", "mutual finetune"),
                  ("kd_gain", "KD gain % vs control"), ("mutual_gain", "mutual gain % vs control")])
              + paper.bayes_note(pretrained))
-    _plot(per_seed, peers + ["ensemble"], os.path.join(workdir, "baselines.png"))
+    report.plot_auc_bars(per_seed, peers + ["ensemble"], ("pretrain", "control", "kd", "mutual"),
+                         os.path.join(workdir, "baselines.png"))
     paper.write_outputs(workdir, {"claim": "baselines", "seeds": seeds, "per_seed": per_seed,
                                   "rows": rows}, table)
-
-
-def _plot(per_seed, names, path):
-    plt = report._pyplot()
-    arms = ("pretrain", "control", "kd", "mutual")
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.4))
-    width = 0.8 / len(arms)
-    for k, arm in enumerate(arms):
-        xs, means, stds = [], [], []
-        for i, name in enumerate(names):
-            values = [r[arm][name]["auc"] for r in per_seed if name in r[arm]]
-            if values:
-                xs.append(i + k * width)
-                means.append(np.mean(values))
-                stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
-        ax.bar(xs, means, width, yerr=stds, label=arm, capsize=2)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
-    all_means = [r[a][n]["auc"] for r in per_seed for a in arms for n in names if n in r[a]]
-    ax.set_ylim(min(all_means) - 0.005, max(all_means) + 0.003)
-    ax.set_ylabel("test AUC")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class StepRun:
     def release(self):
         self.state = None
         gc.collect()
+        xla_cpu.release_host_memory()  # the next run's tables need the pages
 
 
 def make_run(name: str, spec: str, vocab_size: int, *, embedding_optimizer: str = "dense",

@@ -51,7 +51,7 @@ CROSS_LAYERS = 4
 # mmap, no trimming), given to the torch worker too so that neither side pays for page
 # faults the other avoids (--torch_allocator=system measures torch with glibc's defaults).
 TORCH_SAME_ALLOCATOR = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                        "glibc.malloc.trim_threshold=2147483647")
+                        "glibc.malloc.trim_threshold=4611686018427387904")
 
 
 # ---------------------------------------------------------------------------

@@ -48,28 +48,10 @@ def main(argv):
                                             ("float32", "float32"), ("bfloat16", "bfloat16"),
                                             ("change_pct", "change %"), ("verdict", "paired test")])
              + paper.bayes_note(f32_results))
-    _plot(per_seed, list(per_seed[0]["float32"]), os.path.join(workdir, "precision.png"))
+    report.plot_auc_bars(per_seed, list(per_seed[0]["float32"]), ("float32", "bfloat16"),
+                         os.path.join(workdir, "precision.png"))
     paper.write_outputs(workdir, {"claim": "precision", "seeds": seeds, "per_seed": per_seed,
                                   "rows": rows}, table)
-
-
-def _plot(per_seed, names, path):
-    import numpy as np
-    plt = report._pyplot()
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.2))
-    for k, dtype in enumerate(("float32", "bfloat16")):
-        values = [[r[dtype][n]["auc"] for r in per_seed] for n in names]
-        ax.bar([i + 0.4 * k for i in range(len(names))], [np.mean(v) for v in values], 0.4,
-               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values], capsize=2,
-               label=dtype)
-    ax.set_xticks([i + 0.2 for i in range(len(names))], names)
-    lows = [r[d][n]["auc"] for r in per_seed for d in ("float32", "bfloat16") for n in names]
-    ax.set_ylim(min(lows) - 0.005, max(lows) + 0.003)
-    ax.set_ylabel("test AUC")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -200,3 +200,33 @@ def plot_gain(xs: Sequence[float], gains: Sequence[Sequence[float]], path: str, 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_auc_bars(per_seed: Sequence[dict], names: Sequence[str], arms: Sequence[str], path: str):
+    """Grouped bars: test AUC per peer (group) and arm (bar), mean ± std over seeds.
+
+    Args:
+      per_seed: one dict per seed, `r[arm][name]['auc']` (an arm may lack a name).
+      names: peers, in the order of the groups.
+      arms: the bars of each group, in order.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(0.4 * len(arms) * len(names) + 2, 3.4))
+    width = 0.8 / len(arms)
+    for k, arm in enumerate(arms):
+        xs, means, stds = [], [], []
+        for i, name in enumerate(names):
+            values = [r[arm][name]["auc"] for r in per_seed if name in r[arm]]
+            if values:
+                xs.append(i + k * width)
+                means.append(np.mean(values))
+                stds.append(np.std(values, ddof=1) if len(values) > 1 else 0.0)
+        ax.bar(xs, means, width, yerr=stds, label=arm, capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names)
+    values = [r[a][n]["auc"] for r in per_seed for a in arms for n in names if n in r[a]]
+    ax.set_ylim(min(values) - 0.005, max(values) + 0.003)
+    ax.set_ylabel("test AUC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

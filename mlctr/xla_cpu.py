@@ -9,7 +9,7 @@ again: ~29,000 minor faults and ~40 ms of a ~230 ms step on 2 cores (measured wi
 getrusage; `experiments/bench_embedding.py` reports the faults per step). With one arena,
 no mmap and no trimming, freed blocks stay in the process and the next step reuses them:
 0 faults per step. Memory is not returned to the OS after a peak (the next step needs it
-anyway). Set MLCTR_HOST_ALLOCATOR=system before importing mlctr to keep glibc's defaults.
+anyway); `release_host_memory()` returns it where a process drops a large model. Set MLCTR_HOST_ALLOCATOR=system before importing mlctr to keep glibc's defaults.
 
 Threefry (`use_unrolled_threefry`). JAX lowers its Threefry-2x32 PRNG on CPU as a rolled
 loop of 5 iterations (to keep compile time small); each iteration writes its intermediate
@@ -61,8 +61,21 @@ def keep_host_allocations() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     _allocator_tuned = all(mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+        # -1 becomes SIZE_MAX in glibc (the value is converted to size_t): never trim. A
+        # finite threshold (at most 2 GiB through this int) still returns the top of the
+        # heap after steps whose temporaries exceed it (dense Adam on a 10M-row table).
+        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
     return _allocator_tuned
+
+
+def release_host_memory() -> bool:
+    """Returns the heap's free pages to the OS (glibc malloc_trim), e.g. after dropping a
+    large model in a process that builds several (the benchmarks): with the settings above
+    freed memory otherwise stays resident. Returns whether anything was released."""
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def minor_page_faults() -> int:
