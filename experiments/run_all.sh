@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ROOT=${1:-runs/paper}; SEEDS=${2:-0,1,2}
 shift $(( $# < 2 ? $# : 2 ))
 PY=${PY:-.venv/bin/python}
-for entry in finetune scratch baselines variants cotrain_size companions; do
+for entry in finetune scratch baselines variants cotrain_size companions precision; do
   echo "=== $entry ($(date)) ==="
   "$PY" "experiments/$entry.py" --workdir="$ROOT/$entry" --pretrain_root="$ROOT/pretrain" \
       --seeds="$SEEDS" "$@"
