@@ -9,15 +9,18 @@ again: ~29,000 minor faults and ~40 ms of a ~230 ms step on 2 cores (measured wi
 getrusage; `experiments/bench_embedding.py` reports the faults per step). With one arena,
 no mmap and no trimming, freed blocks stay in the process and the next step reuses them:
 0 faults per step. Memory is not returned to the OS after a peak (the next step needs it
-anyway); `release_host_memory()` returns it where a process drops a large model. Set MLCTR_HOST_ALLOCATOR=system before importing mlctr to keep glibc's defaults.
+anyway); `release_host_memory()` returns it where a process drops a large model. Not
+applied where JAX will run on a GPU/TPU (see `keep_host_allocations`). Set
+MLCTR_HOST_ALLOCATOR=system before importing mlctr to keep glibc's defaults.
 
 Threefry (`use_unrolled_threefry`). JAX lowers its Threefry-2x32 PRNG on CPU as a rolled
 loop of 5 iterations (to keep compile time small); each iteration writes its intermediate
-arrays to memory, so generating random bits is memory-bound. Dropout needs one random word per activation -- 4096 x 1200 words per
-DeepFM step (DNN 400x3) -- and this cost ~150 ms per step on a 2-core CPU, about as much as
-the DNN's matmuls. The unrolled lowering (what JAX uses on GPU and TPU) fuses the 20 rounds
-into one elementwise kernel: ~10x faster, and the random bits are bitwise identical (same
-algorithm, same counters). `tests/test_sparse.py` checks a Threefry known-answer vector.
+arrays to memory, so generating random bits is memory-bound. flax's dropout needs one
+random word per activation -- 4096 x 1200 words per DeepFM step (DNN 400x3) -- and this
+cost ~150 ms per step on a 2-core CPU, about as much as the DNN's matmuls (mlctr's MLP
+dropout now draws half as many words: models/layers/dropout.py). The unrolled lowering
+(what JAX uses on GPU and TPU) fuses the 20 rounds into one elementwise kernel: ~10x
+faster, and the random bits are bitwise identical (same algorithm, same counters). `tests/test_sparse.py` checks a Threefry known-answer vector.
 
 `use_unrolled_threefry()` registers that lowering for the CPU platform; it affects functions
 traced after the call (the trainer calls it when it builds the step). It relies on a JAX
@@ -46,13 +49,19 @@ def keep_host_allocations() -> bool:
 
     Must run before JAX starts its CPU client's threads (an existing thread keeps its
     arena); mlctr/__init__.py calls it on import. Idempotent; returns whether it is in
-    effect. A no-op off Linux/glibc and with MLCTR_HOST_ALLOCATOR=system.
+    effect. A no-op off Linux/glibc, with MLCTR_HOST_ALLOCATOR=system, and where JAX will
+    pick a GPU or TPU (a CUDA or TPU plugin is installed and JAX_PLATFORMS does not put
+    'cpu' first): there XLA's temporaries live on the device, and one arena would make the
+    host's many threads share one malloc lock. MLCTR_HOST_ALLOCATOR=keep forces it on.
     """
     global _allocator_tuned
     if _allocator_tuned is not None:
         return _allocator_tuned
     _allocator_tuned = False
-    if os.environ.get("MLCTR_HOST_ALLOCATOR", "").lower() == "system" or not sys.platform.startswith("linux"):
+    choice = os.environ.get("MLCTR_HOST_ALLOCATOR", "").lower()
+    if choice == "system" or not sys.platform.startswith("linux"):
+        return False
+    if choice != "keep" and _accelerator_expected():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -66,6 +75,21 @@ def keep_host_allocations() -> bool:
         # heap after steps whose temporaries exceed it (dense Adam on a 10M-row table).
         (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
     return _allocator_tuned
+
+
+def _accelerator_expected() -> bool:
+    """Whether JAX's default backend will be a GPU or TPU (decided without importing jax)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms.split(",")[0] != "cpu"
+    import importlib.util
+    for module in ("jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13", "libtpu"):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return True
+        except (ImportError, ValueError):
+            continue
+    return False
 
 
 def release_host_memory() -> bool:

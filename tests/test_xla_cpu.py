@@ -28,7 +28,7 @@ print(xla_cpu.keep_host_allocations(), min(faults[3:]))
 
 
 def _run(allocator: str) -> tuple[str, int]:
-    env = dict(os.environ, MLCTR_HOST_ALLOCATOR=allocator, PYTHONPATH=REPO)
+    env = dict(os.environ, MLCTR_HOST_ALLOCATOR=allocator, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True,
                          text=True, timeout=300, check=True).stdout.split()
     return out[-2], int(out[-1])
@@ -46,3 +46,15 @@ def test_kept_allocations_stop_per_step_page_faults():
 
 def test_allocator_setting_is_idempotent():
     assert xla_cpu.keep_host_allocations() == xla_cpu.keep_host_allocations()
+
+
+def test_not_applied_where_an_accelerator_is_expected():
+    """JAX_PLATFORMS decides first; 'keep' forces the settings on."""
+    program = "import mlctr; from mlctr import xla_cpu; print(xla_cpu.keep_host_allocations())"
+    for platforms, allocator, expected in (("cuda", "", "False"), ("cpu", "", "True"),
+                                           ("tpu,cpu", "keep", "True")):
+        env = dict(os.environ, JAX_PLATFORMS=platforms, MLCTR_HOST_ALLOCATOR=allocator,
+                   PYTHONPATH=REPO)
+        out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                             text=True, timeout=120, check=True).stdout.split()
+        assert out[-1] == expected, (platforms, allocator, out)
