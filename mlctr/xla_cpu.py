@@ -17,10 +17,9 @@ Threefry (`use_unrolled_threefry`). JAX lowers its Threefry-2x32 PRNG on CPU as 
 loop of 5 iterations (to keep compile time small); each iteration writes its intermediate
 arrays to memory, so generating random bits is memory-bound. flax's dropout needs one
 random word per activation -- 4096 x 1200 words per DeepFM step (DNN 400x3) -- and this
-cost ~150 ms per step on a 2-core CPU, about as much as the DNN's matmuls (mlctr's MLP
-dropout now draws half as many words: models/layers/dropout.py). The unrolled lowering
-(what JAX uses on GPU and TPU) fuses the 20 rounds into one elementwise kernel: ~10x
-faster, and the random bits are bitwise identical (same algorithm, same counters). `tests/test_sparse.py` checks a Threefry known-answer vector.
+cost ~150 ms per step on a 2-core CPU, about as much as the DNN's matmuls. The unrolled
+lowering (what JAX uses on GPU and TPU) fuses the 20 rounds into one elementwise kernel:
+~10x faster, and the random bits are bitwise identical (same algorithm, same counters). `tests/test_sparse.py` checks a Threefry known-answer vector.
 
 `use_unrolled_threefry()` registers that lowering for the CPU platform; it affects functions
 traced after the call (the trainer calls it when it builds the step). It relies on a JAX

@@ -132,41 +132,6 @@ def test_mlp_block_dropout_only_in_train():
   assert np.any(np.asarray(train_out) == 0) and not np.allclose(eval_out, train_out)
 
 
-@pytest.mark.parametrize('rate', [0.1, 0.5])
-def test_dropout_16_bit_draws(rate):
-  """Drop rate, exact scale, independent halves of each random word, determinism."""
-  from mlctr.models.layers import dropout
-  shape = (512, 401)  # odd width: the last word's high half is unused
-  x = np.ones(shape, np.float32)
-  out = np.asarray(fast_jit(dropout.dropout, static_argnums=1)(x, rate, jax.random.key(3)))
-  threshold = dropout.drop_threshold(rate)
-  assert threshold == round(rate * 65536)
-  kept = out != 0
-  n = kept.size
-  # Kept values carry exactly the expectation-preserving scale.
-  np.testing.assert_allclose(out[kept], 65536 / (65536 - threshold), rtol=1e-6)
-  # Fraction dropped within 5 binomial standard deviations of threshold / 65536.
-  p = threshold / 65536
-  assert abs((~kept).mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
-  # Elements 2j and 2j+1 share a 32-bit word (low / high half): uncorrelated masks.
-  pairs = kept[:, :400].reshape(-1, 2).astype(np.float64)
-  assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 5 / np.sqrt(len(pairs))
-  again = np.asarray(fast_jit(dropout.dropout, static_argnums=1)(x, rate, jax.random.key(3)))
-  np.testing.assert_array_equal(out, again)
-  other = np.asarray(fast_jit(dropout.dropout, static_argnums=1)(x, rate, jax.random.key(4)))
-  assert not np.array_equal(out, other)
-
-
-def test_dropout_rate_zero_and_invalid():
-  from mlctr.models.layers import dropout
-  x = np.arange(6, dtype=np.float32)
-  np.testing.assert_array_equal(dropout.dropout(x, 0.0, jax.random.key(0)), x)
-  module = dropout.Dropout(0.3)
-  np.testing.assert_array_equal(module.apply({}, x, deterministic=True), x)
-  with pytest.raises(ValueError, match='dropout rate'):
-    dropout.drop_threshold(1.0)
-
-
 # ----------------------------------------------------------------------------- FM
 def test_fm_square_of_sum_identity():
   e = _emb(3)

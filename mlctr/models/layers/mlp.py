@@ -1,7 +1,7 @@
 """MLP block (FuxiCTR ``MLP_Block``) and the dense layer every model uses.
 
 Per hidden layer, in FuxiCTR's order: Linear -> BatchNorm (if ``batch_norm``) -> ReLU ->
-Dropout (if rate > 0; 16-bit draws, see ``dropout.py``). Optionally a final Linear to ``output_dim`` with no activation.
+Dropout (if rate > 0). Optionally a final Linear to ``output_dim`` with no activation.
 Linear weights are xavier_normal, biases zero (FuxiCTR ``reset_default_params``); batch norm
 follows PyTorch ``BatchNorm1d`` defaults (momentum 0.1 torch = 0.9 flax, eps 1e-5; scale 1,
 bias 0). One small difference: flax's running variance averages the biased batch variance,
@@ -14,7 +14,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mlctr.models.layers import initializers
-from mlctr.models.layers.dropout import Dropout
 
 
 def Linear(features: int, *, use_bias: bool = True, dtype: Any = jnp.float32,
@@ -54,7 +53,7 @@ class MLPBlock(nn.Module):
                          dtype=self.dtype, param_dtype=jnp.float32, name=f'batch_norm_{i}')(x)
       x = nn.relu(x)
       if self.dropout_rate > 0:
-        x = Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     if self.output_dim is not None:
       x = Linear(self.output_dim, dtype=self.dtype, name='output')(x)
     return x
