@@ -10,8 +10,12 @@ getrusage; `experiments/bench_embedding.py` reports the faults per step). With o
 no mmap and no trimming, freed blocks stay in the process and the next step reuses them:
 0 faults per step. Memory is not returned to the OS after a peak (the next step needs it
 anyway); `release_host_memory()` returns it where a process drops a large model. Not
-applied where JAX will run on a GPU/TPU (see `keep_host_allocations`). Set
-MLCTR_HOST_ALLOCATOR=system before importing mlctr to keep glibc's defaults.
+applied where JAX will run on a GPU/TPU (see `keep_host_allocations`). The cost: freed
+blocks stay resident and the heap fragments, so a process whose tables fill most of the
+RAM can run out where glibc's defaults fit (bench_embedding's dense-Adam step at 10M rows
+x 4 peers, ~16 GB live after the other configurations of the run, was OOM-killed at
+24 GB in 2 of 3 runs on a 24 GB machine). Set MLCTR_HOST_ALLOCATOR=system before
+importing mlctr to keep glibc's defaults.
 
 Threefry (`use_unrolled_threefry`). JAX lowers its Threefry-2x32 PRNG on CPU as a rolled
 loop of 5 iterations (to keep compile time small); each iteration writes its intermediate
