@@ -47,11 +47,6 @@ EMBEDDING_DIM = 16
 L2 = 1e-5          # FuxiCTR convention: l2 / 2 * sum(w^2)
 DROPOUT = 0.2
 CROSS_LAYERS = 4
-# The host allocator settings mlctr applies to itself (mlctr/xla_cpu.py: one arena, no
-# mmap, no trimming), given to the torch worker too so that neither side pays for page
-# faults the other avoids (--torch_allocator=system measures torch with glibc's defaults).
-TORCH_SAME_ALLOCATOR = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                        "glibc.malloc.trim_threshold=4611686018427387904")
 
 
 # ---------------------------------------------------------------------------
@@ -116,8 +111,12 @@ class TorchWorker:
 
     def __init__(self, torch_python, model, dnn, batches_path, allocator="same"):
         env = dict(os.environ)
-        if allocator == "same":  # glibc set as mlctr sets itself (mlctr/xla_cpu.py)
-            env["GLIBC_TUNABLES"] = TORCH_SAME_ALLOCATOR
+        if allocator == "same":
+            # The host allocator settings mlctr applies to itself (one arena, no mmap, no
+            # trimming), so that neither side pays for page faults the other avoids
+            # (--torch_allocator=system measures torch with glibc's defaults).
+            from mlctr import xla_cpu
+            env["GLIBC_TUNABLES"] = xla_cpu.HOST_ALLOCATOR_TUNABLES
         self.proc = subprocess.Popen(
             [torch_python, os.path.abspath(__file__), "--worker", f"--model={model}",
              f"--dnn={dnn}", f"--batches={batches_path}"],

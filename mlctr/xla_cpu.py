@@ -23,7 +23,8 @@ arrays to memory, so generating random bits is memory-bound. flax's dropout need
 random word per activation -- 4096 x 1200 words per DeepFM step (DNN 400x3) -- and this
 cost ~150 ms per step on a 2-core CPU, about as much as the DNN's matmuls. The unrolled
 lowering (what JAX uses on GPU and TPU) fuses the 20 rounds into one elementwise kernel:
-~10x faster, and the random bits are bitwise identical (same algorithm, same counters). `tests/test_sparse.py` checks a Threefry known-answer vector.
+~10x faster, and the random bits are bitwise identical (same algorithm, same counters).
+`tests/test_sparse.py` checks a Threefry known-answer vector.
 
 `use_unrolled_threefry()` registers that lowering for the CPU platform; it affects functions
 traced after the call (the trainer calls it when it builds the step). It relies on a JAX
@@ -44,7 +45,23 @@ _installed = False
 _allocator_tuned = None
 
 # glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
+
+# The same settings for a child process, as GLIBC_TUNABLES (2^62: never trim), e.g. the
+# DeepCTR-Torch worker of experiments/bench_vs_torch.py.
+HOST_ALLOCATOR_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                           "glibc.malloc.trim_threshold=4611686018427387904")
+
+
+@functools.lru_cache(maxsize=None)
+def libc() -> ctypes.CDLL | None:
+    """The C library (for mallopt / malloc_trim), or None where it cannot be loaded."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def keep_host_allocations() -> bool:
@@ -62,14 +79,10 @@ def keep_host_allocations() -> bool:
         return _allocator_tuned
     _allocator_tuned = False
     choice = os.environ.get("MLCTR_HOST_ALLOCATOR", "").lower()
-    if choice == "system" or not sys.platform.startswith("linux"):
+    if choice == "system" or (choice != "keep" and _accelerator_expected()):
         return False
-    if choice != "keep" and _accelerator_expected():
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:  # not Linux/glibc (e.g. musl)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     _allocator_tuned = all(mallopt(param, value) == 1 for param, value in (
@@ -95,14 +108,36 @@ def _accelerator_expected() -> bool:
     return False
 
 
+def keep_freed_blocks() -> None:
+    """A milder setting for processes that run without `keep_host_allocations`: glibc
+    reuses freed blocks of up to 32 MiB instead of unmapping them.
+
+    The data pipeline (mlctr.data.prepare, the synthetic generator) allocates and frees
+    many arrays of a few MiB per chunk in several threads. Until glibc's dynamic mmap
+    threshold has grown past them each is a fresh mmap, and freed heap tops are trimmed,
+    so the same pages are faulted in again and again: on a busy VM a page fault costs
+    about 1 ns per byte, up to a quarter of the preparation's CPU time. This sets the
+    mmap threshold to 32 MiB and the trim threshold to 64 MiB, the values glibc's own
+    adjustment reaches once a 32 MiB block has been freed (its ceiling): the process
+    behaves as a warmed-up one. Where `keep_host_allocations` is in effect (no mmap, no
+    trimming at all) it already covers this and is left as it is: lowering the trim
+    threshold there would page-fault a training step's temporaries again. Process-wide,
+    idempotent; a no-op without glibc.
+    """
+    if keep_host_allocations():
+        return
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+
+
 def release_host_memory() -> bool:
     """Returns the heap's free pages to the OS (glibc malloc_trim), e.g. after dropping a
     large model in a process that builds several (the benchmarks): with the settings above
     freed memory otherwise stays resident. Returns whether anything was released."""
-    try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    malloc_trim = getattr(libc(), "malloc_trim", None)
+    return bool(malloc_trim(0)) if malloc_trim is not None else False
 
 
 def minor_page_faults() -> int:

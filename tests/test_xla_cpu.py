@@ -16,6 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROGRAM = """
 import mlctr, jax, jax.numpy as jnp
 from mlctr import xla_cpu
+xla_cpu.keep_freed_blocks()  # as mlctr.data.prepare calls it inside a training process
 f = jax.jit(lambda x: jnp.sum((x[::-1] + 1.0) @ x[:, :8]))  # a 100 MB temporary
 x = jnp.ones((5000, 5000))
 faults = []

@@ -64,38 +64,6 @@ _HASH_BIT = np.uint64(1 << 63)
 
 
 # ---------------------------------------------------------------------------
-# Memory.
-
-_MALLOC_TUNED = False
-
-
-def keep_freed_memory() -> None:
-    """Lets glibc reuse freed blocks of up to 32 MiB instead of unmapping them.
-
-    The pipeline allocates and frees many arrays of a few MiB per chunk (in several
-    threads). Until glibc's dynamic mmap threshold has grown past them each is a fresh
-    mmap, and freed heap tops are trimmed, so the same pages are faulted in again and
-    again: on a busy VM a page fault costs about 1 ns per byte, up to a quarter of the
-    preparation's CPU time. This sets the mmap threshold to 32 MiB and the trim
-    threshold to 64 MiB, the values glibc's own adjustment reaches once a 32 MiB block
-    has been freed (its ceiling): the process behaves as a warmed-up one. Process-wide,
-    idempotent; a no-op without glibc.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 << 20)
-    mallopt(m_trim_threshold, 64 << 20)
-
-
-# ---------------------------------------------------------------------------
 # Streaming.
 
 

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from mlctr import xla_cpu
 from mlctr.data import avazu, criteo, format as fmt, parsing, split as split_lib, synthetic
 from mlctr.data import vocab as vocab_lib
 from mlctr.data.errors import DataError
@@ -129,7 +130,7 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         raw_format = dataset
     module = raw_format_module(raw_format)
     parsing.RawFile(raw).check_exists()
-    parsing.keep_freed_memory()
+    xla_cpu.keep_freed_blocks()
 
     os.makedirs(out, exist_ok=True)
     feature_map_path = os.path.join(out, fmt.FEATURE_MAP)

@@ -55,7 +55,8 @@ import threading
 
 import numpy as np
 
-from mlctr.data import avazu, criteo, parsing
+from mlctr import xla_cpu
+from mlctr.data import avazu, criteo
 
 GENERATOR_VERSION = 2
 FULL_ROWS = 45_840_617  # rows of the Criteo Kaggle train.txt
@@ -788,7 +789,7 @@ def generate(path: str, *, num_rows: int, seed: int = 2018, raw_format: str = "c
             and os.path.exists(path) and os.path.exists(true_prob_path(path))):
         return existing
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    parsing.keep_freed_memory()
+    xla_cpu.keep_freed_blocks()
     if os.path.exists(spec_path(path)):
         os.remove(spec_path(path))
     hidden = HiddenFunction(spec)
