@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -86,18 +87,6 @@ def _tables(tree) -> dict[tuple[str, ...], jax.Array]:
     """{('linear', 'embedding', 'embedding_table'): leaf, ...} for every table of `tree`."""
     return {_path_keys(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
             if is_table(path)}
-
-
-def _nested(pairs) -> dict:
-    """{(a, b): x} -> {a: {b: x}}: row states mirror the params' nesting (plain keys, so
-    checkpoints name them like the tables they belong to)."""
-    out = {}
-    for keys, value in pairs:
-        node = out
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-    return out
 
 
 def _lookup(tree: dict, keys: tuple[str, ...]):
@@ -299,24 +288,24 @@ class SparseOptimizer:
 
     def init(self, params) -> dict:
         """{'dense': clip/Adam state (no table moments), 'rows': per-table row states, nested
-        like the params ({'embedding': {'embedding_table': {'mu': ..., ...}}, ...})}."""
+        like the params ({'embedding': {'embedding_table': {'slots': ...}}, ...})}."""
         return {"dense": self._dense.init(params),
-                "rows": _nested((keys, _row_init(self.embedding_optimizer, table))
-                                for keys, table in _tables(params).items())}
+                "rows": traverse_util.unflatten_dict(
+                    {keys: _row_init(self.embedding_optimizer, table)
+                     for keys, table in _tables(params).items()})}
 
     def update(self, grads, state: dict, params):
         """One peer's directions on the gathered view; returns (directions, new state)."""
         directions, dense_state = self._dense.update(grads, state["dense"], params)
-        row_directions, rows_state = {}, []
+        row_directions, rows_state = {}, {}
         for keys, row_grads in _tables(directions).items():  # clipped, not yet transformed
-            row_directions[keys], new_row_state = _row_update(
+            row_directions[keys], rows_state[keys] = _row_update(
                 self.embedding_optimizer, row_grads, _lookup(state["rows"], keys),
                 b1=self.b1, b2=self.b2, eps=self.eps)
-            rows_state.append((keys, new_row_state))
         directions = jax.tree_util.tree_map_with_path(
             lambda path, d: row_directions[_path_keys(path)] if is_table(path) else d,
             directions)
-        return directions, {"dense": dense_state, "rows": _nested(rows_state)}
+        return directions, {"dense": dense_state, "rows": traverse_util.unflatten_dict(rows_state)}
 
     @staticmethod
     def take_state_rows(state: dict, rows: jax.Array, axis: int = 0) -> dict:

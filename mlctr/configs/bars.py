@@ -32,7 +32,7 @@ def get_config(arg: str = "criteo") -> ml_collections.ConfigDict:
         config.data.protocol = "x4_001"
         config.data.num_rows = 0
         config.models = ml_collections.ConfigDict({
-            key: dict(model=arch, **bars_configs.bars_hparams(key if key != "ipnn" else "ipnn", dataset))
+            key: dict(model=arch, **bars_configs.bars_hparams(key, dataset))
             for key, arch in _MODELS.items()})
         config.train.batch_size = bars_configs.BARS_BATCH_SIZE
         config.train.eval_batch_size = 50_000
