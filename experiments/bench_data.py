@@ -70,6 +70,8 @@ def main(argv):
         label = _label(rows)
         raw = os.path.join(workdir, f"synthetic_{label}.txt")
         out = os.path.join(workdir, f"prepared_{label}")
+        if os.path.exists(raw):  # generate() would reuse a finished file: time a fresh one
+            os.remove(raw)
         generated = _run_child(
             "synthetic", f"synthetic.generate({raw!r}, num_rows={rows}, seed=2018)")
         results[f"generate_rows_per_sec_{label}"] = round(rows / generated["seconds"])
