@@ -132,6 +132,29 @@ def test_mlp_block_dropout_only_in_train():
   assert np.any(np.asarray(train_out) == 0) and not np.allclose(eval_out, train_out)
 
 
+def test_dropout_is_flax_dropout_bitwise(monkeypatch):
+  """layers.dropout.Dropout (mask materialised once per step) draws flax's bits: the
+  MLP's output and its gradients equal those with nn.Dropout exactly."""
+  import flax.linen as nn
+  from mlctr.models.layers import mlp
+
+  x = np.random.default_rng(0).normal(size=(B, 6)).astype(np.float32)
+  module = layers.MLPBlock(hidden_units=(16, 8), dropout_rate=0.3, output_dim=1)
+  variables = module.init(jax.random.key(0), x, train=False)
+
+  def loss_and_grads():
+    def loss(params, x):
+      out = module.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(3)})
+      return jnp.sum(out ** 2)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables['params'], x)
+
+  ours = loss_and_grads()
+  monkeypatch.setattr(mlp, 'Dropout', nn.Dropout)
+  theirs = loss_and_grads()
+  jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)
+  assert float(ours[0]) > 0
+
+
 # ----------------------------------------------------------------------------- FM
 def test_fm_square_of_sum_identity():
   e = _emb(3)

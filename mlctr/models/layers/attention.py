@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mlctr.models.layers.mlp import Linear
+from mlctr.models.layers.dropout import Dropout
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -48,7 +49,7 @@ class MultiHeadSelfAttention(nn.Module):
       scores = scores / jnp.sqrt(jnp.asarray(head_dim, self.dtype))
     attention = jax.nn.softmax(scores, axis=-1)
     if self.dropout_rate > 0:
-      attention = nn.Dropout(self.dropout_rate)(attention, deterministic=not train)
+      attention = Dropout(self.dropout_rate)(attention, deterministic=not train)
     out = jnp.einsum('bhqk,bkhd->bqhd', attention, value).reshape(
         batch, num_fields, self.attention_dim)
     if self.use_residual:

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mlctr.models.layers import initializers
+from mlctr.models.layers.dropout import Dropout
 
 
 def Linear(features: int, *, use_bias: bool = True, dtype: Any = jnp.float32,
@@ -53,7 +54,7 @@ class MLPBlock(nn.Module):
                          dtype=self.dtype, param_dtype=jnp.float32, name=f'batch_norm_{i}')(x)
       x = nn.relu(x)
       if self.dropout_rate > 0:
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+        x = Dropout(self.dropout_rate)(x, deterministic=not train)
     if self.output_dim is not None:
       x = Linear(self.output_dim, dtype=self.dtype, name='output')(x)
     return x
