@@ -57,11 +57,13 @@ Semantics, and where they differ from dense optax (all documented choices):
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 EMBEDDING_OPTIMIZERS = ("dense", "lazy_adam", "adagrad", "sgd")
@@ -226,13 +228,18 @@ def row_state_fields(kind: str, state: dict) -> dict:
 def _row_update(kind: str, grads: jax.Array, state: dict, *, b1: float, b2: float, eps: float):
     """Direction (to be scaled by -lr) and new state of gathered rows [K, d]."""
     if kind == "lazy_adam":
-        # Same expressions and order as optax.scale_by_adam, with a per-row count.
+        # optax.scale_by_adam's expressions, with a per-row count, except that the bias
+        # corrections 1 - b ** count are computed as -expm1(count * log b), b rounded to
+        # float32 as optax's is: XLA:CPU's pow cost ~1.7 ms per table at K = 160k rows
+        # (the expm1 fuses for ~0), and it is closer to the exact value (pow's relative
+        # error reached 6.7e-6 for b2 = 0.999 over counts 1..20000, expm1's 2.3e-7).
         fields = row_state_fields(kind, state)
         count = fields["count"] + 1
         mu = (1 - b1) * grads + b1 * fields["mu"]
         nu = (1 - b2) * (grads ** 2) + b2 * fields["nu"]
-        mu_hat = mu / (1 - b1 ** count[:, None]).astype(mu.dtype)
-        nu_hat = nu / (1 - b2 ** count[:, None]).astype(nu.dtype)
+        log_b1, log_b2 = (math.log(float(np.float32(b))) for b in (b1, b2))
+        mu_hat = mu / (-jnp.expm1(count * log_b1))[:, None].astype(mu.dtype)
+        nu_hat = nu / (-jnp.expm1(count * log_b2))[:, None].astype(nu.dtype)
         direction = mu_hat / (jnp.sqrt(nu_hat) + eps)
         slots = jnp.concatenate([mu, nu, count[:, None]], axis=-1).astype(jnp.float32)
         return direction, {"slots": slots}
