@@ -125,8 +125,9 @@ def batch_rows(ids: jax.Array, vocab_size: int) -> BatchRows:
     """The distinct ids of `ids` with static shapes (no host round trip).
 
     One single-operand sort (XLA's CPU fast path; sorting (id, position) pairs to get the
-    inverse permutation is ~7x slower there) and a binary search of each id among the
-    distinct ids. Nothing here depends on `vocab_size` beyond the padding values.
+    inverse permutation is ~7x slower there), then `bucketed_search` finds each id among
+    the distinct ids. Nothing here depends on `vocab_size` beyond the padding values and
+    the search's bucket width.
 
     Args:
       ids: int [..., F] feature ids in [0, vocab_size).
@@ -145,9 +146,35 @@ def batch_rows(ids: jax.Array, vocab_size: int) -> BatchRows:
     slot = jnp.cumsum(is_first.astype(jnp.int32)) - 1
     rows = jnp.int32(vocab_size) + jax.lax.iota(jnp.int32, size)
     rows = rows.at[jnp.where(is_first, slot, size)].set(sorted_ids, mode="drop")
-    # rows is strictly increasing (padding ids exceed every real id): binary search.
-    inverse = jnp.searchsorted(rows, flat, method="scan").astype(jnp.int32)
+    inverse = bucketed_search(rows, flat, vocab_size)
     return BatchRows(rows, inverse.reshape(ids.shape), slot[-1] + 1)
+
+
+def bucketed_search(rows: jax.Array, ids: jax.Array, vocab_size: int) -> jax.Array:
+    """Position of each of `ids` in `rows` (increasing; every id present; padding >= vocab_size).
+
+    A plain binary search over K slots takes log2(K) ~ 18 rounds of gathers over all
+    B*F ids (~5 ms per step on the 2-core CPU at K = 160k). Here ids are first bucketed
+    by their high bits, id >> s with 2^s ~ vocab_size / K, so there are about K buckets;
+    a histogram of `rows` by bucket and its cumulative sum give where each bucket starts,
+    and as a bucket spans 2^s ids it holds at most 2^s rows: s rounds of binary lifting
+    finish the search (0 rounds, a direct lookup, when vocab_size <= K; 6 at 10M rows,
+    batch 4096 x 39). Shapes and round count are static.
+    """
+    size = rows.shape[0]
+    shift = max(0, (vocab_size // max(size, 1)).bit_length() - 1)  # 2^shift <= V / K
+    num_buckets = ((vocab_size - 1) >> shift) + 1
+    real = rows < vocab_size
+    counts = jnp.zeros((num_buckets,), jnp.int32).at[
+        jnp.where(real, rows >> shift, num_buckets)].add(1, mode="drop")
+    starts = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts)])
+    position = jnp.take(starts, ids >> shift, mode="clip")
+    # Invariant: every row before `position` is < id; the id lies within 2^shift - 1 after.
+    for step in reversed(range(shift)):
+        probe = position + (1 << step) - 1
+        position = jnp.where(jnp.take(rows, probe, mode="clip") < ids, position + (1 << step),
+                             position)
+    return position.astype(jnp.int32)
 
 
 def take_rows(table: jax.Array, rows: jax.Array, axis: int = 0, *,

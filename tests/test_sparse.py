@@ -64,6 +64,22 @@ def test_batch_rows_with_duplicates():
     np.testing.assert_array_equal(written[untouched], table[untouched])  # padding dropped
 
 
+@pytest.mark.parametrize("vocab_size,num_ids,high", [
+    (10, 6, 10), (7, 40, 7), (1000, 40, 1000), (1000, 40, 12), (100_000, 300, 100_000),
+    (100_000, 300, 64), (2**20 + 3, 500, 2**20 + 3), (50, 2, 50)])
+def test_batch_rows_inverse_over_vocab_to_batch_ratios(vocab_size, num_ids, high):
+    """The bucketed search finds every id at every vocabulary / batch ratio (bucket widths
+    2^0 to 2^11), with clustered ids (many in one bucket) and the largest id."""
+    rng = np.random.default_rng(vocab_size + num_ids)
+    ids = rng.integers(max(0, high - 64) if high < vocab_size else 0, high, num_ids)
+    ids[0] = vocab_size - 1
+    rows = jax.jit(sparse.batch_rows, static_argnums=1)(jnp.asarray(ids, jnp.int32), vocab_size)
+    distinct = np.unique(ids)
+    assert int(rows.num_unique) == distinct.size
+    np.testing.assert_array_equal(rows.rows[:distinct.size], distinct)
+    np.testing.assert_array_equal(rows.rows[rows.inverse], ids)
+
+
 def numpy_row_update(kind, table, state, grads, lr):
     """Reference row optimizers on the rows `grads` (dict row -> gradient) touches."""
     table, state = table.copy(), {k: v.copy() for k, v in state.items()}
