@@ -4,8 +4,10 @@ The trainer's step (mlctr.mutual.make_train_step) for DeepFM (embedding 16, DNN 
 dropout 0.1, embedding L2 1e-5: bench_lib.BENCH_MODELS) at batch 4096 x 39 fields, with
 vocabularies of 10k, 1M and 10M rows, for 1 and 4 stacked peers, with dense optax Adam
 ('dense') and with sparse lazy Adam on the embedding rows ('lazy_adam', mlctr/sparse.py).
-Compilation is excluded. Every configuration is timed round-robin against the sparse 10k
-step of the same peer count, so `sparse_10m_over_10k` is a ratio measured side by side. At
+Compilation is excluded. Every timed step of a configuration comes right after one step
+of the sparse 10k run of the same peer count (the reference), and `sparse_10m_over_10k` is
+the median over those pairs of 10M step / reference step: a ratio measured side by side,
+robust to the load of a shared machine changing by tens of percent within a minute. At
 1M rows every timed step sits between two 4096x1024x1024 float32 matmuls; per step,
 efficiency = DNN FLOPs x examples/s / the matmul FLOP/s around it (the DNN's forward and
 backward matmuls, 3.42 MFLOP per example per peer: the arithmetic ceiling of this step), and
@@ -38,7 +40,8 @@ def main():
     parser.add_argument("--sparse_optimizer", default="lazy_adam",
                         choices=("lazy_adam", "adagrad", "sgd"))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per run per round")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="timed steps per run per round (rounds x steps pairs in all)")
     parser.add_argument("--skip_dense_above", type=int, default=0,
                         help="no dense step above this many rows (0: none skipped)")
     parser.add_argument("--quick", action="store_true")
@@ -70,25 +73,24 @@ def main():
                 else:
                     run = bench_lib.make_run(name, spec, vocab_size, embedding_optimizer=optimizer)
                 reference_start = len(reference.times)
-                step_efficiency, matmuls = [], []
-                for r in range(args.rounds):
-                    if run is not reference and r % 2 == 0:
-                        reference.run(args.steps)
-                    for _ in range(args.steps):
-                        if vocab_size == 1_000_000:
-                            # The matmul right before and after each step: the load of a
-                            # shared machine changes within seconds.
-                            before = bench_lib.matmul_seconds()
-                            run.run(1)
-                            after = bench_lib.matmul_seconds()
-                            rate = 2 * 4096 * 1024 * 1024 / (0.5 * (before + after))
-                            matmuls.append(rate)
-                            step_efficiency.append(flops_per_example * num_peers *
-                                                   bench_lib.BATCH_SIZE / run.times[-1] / rate)
-                        else:
-                            run.run(1)
-                    if run is not reference and r % 2 == 1:
-                        reference.run(args.steps)
+                step_efficiency, matmuls, pair_ratios = [], [], []
+                for _ in range(args.rounds * args.steps):
+                    if run is not reference:
+                        reference.run(1)
+                    if vocab_size == 1_000_000:
+                        # The matmul right before and after each step: the load of a
+                        # shared machine changes within seconds.
+                        before = bench_lib.matmul_seconds()
+                        run.run(1)
+                        after = bench_lib.matmul_seconds()
+                        rate = 2 * 4096 * 1024 * 1024 / (0.5 * (before + after))
+                        matmuls.append(rate)
+                        step_efficiency.append(flops_per_example * num_peers *
+                                               bench_lib.BATCH_SIZE / run.times[-1] / rate)
+                    else:
+                        run.run(1)
+                    if run is not reference:
+                        pair_ratios.append(run.times[-1] / reference.times[-1])
                 ms = 1e3 * run.step_seconds
                 step_ms[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = ms
                 faults[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = run.faults_per_step
@@ -98,7 +100,8 @@ def main():
                     reference_ms = 1e3 * float(np.median(reference.times[reference_start:]))
                     line += f"   | {reference.name} alongside: {reference_ms:.1f} ms"
                     if optimizer == args.sparse_optimizer and vocab_size == large:
-                        ratios[num_peers] = ms / reference_ms
+                        ratios[num_peers] = float(np.median(pair_ratios))
+                        line += f"   | ratio per pair: {' '.join(f'{q:.2f}' for q in pair_ratios)}"
                 if matmuls:
                     rate = float(np.median(matmuls))
                     matmul_rates.extend(matmuls)
