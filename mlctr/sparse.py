@@ -184,7 +184,7 @@ def _per_peer(table: jax.Array, axis: int) -> bool:
     On CPU, XLA's gather and scatter along axis 1 of [n, V, w] (one index list shared by
     the n peers) are ~2x slower than n gathers/scatters along axis 0 of the contiguous
     [V, w] slices: measured with 4 peers, 10M rows, K = 158k sorted rows, gather + update
-    + scatter: w = 33 (lazy Adam's packed state) 180-385 vs 79-91 ms, w = 16 60-62 vs
+    + scatter: w = 33 (lazy Adam's packed state) 180-385 vs 74-91 ms, w = 16 60-62 vs
     36-42 ms. Elsewhere (GPU/TPU, where the stacked arrays may be sharded over a peer
     mesh) one batched op is kept.
     """
