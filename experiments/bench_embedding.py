@@ -19,9 +19,10 @@ vocabulary size then peer count, `sparse_10m_over_10k` (4 peers; `_1peer` too),
 `matmul_gflops`, `page_faults_per_step` (minor faults; 0 once XLA's host buffers are reused,
 see mlctr/xla_cpu.py).
 
-  python experiments/bench_embedding.py            # ~15 min on 2 cores; 10M x 4 dense needs ~16 GB
+  python experiments/bench_embedding.py            # ~10 min on 2 cores; 10M x 4 dense needs ~16 GB
                                                    # (with <= 24 GB: MLCTR_HOST_ALLOCATOR=system
-                                                   # or --skip_dense_above=1000000; mlctr/xla_cpu.py)
+                                                   # or --skip_dense_above=1000000, ~4 min;
+                                                   # mlctr/xla_cpu.py)
   python experiments/bench_embedding.py --quick    # 1 round, no dense step at 10M rows
 """
 import argparse
