@@ -177,7 +177,7 @@ def bucketed_search(rows: jax.Array, ids: jax.Array, vocab_size: int) -> jax.Arr
     return position.astype(jnp.int32)
 
 
-def _per_peer(table: jax.Array, axis: int) -> bool:
+def _per_peer(axis: int) -> bool:
     """Whether a gather/scatter along axis 1 of stacked peers' [n, V, ...] arrays runs as
     one op per peer.
 
@@ -188,7 +188,7 @@ def _per_peer(table: jax.Array, axis: int) -> bool:
     36-42 ms. Elsewhere (GPU/TPU, where the stacked arrays may be sharded over a peer
     mesh) one batched op is kept.
     """
-    return axis == 1 and table.ndim >= 2 and jax.default_backend() == "cpu"
+    return axis == 1 and jax.default_backend() == "cpu"
 
 
 def take_rows(table: jax.Array, rows: jax.Array, axis: int = 0, *,
@@ -199,7 +199,7 @@ def take_rows(table: jax.Array, rows: jax.Array, axis: int = 0, *,
     gather is several times slower. `zero_padding=False` skips the select where the
     padding rows' values do not matter (optimizer state: their updates are dropped).
     """
-    if _per_peer(table, axis):
+    if _per_peer(axis):
         return jnp.stack([take_rows(table[i], rows, 0, zero_padding=zero_padding)
                           for i in range(table.shape[0])])
     gathered = jnp.take(table, rows, axis=axis, mode="clip")
@@ -218,7 +218,7 @@ def put_rows(table: jax.Array, rows: jax.Array, values: jax.Array, axis: int = 0
     in-place scatter.
     """
     values = values.astype(table.dtype)
-    if _per_peer(table, axis):
+    if _per_peer(axis):
         for i in range(table.shape[0]):
             table = table.at[i, rows].set(values[i], mode="drop", indices_are_sorted=True,
                                           unique_indices=True)
