@@ -103,10 +103,12 @@ class StepRun:
 
 def make_run(name: str, spec: str, vocab_size: int, *, embedding_optimizer: str = "dense",
              peer_execution: str = "auto", models=None, batches=None, alpha: float = 1.0,
-             warmup_steps: int = 1) -> StepRun:
-    """Builds peers `spec` over `vocab_size` rows, compiles the step and warms it up."""
+             warmup_steps: int = 1, dtype: str = "float32") -> StepRun:
+    """Builds peers `spec` over `vocab_size` rows, compiles the step and warms it up.
+    `dtype` is the models' compute dtype (mlctr's `compute_dtype`)."""
     models = models if models is not None else BENCH_MODELS
-    peers = mutual.build_peers(spec, models, vocab_size=vocab_size, num_fields=NUM_FIELDS)
+    peers = mutual.build_peers(spec, models, vocab_size=vocab_size, num_fields=NUM_FIELDS,
+                               dtype=dtype)
     optimizer = mutual.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
     state = mutual.init_state(peers, jax.random.PRNGKey(0),
                               jnp.zeros((2, NUM_FIELDS), jnp.int32), optimizer, 1e-3)

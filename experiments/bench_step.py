@@ -16,6 +16,7 @@ machine slows every variant alike. The last printed line is one JSON object with
   python experiments/bench_step.py --quick                          # ~2 min
   python experiments/bench_step.py --embedding_optimizer=lazy_adam  # sparse embedding rows
   python experiments/bench_step.py --peer_execution=vmap            # default: auto
+  python experiments/bench_step.py --compute_dtype=bfloat16         # GPU/TPU speed of bf16
 """
 import argparse
 import json
@@ -31,6 +32,8 @@ def main():
     parser.add_argument("--embedding_optimizer", default="dense",
                         choices=("dense", "lazy_adam", "adagrad", "sgd"))
     parser.add_argument("--peer_execution", default="auto", choices=("auto", "vmap", "unroll"))
+    parser.add_argument("--compute_dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="the models' compute dtype (bfloat16: for GPU/TPU)")
     parser.add_argument("--rounds", type=int, default=6, help="round-robin rounds")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per run per round")
     parser.add_argument("--quick", action="store_true", help="2 rounds of 1 step")
@@ -40,7 +43,7 @@ def main():
 
     print("machine:", bench_lib.machine(), flush=True)
     kwargs = dict(embedding_optimizer=args.embedding_optimizer,
-                  peer_execution=args.peer_execution,
+                  peer_execution=args.peer_execution, dtype=args.compute_dtype,
                   batches=bench_lib.make_batches(args.vocab_size))
     runs = {name: bench_lib.make_run(name, name, args.vocab_size, **kwargs) for name in PEERS}
     runs["mutual4"] = bench_lib.make_run("mutual4", ",".join(PEERS), args.vocab_size, **kwargs)
@@ -66,6 +69,7 @@ def main():
         "batch_size": bench_lib.BATCH_SIZE,
         "embedding_optimizer": args.embedding_optimizer,
         "peer_execution": args.peer_execution,
+        "compute_dtype": args.compute_dtype,
     }
     print(json.dumps(result))
 

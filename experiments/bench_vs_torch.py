@@ -66,7 +66,8 @@ def torch_worker(args):
                for f in range(NUM_FIELDS)]
     dnn = tuple(int(u) for u in args.dnn.split(","))
     common = dict(dnn_hidden_units=dnn, l2_reg_linear=L2 / 2, l2_reg_embedding=L2 / 2,
-                  l2_reg_dnn=0, dnn_dropout=DROPOUT, task="binary", device="cpu", seed=0)
+                  l2_reg_dnn=0, dnn_dropout=DROPOUT, task="binary", device=args.torch_device,
+                  seed=0)
     if args.model == "deepfm":
         model = DeepFM(columns, columns, **common)
     else:
@@ -74,8 +75,11 @@ def torch_worker(args):
                     l2_reg_cross=0, **common)
     model.compile(torch.optim.Adam(model.parameters(), lr=1e-3), "binary_crossentropy")
     model.train()
-    xs = [torch.from_numpy(x).float() for x in local_ids]
-    ys = [torch.from_numpy(y).float() for y in labels]
+    xs = [torch.from_numpy(x).float().to(args.torch_device) for x in local_ids]
+    ys = [torch.from_numpy(y).float().to(args.torch_device) for y in labels]
+    # On a GPU the step's backward and optimizer kernels run asynchronously: wait for them,
+    # as mlctr's timing waits for its step (block_until_ready).
+    sync = torch.cuda.synchronize if args.torch_device.startswith("cuda") else (lambda: None)
 
     def step(i):  # one iteration of BaseModel.fit
         x, y = xs[i % len(xs)], ys[i % len(ys)]
@@ -86,6 +90,7 @@ def torch_worker(args):
         total_loss.item()
         total_loss.backward()
         model.optim.step()
+        sync()
 
     position = 0
     for _ in range(2):  # warm-up
@@ -109,7 +114,7 @@ def torch_worker(args):
 class TorchWorker:
     """Handle on a worker process: `run(n)` times n steps there."""
 
-    def __init__(self, torch_python, model, dnn, batches_path, allocator="same"):
+    def __init__(self, torch_python, model, dnn, batches_path, allocator="same", device="cpu"):
         env = dict(os.environ)
         if allocator == "same":
             # The host allocator settings mlctr applies to itself (one arena, no mmap, no
@@ -119,7 +124,7 @@ class TorchWorker:
             env["GLIBC_TUNABLES"] = xla_cpu.HOST_ALLOCATOR_TUNABLES
         self.proc = subprocess.Popen(
             [torch_python, os.path.abspath(__file__), "--worker", f"--model={model}",
-             f"--dnn={dnn}", f"--batches={batches_path}"],
+             f"--dnn={dnn}", f"--batches={batches_path}", f"--torch_device={device}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
         self.times = []
@@ -162,6 +167,9 @@ def main():
                         help="timed steps per library per round (2)")
     parser.add_argument("--torch_allocator", default="same", choices=("same", "system"),
                         help="glibc settings of the torch worker: mlctr's own or the defaults")
+    parser.add_argument("--torch_device", default="auto",
+                        help="DeepCTR-Torch's device: cpu, cuda, cuda:N, or auto (cuda when "
+                             "JAX runs on a GPU, else cpu)")
     parser.add_argument("--quick", action="store_true",
                         help="DNN 400x3 and, unless given, 2 rounds of 1 step")
     args = parser.parse_args()
@@ -179,7 +187,10 @@ def main():
     import bench_lib
     import numpy as np
 
-    print("machine:", bench_lib.machine(), flush=True)
+    import jax
+    if args.torch_device == "auto":
+        args.torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    print("machine:", bench_lib.machine(), f"| DeepCTR-Torch on {args.torch_device}", flush=True)
     dnn = tuple(int(u) for u in args.dnn.split(","))
     rows_per_field = args.vocab_size // NUM_FIELDS
     vocab_size = rows_per_field * NUM_FIELDS
@@ -197,7 +208,7 @@ def main():
                  rows_per_field=rows_per_field)
         for name in args.models.split(","):
             worker = TorchWorker(args.torch_python, name, args.dnn, batches_path,
-                                 args.torch_allocator)
+                                 args.torch_allocator, args.torch_device)
             runs = [bench_lib.make_run(f"mlctr {name} {opt}", name, vocab_size, models=models,
                                        batches=batches, embedding_optimizer=opt)
                     for opt in ("dense", "lazy_adam")]
@@ -223,7 +234,8 @@ def main():
                          "dnn_hidden_units": list(dnn), "embedding_dim": EMBEDDING_DIM,
                          "net_dropout": DROPOUT, "torch": worker.info.get("torch"),
                          "torch_threads": worker.info.get("threads"),
-                         "torch_allocator": args.torch_allocator}
+                         "torch_allocator": args.torch_allocator,
+                         "torch_device": args.torch_device}
     print(json.dumps(results))
 
 
