@@ -26,7 +26,9 @@ def run_process(resumable, workdir, *extra_flags, interrupt=None):
     """Runs the trainer as its own process (`tests/interrupt_run.py` when interrupted)."""
     entry = ([os.path.join(resumable.REPO, "tests", "interrupt_run.py")] if interrupt
              else ["-m", "mlctr.main"])
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # The backend of this process (no JAX_PLATFORMS of its own): the resumed half of the run
+    # happens here, and a CPU half with a GPU half would not be bitwise identical.
+    env = dict(os.environ)
     if interrupt:
         env["MLCTR_TEST_INTERRUPT"] = interrupt
     return subprocess.run([sys.executable, *entry, *resumable.flags(workdir), *extra_flags],
