@@ -10,7 +10,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["mlctr", "mlctr.*"]),
     install_requires=[
-        "jax>=0.4.35,<0.11",
+        "jax>=0.4.35,<0.12",  # 0.10.2 (CPU, CI) and 0.11.2 (CUDA 13, H200) run here
         "flax>=0.10.0,<0.13",
         "optax>=0.2.3,<0.3",
         "orbax-checkpoint>=0.10,<0.13",
@@ -26,7 +26,8 @@ setuptools.setup(
         "plots": ["matplotlib>=3.8"],
         # Accelerator builds of jaxlib, installed by `launch.sh slurm` / `launch.sh tpu`
         # (MLCTR_EXTRAS overrides; MLCTR_NO_VENV=1 uses a cluster's own environment).
-        "cuda12": ["jax[cuda12]>=0.4.35,<0.11"],
-        "tpu": ["jax[tpu]>=0.4.35,<0.11"],
+        "cuda12": ["jax[cuda12]>=0.4.35,<0.12"],
+        "cuda13": ["jax[cuda13]>=0.7.0,<0.12"],  # CUDA 13 drivers (e.g. driver 580+)
+        "tpu": ["jax[tpu]>=0.4.35,<0.12"],
     },
 )
