@@ -121,17 +121,27 @@ class BatchRows(NamedTuple):
         return self.rows.shape[0]
 
 
-def batch_rows(ids: jax.Array, vocab_size: int) -> BatchRows:
+# `batch_rows` marks ids in a [vocab_size] presence array when the vocabulary is at most this
+# many times the batch's id count (the sort's cost grows with the ids, this one with the
+# vocabulary; measured on the 2-core CPU, batch 4096 x 39: 0.9 vs 9.7 ms at 10k rows,
+# 2.1 vs 12.1 at 100k, 8.0 vs 12.7 at 1M, 17.7 vs 12.6 at 3M).
+PRESENCE_MAX_RATIO = 8
+
+
+def batch_rows(ids: jax.Array, vocab_size: int, method: str = "auto") -> BatchRows:
     """The distinct ids of `ids` with static shapes (no host round trip).
 
-    One single-operand sort (XLA's CPU fast path; sorting (id, position) pairs to get the
-    inverse permutation is ~7x slower there), then `bucketed_search` finds each id among
-    the distinct ids. Nothing here depends on `vocab_size` beyond the padding values and
-    the search's bucket width.
+    Two ways, with identical results: 'presence' marks every id in a [vocab_size] array,
+    whose cumulative sum numbers the distinct ids in increasing order (O(vocab_size));
+    'sort' sorts the ids (one single-operand sort, XLA's CPU fast path: sorting (id,
+    position) pairs for the inverse is ~7x slower there) and `bucketed_search` finds each
+    id among the distinct ones (O(ids log ids)). 'auto' takes 'presence' when vocab_size
+    <= PRESENCE_MAX_RATIO x ids.size.
 
     Args:
       ids: int [..., F] feature ids in [0, vocab_size).
       vocab_size: rows of the tables; padding ids start there.
+      method: 'auto', 'presence' or 'sort'.
 
     Returns:
       BatchRows with K = min(ids.size, vocab_size) slots.
@@ -141,11 +151,22 @@ def batch_rows(ids: jax.Array, vocab_size: int) -> BatchRows:
     size = min(flat.shape[0], vocab_size)
     if vocab_size + size > jnp.iinfo(jnp.int32).max:
         raise ValueError(f"vocab_size {vocab_size} + batch ids {size} overflows int32")
+    if method == "auto":
+        method = "presence" if vocab_size <= PRESENCE_MAX_RATIO * flat.shape[0] else "sort"
+    padding = jnp.int32(vocab_size) + jax.lax.iota(jnp.int32, size)
+    if method == "presence":
+        present = jnp.zeros((vocab_size,), jnp.int32).at[flat].set(1, mode="drop")
+        slot_of_id = jnp.cumsum(present) - 1
+        inverse = jnp.take(slot_of_id, flat, mode="clip")
+        # Every slot < num_unique receives its id (duplicates write the same value).
+        rows = padding.at[inverse].set(flat, mode="drop")
+        return BatchRows(rows, inverse.reshape(ids.shape), slot_of_id[-1] + 1)
+    if method != "sort":
+        raise ValueError(f"batch_rows method must be 'auto', 'presence' or 'sort', got {method!r}")
     sorted_ids = jax.lax.sort(flat)
     is_first = jnp.concatenate([jnp.ones((1,), bool), sorted_ids[1:] != sorted_ids[:-1]])
     slot = jnp.cumsum(is_first.astype(jnp.int32)) - 1
-    rows = jnp.int32(vocab_size) + jax.lax.iota(jnp.int32, size)
-    rows = rows.at[jnp.where(is_first, slot, size)].set(sorted_ids, mode="drop")
+    rows = padding.at[jnp.where(is_first, slot, size)].set(sorted_ids, mode="drop")
     inverse = bucketed_search(rows, flat, vocab_size)
     return BatchRows(rows, inverse.reshape(ids.shape), slot[-1] + 1)
 

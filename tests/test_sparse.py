@@ -67,17 +67,35 @@ def test_batch_rows_with_duplicates():
 @pytest.mark.parametrize("vocab_size,num_ids,high", [
     (10, 6, 10), (7, 40, 7), (1000, 40, 1000), (1000, 40, 12), (100_000, 300, 100_000),
     (100_000, 300, 64), (2**20 + 3, 500, 2**20 + 3), (50, 2, 50)])
-def test_batch_rows_inverse_over_vocab_to_batch_ratios(vocab_size, num_ids, high):
-    """The bucketed search finds every id at every vocabulary / batch ratio (bucket widths
-    2^0 to 2^11), with clustered ids (many in one bucket) and the largest id."""
+@pytest.mark.parametrize("method", ["sort", "presence"])
+def test_batch_rows_inverse_over_vocab_to_batch_ratios(vocab_size, num_ids, high, method):
+    """Both ways find every id at every vocabulary / batch ratio (the sort's bucketed search
+    with bucket widths 2^0 to 2^11), with clustered ids (many in one bucket) and the largest
+    id; the padding after the distinct ids is vocab_size + position."""
     rng = np.random.default_rng(vocab_size + num_ids)
     ids = rng.integers(max(0, high - 64) if high < vocab_size else 0, high, num_ids)
     ids[0] = vocab_size - 1
-    rows = jax.jit(sparse.batch_rows, static_argnums=1)(jnp.asarray(ids, jnp.int32), vocab_size)
+    rows = jax.jit(sparse.batch_rows, static_argnums=(1, 2))(
+        jnp.asarray(ids, jnp.int32), vocab_size, method)
     distinct = np.unique(ids)
+    size = min(num_ids, vocab_size)
     assert int(rows.num_unique) == distinct.size
     np.testing.assert_array_equal(rows.rows[:distinct.size], distinct)
+    np.testing.assert_array_equal(rows.rows[distinct.size:],
+                                  vocab_size + np.arange(distinct.size, size))
     np.testing.assert_array_equal(rows.rows[rows.inverse], ids)
+
+
+def test_batch_rows_auto_picks_by_vocabulary_to_batch_ratio():
+    """'auto' equals the way it picks: presence up to PRESENCE_MAX_RATIO x the ids, then sort."""
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 100, (4, 5)), jnp.int32)
+    for vocab_size, expected in [(100, "presence"), (20 * sparse.PRESENCE_MAX_RATIO, "presence"),
+                                 (20 * sparse.PRESENCE_MAX_RATIO + 1, "sort")]:
+        auto = jax.make_jaxpr(sparse.batch_rows, static_argnums=(1,))(ids, vocab_size)
+        chosen = jax.make_jaxpr(sparse.batch_rows, static_argnums=(1, 2))(ids, vocab_size, expected)
+        assert str(auto) == str(chosen), vocab_size
+    with pytest.raises(ValueError, match="method"):
+        sparse.batch_rows(ids, 100, "hash")
 
 
 def numpy_row_update(kind, table, state, grads, lr):
