@@ -67,7 +67,7 @@ def test_batch_rows_with_duplicates():
 @pytest.mark.parametrize("vocab_size,num_ids,high", [
     (10, 6, 10), (7, 40, 7), (1000, 40, 1000), (1000, 40, 12), (100_000, 300, 100_000),
     (100_000, 300, 64), (2**20 + 3, 500, 2**20 + 3), (50, 2, 50)])
-@pytest.mark.parametrize("method", ["sort", "presence"])
+@pytest.mark.parametrize("method", ["sort", "bitmap"])
 def test_batch_rows_inverse_over_vocab_to_batch_ratios(vocab_size, num_ids, high, method):
     """Both ways find every id at every vocabulary / batch ratio (the sort's bucketed search
     with bucket widths 2^0 to 2^11), with clustered ids (many in one bucket) and the largest
@@ -87,10 +87,10 @@ def test_batch_rows_inverse_over_vocab_to_batch_ratios(vocab_size, num_ids, high
 
 
 def test_batch_rows_auto_picks_by_vocabulary_to_batch_ratio():
-    """'auto' equals the way it picks: presence up to PRESENCE_MAX_RATIO x the ids, then sort."""
+    """'auto' equals the way it picks: bitmap up to BITMAP_MAX_RATIO x the ids, then sort."""
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 100, (4, 5)), jnp.int32)
-    for vocab_size, expected in [(100, "presence"), (20 * sparse.PRESENCE_MAX_RATIO, "presence"),
-                                 (20 * sparse.PRESENCE_MAX_RATIO + 1, "sort")]:
+    for vocab_size, expected in [(100, "bitmap"), (20 * sparse.BITMAP_MAX_RATIO, "bitmap"),
+                                 (20 * sparse.BITMAP_MAX_RATIO + 1, "sort")]:
         auto = jax.make_jaxpr(sparse.batch_rows, static_argnums=(1,))(ids, vocab_size)
         chosen = jax.make_jaxpr(sparse.batch_rows, static_argnums=(1, 2))(ids, vocab_size, expected)
         assert str(auto) == str(chosen), vocab_size
