@@ -415,7 +415,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
             state["params"], state["opt_state"], batch, loss_fn)
         if row_sparse:
             # Only the rows of this batch are read, differentiated and written
-            # (mlctr/sparse.py). One sort serves every peer: they share the batch.
+            # (mlctr/sparse.py). One batch_rows serves every peer: they share the batch.
             rows = sparse.batch_rows(batch["ids"], vocab_size)
             params = tuple(sparse.take_table_rows(p, rows.rows, axis=1) for p in params)
             opt_state = tuple(optimizer.take_state_rows(o, rows.rows, axis=1) for o in opt_state)

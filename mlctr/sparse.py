@@ -9,8 +9,9 @@ How a sparse step works (see `mutual.make_train_step`):
   1. `batch_rows(ids, vocab_size)`: the distinct ids of the batch, sorted, padded to the
      static size K = min(B*F, vocab_size) with out-of-range ids (vocab_size + position, so
      the list stays increasing and distinct), and `inverse`, the position of each id in
-     it. Computed once per step: all peers share the batch, so one sort serves every peer
-     and every table.
+     it (by a bitmap of the vocabulary or by a sort, whichever is cheaper for its size).
+     Computed once per step: all peers share the batch, so it serves every peer and every
+     table.
   2. `take_rows`: every table [V, d] becomes its K gathered rows [K, d] (padding rows read
      as 0, so they add nothing to the L2 penalty or the gradient norm), every
      row-optimizer state leaf likewise. The model runs as
