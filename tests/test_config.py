@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mlctr import mutual
-from mlctr.configs import bars, default, tiny
+from mlctr.configs import bars, default, tiny, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,3 +44,90 @@ def test_bars_configs_build_every_model(dataset):
     assert config.train.batch_size == 10000 and config.data.dataset == dataset
     peers = mutual.build_peers(",".join(config.models), config.models, vocab_size=50, num_fields=3)
     assert "fibinet" in peers.names
+
+
+@pytest.mark.parametrize("get_config", [default.get_config, tiny.get_config,
+                                        lambda: bars.get_config("criteo"),
+                                        lambda: bars.get_config("avazu")])
+def test_validate_accepts_the_shipped_configs(get_config):
+    validate.validate(get_config())
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("train.batch_size", -5, "must be an integer > 0"),
+    ("train.batch_size", 0, "must be an integer > 0"),
+    ("train.num_epochs", 0, "must be an integer > 0"),
+    ("train.max_steps", -1, ">= 0"),
+    ("train.eval_batch_size", 0, "> 0"),
+    ("train.eval_steps", -3, ">= 0"),
+    ("train.log_steps", 0, "> 0"),
+    ("train.patience", 0, ">= 1"),
+    ("train.monitor", "accuracy", "must be one of"),
+    ("checkpoint.ckpt_steps", -1, ">= 0"),
+    ("checkpoint.keep", 0, ">= 1"),
+    ("mutual.alpha", -1.0, ">= 0"),
+    ("mutual.alpha", float("nan"), "finite"),
+    ("mutual.divergence", "js", "must be one of"),
+    ("mutual.warmup_steps", -1, ">= 0"),
+    ("mutual.peer_execution", "pmap", "must be one of"),
+    ("optimizer.learning_rate", 0.0, "> 0"),
+    ("optimizer.lr_decay_factor", 0.0, "(0, 1]"),
+    ("optimizer.lr_decay_factor", 1.5, "(0, 1]"),
+    ("optimizer.b2", 1.0, "[0, 1)"),
+    ("optimizer.embedding_optimizer", "adam", "must be one of"),
+    ("finetune.learning_rate", -1e-4, "> 0"),
+    ("finetune.patience", 0, ">= 1"),
+    ("finetune.num_epochs", 0, "> 0"),
+    ("mode", "pretrain", "must be one of"),
+    ("data.dataset", "kdd12", "must be one of"),
+    ("data.protocol", "x1", "must be one of"),
+    ("mesh.data", 0, "-1"),
+    ("compute_dtype", "int8", "must be one of"),
+])
+def test_validate_names_the_key_and_value(key, value, says):
+    config = tiny.get_config()
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+    with pytest.raises(ValueError) as e:
+        validate.validate(config)
+    message = str(e.value)
+    assert message.startswith(f"config.{key}: ") and "\n" not in message
+    assert says in message and f"(got {value!r})" in message
+
+
+@pytest.mark.parametrize("peers,says", [
+    ("", "no peers"),
+    (" , ", "no peers"),
+    ("deepfm*0", "COUNT >= 1"),
+    ("deepfm*x", "COUNT >= 1"),
+    ("deepfm,transformer", "'transformer' has no hyperparameter set"),
+])
+def test_validate_peer_spec(peers, says):
+    config = tiny.get_config()
+    config.peers = peers
+    with pytest.raises(ValueError, match=r"^config\.peers: ") as e:
+        validate.validate(config)
+    assert says in str(e.value)
+
+
+def test_validate_frozen_peers_and_min_learning_rate():
+    config = tiny.get_config("peers=deepfm*2")
+    config.mutual.frozen_peers = "deepfm_0"
+    validate.validate(config)  # one teacher, one student: fine
+    config.mutual.frozen_peers = "deepfm"
+    with pytest.raises(ValueError, match=r"^config\.mutual\.frozen_peers: names unknown"):
+        validate.validate(config)
+    config.mutual.frozen_peers = "deepfm_0,deepfm_1"
+    with pytest.raises(ValueError, match="freezes every peer"):
+        validate.validate(config)
+    config.mutual.frozen_peers = ""
+    config.optimizer.min_learning_rate = 1.0
+    with pytest.raises(ValueError, match=r"^config\.optimizer\.min_learning_rate: must not"):
+        validate.validate(config)
+
+
+def test_validate_synthetic_needs_rows():
+    config = tiny.get_config()
+    config.data.num_rows = 0
+    with pytest.raises(ValueError, match=r"^config\.data\.num_rows: "):
+        validate.validate(config)

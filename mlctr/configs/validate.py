@@ -1,0 +1,178 @@
+"""validate(config): nonsense settings fail at the start with one line naming the key.
+
+A locked ConfigDict already rejects misspelled keys and wrong types; this checks the
+values: `train.batch_size=-5` or `num_epochs=0` would otherwise run 0 steps and write a
+results table of untrained models, `mutual.alpha=-1` would push peers apart, and
+`log_steps=0` would end in a ZeroDivisionError deep in the loop. Each error reads
+`config.<key>: <what is wrong> (got <value>)`.
+
+Keys a config does not have are skipped: the trainer names a missing key itself.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+_MISSING = object()
+
+# The legal names, from the modules that interpret them.
+DATASETS = ("criteo", "avazu", "synthetic")          # mlctr/data/prepare.py
+PROTOCOLS = ("x4_001", "x4_002")                     # mlctr/data/prepare.py
+MODES = ("train", "finetune_study")                  # mlctr/main.py
+MONITORS = ("auc", "auc-logloss")                    # mlctr/metrics.py
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _non_negative_int(v) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _positive_number(v) -> bool:
+    return _is_number(v) and v > 0
+
+
+def _non_negative_number(v) -> bool:
+    return _is_number(v) and v >= 0
+
+
+def _one_of(names) -> Callable[[Any], bool]:
+    return lambda v: v in names
+
+
+def _devices(v) -> bool:
+    return _is_int(v) and (v == -1 or v >= 1)
+
+
+def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
+    """(key, is_legal, what a legal value is) for every field with a value constraint."""
+    from mlctr import mutual
+    from mlctr import sparse
+
+    return [
+        ("mode", _one_of(MODES), f"must be one of {MODES}"),
+        ("seed", _is_int, "must be an integer"),
+        ("data.dataset", _one_of(DATASETS), f"must be one of {DATASETS}"),
+        ("data.protocol", _one_of(PROTOCOLS), f"must be one of {PROTOCOLS}"),
+        ("data.num_rows", _non_negative_int, "must be an integer >= 0"),
+        ("compute_dtype", _one_of(COMPUTE_DTYPES), f"must be one of {COMPUTE_DTYPES}"),
+        ("mutual.alpha", _non_negative_number, "must be a finite number >= 0 (0: independent)"),
+        ("mutual.divergence", _one_of(mutual.DIVERGENCES),
+         f"must be one of {mutual.DIVERGENCES}"),
+        ("mutual.warmup_steps", _non_negative_int, "must be an integer >= 0"),
+        ("mutual.peer_execution", _one_of(mutual.PEER_EXECUTIONS),
+         f"must be one of {mutual.PEER_EXECUTIONS}"),
+        ("optimizer.learning_rate", _positive_number, "must be a finite number > 0"),
+        ("optimizer.b1", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
+        ("optimizer.b2", lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)"),
+        ("optimizer.eps", _positive_number, "must be a finite number > 0"),
+        ("optimizer.grad_clip_norm", _non_negative_number, "must be a number >= 0 (0: off)"),
+        ("optimizer.lr_decay_factor", lambda v: _is_number(v) and 0 < v <= 1,
+         "must be in (0, 1] (1: no decay)"),
+        ("optimizer.min_learning_rate", _non_negative_number, "must be a number >= 0"),
+        ("optimizer.embedding_optimizer", _one_of(sparse.EMBEDDING_OPTIMIZERS),
+         f"must be one of {sparse.EMBEDDING_OPTIMIZERS}"),
+        ("train.batch_size", _positive_int, "must be an integer > 0"),
+        ("train.num_epochs", _positive_int, "must be an integer > 0"),
+        ("train.max_steps", _non_negative_int, "must be an integer >= 0 (0: no limit)"),
+        ("train.eval_steps", _non_negative_int, "must be an integer >= 0 (0: every epoch)"),
+        ("train.eval_batch_size", _positive_int, "must be an integer > 0"),
+        ("train.patience", _positive_int, "must be an integer >= 1"),
+        ("train.monitor", _one_of(MONITORS), f"must be one of {MONITORS}"),
+        ("train.log_steps", _positive_int, "must be an integer > 0"),
+        ("checkpoint.ckpt_steps", _non_negative_int,
+         "must be an integer >= 0 (0: only at the end and on SIGTERM)"),
+        ("checkpoint.keep", _positive_int, "must be an integer >= 1"),
+        ("mesh.data", _devices, "must be -1 (all remaining devices) or an integer >= 1"),
+        ("mesh.peer", _devices, "must be -1 (all remaining devices) or an integer >= 1"),
+        ("finetune.learning_rate", _positive_number, "must be a finite number > 0"),
+        ("finetune.num_epochs", _positive_int, "must be an integer > 0"),
+        ("finetune.max_steps", _non_negative_int, "must be an integer >= 0 (0: no limit)"),
+        ("finetune.eval_steps", _non_negative_int, "must be an integer >= 0 (0: every epoch)"),
+        ("finetune.patience", _positive_int, "must be an integer >= 1"),
+    ]
+
+
+def _get(config, key: str):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _fail(key: str, what: str, value) -> None:
+    raise ValueError(f"config.{key}: {what} (got {value!r})")
+
+
+def _validate_peers(config) -> None:
+    """The peer spec parses, names known model sets, and frozen_peers names its peers."""
+    from mlctr import models as model_zoo
+    from mlctr import mutual
+
+    spec, models = _get(config, "peers"), _get(config, "models")
+    if spec is _MISSING or models is _MISSING:
+        return
+    try:
+        keys = mutual.parse_peer_spec(spec)
+    except ValueError as e:
+        _fail("peers", f"{e} (e.g. deepfm+dcn or deepfm*4)", spec)
+    for key in dict.fromkeys(keys):
+        if key not in models:
+            _fail("peers", f"peer {key!r} has no hyperparameter set in config.models "
+                  f"(known: {', '.join(sorted(models))})", spec)
+        arch = models[key].get("model", key)
+        if str(arch).lower() not in model_zoo.MODELS:
+            _fail(f"models.{key}.model", f"unknown model; known: {', '.join(sorted(model_zoo.MODELS))}",
+                  arch)
+    counts = {key: keys.count(key) for key in keys}
+    names = [name for key, n in counts.items()
+             for name in ([key] if n == 1 else [f"{key}_{k}" for k in range(n)])]
+    frozen = _get(config, "mutual.frozen_peers")
+    if isinstance(frozen, str):
+        unknown = [n.strip() for n in frozen.split(",") if n.strip() and n.strip() not in names]
+        if unknown:
+            _fail("mutual.frozen_peers", f"names unknown peer(s) {unknown}; peers: {names}",
+                  frozen)
+        if set(n.strip() for n in frozen.split(",")) >= set(names) and not _get(
+                config, "init_from"):
+            _fail("mutual.frozen_peers", "freezes every peer of a fresh run, so nothing would "
+                  "train", frozen)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every setting's value; returns None when the config makes sense.
+
+    Args:
+        config: a run config (see mlctr/configs/default.py).
+
+    Raises:
+        ValueError: one line, `config.<key>: <what is wrong> (got <value>)`, for the
+            first nonsense setting found.
+    """
+    for key, is_legal, what in _rules():
+        value = _get(config, key)
+        if value is not _MISSING and not is_legal(value):
+            _fail(key, what, value)
+    _validate_peers(config)
+    if _get(config, "data.dataset") == "synthetic" and _get(config, "data.num_rows") == 0:
+        _fail("data.num_rows", "must be > 0 for the synthetic dataset (rows generated)", 0)
+    lr, min_lr = _get(config, "optimizer.learning_rate"), _get(config, "optimizer.min_learning_rate")
+    if _is_number(lr) and _is_number(min_lr) and min_lr > lr:
+        _fail("optimizer.min_learning_rate",
+              f"must not exceed optimizer.learning_rate ({lr}): a decay would raise the rate",
+              min_lr)
