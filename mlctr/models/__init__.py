@@ -42,42 +42,42 @@ _STRUCTURAL_FIELDS = ('vocab_size', 'num_fields', 'parent', 'name')
 
 
 def _model_class(name: str) -> type:
-  try:
-    return MODELS[name.lower()]
-  except KeyError:
-    raise ValueError(f'Unknown model {name!r}; known models: {sorted(MODELS)}') from None
+    try:
+        return MODELS[name.lower()]
+    except KeyError:
+        raise ValueError(f'Unknown model {name!r}; known models: {sorted(MODELS)}') from None
 
 
 def model_hparam_names(name: str) -> list[str]:
-  """Hyperparameter names accepted by model ``name`` (everything but vocab_size/num_fields)."""
-  return [f.name for f in dataclasses.fields(_model_class(name))
-          if f.init and f.name not in _STRUCTURAL_FIELDS]
+    """Hyperparameter names accepted by model ``name`` (everything but vocab_size/num_fields)."""
+    return [f.name for f in dataclasses.fields(_model_class(name))
+            if f.init and f.name not in _STRUCTURAL_FIELDS]
 
 
 def create_model(name: str, *, vocab_size: int, num_fields: int, **hparams: Any) -> nn.Module:
-  """Builds a registered model, rejecting unknown hyperparameters.
+    """Builds a registered model, rejecting unknown hyperparameters.
 
-  Args:
-    name: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``/``opnn``, ...).
-    vocab_size: rows of the concatenated embedding table (all fields).
-    num_fields: number of feature fields F.
-    **hparams: hyperparameters with BARS/FuxiCTR names; lists become tuples.
+    Args:
+      name: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``/``opnn``, ...).
+      vocab_size: rows of the concatenated embedding table (all fields).
+      num_fields: number of feature fields F.
+      **hparams: hyperparameters with BARS/FuxiCTR names; lists become tuples.
 
-  Returns:
-    The unbound module.
+    Returns:
+      The unbound module.
 
-  Raises:
-    ValueError: unknown model name or unknown hyperparameter(s).
-  """
-  cls = _model_class(name)
-  valid = model_hparam_names(name)
-  unknown = sorted(set(hparams) - set(valid))
-  if unknown:
-    raise ValueError(f'Unknown hyperparameter(s) {unknown} for model {name!r}; '
-                     f'valid: {valid}')
-  fixed_product = {'ipnn': 'inner', 'opnn': 'outer'}.get(name.lower())
-  if fixed_product and hparams.get('product_type', fixed_product) != fixed_product:
-    raise ValueError(f'Model {name!r} fixes product_type={fixed_product!r}; '
-                     f'use "pnn" to choose product_type={hparams["product_type"]!r}')
-  hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-  return cls(vocab_size=vocab_size, num_fields=num_fields, **hparams)
+    Raises:
+      ValueError: unknown model name or unknown hyperparameter(s).
+    """
+    cls = _model_class(name)
+    valid = model_hparam_names(name)
+    unknown = sorted(set(hparams) - set(valid))
+    if unknown:
+        raise ValueError(f'Unknown hyperparameter(s) {unknown} for model {name!r}; '
+                         f'valid: {valid}')
+    fixed_product = {'ipnn': 'inner', 'opnn': 'outer'}.get(name.lower())
+    if fixed_product and hparams.get('product_type', fixed_product) != fixed_product:
+        raise ValueError(f'Model {name!r} fixes product_type={fixed_product!r}; '
+                         f'use "pnn" to choose product_type={hparams["product_type"]!r}')
+    hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
+    return cls(vocab_size=vocab_size, num_fields=num_fields, **hparams)

@@ -107,22 +107,22 @@ _ALIASES = {'ipnn': 'pnn'}
 
 
 def bars_hparams(model: str, dataset: str) -> dict[str, Any]:
-  """BARS hyperparameters of ``model`` on ``dataset``, ready for ``create_model(**...)``.
+    """BARS hyperparameters of ``model`` on ``dataset``, ready for ``create_model(**...)``.
 
-  Args:
-    model: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``, ``fibinet``, ...).
-    dataset: ``criteo_x4_001`` or ``avazu_x4_001``.
+    Args:
+      model: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``, ``fibinet``, ...).
+      dataset: ``criteo_x4_001`` or ``avazu_x4_001``.
 
-  Returns:
-    A fresh dict of hyperparameters (tuples for layer widths).
+    Returns:
+      A fresh dict of hyperparameters (tuples for layer widths).
 
-  Raises:
-    ValueError: no BARS setting for this model or dataset (e.g. ``opnn``: BARS has no OPNN).
-  """
-  key = _ALIASES.get(model.lower(), model.lower())
-  if key not in _BARS:
-    raise ValueError(f'No BARS hyperparameters for model {model!r}; have {sorted(_BARS)} '
-                     f'(+ aliases {sorted(_ALIASES)})')
-  if dataset not in _BARS[key]:
-    raise ValueError(f'No BARS hyperparameters for dataset {dataset!r}; have {list(DATASETS)}')
-  return dict(_BARS[key][dataset])
+    Raises:
+      ValueError: no BARS setting for this model or dataset (e.g. ``opnn``: BARS has no OPNN).
+    """
+    key = _ALIASES.get(model.lower(), model.lower())
+    if key not in _BARS:
+        raise ValueError(f'No BARS hyperparameters for model {model!r}; have {sorted(_BARS)} '
+                         f'(+ aliases {sorted(_ALIASES)})')
+    if dataset not in _BARS[key]:
+        raise ValueError(f'No BARS hyperparameters for dataset {dataset!r}; have {list(DATASETS)}')
+    return dict(_BARS[key][dataset])

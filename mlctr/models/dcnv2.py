@@ -25,53 +25,53 @@ MODEL_STRUCTURES = ('crossnet_only', 'stacked', 'parallel', 'stacked_parallel')
 
 
 class DCNv2(nn.Module):
-  """DCN-V2 / DCN-Mix."""
+    """DCN-V2 / DCN-Mix."""
 
-  vocab_size: int
-  num_fields: int
-  embedding_dim: int = 16
-  stacked_dnn_hidden_units: Sequence[int] = (500, 500, 500)
-  parallel_dnn_hidden_units: Sequence[int] = (1000, 1000, 1000, 1000, 1000)
-  net_dropout: float = 0.1
-  batch_norm: bool = True
-  num_cross_layers: int = 3
-  model_structure: str = 'parallel'
-  use_low_rank_mixture: bool = False
-  low_rank: int = 32
-  num_experts: int = 4
-  embedding_regularizer: float = 1e-5
-  net_regularizer: float = 0.0
-  dtype: Any = jnp.float32
+    vocab_size: int
+    num_fields: int
+    embedding_dim: int = 16
+    stacked_dnn_hidden_units: Sequence[int] = (500, 500, 500)
+    parallel_dnn_hidden_units: Sequence[int] = (1000, 1000, 1000, 1000, 1000)
+    net_dropout: float = 0.1
+    batch_norm: bool = True
+    num_cross_layers: int = 3
+    model_structure: str = 'parallel'
+    use_low_rank_mixture: bool = False
+    low_rank: int = 32
+    num_experts: int = 4
+    embedding_regularizer: float = 1e-5
+    net_regularizer: float = 0.0
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Args: ids int32 [B, F] global ids. Returns float32 logits [B]."""
-    if self.model_structure not in MODEL_STRUCTURES:
-      raise ValueError(f'model_structure must be one of {MODEL_STRUCTURES}, '
-                       f'got {self.model_structure!r}')
-    feature_emb = FeatureEmbedding(self.vocab_size, self.embedding_dim, dtype=self.dtype,
-                                   name='embedding')(ids)
-    flat_emb = feature_emb.reshape(ids.shape[0], -1)
-    if self.use_low_rank_mixture:
-      cross = CrossNetMix(self.num_cross_layers, self.low_rank, self.num_experts,
-                          dtype=self.dtype, name='cross_net')
-    else:
-      cross = CrossNetV2(self.num_cross_layers, dtype=self.dtype, name='cross_net')
-    cross_out = cross(flat_emb)
+    @nn.compact
+    def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        """Args: ids int32 [B, F] global ids. Returns float32 logits [B]."""
+        if self.model_structure not in MODEL_STRUCTURES:
+            raise ValueError(f'model_structure must be one of {MODEL_STRUCTURES}, '
+                             f'got {self.model_structure!r}')
+        feature_emb = FeatureEmbedding(self.vocab_size, self.embedding_dim, dtype=self.dtype,
+                                       name='embedding')(ids)
+        flat_emb = feature_emb.reshape(ids.shape[0], -1)
+        if self.use_low_rank_mixture:
+            cross = CrossNetMix(self.num_cross_layers, self.low_rank, self.num_experts,
+                                dtype=self.dtype, name='cross_net')
+        else:
+            cross = CrossNetV2(self.num_cross_layers, dtype=self.dtype, name='cross_net')
+        cross_out = cross(flat_emb)
 
-    def dnn(units, name, x):
-      return MLPBlock(units, self.net_dropout, self.batch_norm, dtype=self.dtype,
-                      name=name)(x, train=train)
+        def dnn(units, name, x):
+            return MLPBlock(units, self.net_dropout, self.batch_norm, dtype=self.dtype,
+                            name=name)(x, train=train)
 
-    if self.model_structure == 'crossnet_only':
-      final = cross_out
-    elif self.model_structure == 'stacked':
-      final = dnn(self.stacked_dnn_hidden_units, 'stacked_dnn', cross_out)
-    elif self.model_structure == 'parallel':
-      final = jnp.concatenate(
-          [cross_out, dnn(self.parallel_dnn_hidden_units, 'parallel_dnn', flat_emb)], axis=-1)
-    else:
-      final = jnp.concatenate(
-          [dnn(self.stacked_dnn_hidden_units, 'stacked_dnn', cross_out),
-           dnn(self.parallel_dnn_hidden_units, 'parallel_dnn', flat_emb)], axis=-1)
-    return Linear(1, dtype=self.dtype, name='fc')(final)[:, 0].astype(jnp.float32)
+        if self.model_structure == 'crossnet_only':
+            final = cross_out
+        elif self.model_structure == 'stacked':
+            final = dnn(self.stacked_dnn_hidden_units, 'stacked_dnn', cross_out)
+        elif self.model_structure == 'parallel':
+            final = jnp.concatenate(
+                [cross_out, dnn(self.parallel_dnn_hidden_units, 'parallel_dnn', flat_emb)], axis=-1)
+        else:
+            final = jnp.concatenate(
+                [dnn(self.stacked_dnn_hidden_units, 'stacked_dnn', cross_out),
+                 dnn(self.parallel_dnn_hidden_units, 'parallel_dnn', flat_emb)], axis=-1)
+        return Linear(1, dtype=self.dtype, name='fc')(final)[:, 0].astype(jnp.float32)

@@ -12,21 +12,21 @@ from mlctr.models.layers.embedding import LinearTerm
 
 
 class LR(nn.Module):
-  """Logistic regression over one-hot fields.
+    """Logistic regression over one-hot fields.
 
-  Defaults are BARS Criteo_x4_001; BARS (FuxiCTR v1) sets one ``regularizer`` for both
-  ``embedding_regularizer`` and ``net_regularizer``.
-  """
+    Defaults are BARS Criteo_x4_001; BARS (FuxiCTR v1) sets one ``regularizer`` for both
+    ``embedding_regularizer`` and ``net_regularizer``.
+    """
 
-  vocab_size: int
-  num_fields: int
-  embedding_regularizer: float = 1e-7
-  net_regularizer: float = 1e-7
-  dtype: Any = jnp.float32
+    vocab_size: int
+    num_fields: int
+    embedding_regularizer: float = 1e-7
+    net_regularizer: float = 1e-7
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """Args: ids int32 [B, F] global ids. Returns float32 logits [B]."""
-    del train  # No dropout or batch norm.
-    return LinearTerm(self.vocab_size, use_bias=True, dtype=self.dtype,
-                      name='linear')(ids).astype(jnp.float32)
+    @nn.compact
+    def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        """Args: ids int32 [B, F] global ids. Returns float32 logits [B]."""
+        del train  # No dropout or batch norm.
+        return LinearTerm(self.vocab_size, use_bias=True, dtype=self.dtype,
+                          name='linear')(ids).astype(jnp.float32)

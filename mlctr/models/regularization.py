@@ -23,29 +23,29 @@ import jax.numpy as jnp
 
 
 def l2_penalty(model: nn.Module, params) -> jnp.ndarray:
-  """FuxiCTR-style L2 penalty of one model's parameters.
+    """FuxiCTR-style L2 penalty of one model's parameters.
 
-  Args:
-    model: the model (reads ``embedding_regularizer`` and ``net_regularizer``).
-    params: its ``params`` collection (with or without a top-level ``'params'`` key).
+    Args:
+      model: the model (reads ``embedding_regularizer`` and ``net_regularizer``).
+      params: its ``params`` collection (with or without a top-level ``'params'`` key).
 
-  Returns:
-    float32 scalar.
-  """
-  if isinstance(params, dict) and set(params.keys()) == {'params'}:
-    params = params['params']
-  embedding_sq = jnp.zeros((), jnp.float32)
-  net_sq = jnp.zeros((), jnp.float32)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    name = getattr(path[-1], 'key', None)
-    sq = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-    if name == 'embedding_table':
-      embedding_sq = embedding_sq + sq
-    else:
-      net_sq = net_sq + sq
-  penalty = jnp.zeros((), jnp.float32)
-  if model.embedding_regularizer:
-    penalty = penalty + model.embedding_regularizer / 2 * embedding_sq
-  if model.net_regularizer:
-    penalty = penalty + model.net_regularizer / 2 * net_sq
-  return penalty
+    Returns:
+      float32 scalar.
+    """
+    if isinstance(params, dict) and set(params.keys()) == {'params'}:
+        params = params['params']
+    embedding_sq = jnp.zeros((), jnp.float32)
+    net_sq = jnp.zeros((), jnp.float32)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = getattr(path[-1], 'key', None)
+        sq = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+        if name == 'embedding_table':
+            embedding_sq = embedding_sq + sq
+        else:
+            net_sq = net_sq + sq
+    penalty = jnp.zeros((), jnp.float32)
+    if model.embedding_regularizer:
+        penalty = penalty + model.embedding_regularizer / 2 * embedding_sq
+    if model.net_regularizer:
+        penalty = penalty + model.net_regularizer / 2 * net_sq
+    return penalty

@@ -21,32 +21,32 @@ BILINEAR_TYPES = ('field_all', 'field_each', 'field_interaction')
 
 
 class BilinearInteraction(nn.Module):
-  """[B, F, D] -> [B, F*(F-1)/2, D]; param ``bilinear_W``."""
+    """[B, F, D] -> [B, F*(F-1)/2, D]; param ``bilinear_W``."""
 
-  bilinear_type: str = 'field_interaction'
-  dtype: Any = jnp.float32
+    bilinear_type: str = 'field_interaction'
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
-    num_fields, dim = feature_emb.shape[1], feature_emb.shape[2]
-    feature_emb = feature_emb.astype(self.dtype)
-    if self.bilinear_type == 'field_all':
-      shape = (dim, dim)
-    elif self.bilinear_type == 'field_each':
-      shape = (num_fields, dim, dim)
-    elif self.bilinear_type == 'field_interaction':
-      shape = (num_fields * (num_fields - 1) // 2, dim, dim)
-    else:
-      raise ValueError(f'bilinear_type must be one of {BILINEAR_TYPES}, '
-                       f'got {self.bilinear_type!r}')
-    w = self.param('bilinear_W', initializers.torch_xavier_normal(shape), shape,
-                   jnp.float32).astype(self.dtype)
-    # Pair blocks instead of gathers of field pairs (slow on CPU): see layers/product.py.
-    if self.bilinear_type == 'field_interaction':
-      return pairwise_bilinear(feature_emb, w)
-    # field_all / field_each: multiply each field once, then pair it with the later fields.
-    if self.bilinear_type == 'field_all':
-      left_emb = jnp.einsum('bfk,kl->bfl', feature_emb, w)
-    else:
-      left_emb = jnp.einsum('bfk,fkl->bfl', feature_emb, w)
-    return pairwise_product(left_emb, feature_emb)
+    @nn.compact
+    def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
+        num_fields, dim = feature_emb.shape[1], feature_emb.shape[2]
+        feature_emb = feature_emb.astype(self.dtype)
+        if self.bilinear_type == 'field_all':
+            shape = (dim, dim)
+        elif self.bilinear_type == 'field_each':
+            shape = (num_fields, dim, dim)
+        elif self.bilinear_type == 'field_interaction':
+            shape = (num_fields * (num_fields - 1) // 2, dim, dim)
+        else:
+            raise ValueError(f'bilinear_type must be one of {BILINEAR_TYPES}, '
+                             f'got {self.bilinear_type!r}')
+        w = self.param('bilinear_W', initializers.torch_xavier_normal(shape), shape,
+                       jnp.float32).astype(self.dtype)
+        # Pair blocks instead of gathers of field pairs (slow on CPU): see layers/product.py.
+        if self.bilinear_type == 'field_interaction':
+            return pairwise_bilinear(feature_emb, w)
+        # field_all / field_each: multiply each field once, then pair it with the later fields.
+        if self.bilinear_type == 'field_all':
+            left_emb = jnp.einsum('bfk,kl->bfl', feature_emb, w)
+        else:
+            left_emb = jnp.einsum('bfk,fkl->bfl', feature_emb, w)
+        return pairwise_product(left_emb, feature_emb)

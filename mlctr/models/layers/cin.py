@@ -23,21 +23,21 @@ from mlctr.models.layers.mlp import Linear
 
 
 class CompressedInteractionNet(nn.Module):
-  """[B, F, D] -> logit [B]."""
+    """[B, F, D] -> logit [B]."""
 
-  cin_hidden_units: Sequence[int]
-  dtype: Any = jnp.float32
+    cin_hidden_units: Sequence[int]
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
-    x0 = feature_emb.astype(self.dtype).transpose(0, 2, 1)  # [B, D, F]
-    batch, dim, _ = x0.shape
-    x = x0
-    pooled = []
-    for i, units in enumerate(self.cin_hidden_units):
-      # Z as [B, D, F*H_{k-1}], channel index h * H_{k-1} + m.
-      z = jnp.einsum('bdh,bdm->bdhm', x0, x).reshape(batch, dim, -1)
-      # Conv1d(kernel_size=1) over channels == Linear on the channel axis.
-      x = Linear(units, dtype=self.dtype, name=f'cin_layer_{i}')(z)  # [B, D, H_k]
-      pooled.append(jnp.sum(x, axis=1))
-    return Linear(1, dtype=self.dtype, name='fc')(jnp.concatenate(pooled, axis=-1))[:, 0]
+    @nn.compact
+    def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
+        x0 = feature_emb.astype(self.dtype).transpose(0, 2, 1)  # [B, D, F]
+        batch, dim, _ = x0.shape
+        x = x0
+        pooled = []
+        for i, units in enumerate(self.cin_hidden_units):
+            # Z as [B, D, F*H_{k-1}], channel index h * H_{k-1} + m.
+            z = jnp.einsum('bdh,bdm->bdhm', x0, x).reshape(batch, dim, -1)
+            # Conv1d(kernel_size=1) over channels == Linear on the channel axis.
+            x = Linear(units, dtype=self.dtype, name=f'cin_layer_{i}')(z)  # [B, D, H_k]
+            pooled.append(jnp.sum(x, axis=1))
+        return Linear(1, dtype=self.dtype, name='fc')(jnp.concatenate(pooled, axis=-1))[:, 0]

@@ -24,70 +24,70 @@ from mlctr.models.layers.mlp import Linear
 
 
 class CrossNet(nn.Module):
-  """DCN cross network. Input/Output [B, dim]."""
+    """DCN cross network. Input/Output [B, dim]."""
 
-  num_layers: int
-  dtype: Any = jnp.float32
+    num_layers: int
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
-    x0 = x0.astype(self.dtype)
-    dim = x0.shape[-1]
-    x = x0
-    for i in range(self.num_layers):
-      # The scalar x_l . w_l first: O(dim) per example, never a dim x dim outer product.
-      xw = Linear(1, use_bias=False, dtype=self.dtype, name=f'cross_weight_{i}')(x)
-      bias = self.param(f'cross_bias_{i}', nn.initializers.zeros_init(), (dim,), jnp.float32)
-      x = x0 * xw + bias.astype(self.dtype) + x
-    return x
+    @nn.compact
+    def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+        x0 = x0.astype(self.dtype)
+        dim = x0.shape[-1]
+        x = x0
+        for i in range(self.num_layers):
+            # The scalar x_l . w_l first: O(dim) per example, never a dim x dim outer product.
+            xw = Linear(1, use_bias=False, dtype=self.dtype, name=f'cross_weight_{i}')(x)
+            bias = self.param(f'cross_bias_{i}', nn.initializers.zeros_init(), (dim,), jnp.float32)
+            x = x0 * xw + bias.astype(self.dtype) + x
+        return x
 
 
 class CrossNetV2(nn.Module):
-  """DCN-V2 full-rank cross network. Input/Output [B, dim]."""
+    """DCN-V2 full-rank cross network. Input/Output [B, dim]."""
 
-  num_layers: int
-  dtype: Any = jnp.float32
+    num_layers: int
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
-    x0 = x0.astype(self.dtype)
-    dim = x0.shape[-1]
-    x = x0
-    for i in range(self.num_layers):
-      x = x + x0 * Linear(dim, dtype=self.dtype, name=f'cross_layer_{i}')(x)
-    return x
+    @nn.compact
+    def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+        x0 = x0.astype(self.dtype)
+        dim = x0.shape[-1]
+        x = x0
+        for i in range(self.num_layers):
+            x = x + x0 * Linear(dim, dtype=self.dtype, name=f'cross_layer_{i}')(x)
+        return x
 
 
 class CrossNetMix(nn.Module):
-  """DCN-V2 low-rank mixture-of-experts cross network. Input/Output [B, dim]."""
+    """DCN-V2 low-rank mixture-of-experts cross network. Input/Output [B, dim]."""
 
-  num_layers: int
-  low_rank: int = 32
-  num_experts: int = 4
-  dtype: Any = jnp.float32
+    num_layers: int
+    low_rank: int = 32
+    num_experts: int = 4
+    dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
-    x0 = x0.astype(self.dtype)
-    dim = x0.shape[-1]
-    num_experts, rank = self.num_experts, self.low_rank
-    # Gating vectors are shared across layers (FuxiCTR: one nn.Linear(dim, 1) per expert).
-    gating = self.param('gating', initializers.xavier_normal(), (num_experts, dim, 1),
-                        jnp.float32)
-    x = x0
-    for i in range(self.num_layers):
-      u = self.param(f'U_{i}', initializers.torch_xavier_normal((num_experts, dim, rank)),
-                     (num_experts, dim, rank), jnp.float32).astype(self.dtype)
-      v = self.param(f'V_{i}', initializers.torch_xavier_normal((num_experts, dim, rank)),
-                     (num_experts, dim, rank), jnp.float32).astype(self.dtype)
-      c = self.param(f'C_{i}', initializers.torch_xavier_normal((num_experts, rank, rank)),
-                     (num_experts, rank, rank), jnp.float32).astype(self.dtype)
-      bias = self.param(f'bias_{i}', nn.initializers.zeros_init(), (dim,), jnp.float32)
-      vx = jnp.tanh(jnp.einsum('edr,bd->ber', v, x))
-      vx = jnp.tanh(jnp.einsum('ers,bes->ber', c, vx))
-      uvx = jnp.einsum('edr,ber->bed', u, vx)
-      experts = x0[:, None, :] * (uvx + bias.astype(self.dtype))  # [B, E, dim]
-      gate_logits = jnp.einsum('bd,ed->be', x, gating[..., 0].astype(self.dtype))
-      gates = jax.nn.softmax(gate_logits, axis=-1)
-      x = jnp.einsum('bed,be->bd', experts, gates) + x
-    return x
+    @nn.compact
+    def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+        x0 = x0.astype(self.dtype)
+        dim = x0.shape[-1]
+        num_experts, rank = self.num_experts, self.low_rank
+        # Gating vectors are shared across layers (FuxiCTR: one nn.Linear(dim, 1) per expert).
+        gating = self.param('gating', initializers.xavier_normal(), (num_experts, dim, 1),
+                            jnp.float32)
+        x = x0
+        for i in range(self.num_layers):
+            u = self.param(f'U_{i}', initializers.torch_xavier_normal((num_experts, dim, rank)),
+                           (num_experts, dim, rank), jnp.float32).astype(self.dtype)
+            v = self.param(f'V_{i}', initializers.torch_xavier_normal((num_experts, dim, rank)),
+                           (num_experts, dim, rank), jnp.float32).astype(self.dtype)
+            c = self.param(f'C_{i}', initializers.torch_xavier_normal((num_experts, rank, rank)),
+                           (num_experts, rank, rank), jnp.float32).astype(self.dtype)
+            bias = self.param(f'bias_{i}', nn.initializers.zeros_init(), (dim,), jnp.float32)
+            vx = jnp.tanh(jnp.einsum('edr,bd->ber', v, x))
+            vx = jnp.tanh(jnp.einsum('ers,bes->ber', c, vx))
+            uvx = jnp.einsum('edr,ber->bed', u, vx)
+            experts = x0[:, None, :] * (uvx + bias.astype(self.dtype))  # [B, E, dim]
+            gate_logits = jnp.einsum('bd,ed->be', x, gating[..., 0].astype(self.dtype))
+            gates = jax.nn.softmax(gate_logits, axis=-1)
+            x = jnp.einsum('bed,be->bd', experts, gates) + x
+        return x

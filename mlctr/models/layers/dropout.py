@@ -20,28 +20,28 @@ from jax import lax
 
 
 class Dropout(nn.Dropout):
-  """``nn.Dropout`` (same attributes, same random bits) with the mask materialised once.
+    """``nn.Dropout`` (same attributes, same random bits) with the mask materialised once.
 
-  The class keeps flax's name ``Dropout`` so auto-named instances are ``Dropout_<i>`` and
-  ``make_rng`` derives the same keys as ``nn.Dropout`` in the same place would.
-  """
+    The class keeps flax's name ``Dropout`` so auto-named instances are ``Dropout_<i>`` and
+    ``make_rng`` derives the same keys as ``nn.Dropout`` in the same place would.
+    """
 
-  @nn.compact
-  def __call__(self, inputs, deterministic: bool | None = None, rng=None):
-    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
-    if self.rate == 0.0 or deterministic:
-      return inputs
-    if self.rate == 1.0:
-      return jnp.zeros_like(inputs)
-    keep_prob = 1.0 - self.rate
-    if rng is None:
-      rng = self.make_rng(self.rng_collection)
-    shape = list(inputs.shape)
-    for dim in self.broadcast_dims:
-      shape[dim] = 1
-    keep = jax.random.bernoulli(rng, p=keep_prob, shape=shape)
-    # sqrt is exact on 0 and 1, and XLA treats it as expensive, so it will not fuse (and
-    # so duplicate) it, nor the bit generation behind it, into the two consumers.
-    mask = jnp.sqrt(keep.astype(jnp.float32)) > 0
-    mask = jnp.broadcast_to(mask, inputs.shape)
-    return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng=None):
+        deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        keep_prob = 1.0 - self.rate
+        if rng is None:
+            rng = self.make_rng(self.rng_collection)
+        shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        keep = jax.random.bernoulli(rng, p=keep_prob, shape=shape)
+        # sqrt is exact on 0 and 1, and XLA treats it as expensive, so it will not fuse (and
+        # so duplicate) it, nor the bit generation behind it, into the two consumers.
+        mask = jnp.sqrt(keep.astype(jnp.float32)) > 0
+        mask = jnp.broadcast_to(mask, inputs.shape)
+        return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))

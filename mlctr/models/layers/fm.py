@@ -10,22 +10,22 @@ import jax.numpy as jnp
 
 
 def fm_product_sum(feature_emb: jnp.ndarray) -> jnp.ndarray:
-  """Sum of pairwise inner products of fields.
+    """Sum of pairwise inner products of fields.
 
-  Args:
-    feature_emb: [B, F, D] field embeddings.
+    Args:
+      feature_emb: [B, F, D] field embeddings.
 
-  Returns:
-    [B] the FM interaction term.
-  """
-  square_of_sum = jnp.square(jnp.sum(feature_emb, axis=1))
-  sum_of_square = jnp.sum(jnp.square(feature_emb), axis=1)
-  return 0.5 * jnp.sum(square_of_sum - sum_of_square, axis=-1)
+    Returns:
+      [B] the FM interaction term.
+    """
+    square_of_sum = jnp.square(jnp.sum(feature_emb, axis=1))
+    sum_of_square = jnp.sum(jnp.square(feature_emb), axis=1)
+    return 0.5 * jnp.sum(square_of_sum - sum_of_square, axis=-1)
 
 
 class FMInteraction(nn.Module):
-  """Parameter-free module wrapper around :func:`fm_product_sum`."""
+    """Parameter-free module wrapper around :func:`fm_product_sum`."""
 
-  @nn.compact
-  def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
-    return fm_product_sum(feature_emb)
+    @nn.compact
+    def __call__(self, feature_emb: jnp.ndarray) -> jnp.ndarray:
+        return fm_product_sum(feature_emb)

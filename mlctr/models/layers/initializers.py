@@ -27,39 +27,39 @@ BATCH_NORM_EPSILON = 1e-5
 
 
 def normal(std: float):
-  """Untruncated normal(0, std) initialiser."""
+    """Untruncated normal(0, std) initialiser."""
 
-  def init(key, shape, dtype=jnp.float32):
-    return std * jax.random.normal(key, shape, dtype)
+    def init(key, shape, dtype=jnp.float32):
+        return std * jax.random.normal(key, shape, dtype)
 
-  return init
+    return init
 
 
 def embedding_normal():
-  """FuxiCTR's embedding initialiser: normal(std=1e-4)."""
-  return normal(EMBEDDING_STD)
+    """FuxiCTR's embedding initialiser: normal(std=1e-4)."""
+    return normal(EMBEDDING_STD)
 
 
 def xavier_normal():
-  """torch.nn.init.xavier_normal_ for a flax Dense kernel of shape (fan_in, fan_out).
+    """torch.nn.init.xavier_normal_ for a flax Dense kernel of shape (fan_in, fan_out).
 
-  Equal to torch's value for the transposed (out, in) Linear weight.
-  """
+    Equal to torch's value for the transposed (out, in) Linear weight.
+    """
 
-  def init(key, shape, dtype=jnp.float32):
-    fan_in, fan_out = shape[-2], shape[-1]
-    return normal(math.sqrt(2.0 / (fan_in + fan_out)))(key, shape, dtype)
+    def init(key, shape, dtype=jnp.float32):
+        fan_in, fan_out = shape[-2], shape[-1]
+        return normal(math.sqrt(2.0 / (fan_in + fan_out)))(key, shape, dtype)
 
-  return init
+    return init
 
 
 def torch_xavier_normal(torch_shape: Sequence[int]):
-  """torch.nn.init.xavier_normal_ applied to a tensor of ``torch_shape`` (any rank >= 2).
+    """torch.nn.init.xavier_normal_ applied to a tensor of ``torch_shape`` (any rank >= 2).
 
-  Used for FuxiCTR's custom ``nn.Parameter`` tensors (bilinear ``bilinear_W``, CrossNetMix
-  ``U/V/C``), whose torch fans are not the flax Dense convention.
-  """
-  receptive = math.prod(torch_shape[2:]) if len(torch_shape) > 2 else 1
-  fan_in = torch_shape[1] * receptive
-  fan_out = torch_shape[0] * receptive
-  return normal(math.sqrt(2.0 / (fan_in + fan_out)))
+    Used for FuxiCTR's custom ``nn.Parameter`` tensors (bilinear ``bilinear_W``, CrossNetMix
+    ``U/V/C``), whose torch fans are not the flax Dense convention.
+    """
+    receptive = math.prod(torch_shape[2:]) if len(torch_shape) > 2 else 1
+    fan_in = torch_shape[1] * receptive
+    fan_out = torch_shape[0] * receptive
+    return normal(math.sqrt(2.0 / (fan_in + fan_out)))
