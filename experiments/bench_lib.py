@@ -31,7 +31,7 @@ from mlctr import mutual, xla_cpu  # noqa: E402
 NUM_FIELDS = 39
 BATCH_SIZE = 4096
 
-# The peers the step benchmarks time (issue 7's setting): embedding 16, DNN 400x3, dropout
+# The peers the step benchmarks time: embedding 16, DNN 400x3, dropout
 # 0.1, embedding L2 1e-5 -- the BARS structures with a DNN that 2 CPU cores train at a
 # few thousand examples/s. Fixed here, not taken from mlctr/configs/default.py, so the
 # benchmarks do not change when the default job is resized.

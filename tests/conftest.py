@@ -29,7 +29,7 @@ for _flag in ("--xla_gpu_deterministic_ops=true", "--xla_gpu_autotune_level=0"):
 from mlctr.configs import tiny  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_data_dir(tmp_path_factory):
     """A prepared 4000-row synthetic Criteo-format dataset (about 3200 / 400 / 400 rows)."""
     from mlctr.data.prepare import prepare
@@ -84,12 +84,12 @@ class ResumableRun:
                 f"--config.checkpoint.ckpt_steps={self.CKPT_STEPS}"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def resumable(tiny_data_dir):
     return ResumableRun(tiny_data_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def reference_run(resumable, tmp_path_factory):
     """Work dir of one uninterrupted single-process run of `resumable.config()`."""
     from mlctr import train
