@@ -17,6 +17,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.6,<5",
         "array_record>=0.5",
         "numpy>=1.26,<3",
+        "scipy>=1.10",
         "absl-py>=2.1",
         "ml_collections>=0.1.1",
     ],
