@@ -5,6 +5,7 @@ identical to the run that went through: same final parameters, optimizer state, 
 weights and metrics.jsonl. A corrupt or foreign checkpoint is a clear error and stays
 on disk; a NaN stops the run before anything after it is saved.
 """
+import errno
 import json
 import os
 import re
@@ -103,24 +104,135 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_bitwise(resumable, ref
     assert metrics_records(workdir) == metrics_records(reference_run)
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_earlier_ones_are_kept(resumable, reference_run,
-                                                                        tmp_path):
+def flip_bytes(directory, count=8):
+    """Inverts `count` bytes in the middle of the largest file under `directory`."""
+    files = [os.path.join(root, name) for root, _, names in os.walk(directory)
+             for name in names if name != checkpoint.MANIFEST]
+    path = max(files, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        chunk = f.read(count)
+        f.seek(-len(chunk), os.SEEK_CUR)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    return path
+
+
+def test_checksum_flipped_bytes_in_the_newest_state_resume_from_the_intact_one(
+        resumable, reference_run, tmp_path, caplog):
     workdir = str(tmp_path / "run")
     shutil.copytree(reference_run, workdir)
-    bad = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "60", "state")
-    for root, _, files in os.walk(bad):
-        for name in files:
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(b"not a checkpoint")
+    flipped = flip_bytes(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "60", "state"))
+
+    results = train.train_and_evaluate(resumable.config(), workdir)
+
+    assert results["resumed_from"] == 45
+    warnings = [r.getMessage() for r in caplog.records if "newest intact" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert "resuming from the checkpoint at step 45" in warnings[0]
+    assert os.path.relpath(flipped, os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "60")) in (
+        warnings[0])
+    assert "content differs from its sha256" in warnings[0]
+    # The bad copy is kept aside; the run redoes steps 46..60 exactly.
+    assert os.path.isdir(os.path.join(workdir, checkpoint.CORRUPT_DIR, "60", "state"))
+    assert_bitwise_equal(final_arrays(workdir), final_arrays(reference_run))
+    assert metrics_records(workdir) == metrics_records(reference_run)
+
+
+def test_checksum_every_checkpoint_corrupt_is_one_clear_error(resumable, reference_run,
+                                                               tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    for step in (45, 60):
+        flip_bytes(os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step), "state"))
 
     with pytest.raises(checkpoint.CheckpointError) as error:
         train.train_and_evaluate(resumable.config(), workdir)
 
     message = str(error.value)
-    assert "checkpoints/60 cannot be restored: it is corrupt or incomplete" in message
-    assert "Earlier checkpoint(s) [45] are kept" in message and "mv " in message
-    assert checkpoint_steps(workdir) == [45, 60]
-    assert checkpoint.RunCheckpoints(workdir, keep=2).latest_step() == 60  # nothing deleted
+    assert "\n" not in message and message.startswith("no intact checkpoint in ")
+    assert "step 60: " in message and "step 45: " in message and "mv " in message
+    assert checkpoint_steps(workdir) == [45, 60]  # nothing moved or deleted
+
+
+def test_checksum_flipped_bytes_in_best_is_a_clear_error(reference_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    assert checkpoint.verify_manifest(os.path.join(workdir, checkpoint.BEST_DIR))
+    flip_bytes(os.path.join(workdir, checkpoint.BEST_DIR))
+
+    with pytest.raises(checkpoint.CheckpointError, match="content differs from its sha256"):
+        checkpoint.load_peer_weights(workdir)
+
+
+def test_torn_checkpoint_without_manifest_resumes_from_the_previous_one(resumable, reference_run,
+                                                                       tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    bad = os.path.join(workdir, checkpoint.CHECKPOINT_DIR, "60")
+    os.remove(os.path.join(bad, checkpoint.MANIFEST))  # as if killed before the manifest
+    for root, _, files in os.walk(os.path.join(bad, "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"not a checkpoint")
+
+    results = train.train_and_evaluate(resumable.config(), workdir)
+
+    assert results["resumed_from"] == 45
+    assert os.path.isdir(os.path.join(workdir, checkpoint.CORRUPT_DIR, "60"))
+    assert_bitwise_equal(final_arrays(workdir), final_arrays(reference_run))
+
+
+def _tiny_trees():
+    return {"w": np.arange(10.0, dtype=np.float32)}, {"w": np.ones(3, np.float32)}
+
+
+def _abstract(tree):
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def test_enospc_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    state, best = _tiny_trees()
+    checkpoints = checkpoint.RunCheckpoints(str(tmp_path), keep=2)
+    checkpoints.save(1, state, best, {"step": 1})
+    checkpoints.wait()
+
+    async def disk_full(self, item, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", disk_full)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoints.save(2, state, best, {"step": 2})
+        checkpoints.close()
+    monkeypatch.undo()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "checkpoint of step 2" in message and "no space left on device" in message
+    assert "the checkpoint at step 1 is intact" in message
+
+    again = checkpoint.RunCheckpoints(str(tmp_path), keep=2)
+    assert again.all_steps() == [1]
+    restored, _, progress = again.restore(_abstract(state), _abstract(best), config={},
+                                          dataset=None)
+    assert progress["step"] == 1 and np.array_equal(restored["w"], state["w"])
+    again.close()
+
+
+def test_enospc_checkpoint_of_best_keeps_the_previous_best(tmp_path, monkeypatch):
+    _, best = _tiny_trees()
+    checkpoint.save_peer_weights(str(tmp_path), {"deepfm": best})
+
+    def disk_full(directory):
+        raise OSError(errno.ENOSPC, "No space left on device", directory)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", disk_full)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.save_peer_weights(str(tmp_path), {"deepfm": {"w": best["w"] * 2}})
+    monkeypatch.undo()
+    assert "the disk is full" in str(error.value) and "is kept" in str(error.value)
+    loaded = checkpoint.load_peer_weights(str(tmp_path))
+    assert np.array_equal(loaded["deepfm"]["w"], best["w"])
 
 
 def test_checkpoint_of_another_config_is_refused(resumable, reference_run, tmp_path):
