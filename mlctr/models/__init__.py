@@ -1,7 +1,8 @@
 """Model zoo and registry: peers are named by string, e.g. ``peers = "deepfm,dcn,ipnn,fibinet"``.
 
-Every model is a ``flax.linen.Module`` with fields ``vocab_size``, ``num_fields``, then
-BARS/FuxiCTR-named hyperparameters, and ``dtype`` (compute dtype; params stay float32).
+Every model is a ``flax.linen.Module`` built on the bases in ``base.py``: fields
+``vocab_size``, ``num_fields``, BARS/FuxiCTR-named hyperparameters and ``dtype`` (compute
+dtype; params stay float32).
 ``model.apply(variables, ids, train=...)`` takes int32 global ids [B, F] and returns float32
 logits [B].
 """

@@ -7,25 +7,21 @@ logit. With non-empty ``dnn_hidden_units`` a DNN on ``flatten(e)`` is added (Aut
 ``use_wide`` a first-order term without bias is added.
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlctr.models.base import DNNModel, flatten
 from mlctr.models.layers.attention import MultiHeadSelfAttention
-from mlctr.models.layers.embedding import FeatureEmbedding, LinearTerm
-from mlctr.models.layers.mlp import Linear, MLPBlock
+from mlctr.models.layers.mlp import Linear
 
 
-class AutoInt(nn.Module):
-    """AutoInt (AutoInt+ with a DNN)."""
+class AutoInt(DNNModel):
+    """AutoInt (AutoInt+ with a DNN); defaults are BARS Criteo_x4_001 (no DNN)."""
 
-    vocab_size: int
-    num_fields: int
-    embedding_dim: int = 16
     dnn_hidden_units: Sequence[int] = ()
     net_dropout: float = 0.0
-    batch_norm: bool = False
     attention_layers: int = 5
     num_heads: int = 1
     attention_dim: int = 64
@@ -33,28 +29,20 @@ class AutoInt(nn.Module):
     use_scale: bool = False
     layer_norm: bool = False
     use_wide: bool = False
-    embedding_regularizer: float = 1e-5
-    net_regularizer: float = 0.0
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Args: ids int32 [B, F] global ids. Returns float32 logits [B]."""
-        feature_emb = FeatureEmbedding(self.vocab_size, self.embedding_dim, dtype=self.dtype,
-                                       name='embedding')(ids)
+        feature_emb = self.embed(ids)
         attention_out = feature_emb
         for i in range(self.attention_layers):
             attention_out = MultiHeadSelfAttention(
                 self.attention_dim, self.num_heads, self.net_dropout, self.use_residual,
                 self.use_scale, self.layer_norm, dtype=self.dtype,
                 name=f'self_attention_{i}')(attention_out, train=train)
-        logit = Linear(1, dtype=self.dtype, name='fc')(
-            attention_out.reshape(ids.shape[0], -1))[:, 0]
+        logit = Linear(1, dtype=self.dtype, name='fc')(flatten(attention_out))[:, 0]
         if self.dnn_hidden_units:
-            logit = logit + MLPBlock(self.dnn_hidden_units, self.net_dropout, self.batch_norm,
-                                     output_dim=1, dtype=self.dtype, name='dnn')(
-                                         feature_emb.reshape(ids.shape[0], -1), train=train)[:, 0]
+            logit = logit + self.dnn(feature_emb, train=train)
         if self.use_wide:
-            logit = logit + LinearTerm(self.vocab_size, use_bias=False, dtype=self.dtype,
-                                       name='linear')(ids)
+            logit = logit + self.first_order(ids, use_bias=False)
         return logit.astype(jnp.float32)

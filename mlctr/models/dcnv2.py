@@ -12,24 +12,21 @@ FuxiCTR's (``stacked_dnn_hidden_units``, ``parallel_dnn_hidden_units``), so BARS
 carry over unchanged.
 """
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mlctr.models.base import EmbeddingModel, flatten
 from mlctr.models.layers.cross import CrossNetMix, CrossNetV2
-from mlctr.models.layers.embedding import FeatureEmbedding
 from mlctr.models.layers.mlp import Linear, MLPBlock
 
 MODEL_STRUCTURES = ('crossnet_only', 'stacked', 'parallel', 'stacked_parallel')
 
 
-class DCNv2(nn.Module):
-    """DCN-V2 / DCN-Mix."""
+class DCNv2(EmbeddingModel):
+    """DCN-V2 / DCN-Mix; defaults are BARS Criteo_x4_001."""
 
-    vocab_size: int
-    num_fields: int
-    embedding_dim: int = 16
     stacked_dnn_hidden_units: Sequence[int] = (500, 500, 500)
     parallel_dnn_hidden_units: Sequence[int] = (1000, 1000, 1000, 1000, 1000)
     net_dropout: float = 0.1
@@ -39,9 +36,6 @@ class DCNv2(nn.Module):
     use_low_rank_mixture: bool = False
     low_rank: int = 32
     num_experts: int = 4
-    embedding_regularizer: float = 1e-5
-    net_regularizer: float = 0.0
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, ids: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -49,9 +43,7 @@ class DCNv2(nn.Module):
         if self.model_structure not in MODEL_STRUCTURES:
             raise ValueError(f'model_structure must be one of {MODEL_STRUCTURES}, '
                              f'got {self.model_structure!r}')
-        feature_emb = FeatureEmbedding(self.vocab_size, self.embedding_dim, dtype=self.dtype,
-                                       name='embedding')(ids)
-        flat_emb = feature_emb.reshape(ids.shape[0], -1)
+        flat_emb = flatten(self.embed(ids))
         if self.use_low_rank_mixture:
             cross = CrossNetMix(self.num_cross_layers, self.low_rank, self.num_experts,
                                 dtype=self.dtype, name='cross_net')
@@ -68,8 +60,8 @@ class DCNv2(nn.Module):
         elif self.model_structure == 'stacked':
             final = dnn(self.stacked_dnn_hidden_units, 'stacked_dnn', cross_out)
         elif self.model_structure == 'parallel':
-            final = jnp.concatenate(
-                [cross_out, dnn(self.parallel_dnn_hidden_units, 'parallel_dnn', flat_emb)], axis=-1)
+            parallel_out = dnn(self.parallel_dnn_hidden_units, 'parallel_dnn', flat_emb)
+            final = jnp.concatenate([cross_out, parallel_out], axis=-1)
         else:
             final = jnp.concatenate(
                 [dnn(self.stacked_dnn_hidden_units, 'stacked_dnn', cross_out),

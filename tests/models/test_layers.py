@@ -36,7 +36,8 @@ def _init_apply(module, *args, param_shift=0.0, **kwargs):
         return variables, module.apply(variables, *args, **kwargs)
 
     variables, out = run(*args)
-    params = jax.tree_util.tree_map(np.asarray, variables['params']) if 'params' in variables else {}
+    params = (jax.tree_util.tree_map(np.asarray, variables['params'])
+              if 'params' in variables else {})
     return np.asarray(out), params
 
 
@@ -144,7 +145,8 @@ def test_dropout_is_flax_dropout_bitwise(monkeypatch):
 
     def loss_and_grads():
         def loss(params, x):
-            out = module.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.key(3)})
+            out = module.apply({'params': params}, x, train=True,
+                               rngs={'dropout': jax.random.key(3)})
             return jnp.sum(out ** 2)
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables['params'], x)
 

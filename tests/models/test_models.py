@@ -218,8 +218,9 @@ def test_unknown_model_raises():
 
 def test_hparam_names_and_list_to_tuple():
     names = model_hparam_names('dcn')
-    assert names[:4] == ['embedding_dim', 'dnn_hidden_units', 'net_dropout', 'batch_norm']
-    assert 'vocab_size' not in names and 'num_fields' not in names and 'dtype' in names
+    # Inherited fields first (CTRModel, EmbeddingModel, DNNModel), then the model's own.
+    assert names == ['embedding_regularizer', 'net_regularizer', 'dtype', 'embedding_dim',
+                     'dnn_hidden_units', 'net_dropout', 'batch_norm', 'num_cross_layers']
     model = create_model('dcn', vocab_size=V, num_fields=F, dnn_hidden_units=[8, 8])
     assert model.dnn_hidden_units == (8, 8)
     hash(model)  # hashable: usable as a static jit argument

@@ -46,7 +46,7 @@ def test_l2_penalty_zero_when_unregularised():
     assert float(l2_penalty(model, params)) == 0.0
 
 
-def test_bars_deepfm_criteo_matches_issue():
+def test_bars_deepfm_criteo_values():
     hp = bars_hparams('deepfm', 'criteo_x4_001')
     assert hp == dict(embedding_dim=16, dnn_hidden_units=(1000,) * 5, net_dropout=0.2,
                       batch_norm=False, embedding_regularizer=1e-5, net_regularizer=0.0)
@@ -58,6 +58,13 @@ def test_bars_deepfm_criteo_matches_issue():
 def test_bars_configs_build_every_model(name, dataset):
     model = create_model(name, vocab_size=10, num_fields=3, **bars_hparams(name, dataset))
     assert model.embedding_regularizer == bars_hparams(name, dataset)['embedding_regularizer']
+
+
+@pytest.mark.parametrize('name', sorted(set(MODELS) - {'opnn'}))
+def test_class_defaults_are_bars_criteo(name):
+    hparams = bars_hparams(name, 'criteo_x4_001')
+    model = create_model(name, vocab_size=10, num_fields=3)
+    assert {key: getattr(model, key) for key in hparams} == hparams
 
 
 def test_bars_unknown_model_or_dataset_raises():

@@ -42,6 +42,8 @@ class CrossNet(nn.Module):
         return x
 
 
+# CrossNetV2 has CrossNet's frame (fields, input cast, loop over layers) on purpose: only the
+# layer formula differs, and each class shows its paper's formula whole.
 class CrossNetV2(nn.Module):
     """DCN-V2 full-rank cross network. Input/Output [B, dim]."""
 

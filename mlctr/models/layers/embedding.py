@@ -75,5 +75,6 @@ class LinearTerm(nn.Module):
         weights = FeatureEmbedding(self.vocab_size, 1, dtype=self.dtype, name='embedding')(ids)
         out = jnp.sum(weights[..., 0], axis=-1)
         if self.use_bias:
-            out = out + self.param('bias', nn.initializers.zeros_init(), (), jnp.float32).astype(self.dtype)
+            bias = self.param('bias', nn.initializers.zeros_init(), (), jnp.float32)
+            out = out + bias.astype(self.dtype)
         return out

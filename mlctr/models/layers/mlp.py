@@ -51,7 +51,8 @@ class MLPBlock(nn.Module):
                 x = nn.BatchNorm(use_running_average=not train,
                                  momentum=initializers.BATCH_NORM_MOMENTUM,
                                  epsilon=initializers.BATCH_NORM_EPSILON,
-                                 dtype=self.dtype, param_dtype=jnp.float32, name=f'batch_norm_{i}')(x)
+                                 dtype=self.dtype, param_dtype=jnp.float32,
+                                 name=f'batch_norm_{i}')(x)
             x = nn.relu(x)
             if self.dropout_rate > 0:
                 x = Dropout(self.dropout_rate)(x, deterministic=not train)

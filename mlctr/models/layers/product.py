@@ -87,7 +87,8 @@ def _bilinear_blocks(feature_emb, kernel):
     kernel_cols = kernel.transpose(1, 0, 2).reshape(dim, num_pairs * dim)
     emb_flat = feature_emb.reshape(batch, num_fields * dim)
     for i, start, count in pair_blocks(num_fields):
-        left_proj = jnp.dot(feature_emb[:, i, :], kernel_cols[:, start * dim:(start + count) * dim])
+        block_kernels = kernel_cols[:, start * dim:(start + count) * dim]
+        left_proj = jnp.dot(feature_emb[:, i, :], block_kernels)
         yield count, left_proj * emb_flat[:, (i + 1) * dim:]
 
 
