@@ -18,12 +18,13 @@ setuptools.setup(
         "array_record>=0.5",
         "numpy>=1.26,<3",
         "scipy>=1.10",
+        "tensorboardX>=2.6,<3",
         "absl-py>=2.1",
         "ml_collections>=0.1.1",
     ],
     extras_require={
-        # Tests and the paper's figures.
-        "test": ["pytest>=8", "matplotlib>=3.8"],
+        # Tests (tensorboard: its event reader checks the files we write) and the figures.
+        "test": ["pytest>=8", "matplotlib>=3.8", "tensorboard>=2.15"],
         "plots": ["matplotlib>=3.8"],
         # Accelerator builds of jaxlib, installed by `launch.sh slurm` / `launch.sh tpu`
         # (MLCTR_EXTRAS overrides; MLCTR_NO_VENV=1 uses a cluster's own environment).

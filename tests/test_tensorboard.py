@@ -1,105 +1,108 @@
-"""The minimal TensorBoard event writer (mlctr/tensorboard.py), read back by a decoder
-written from the TFRecord and Event proto specifications."""
+"""TensorBoard event files (mlctr/tensorboard.py), read back with TensorBoard's own reader.
+
+The reader is tensorboard's EventAccumulator, which TensorBoard uses to serve a run (no
+TensorFlow needed): what it shows after a resume is what a user sees.
+"""
 import glob
 import os
-import struct
+import shutil
+import subprocess
+import sys
+
+from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
 from mlctr import tensorboard
 
 
-def read_records(path):
-    """TFRecord payloads, checking both CRCs of every frame."""
-    records = []
-    with open(path, "rb") as f:
-        data = f.read()
-    pos = 0
-    while pos < len(data):
-        header = data[pos:pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        (length_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
-        assert length_crc == tensorboard.masked_crc32c(header)
-        payload = data[pos + 12:pos + 12 + length]
-        (payload_crc,) = struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])
-        assert payload_crc == tensorboard.masked_crc32c(payload)
-        records.append(payload)
-        pos += 16 + length
-    return records
+def read_scalars(logdir):
+    """{tag: [(step, value), ...]} as TensorBoard shows them."""
+    accumulator = event_accumulator.EventAccumulator(str(logdir))
+    accumulator.Reload()
+    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
 
 
-def fields(buffer):
-    """(field number, value) pairs of a protobuf message (varint, 64/32-bit, bytes)."""
-    out, pos = [], 0
-
-    def varint():
-        nonlocal pos
-        value = shift = 0
-        while True:
-            byte = buffer[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while pos < len(buffer):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            out.append((number, varint()))
-        elif wire == 1:
-            out.append((number, struct.unpack("<d", buffer[pos:pos + 8])[0]))
-            pos += 8
-        elif wire == 5:
-            out.append((number, struct.unpack("<f", buffer[pos:pos + 4])[0]))
-            pos += 4
-        else:
-            length = varint()
-            out.append((number, buffer[pos:pos + length]))
-            pos += length
-    return out
+def event_files(logdir):
+    return sorted(glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")))
 
 
-def decode_event(record):
-    """{'step', 'file_version', 'scalars': {tag: value}, 'session_start'}."""
-    event = {"step": 0, "scalars": {}, "session_start": False}
-    for number, value in fields(record):
-        if number == 2:
-            event["step"] = value
-        elif number == 3:
-            event["file_version"] = value.decode()
-        elif number == 5:
-            for _, summary_value in fields(value):
-                parts = dict(fields(summary_value))
-                event["scalars"][parts[1].decode()] = parts[2]
-        elif number == 7:
-            event["session_start"] = dict(fields(value)).get(1) == 1
-    return event
-
-
-def test_crc32c_check_value():
-    assert tensorboard.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-
-
-def test_writer_round_trip(tmp_path):
-    writer = tensorboard.SummaryWriter(str(tmp_path), purge_step=41)
-    writer.scalars(41, {"train/loss/deepfm": 0.5, "valid/auc/dcn": 0.75})
+def test_scalars_round_trip(tmp_path):
+    writer = tensorboard.SummaryWriter(str(tmp_path), purge_step=1)
+    writer.scalars(10, {"train/loss/deepfm": 0.5, "valid/auc/dcn": 0.75})
+    writer.scalars(20, {"train/loss/deepfm": 0.25})
     writer.close()
-    (path,) = glob.glob(str(tmp_path / "events.out.tfevents.*"))
-    events = [decode_event(r) for r in read_records(path)]
-    assert events[0]["file_version"] == "brain.Event:2"
-    assert events[1]["session_start"] and events[1]["step"] == 41  # drops older steps >= 41
-    assert events[2]["step"] == 41
-    assert events[2]["scalars"] == {"train/loss/deepfm": 0.5, "valid/auc/dcn": 0.75}
+    writer.close()  # closing twice is harmless
+    assert read_scalars(tmp_path) == {"train/loss/deepfm": [(10, 0.5), (20, 0.25)],
+                                      "valid/auc/dcn": [(10, 0.75)]}
+
+
+def test_flush_makes_scalars_visible_before_close(tmp_path):
+    writer = tensorboard.SummaryWriter(str(tmp_path))
+    writer.scalars(3, {"train/loss/dcn": 0.125})
+    writer.flush()
+    assert read_scalars(tmp_path) == {"train/loss/dcn": [(3, 0.125)]}
+    writer.close()
+
+
+def _interrupted_then_resumed(logdir, checkpoint_step):
+    """An interrupted process logs steps 10..60; the resumed one restarts after the checkpoint."""
+    interrupted = tensorboard.SummaryWriter(str(logdir), purge_step=1)
+    for step in range(10, 70, 10):
+        interrupted.scalars(step, {"train/loss/deepfm": 1.0})
+        if step % 20 == 0:
+            interrupted.scalars(step, {"valid/auc/deepfm": 1.0})
+    interrupted.flush()  # killed: no close
+    resumed = tensorboard.SummaryWriter(str(logdir), purge_step=checkpoint_step + 1)
+    # So far the resumed process has logged one training step and no evaluation.
+    resumed.scalars(40, {"train/loss/deepfm": 2.0})
+    resumed.close()
+    interrupted.close()
+
+
+def test_resume_purges_every_tag_logged_after_the_checkpoint(tmp_path):
+    _interrupted_then_resumed(tmp_path, checkpoint_step=30)
+    assert read_scalars(tmp_path) == {
+            "train/loss/deepfm": [(10, 1.0), (20, 1.0), (30, 1.0), (40, 2.0)],
+            # Logged at 40 and 60 by the interrupted process only: gone, not left dangling.
+            "valid/auc/deepfm": [(20, 1.0)]}
+
+
+def test_resume_keeps_the_interrupted_file_and_starts_a_purging_one(tmp_path):
+    _interrupted_then_resumed(tmp_path, checkpoint_step=30)
+    # Both writers opened within the same second: two files, the first not overwritten.
+    first, second = event_files(tmp_path)
+    first_steps = [event.step for event in event_file_loader.EventFileLoader(first).Load()
+                   if event.summary.value]
+    assert first_steps == [10, 20, 20, 30, 40, 40, 50, 60, 60]
+    second_events = list(event_file_loader.EventFileLoader(second).Load())
+    starts = [event.step for event in second_events if event.HasField("session_log")]
+    assert starts == [31]
 
 
 def test_a_run_logs_per_peer_scalars(reference_run):
-    (path,) = glob.glob(os.path.join(reference_run, "tensorboard", "events.out.tfevents.*"))
-    events = [decode_event(r) for r in read_records(path)]
-    steps = {}
-    for event in events:
-        for tag in event["scalars"]:
-            steps.setdefault(tag, []).append(event["step"])
+    scalars = read_scalars(os.path.join(reference_run, "tensorboard"))
+    steps = {tag: [step for step, _ in values] for tag, values in scalars.items()}
     assert steps["train/loss/deepfm"] == [10, 20, 30, 40, 50, 60]
     assert steps["valid/auc/dcn"] == steps["valid/logloss/ensemble"] == [20, 40, 60]
     for tag in ("train/learning_rate/dcn", "train/mutual/deepfm", "train/examples_per_sec"):
         assert tag in steps
+    assert 0.0 < scalars["valid/auc/dcn"][-1][1] < 1.0
+
+
+def test_a_resumed_run_shows_each_step_once(reference_run, tmp_path):
+    """A run's files after a resume at step 45, as the trainer opens its writer then."""
+    logdir = tmp_path / "tensorboard"
+    shutil.copytree(os.path.join(reference_run, "tensorboard"), logdir)
+    before = read_scalars(logdir)
+    resumed = tensorboard.SummaryWriter(str(logdir), purge_step=45 + 1)
+    resumed.scalars(50, {"train/loss/deepfm": -50.0})
+    resumed.close()
+    after = read_scalars(logdir)
+    assert after["train/loss/deepfm"] == before["train/loss/deepfm"][:4] + [(50, -50.0)]
+    assert after["valid/auc/dcn"] == before["valid/auc/dcn"][:2]  # 60 is gone until re-logged
+
+
+def test_the_writer_does_not_import_tensorflow():
+    code = "import sys, mlctr.tensorboard; sys.exit('tensorflow' in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
