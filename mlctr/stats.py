@@ -63,9 +63,9 @@ def paired_tests(differences) -> dict:
     return out
 
 
-def _check_power_args(sd: float, effect: float, alpha: float):
+def _check_power_args(sd: float, effect: float, alpha: float, sd_name: str = "sd"):
     if not (math.isfinite(sd) and sd >= 0):
-        raise ValueError(f"sd must be finite and >= 0, got {sd}")
+        raise ValueError(f"{sd_name} must be finite and >= 0, got {sd}")
     if not math.isfinite(effect):
         raise ValueError(f"effect must be finite, got {effect}")
     if not 0 < alpha < 1:
@@ -258,7 +258,7 @@ def rows_needed(se: float, rows: int, effect: float, alpha: float = 0.05,
     Raises:
         ValueError: if effect == 0, or on bad se, rows, alpha or power.
     """
-    _check_power_args(se, effect, alpha)
+    _check_power_args(se, effect, alpha, sd_name="se")
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
     if not 0 < power < 1:

@@ -235,3 +235,5 @@ def test_rows_needed_edges():
         stats.rows_needed(0.01, 1000, 0.0)
     with pytest.raises(ValueError, match="rows"):
         stats.rows_needed(0.01, 0, 0.01)
+    with pytest.raises(ValueError, match="se must be finite"):
+        stats.rows_needed(math.nan, 1000, 0.01)
