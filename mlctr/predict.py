@@ -2,21 +2,30 @@
 
   python -m mlctr.predict --workdir=RUN --raw=FILE --out=PRED.csv [--peer=NAME | --ensemble]
 
-The run's config.json names its prepared dataset, whose vocabularies encode
-the raw file (values unseen in training map to each field's OOV id); the
-run's best weights (RUN/best) score it. Output CSV: `row,label,prob` in file
-order (label empty for an unlabeled file). Bad input exits non-zero with one
-line naming the file, line and column (see mlctr/data/errors.py);
-`--skip_bad_rows` skips and counts bad rows instead.
+The run's config.json names its prepared dataset, whose vocabularies encode the raw
+file (values unseen in training map to each field's OOV id); the run's best weights
+(RUN/best, checked against their checksums) score it. Before scoring, the dataset is
+compared with the one the run was trained on (RUN/dataset.json): a dataset prepared
+again since (other rows, another protocol) is refused, naming what differs.
+
+Output CSV: `row,label,prob`, one line per scored row in file order; `row` is the row's
+1-based line number in the raw file (as in error messages), so with `--skip_bad_rows`
+every prediction still points at its input line. Label is empty for an unlabeled file.
+Next to it, `PRED.csv.json` records what was scored: the run, the peer, rows scored and
+rows skipped by reason. Bad input exits 1 with one line naming the file, line and
+column (see mlctr/data/errors.py); `--skip_bad_rows` skips and counts bad rows instead.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import os
 import sys
 
 from absl import app
 from absl import flags
+import flax.errors
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,6 +33,7 @@ import numpy as np
 
 from mlctr import checkpoint
 from mlctr import mutual
+from mlctr import run_data
 from mlctr.data.errors import DataError
 
 FLAGS = flags.FLAGS
@@ -36,59 +46,165 @@ flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) bad rows instead of 
 flags.DEFINE_integer("batch_size", 16384, "Scoring batch size.")
 
 
-def load_run(workdir: str):
-    """(config, peers, params, batch_stats) of a finished run."""
+class PredictError(Exception):
+    """The run, its dataset or the output path cannot be used; one line saying why."""
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Scores of the good rows of a raw file.
+
+    Attributes:
+        probs: float64 [n] click probabilities.
+        labels: float32 [n] labels (NaN for an unlabeled file).
+        rows: int64 [n] 1-based line number in the raw file of each scored row.
+        skipped: bad rows skipped, by reason (empty unless skip_bad_rows).
+    """
+
+    probs: np.ndarray
+    labels: np.ndarray
+    rows: np.ndarray
+    skipped: collections.Counter
+
+
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise PredictError(f"{workdir}: no such run directory")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir} a run directory?")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        raise PredictError(f"{path} not found: is {workdir} a run directory?")
+    try:
+        with open(path) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise PredictError(f"{path}: unreadable run config ({e})") from None
+
+
+def check_dataset(workdir: str, dataset, data_dir: str) -> None:
+    """Refuses a dataset other than the one the run was trained on, naming what differs.
+
+    Runs written before dataset.json existed are not compared here; a dataset of other
+    shapes still fails when the weights are applied (`predict_file`).
+    """
+    path = os.path.join(workdir, run_data.DATASET_RECORD)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            trained = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PredictError(f"{path}: unreadable dataset record ({e})") from None
+    now = run_data.dataset_fingerprint(dataset)
+    differences = [f"{key} {trained[key]} at training, {now[key]} now"
+                   for key in sorted(now) if key in trained and trained[key] != now[key]]
+    if differences:
+        raise PredictError(
+            f"the dataset at {data_dir} is not the one run {workdir} was trained on "
+            f"({'; '.join(differences)}): it was prepared again since; score with the run's "
+            "own dataset or train on this one")
+
+
+def load_run(workdir: str):
+    """(config, peers, params, batch_stats, data_dir) of a finished run.
+
+    Raises:
+      PredictError: not a run directory, or its dataset changed since training.
+      mlctr.data.errors.DataError: the run's dataset is missing or damaged.
+      checkpoint.CheckpointError: best/ is missing, truncated or fails its checksums.
+    """
     from mlctr.data.reader import PreparedDataset
-    dataset = PreparedDataset(config.data.data_dir)
+
+    config = _read_config(workdir)
+    data_dir = run_data.dataset_dir(config, workdir)
+    dataset = PreparedDataset(data_dir)
+    check_dataset(workdir, dataset, data_dir)
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields)
     weights = checkpoint.load_peer_weights(workdir, list(peers.names))
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
                                                  mutual.stack_peer_variables(peers, weights))
-    return config, peers, params, batch_stats
+    return config, peers, params, batch_stats, data_dir
 
 
 def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool = False,
-                 batch_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """Click probabilities of every row of `raw`: (probs [n], labels [n]).
+                 batch_size: int = 16384) -> Predictions:
+    """Click probabilities of every good row of `raw`.
 
     Args:
       workdir: the run directory.
       raw: the raw file.
       peer: a peer name, or '' for the ensemble (mean of the peers' probabilities).
-      skip_bad_rows: skip bad rows instead of raising DataError.
+      skip_bad_rows: skip (and count) bad rows instead of raising DataError.
       batch_size: rows scored per call (the last batch is padded).
     """
     from mlctr.data.prepare import encode_raw
 
-    config, peers, params, batch_stats = load_run(workdir)
+    if batch_size < 1:
+        raise PredictError(f"--batch_size must be >= 1 (got {batch_size})")
+    config, peers, params, batch_stats, data_dir = load_run(workdir)
     if peer and peer not in peers.names:
-        raise ValueError(f"run {workdir} has no peer {peer!r}; peers: {list(peers.names)}")
-    ids, labels = encode_raw(config.data.data_dir, raw, skip_bad_rows=skip_bad_rows)
+        raise PredictError(f"run {workdir} has no peer {peer!r}; peers: {list(peers.names)}")
+    ids, labels, rows, skipped = encode_raw(data_dir, raw, skip_bad_rows=skip_bad_rows,
+                                            with_line_numbers=True)
     predict_fn = mutual.make_predict_fn(peers, peer_execution=config.mutual.peer_execution)
     probs = []
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
         padded = np.zeros((batch_size, ids.shape[1]), np.int32)
         padded[:len(chunk)] = chunk
-        logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))[:, :len(chunk)]
-        p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        try:
+            logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))
+        except flax.errors.ScopeParamShapeError as e:
+            raise PredictError(f"the weights in {workdir}/{checkpoint.BEST_DIR} do not fit the "
+                               f"dataset at {data_dir} ({str(e).splitlines()[0]}): it is not "
+                               "the dataset the run was trained on") from None
+        p = 1.0 / (1.0 + np.exp(-logits[:, :len(chunk)].astype(np.float64)))
         probs.append(p[peers.names.index(peer)] if peer else p.mean(axis=0))
-    return (np.concatenate(probs) if probs else np.zeros(0)), labels
+    return Predictions(np.concatenate(probs) if probs else np.zeros(0), labels,
+                       np.asarray(rows, np.int64), collections.Counter(skipped))
 
 
-def write_csv(path: str, probs: np.ndarray, labels: np.ndarray):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+def check_output(path: str) -> None:
+    """Refuses an output path that cannot be written, before any scoring is done."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise PredictError(f"--out={path} is a directory; give a file name, e.g. {path}/pred.csv")
+    if not os.path.isdir(directory):
+        raise PredictError(f"--out={path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise PredictError(f"--out={path}: directory {directory} is not writable")
+
+
+def write_outputs(path: str, predictions: Predictions, summary: dict) -> None:
+    """Writes the CSV and its `<path>.json` summary, each under a temporary name first."""
+    with open(path + ".tmp", "w") as f:
         f.write("row,label,prob\n")
-        for k, (label, p) in enumerate(zip(labels, probs)):
-            f.write(f"{k},{'' if np.isnan(label) else int(label)},{p:.7f}\n")
-    os.replace(tmp, path)  # never a half-written CSV under the final name
+        for row, label, p in zip(predictions.rows, predictions.labels, predictions.probs):
+            f.write(f"{row},{'' if np.isnan(label) else int(label)},{p:.7f}\n")
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)  # never a half-written CSV under the final name
+    os.replace(path + ".json.tmp", path + ".json")
+
+
+def _run(out: str) -> str:
+    check_output(out)
+    predictions = predict_file(FLAGS.workdir, FLAGS.raw, peer=FLAGS.peer,
+                               skip_bad_rows=FLAGS.skip_bad_rows, batch_size=FLAGS.batch_size)
+    skipped = int(sum(predictions.skipped.values()))
+    summary = {"workdir": os.path.abspath(FLAGS.workdir), "raw": os.path.abspath(FLAGS.raw),
+               "scored_with": FLAGS.peer or "ensemble", "rows_scored": len(predictions.probs),
+               "rows_skipped": skipped,
+               "skipped_by_reason": dict(sorted(predictions.skipped.items()))}
+    try:
+        write_outputs(out, predictions, summary)
+    except OSError as e:
+        raise PredictError(f"cannot write {out}: {e.strerror or e}") from None
+    message = f"wrote {len(predictions.probs)} predictions ({summary['scored_with']}) to {out}"
+    if skipped:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["skipped_by_reason"].items())
+        message += f"; skipped {skipped} bad rows ({reasons}), counts in {out}.json"
+    return message
 
 
 def main(argv):
@@ -100,13 +216,10 @@ def main(argv):
     if FLAGS.peer and FLAGS.ensemble:
         raise app.UsageError("--peer and --ensemble are exclusive")
     try:
-        probs, labels = predict_file(FLAGS.workdir, FLAGS.raw, peer=FLAGS.peer,
-                                     skip_bad_rows=FLAGS.skip_bad_rows, batch_size=FLAGS.batch_size)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(_run(FLAGS.out))
+    except (DataError, PredictError, checkpoint.CheckpointError) as e:
+        print(f"mlctr.predict: error: {e}", file=sys.stderr)
         sys.exit(1)
-    write_csv(FLAGS.out, probs, labels)
-    print(f"wrote {len(probs)} predictions ({FLAGS.peer or 'ensemble'}) to {FLAGS.out}")
 
 
 if __name__ == "__main__":

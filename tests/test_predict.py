@@ -1,13 +1,18 @@
-"""The predict CLI round-trips rows of a trained run and rejects a bad file cleanly."""
+"""The predict CLI: round trip, skipped rows keep their line numbers, and every bad run,
+dataset or output path is one line on stderr (exit 1), never a traceback."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
+from mlctr import checkpoint
 from mlctr import predict
 from mlctr import train
-from mlctr.data.reader import PreparedDataset
+from mlctr.configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,36 +22,156 @@ def _raw_file(data_dir):
     return os.path.join(raw_dir, sorted(f for f in os.listdir(raw_dir) if f.endswith(".txt"))[0])
 
 
-def test_predict_cli_round_trip_and_bad_file(tiny_config, tmp_path):
-    config = tiny_config(peers="deepfm,dcn", max_steps=5)
-    run = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+    """(run dir, the raw file's first 20 lines) of a 5-step run of deepfm and dcn."""
+    run = str(tmp_path_factory.mktemp("predict") / "run")
+    config = tiny.get_config()
+    with config.unlocked():
+        config.mode, config.peers, config.data.data_dir = "train", "deepfm,dcn", tiny_data_dir
+        config.train.max_steps = 5
     train.train_and_evaluate(config, run)
-    raw = _raw_file(config.data.data_dir)
-    rows = open(raw).read().splitlines(keepends=True)[:20]
+    with open(_raw_file(tiny_data_dir)) as f:
+        rows = [next(f) for _ in range(20)]
+    return run, rows
+
+
+def _cli(run, raw, out, *extra):
+    return subprocess.run([sys.executable, "-m", "mlctr.predict", f"--workdir={run}",
+                           f"--raw={raw}", f"--out={out}", *extra],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def _one_error_line(proc):
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlctr.predict: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+def _csv(path):
+    lines = path.read_text().splitlines()
+    assert lines[0] == "row,label,prob"
+    return [line.split(",") for line in lines[1:]]
+
+
+def test_predict_cli_round_trip_and_bad_file(trained, tmp_path):
+    run, rows = trained
     sample = tmp_path / "sample.txt"
     sample.write_text("".join(rows))
     out = tmp_path / "pred.csv"
-    cmd = [sys.executable, "-m", "mlctr.predict", f"--workdir={run}", f"--raw={sample}",
-           f"--out={out}"]
-    proc = subprocess.run(cmd + ["--peer=dcn"], capture_output=True, text=True, cwd=REPO)
+    proc = _cli(run, sample, out, "--peer=dcn")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = out.read_text().splitlines()
-    assert lines[0] == "row,label,prob" and len(lines) == 21
-    labels = [int(line.split(",")[1]) for line in lines[1:]]
-    assert labels == [int(r.split("\t")[0]) for r in rows]
-    probs = np.array([float(line.split(",")[2]) for line in lines[1:]])
+    table = _csv(out)
+    assert [int(r[0]) for r in table] == list(range(1, 21))  # 1-based input line numbers
+    assert [int(r[1]) for r in table] == [int(r.split("\t")[0]) for r in rows]
+    probs = np.array([float(r[2]) for r in table])
     assert np.all((probs > 0) & (probs < 1))
     # The same rows scored in-process agree with the CLI; the ensemble differs from one peer.
-    in_process, _ = predict.predict_file(run, str(sample), peer="dcn")
-    np.testing.assert_allclose(in_process, probs, atol=1e-6)
-    ensemble, _ = predict.predict_file(run, str(sample))
-    assert not np.allclose(ensemble, probs)
+    in_process = predict.predict_file(run, str(sample), peer="dcn")
+    np.testing.assert_allclose(in_process.probs, probs, atol=1e-6)
+    assert not np.allclose(predict.predict_file(run, str(sample)).probs, probs)
 
     bad = tmp_path / "bad.txt"
     bad.write_text(rows[0] + "1\t2\tthree\n")
-    proc = subprocess.run(cmd[:-1] + [f"--raw={bad}", f"--out={tmp_path / 'bad.csv'}"],
-                          capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert "bad.txt:2:" in proc.stderr  # file:line: problem
+    line = _one_error_line(_cli(run, bad, tmp_path / "bad.csv"))
+    assert "bad.txt:2:" in line  # file:line: problem
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_predict_skip_bad_rows_keeps_input_line_numbers(trained, tmp_path):
+    run, rows = trained
+    sample = tmp_path / "sample.txt"
+    # Lines 3 and 7 are bad: too few columns, and a non-numeric label.
+    lines = list(rows[:10])
+    lines[2] = "1\t2\tthree\n"
+    lines[6] = "x" + rows[6][1:]
+    sample.write_text("".join(lines))
+    out = tmp_path / "pred.csv"
+    proc = _cli(run, sample, out, "--skip_bad_rows")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped 2 bad rows" in proc.stdout
+    table = _csv(out)
+    assert [int(r[0]) for r in table] == [1, 2, 4, 5, 6, 8, 9, 10]
+    assert [int(r[1]) for r in table] == [int(rows[k - 1].split("\t")[0]) for k in
+                                          (1, 2, 4, 5, 6, 8, 9, 10)]
+    # Each kept row scores as it does alone: nothing shifted.
+    full = predict.predict_file(run, _write(tmp_path / "good.txt", rows[:10]))
+    kept = np.array([float(r[2]) for r in table])
+    np.testing.assert_allclose(kept, full.probs[[0, 1, 3, 4, 5, 7, 8, 9]], atol=1e-6)
+    summary = json.loads((tmp_path / "pred.csv.json").read_text())
+    assert summary["rows_scored"] == 8 and summary["rows_skipped"] == 2
+    assert sum(summary["skipped_by_reason"].values()) == 2
+
+
+def _write(path, lines):
+    path.write_text("".join(lines))
+    return str(path)
+
+
+def test_checksum_corrupt_best_is_one_clear_line(trained, tmp_path):
+    run, rows = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(run, copy)
+    best = os.path.join(copy, checkpoint.BEST_DIR)
+    files = [os.path.join(r, n) for r, _, ns in os.walk(best) for n in ns
+             if n != checkpoint.MANIFEST]
+    path = max(files, key=os.path.getsize)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:][:8])
+    open(path, "wb").write(bytes(data))
+    line = _one_error_line(_cli(copy, _write(tmp_path / "s.txt", rows), tmp_path / "p.csv"))
+    assert "content differs from its sha256" in line and os.path.relpath(path, best) in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_predict_best_missing_or_truncated(trained, tmp_path):
+    run, rows = trained
+    sample = _write(tmp_path / "s.txt", rows)
+    copy = str(tmp_path / "run")
+    shutil.copytree(run, copy)
+    best = os.path.join(copy, checkpoint.BEST_DIR)
+    files = sorted((os.path.join(r, n) for r, _, ns in os.walk(best) for n in ns
+                    if n != checkpoint.MANIFEST), key=os.path.getsize)
+    with open(files[-1], "r+b") as f:
+        f.truncate(os.path.getsize(files[-1]) // 3)
+    with pytest.raises(checkpoint.CheckpointError, match="differs from its sha256"):
+        predict.predict_file(copy, sample)
+    os.remove(os.path.join(best, checkpoint.MANIFEST))  # a run from before the checksums
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged"):
+        predict.predict_file(copy, sample)
+    shutil.rmtree(best)
+    with pytest.raises(checkpoint.CheckpointError, match="no peer weights at"):
+        predict.predict_file(copy, sample)
+
+
+def test_predict_output_directory_missing_is_refused_before_scoring(trained, tmp_path):
+    run, rows = trained
+    out = tmp_path / "no_such_dir" / "pred.csv"
+    line = _one_error_line(_cli(run, _write(tmp_path / "s.txt", rows), out))
+    assert f"directory {tmp_path / 'no_such_dir'} does not exist" in line
+    with pytest.raises(predict.PredictError, match="is a directory"):
+        predict.check_output(str(tmp_path))
+
+
+def test_predict_dataset_prepared_again_names_what_differs(trained, tiny_data_dir, tmp_path):
+    from mlctr.data.prepare import prepare
+
+    run, rows = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(run, copy)
+    # The same raw rows prepared with the other protocol: other vocabularies.
+    other = str(tmp_path / "other")
+    prepare("synthetic", _raw_file(tiny_data_dir), other, protocol="x4_002", num_rows=4000,
+            seed=11)
+    config_path = os.path.join(copy, "config.json")
+    config = json.loads(open(config_path).read())
+    config["data"]["data_dir"] = other
+    open(config_path, "w").write(json.dumps(config))
+
+    with pytest.raises(predict.PredictError) as error:
+        predict.predict_file(copy, _write(tmp_path / "s.txt", rows))
+    message = str(error.value)
+    assert "\n" not in message and "is not the one run" in message
+    assert "vocab_size " in message and " at training, " in message
