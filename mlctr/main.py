@@ -5,10 +5,13 @@ key fails loudly), overridable field by field: `--config.mutual.alpha=0.5`.
 `config.mode` picks what runs: `train` (one run of all peers) or
 `finetune_study` (pretrain, independent and mutual finetune, results table).
 
-Rerunning a command resumes from the work dir's newest checkpoint. Exit status:
-0 done; 1 with a one-line `mlctr: error: ...` for a NaN/inf loss or a bad
-checkpoint; 143 after SIGTERM, once the checkpoint is saved. Multi-process and
-cluster launches: `launch.sh` and the "Cluster" section of README.md.
+The config and work dir are checked (`train.check_can_start`) and the dataset
+prepared (`train.ensure_prepared`) before the run starts. Rerunning a command
+resumes from the work dir's newest checkpoint. Exit status: 0 done; 1 with a
+one-line `mlctr: error: ...` for a nonsense config value, an unusable work dir
+or dataset, a work dir another run holds, a NaN/inf loss or a bad checkpoint;
+143 after SIGTERM, once the checkpoint is saved. Multi-process and cluster
+launches: `launch.sh` and the "Cluster" section of README.md.
 """
 import os
 import sys
@@ -21,8 +24,10 @@ from ml_collections import config_flags
 
 from mlctr import checkpoint
 from mlctr import distributed
+from mlctr import locking
 from mlctr import study
 from mlctr import train
+from mlctr.data.errors import DataError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Python config file (get_config).",
@@ -39,6 +44,11 @@ flags.mark_flags_as_required(["config"])
 # "terminated, not finished"; rerunning the same command resumes it.
 PREEMPTED_EXIT_CODE = 143
 
+# Expected failures whose message is complete in one line: printed without a traceback.
+# (A ValueError is one only from the config check: elsewhere it would be a bug.)
+CLEAR_ERRORS = (train.RunError, train.NonFiniteLossError, checkpoint.CheckpointError,
+                locking.LockedError, DataError)
+
 
 def main(argv):
     if len(argv) > 1:
@@ -50,20 +60,26 @@ def main(argv):
     config = FLAGS.config
     logging.info("mode %s, workdir %s", config.mode, FLAGS.workdir)
     try:
+        train.check_can_start(config, FLAGS.workdir)  # the config's values, the work dir
+    except (ValueError, train.RunError) as e:  # ValueError: config.<key> from validate
+        _fail(e)
+    try:
+        train.ensure_prepared(config, FLAGS.workdir)
         if config.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
-        elif config.mode == "finetune_study":
-            study.run_finetune_study(config, FLAGS.workdir)
         else:
-            raise app.UsageError(
-                f"unknown config.mode {config.mode!r}; expected train or finetune_study")
+            study.run_finetune_study(config, FLAGS.workdir)
     except train.Preempted as e:
         print(f"mlctr: {e}", file=sys.stderr, flush=True)
         _exit_now(PREEMPTED_EXIT_CODE)
-    except (train.NonFiniteLossError, checkpoint.CheckpointError) as e:
-        # Expected failures with a complete message: no traceback.
-        print(f"mlctr: error: {e}", file=sys.stderr, flush=True)
-        _exit_now(1)
+    except CLEAR_ERRORS as e:
+        _fail(e)
+
+
+def _fail(error: Exception):
+    """One line on stderr, exit status 1."""
+    print(f"mlctr: error: {error}", file=sys.stderr, flush=True)
+    _exit_now(1)
 
 
 def _exit_now(code: int):

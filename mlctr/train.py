@@ -5,14 +5,18 @@ independent finetune control are all this loop with different configs:
 `mutual.alpha = 0` makes the peers independent, `init_from` starts them from
 a pretrained run's best weights.
 
+The trainer reads top down: `train_and_evaluate` checks the config and work dir and
+locks it, then `build` (dataset, peers, shapes), `restore_or_start` (the newest
+checkpoint or fresh peers), `TrainLoop.run` (step, log, evaluate, checkpoint, early
+stop) and `test_and_export` (the best weights on valid and test). The dataset must be
+prepared before (`ensure_prepared`, which `mlctr.main` calls).
+
 Training protocol (BARS/FuxiCTR, each a config field): Adam; evaluation every
-epoch or every `train.eval_steps`; after a non-improving evaluation a peer's
-learning rate is multiplied by `optimizer.lr_decay_factor` (floor
-`optimizer.min_learning_rate`); after `train.patience` non-improving
-evaluations the peer stops: its best weights are restored into the live state
-and its learning rate set to 0, so it keeps teaching its companions with its
-best predictions while it no longer changes. The run ends when every peer has
-stopped or the epochs run out; the best weights of each peer are evaluated.
+epoch or every `train.eval_steps`; per-peer learning-rate decay and early stopping
+(mlctr/schedule.py). A stopped peer's best weights are restored into the live state
+and its learning rate set to 0, so it keeps teaching its companions with its best
+predictions while it no longer changes. The run ends when every peer has stopped or
+the epochs run out; the best weights of each peer are evaluated.
 
 Scale and restarts. The state and batches live on the `config.mesh` device mesh
 (mlctr/sharding.py); in a multi-process run each process reads its slice of every
@@ -22,20 +26,18 @@ end and on SIGTERM (then the run raises `Preempted`); the same command resumes
 from the newest one and ends bitwise identical to an uninterrupted run on CPU. A
 NaN/inf loss raises `NonFiniteLossError` before any later checkpoint is written.
 
-Run directory: config.json, metrics.jsonl, tensorboard/ (event files),
-checkpoints/, best/ (exported at the end), results.json and results.md.
+Run directory: .lock, config.json, dataset.json, metrics.jsonl, tensorboard/ (event
+files), checkpoints/, best/ (exported at the end), results.json and results.md.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
-import queue
 import signal
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -44,383 +46,27 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 
 from mlctr import checkpoint
+from mlctr import locking
 from mlctr import metrics as metrics_lib
 from mlctr import mutual
+from mlctr import run_log
 from mlctr import sharding
-from mlctr import tensorboard
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A peer's training loss became NaN or inf."""
-
-
-class Preempted(Exception):
-    """The run stopped on SIGTERM after saving a checkpoint; rerun the command to resume."""
-
-    def __init__(self, step: int, directory: str):
-        super().__init__(f"stopped on SIGTERM at step {step} after saving a checkpoint in "
-                         f"{directory}; rerun the same command to resume")
-        self.step = step
+from mlctr.configs import validate as config_validation
+# Re-exported: the trainer's public names, wherever they are defined.
+from mlctr.evaluation import predict_split, split_metrics  # noqa: F401
+from mlctr.run_data import (dataset_dir, dataset_fingerprint, ensure_prepared,  # noqa: F401
+                            open_dataset, prefetch)
+from mlctr.run_errors import NonFiniteLossError, Preempted, RunError  # noqa: F401
+from mlctr.run_log import MetricsWriter, results_markdown  # noqa: F401
+from mlctr.schedule import PeerSchedule
+from mlctr import run_data
 
 
 # ---------------------------------------------------------------------------
-# Data.
-
-
-def dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Where the prepared dataset lives: config.data.data_dir or <workdir>/data."""
-    return config.data.data_dir or os.path.join(workdir, "data")
-
-
-def load_dataset(config: ml_collections.ConfigDict, workdir: str):
-    """Opens the prepared dataset, preparing it first when it is not there yet.
-
-    For `synthetic` the raw Criteo-format file is generated under the data dir;
-    for `criteo`/`avazu` `config.data.raw` must name the Kaggle file. In a
-    multi-process run process 0 prepares it and the others wait, so the data dir
-    must be on storage every process sees (or prepared on every host beforehand).
-    """
-    from mlctr.data.prepare import prepare
-    from mlctr.data.reader import PreparedDataset
-
-    data_dir = dataset_dir(config, workdir)
-    feature_map = os.path.join(data_dir, "feature_map.json")
-    if jax.process_index() == 0 and not os.path.exists(feature_map):
-        raw = config.data.raw
-        if config.data.dataset == "synthetic":
-            raw = raw or os.path.join(data_dir, "raw", "synthetic_criteo.txt")
-        elif not raw:
-            raise ValueError(f"config.data.raw must name the raw {config.data.dataset} file "
-                             f"(no prepared dataset at {data_dir})")
-        logging.info("Preparing %s dataset into %s", config.data.dataset, data_dir)
-        prepare(
-            config.data.dataset, raw, data_dir, protocol=config.data.protocol,
-            skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
-            num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None)
-    if jax.process_count() > 1:
-        # Every process passes this barrier, whether or not it found the dataset.
-        multihost_utils.sync_global_devices("mlctr: dataset ready")
-    if not os.path.exists(feature_map):
-        raise FileNotFoundError(
-            f"process {jax.process_index()} finds no prepared dataset at {data_dir} after "
-            "process 0 prepared it: put config.data.data_dir on storage all hosts share, or "
-            "prepare it on every host first (python -m mlctr.data.prepare ...)")
-    return PreparedDataset(data_dir)
-
-
-def dataset_fingerprint(dataset) -> dict:
-    """What a checkpoint must agree with to resume on this dataset."""
-    return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
-            "train_examples": dataset.num_examples("train"),
-            "source_sha256": dataset.feature_map.get("source", {}).get("sha256")}
-
-
-def prefetch(iterator: Iterator[dict], place: Callable[[dict], Any] = jax.device_put,
-             size: int = 2) -> Iterator[dict]:
-    """Reads and places batches in a background thread, overlapping the step.
-
-    Args:
-      iterator: host batches.
-      place: turns a host batch into device arrays (e.g. `sharding.global_batch`).
-      size: batches read ahead.
-    """
-    items: queue.Queue = queue.Queue(maxsize=size)
-    sentinel = object()
-    stop = threading.Event()
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce():
-        try:
-            for batch in iterator:
-                put(place(batch))
-                if stop.is_set():
-                    return
-        except BaseException as e:  # surfaced in the consumer
-            put(e)
-        put(sentinel)
-
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        while True:
-            item = items.get()
-            if item is sentinel:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()  # the consumer left early: let the reader thread end
-
-
-# ---------------------------------------------------------------------------
-# Per-peer early stopping and learning-rate decay.
-
-
-@dataclasses.dataclass
-class PeerSchedule:
-    """BARS schedule, tracked separately for each peer.
-
-    Attributes:
-      learning_rate: current learning rate per peer.
-      best_value: best monitored value per peer (-inf before the first eval).
-      best_step: step of that best value.
-      bad_evals: consecutive non-improving evaluations.
-      stopped: whether the peer has early-stopped.
-    """
-
-    learning_rate: list[float]
-    best_value: list[float]
-    best_step: list[int]
-    bad_evals: list[int]
-    stopped: list[bool]
-
-    @classmethod
-    def start(cls, num_peers: int, learning_rate: float) -> "PeerSchedule":
-        return cls([learning_rate] * num_peers, [-math.inf] * num_peers, [0] * num_peers,
-                   [0] * num_peers, [False] * num_peers)
-
-    def update(self, values: list[float], step: int, *, patience: int, decay: float,
-               min_lr: float, min_delta: float = 1e-6) -> tuple[list[bool], list[bool]]:
-        """Records one evaluation; returns (improved, newly_stopped) per peer."""
-        improved, newly_stopped = [], []
-        for k, value in enumerate(values):
-            if self.stopped[k]:
-                improved.append(False)
-                newly_stopped.append(False)
-                continue
-            better = value > self.best_value[k] + min_delta
-            improved.append(better)
-            if better:
-                self.best_value[k], self.best_step[k], self.bad_evals[k] = value, step, 0
-            else:
-                self.bad_evals[k] += 1
-                self.learning_rate[k] = max(self.learning_rate[k] * decay, min_lr)
-            stop = self.bad_evals[k] >= patience
-            newly_stopped.append(stop)
-            if stop:
-                self.stopped[k] = True
-        return improved, newly_stopped
-
-    @property
-    def all_stopped(self) -> bool:
-        return all(self.stopped)
-
-    def live_learning_rates(self) -> np.ndarray:
-        return np.asarray([0.0 if s else lr for s, lr in zip(self.stopped, self.learning_rate)],
-                          np.float32)
-
-    def to_json(self) -> dict:
-        return {k: [None if isinstance(v, float) and math.isinf(v) else v for v in vals]
-                for k, vals in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "PeerSchedule":
-        d = dict(d)
-        d["best_value"] = [-math.inf if v is None else v for v in d["best_value"]]
-        return cls(**d)
-
-
-# ---------------------------------------------------------------------------
-# Evaluation.
-
-
-@functools.lru_cache(maxsize=16)
-def _gathering_predict(predict_fn, mesh):
-    """predict_fn over a global batch, returning (logits, labels, mask) on every process."""
-
-    def predict(params, batch_stats, batch):
-        return predict_fn(params, batch_stats, batch["ids"]), batch["label"], batch["mask"]
-
-    return jax.jit(predict, out_shardings=sharding.replicated(mesh))
-
-
-def predict_split(predict_fn, params, batch_stats, dataset, split: str, batch_size: int,
-                  mesh=None):
-    """Logits of every peer on a split: (logits [N, n], labels [n]), in split order.
-
-    Each process reads only its slice of every evaluation batch; the logits of
-    the whole batch come back to every process, and padding is dropped by the
-    mask, so every example counts exactly once and all processes compute the
-    same metrics (and so take the same early-stopping decisions).
-
-    Args:
-      predict_fn: from `build_run`.
-      params, batch_stats: stacked peer variables (on `mesh`).
-      dataset: the PreparedDataset.
-      split: "valid" or "test".
-      batch_size: global evaluation batch size (a multiple of the data axis).
-      mesh: the device mesh; default: this process's first device.
-    """
-    mesh = mesh if mesh is not None else sharding.make_mesh(1, 1, jax.local_devices()[:1])
-    index, count = sharding.process_batch_slice(mesh, batch_size)
-    predict = _gathering_predict(predict_fn, mesh)
-    all_logits, all_labels = [], []
-    for local in dataset.eval_batches(split, batch_size, process_index=index, process_count=count):
-        logits, labels, mask = jax.device_get(
-            predict(params, batch_stats, sharding.global_batch(mesh, local, batch_size)))
-        keep = mask > 0
-        all_logits.append(logits[:, keep])
-        all_labels.append(labels[keep])
-    return np.concatenate(all_logits, axis=1), np.concatenate(all_labels)
-
-
-def split_metrics(names, logits: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """AUC/logloss per peer and of the ensemble (mean of the peers' probabilities)."""
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    out = {name: metrics_lib.auc_and_logloss(labels, probs[k]) for k, name in enumerate(names)}
-    if len(names) > 1:
-        out["ensemble"] = metrics_lib.auc_and_logloss(labels, probs.mean(axis=0))
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Bookkeeping.
-
-
-class MetricsWriter:
-    """JSON lines in <workdir>/metrics.jsonl and TensorBoard scalars (process 0 only).
-
-    A run that resumes at step k first drops the records after k that the
-    interrupted process wrote, so the file reads as one uninterrupted run.
-    """
-
-    def __init__(self, workdir: str, start_step: int = 0):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.enabled = jax.process_index() == 0
-        self.tensorboard = None
-        if not self.enabled:
-            return
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip()
-                        and json.loads(line).get("step", 0) <= start_step]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
-        self.tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                                     purge_step=start_step + 1)
-
-    def write(self, record: dict, scalars: dict[str, float] | None = None):
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if scalars:
-            self.tensorboard.scalars(record["step"], scalars)
-            self.tensorboard.flush()
-
-    def close(self):
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _per_peer_scalars(prefix: str, values: dict[str, float]) -> dict[str, float]:
-    return {f"{prefix}/{name}": value for name, value in values.items()}
-
-
-def results_markdown(results: dict) -> str:
-    """The final table of a run: each peer's best weights on valid (and test)."""
-    splits = [s for s in ("valid", "test") if s in results]
-    header = "| peer | " + " | ".join(f"{s} AUC | {s} logloss" for s in splits) + " |"
-    lines = [header, "|---" * (1 + 2 * len(splits)) + "|"]
-    for name in results[splits[0]]:
-        cells = " | ".join(f"{results[s][name]['auc']:.5f} | {results[s][name]['logloss']:.5f}"
-                           for s in splits)
-        lines.append(f"| {name} | {cells} |")
-    for split in splits:
-        bayes = results.get("bayes", {}).get(split)
-        if bayes:
-            lines.append(f"\nBayes-optimal on this synthetic {split} split: AUC "
-                         f"{bayes['auc']:.5f}, logloss {bayes['logloss']:.5f}.")
-    lines.append(f"\n{results['steps']} steps; best step per peer: "
-                 + ", ".join(f"{n} {s}" for n, s in zip(results["peers"],
-                                                        results["schedule"]["best_step"])))
-    return "\n".join(lines) + "\n"
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _select_tree(mask: np.ndarray, new, old):
-    """Per peer (leading axis): new where mask, else old."""
-
-    def pick(n, o):
-        m = mask.reshape((-1,) + (1,) * (n.ndim - 1))
-        return jnp.where(m, n, o)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
-def _select_groups(masks, new, old):
-    """Group by group, `new` for the peers whose mask is set, else `old`."""
-    return jax.tree_util.tree_map(
-        lambda n, o: tuple(_select_tree(m, ng, og) for m, ng, og in zip(masks, n, o)),
-        new, old, is_leaf=lambda x: isinstance(x, tuple))
-
-
-def _group_masks(peers: mutual.Peers, per_peer: list[bool]):
-    flags = np.asarray(per_peer, bool)
-    return tuple(flags[sl] for sl in peers.group_slices())
-
-
-def _raise_if_non_finite(names, non_finite, last_checkpoint: int | None):
-    """Raises NonFiniteLossError naming each peer whose loss became NaN/inf, and when."""
-    first_step, first_loss = jax.device_get(non_finite)
-    bad = [k for k in range(len(names)) if first_step[k] >= 0]
-    if bad:
-        kept = (f"the last checkpoint, step {last_checkpoint}, is from before it and is kept"
-                if last_checkpoint is not None else "no checkpoint was written")
-        raise NonFiniteLossError(
-            "; ".join(f"peer {names[k]!r} has a non-finite training loss ({first_loss[k]}) at "
-                      f"step {first_step[k]}" for k in bad)
-            + f". Stopping: nothing is saved from that step on ({kept}).")
-
-
-class PreemptionWatcher:
-    """Tells the loop when to checkpoint and stop after a SIGTERM (preemption notice).
-
-    One process: a SIGTERM handler sets a flag that the loop reads after each
-    step. Several processes: SIGTERM may reach them at different steps, so
-    JAX's preemption service (started by jax.distributed.initialize, which then
-    owns SIGTERM) agrees on one step at which every process saves and stops.
-    """
-
-    def __init__(self):
-        self._multi_process = jax.process_count() > 1
-        self._requested = False
-        self._previous = None
-        if not self._multi_process and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self._requested = True
-
-    def should_stop(self, step: int) -> bool:
-        if self._multi_process:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self._requested
-
-    def close(self):
-        """Restores the previous handler: a later SIGTERM ends the process as usual."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-# ---------------------------------------------------------------------------
-# The loop.
+# Peers and the jitted step.
 
 
 def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
@@ -499,219 +145,481 @@ def abstract_state(config, peers, optimizer, dataset):
         optimizer, config.optimizer.learning_rate, same_init=config.mutual.same_init))
 
 
+def _select_tree(mask: np.ndarray, new, old):
+    """Per peer (leading axis): new where mask, else old."""
+
+    def pick(n, o):
+        m = mask.reshape((-1,) + (1,) * (n.ndim - 1))
+        return jnp.where(m, n, o)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _select_groups(masks, new, old):
+    """Group by group, `new` for the peers whose mask is set, else `old`."""
+    return jax.tree_util.tree_map(
+        lambda n, o: tuple(_select_tree(m, ng, og) for m, ng, og in zip(masks, n, o)),
+        new, old, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _group_masks(peers: mutual.Peers, per_peer: list[bool]):
+    flags = np.asarray(per_peer, bool)
+    return tuple(flags[sl] for sl in peers.group_slices())
+
+
+def _raise_if_non_finite(names, non_finite, last_checkpoint: int | None):
+    """Raises NonFiniteLossError naming each peer whose loss became NaN/inf, and when."""
+    first_step, first_loss = jax.device_get(non_finite)
+    bad = [k for k in range(len(names)) if first_step[k] >= 0]
+    if bad:
+        kept = (f"the last checkpoint, step {last_checkpoint}, is from before it and is kept"
+                if last_checkpoint is not None else "no checkpoint was written")
+        raise NonFiniteLossError(
+            "; ".join(f"peer {names[k]!r} has a non-finite training loss ({first_loss[k]}) at "
+                      f"step {first_step[k]}" for k in bad)
+            + f". Stopping: nothing is saved from that step on ({kept}).")
+
+
+def _variables(tree) -> dict:
+    return {k: tree[k] for k in ("params", "batch_stats")}
+
+
+# ---------------------------------------------------------------------------
+# Start: config, work dir, lock.
+
+
+def check_can_start(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Fails with one line before anything is written: a bad config or work dir.
+
+    Raises:
+      ValueError: `config.<key>: ...` for a nonsense setting.
+      RunError: the work dir is a file or cannot be created.
+    """
+    config_validation.validate(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise RunError(f"the work dir {workdir} is a file, not a directory: pass another "
+                       "--workdir")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """Holds the work dir's lock for the run (process 0 takes it for all processes).
+
+    Raises:
+      mlctr.locking.LockedError: another run holds the work dir; on every process.
+    """
+    with contextlib.ExitStack() as stack:
+        message = ""
+        if jax.process_index() == 0:
+            try:
+                stack.enter_context(locking.exclusive_lock(workdir, "run"))
+            except locking.LockedError as e:
+                message = str(e)
+        if jax.process_count() > 1:
+            # Every process learns whether process 0 holds the lock, and waits for it.
+            busy = multihost_utils.broadcast_one_to_all(np.int32(bool(message)))
+            if busy and not message:
+                message = f"{workdir} is in use by another run (process 0 could not lock it)"
+        if message:
+            raise locking.LockedError(message)
+        yield
+
+
+# ---------------------------------------------------------------------------
+# Build: dataset, peers, shapes and shardings.
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run is made of; fixed once built."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    dataset: Any
+    mesh: Any
+    peers: mutual.Peers
+    optimizer: Any
+    train_step: Any
+    predict_fn: Callable
+    steps_per_epoch: int
+    total_steps: int
+    shapes: dict
+    state_shardings: dict
+    # What a checkpoint must agree with: the config (as a dict) and the dataset.
+    config_dict: dict
+    fingerprint: dict
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.peers.names)
+
+    @property
+    def best_shardings(self) -> dict:
+        return _variables(self.state_shardings)
+
+
+def run_length(train_config, dataset) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run on `dataset`."""
+    if train_config.batch_size < 1:
+        raise RunError(f"config.train.batch_size must be >= 1 (got {train_config.batch_size})")
+    steps_per_epoch = dataset.num_train_batches(train_config.batch_size)
+    if steps_per_epoch == 0:
+        raise RunError(f"the train split of {dataset.data_dir} ({dataset.num_examples('train')} "
+                       f"rows) is smaller than one batch (config.train.batch_size = "
+                       f"{train_config.batch_size})")
+    total_steps = steps_per_epoch * train_config.num_epochs
+    if train_config.max_steps > 0:
+        total_steps = min(total_steps, train_config.max_steps)
+    return steps_per_epoch, total_steps
+
+
+def _checkpoint_config(config: ml_collections.ConfigDict, peers: mutual.Peers) -> dict:
+    """The config as a checkpoint records it, less the hyperparameter sets of models
+    that are not peers here (code updates may add fields to those)."""
+    config_dict = json.loads(config.to_json_best_effort())
+    config_dict["models"] = {key: config_dict["models"][key] for key in
+                             dict.fromkeys(g.config_key for g in peers.groups)}
+    return config_dict
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Opens the dataset and builds the peers, the step and the state's layout."""
+    dataset = open_dataset(config, workdir)
+    mesh = sharding.mesh_from_config(config.mesh)
+    peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
+    logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
+                 [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
+    steps_per_epoch, total_steps = run_length(config.train, dataset)
+    # Fail early when a batch does not divide over the processes.
+    sharding.process_batch_slice(mesh, config.train.batch_size)
+    sharding.process_batch_slice(mesh, config.train.eval_batch_size)
+    shapes = abstract_state(config, peers, optimizer, dataset)
+    state_shardings = sharding.state_shardings(
+        mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
+               steps_per_epoch, total_steps, shapes, state_shardings,
+               _checkpoint_config(config, peers), dataset_fingerprint(dataset))
+
+
+# ---------------------------------------------------------------------------
+# Restore: the newest checkpoint, or fresh peers.
+
+
+@dataclasses.dataclass
+class Live:
+    """What changes as the run trains: the state, the best weights, the schedule."""
+
+    state: dict
+    best: dict
+    schedule: PeerSchedule
+    step: int
+    start_step: int
+
+
+def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
+    """Resumes from the newest checkpoint in the work dir, else starts fresh peers."""
+    if checkpoints.latest_step() is None:
+        return _start(run)
+    as_target = lambda tree, shardings: jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    state, best, progress = checkpoints.restore(
+        as_target(run.shapes, run.state_shardings),
+        as_target(_variables(run.shapes), run.best_shardings),
+        config=run.config_dict, dataset=run.fingerprint)
+    start_step = int(progress["step"])
+    logging.info("Resumed from the checkpoint at step %d (epoch %d, batch %d)", start_step,
+                 *divmod(start_step, run.steps_per_epoch))
+    return Live(state, best, PeerSchedule.from_json(progress["schedule"]), start_step,
+                start_step)
+
+
+def _start(run: Run) -> Live:
+    config, names = run.config, run.names
+    host_state = jax.device_get(initial_state(config, run.peers, run.optimizer, run.dataset))
+    schedule = PeerSchedule.start(run.peers.size, config.optimizer.learning_rate)
+    frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
+    unknown = sorted(set(frozen) - set(names))
+    if unknown:
+        raise ValueError(f"mutual.frozen_peers names unknown peer(s) {unknown}; peers: {names}")
+    for name in frozen:  # teachers of one-way distillation: never updated
+        schedule.stopped[names.index(name)] = True
+    host_state["learning_rate"] = schedule.live_learning_rates()
+    state = sharding.put(host_state, run.state_shardings)
+    # A separate copy: the live state's buffers are donated to the step.
+    best = sharding.put(_variables(host_state), run.best_shardings)
+    return Live(state, best, schedule, 0, 0)
+
+
+def write_run_files(run: Run) -> None:
+    """config.json and dataset.json (process 0)."""
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            f.write(run.config.to_json_best_effort(indent=1))
+    run_data.write_dataset_record(run.workdir, run.config.data.dataset, run.fingerprint)
+
+
+# ---------------------------------------------------------------------------
+# The loop: step, log, evaluate, checkpoint, early stop.
+
+
+class PreemptionWatcher:
+    """Tells the loop when to checkpoint and stop after a SIGTERM (preemption notice).
+
+    Several processes: SIGTERM may reach them at different steps, so JAX's
+    preemption service (started by jax.distributed.initialize, which then owns
+    SIGTERM) agrees on one step at which every process saves and stops; orbax's
+    `CheckpointManager.reached_preemption` asks it. One process: that service does
+    not run (orbax's call then always answers False), so a SIGTERM handler of our
+    own sets a flag that the loop reads after each step.
+
+    Args:
+      reached_preemption: step -> bool, the multi-process sync point; by default
+        orbax's (what `CheckpointManager.reached_preemption` calls).
+    """
+
+    def __init__(self, reached_preemption: Callable[[int], bool] | None = None):
+        self._multi_process = jax.process_count() > 1
+        self._reached_preemption = reached_preemption or ocp.multihost.reached_preemption
+        self._requested = False
+        self._previous = None
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if self._multi_process:
+            return self._reached_preemption(step)
+        return self._requested
+
+    def close(self):
+        """Restores the previous handler: a later SIGTERM ends the process as usual."""
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class TrainLoop:
+    """The steps of one run, from `live.step` to the end; updates `live` in place.
+
+    Args:
+      run: from `build`.
+      live: from `restore_or_start`.
+      checkpoints: the run's checkpoints (written every `checkpoint.ckpt_steps`, on
+        SIGTERM and at the end).
+    """
+
+    def __init__(self, run: Run, live: Live, checkpoints: checkpoint.RunCheckpoints):
+        self.run, self.live, self.checkpoints = run, live, checkpoints
+        rep = sharding.replicated(run.mesh)
+        self.step_fn = sharded_train_step(run.train_step, run.mesh, run.state_shardings)
+        self.select = jax.jit(_select_groups, out_shardings=run.best_shardings)
+        self.alpha = sharding.put(np.float32(run.config.mutual.alpha), rep)
+        self.non_finite = sharding.put((np.full(run.peers.size, -1, np.int32),
+                                        np.zeros(run.peers.size, np.float32)), rep)
+        self.clock = run_log.Throughput(run.config.train.batch_size)
+        self.writer: MetricsWriter | None = None
+
+    def train(self) -> None:
+        """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
+        run, live = self.run, self.live
+        self.writer = MetricsWriter(run.workdir, live.start_step)
+        self.watcher = PreemptionWatcher()
+        try:
+            while live.step < run.total_steps and not live.schedule.all_stopped:
+                self.epoch()
+            if live.schedule.all_stopped:
+                logging.info("every peer has stopped early; the run ends at step %d", live.step)
+            self.check_finite()
+            if self.checkpoints.last_saved_step != live.step:
+                self.save(live.step)
+            self.checkpoints.wait()
+        finally:
+            self.watcher.close()
+            self.writer.close()
+
+    def epoch(self) -> None:
+        """One pass over the rest of the current epoch (or until the run stops)."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        epoch, start_batch = divmod(live.step, run.steps_per_epoch)
+        index, count = sharding.process_batch_slice(run.mesh, tc.batch_size)
+        batches = run.dataset.train_batches(tc.batch_size, seed=run.config.seed, epoch=epoch,
+                                            process_index=index, process_count=count,
+                                            start_batch=start_batch)
+        step_before = live.step
+        place = functools.partial(sharding.global_batch, run.mesh, batch_size=tc.batch_size)
+        for batch in prefetch(batches, place):
+            if self.step(batch, epoch):
+                break
+        if live.step == step_before:
+            raise RuntimeError(f"epoch {epoch} yielded no training batch from batch {start_batch}")
+        run_log.log_epoch(epoch, -(-run.total_steps // run.steps_per_epoch), live.step,
+                          run.total_steps, self.clock)
+
+    def step(self, batch, epoch: int) -> bool:
+        """One update and what falls due after it; True when this epoch pass ends."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        live.state, measurements, self.non_finite = self.step_fn(
+            live.state, batch, self.alpha, self.non_finite)
+        live.step += 1
+        step = live.step
+        self.clock.step_done(measurements)
+        if step % tc.log_steps == 0 or step == run.total_steps:
+            self.log_train(step, epoch, measurements)
+        end_of_epoch = step % run.steps_per_epoch == 0
+        if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
+                tc.eval_steps <= 0 and end_of_epoch) or step == run.total_steps:
+            self.check_finite()
+            self.evaluate(step, epoch)
+            self.clock.resume()  # evaluation is not training time
+        if step >= run.total_steps or live.schedule.all_stopped:
+            return True
+        ckpt_steps = run.config.checkpoint.ckpt_steps
+        if ckpt_steps > 0 and step % ckpt_steps == 0:
+            self.save(step)
+        self.stop_if_preempted(step)
+        return end_of_epoch
+
+    def check_finite(self) -> None:
+        _raise_if_non_finite(self.run.names, self.non_finite, self.checkpoints.last_saved_step)
+
+    def log_train(self, step: int, epoch: int, measurements) -> None:
+        """metrics.jsonl, TensorBoard and the log line of the training losses."""
+        self.check_finite()
+        names, batch_size = self.run.names, self.run.config.train.batch_size
+        m = jax.device_get(measurements)
+        steps_per_sec = self.clock.interval()
+        record = {"kind": "train", "step": step, "epoch": epoch,
+                  "steps_per_sec": steps_per_sec,
+                  "examples_per_sec": steps_per_sec * batch_size,
+                  "learning_rate": dict(zip(names,
+                                            self.live.schedule.live_learning_rates().tolist())),
+                  **{k: dict(zip(names, np.asarray(m[k]).tolist()))
+                     for k in ("loss", "bce", "mutual", "l2", "grad_norm")}}
+        scalars = {f"train/{k}/{n}": v
+                   for k in ("loss", "bce", "mutual", "grad_norm", "learning_rate")
+                   for n, v in record[k].items()}
+        scalars.update({"train/steps_per_sec": steps_per_sec,
+                        "train/examples_per_sec": record["examples_per_sec"]})
+        self.writer.write(record, scalars)
+        run_log.log_train(step, self.run.total_steps, record["loss"], record["examples_per_sec"])
+
+    def evaluate(self, step: int, epoch: int) -> None:
+        """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        names = run.names
+        logits, labels = predict_split(run.predict_fn, live.state["params"],
+                                       live.state["batch_stats"], run.dataset, "valid",
+                                       tc.eval_batch_size, run.mesh)
+        valid = split_metrics(names, logits, labels)
+        values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
+        improved, newly_stopped = live.schedule.update(
+            values, step, patience=tc.patience, decay=run.config.optimizer.lr_decay_factor,
+            min_lr=run.config.optimizer.min_learning_rate)
+        live.best = self.select(_group_masks(run.peers, improved), _variables(live.state),
+                                live.best)
+        if any(newly_stopped):
+            # A stopped peer teaches with its best weights and no longer moves.
+            live.state.update(self.select(_group_masks(run.peers, newly_stopped), live.best,
+                                          _variables(live.state)))
+        live.state["learning_rate"] = sharding.put(live.schedule.live_learning_rates(),
+                                                   run.state_shardings["learning_rate"])
+        stopped = dict(zip(names, live.schedule.stopped))
+        self.writer.write(
+            {"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
+             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped},
+            {**run_log.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
+             **run_log.per_peer_scalars("valid/logloss",
+                                        {n: m["logloss"] for n, m in valid.items()})})
+        run_log.log_eval(step, valid, dict(zip(names, improved)), stopped)
+
+    def save(self, step: int) -> None:
+        """Starts writing checkpoint `step`, never one of a state that went non-finite."""
+        self.check_finite()
+        epoch, batch_in_epoch = divmod(step, self.run.steps_per_epoch)
+        self.checkpoints.save(step, self.live.state, self.live.best, {
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+            "schedule": self.live.schedule.to_json(), "peers": self.run.names,
+            "config": self.run.config_dict, "dataset": self.run.fingerprint})
+
+    def stop_if_preempted(self, step: int) -> None:
+        """After a SIGTERM: the checkpoint of this step, then `Preempted`."""
+        if not self.watcher.should_stop(step):
+            return
+        if self.checkpoints.last_saved_step != step:
+            self.save(step)
+        self.checkpoints.wait()
+        logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
+        raise Preempted(step, self.checkpoints.directory)
+
+
+# ---------------------------------------------------------------------------
+# Test: the best weights on valid and test, exported.
+
+
+def test_and_export(run: Run, live: Live, clock: run_log.Throughput) -> dict[str, Any]:
+    """Evaluates each peer's best weights; writes best/, results.json and results.md."""
+    tc = run.config.train
+    results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
+               "train_seconds": clock.timed_seconds, "examples_per_sec": clock.examples_per_sec,
+               "schedule": live.schedule.to_json()}
+    for split in ("valid", "test") if tc.test_at_end else ("valid",):
+        logits, labels = predict_split(run.predict_fn, live.best["params"],
+                                       live.best["batch_stats"], run.dataset, split,
+                                       tc.eval_batch_size, run.mesh)
+        results[split] = split_metrics(run.names, logits, labels)
+    bayes = run.dataset.feature_map.get("bayes")
+    if bayes:
+        results["bayes"] = bayes
+    checkpoint.save_peer_weights(run.workdir, mutual.peer_variables(
+        run.peers, *sharding.to_host((live.best["params"], live.best["batch_stats"]))))
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        with open(os.path.join(run.workdir, "results.md"), "w") as f:
+            f.write(results_markdown(results))
+    return results
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains all peers of `config` and evaluates their best weights.
 
-    Resumes from the newest checkpoint in `workdir` when there is one.
+    Resumes from the newest checkpoint in `workdir` when there is one. The
+    dataset must be prepared (`ensure_prepared`).
 
     Args:
       config: a locked config (see mlctr/configs/default.py).
-      workdir: run directory: config.json, metrics.jsonl, tensorboard/,
-        checkpoints/, best/, results.json, results.md.
+      workdir: run directory: config.json, dataset.json, metrics.jsonl,
+        tensorboard/, checkpoints/, best/, results.json, results.md.
 
     Returns:
       results dict with per-peer 'valid' and 'test' metrics of the best
       weights, the schedule and throughput.
 
     Raises:
+      ValueError: a nonsense config value (`config.<key>: ...`).
+      RunError: the work dir or dataset cannot be used.
+      mlctr.locking.LockedError: another run holds the work dir.
       NonFiniteLossError: a peer's loss became NaN or inf.
       Preempted: SIGTERM arrived; a checkpoint was saved.
       checkpoint.CheckpointError: the checkpoint in `workdir` is unreadable or
         belongs to another config.
     """
-    os.makedirs(workdir, exist_ok=True)
-    dataset = load_dataset(config, workdir)
-    mesh = sharding.mesh_from_config(config.mesh)
-    peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
-    names = list(peers.names)
-    logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", names,
-                 [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
-    tc = config.train
-    steps_per_epoch = dataset.num_train_batches(tc.batch_size)
-    if steps_per_epoch == 0:
-        raise ValueError(f"the train split ({dataset.num_examples('train')} rows) is smaller "
-                         f"than one batch of {tc.batch_size}")
-    total_steps = steps_per_epoch * tc.num_epochs
-    if tc.max_steps > 0:
-        total_steps = min(total_steps, tc.max_steps)
-    train_slice = sharding.process_batch_slice(mesh, tc.batch_size)
-    sharding.process_batch_slice(mesh, tc.eval_batch_size)  # fail early if it does not divide
-
-    shapes = abstract_state(config, peers, optimizer, dataset)
-    state_shardings = sharding.state_shardings(
-        mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
-    best_shardings = {k: state_shardings[k] for k in ("params", "batch_stats")}
-    # What a checkpoint must agree with: the config, less the hyperparameter sets
-    # of models that are not peers here (code updates may add fields to those).
-    config_dict = json.loads(config.to_json_best_effort())
-    config_dict["models"] = {key: config_dict["models"][key] for key in
-                             dict.fromkeys(g.config_key for g in peers.groups)}
-    fingerprint = dataset_fingerprint(dataset)
-    checkpoints = checkpoint.RunCheckpoints(workdir, keep=config.checkpoint.keep)
-    if checkpoints.latest_step() is not None:
-        as_target = lambda tree, shardings: jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-        state, best, progress = checkpoints.restore(
-            as_target(shapes, state_shardings),
-            as_target({k: shapes[k] for k in best_shardings}, best_shardings),
-            config=config_dict, dataset=fingerprint)
-        schedule = PeerSchedule.from_json(progress["schedule"])
-        start_step = int(progress["step"])
-        logging.info("Resumed from the checkpoint at step %d (epoch %d, batch %d)", start_step,
-                     *divmod(start_step, steps_per_epoch))
-    else:
-        host_state = jax.device_get(initial_state(config, peers, optimizer, dataset))
-        schedule = PeerSchedule.start(peers.size, config.optimizer.learning_rate)
-        frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
-        unknown = sorted(set(frozen) - set(names))
-        if unknown:
-            raise ValueError(f"mutual.frozen_peers names unknown peer(s) {unknown}; peers: {names}")
-        for name in frozen:  # teachers of one-way distillation: never updated
-            schedule.stopped[names.index(name)] = True
-        host_state["learning_rate"] = schedule.live_learning_rates()
-        state = sharding.put(host_state, state_shardings)
-        # A separate copy: the live state's buffers are donated to the step.
-        best = sharding.put({k: host_state[k] for k in best_shardings}, best_shardings)
-        start_step = 0
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1))
-
-    rep = sharding.replicated(mesh)
-    step_fn = sharded_train_step(train_step, mesh, state_shardings)
-    select = jax.jit(_select_groups, out_shardings=best_shardings)
-    alpha = sharding.put(np.float32(config.mutual.alpha), rep)
-    non_finite = sharding.put((np.full(peers.size, -1, np.int32),
-                               np.zeros(peers.size, np.float32)), rep)
-    writer = MetricsWriter(workdir, start_step)
-    watcher = PreemptionWatcher()
-
-    def variables(tree):
-        return {k: tree[k] for k in ("params", "batch_stats")}
-
-    def evaluate_and_schedule(step: int, epoch: int):
-        nonlocal state, best
-        logits, labels = predict_split(predict_fn, state["params"], state["batch_stats"], dataset,
-                                       "valid", tc.eval_batch_size, mesh)
-        valid = split_metrics(names, logits, labels)
-        values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
-        improved, newly_stopped = schedule.update(
-            values, step, patience=tc.patience, decay=config.optimizer.lr_decay_factor,
-            min_lr=config.optimizer.min_learning_rate)
-        best = select(_group_masks(peers, improved), variables(state), best)
-        if any(newly_stopped):
-            # A stopped peer teaches with its best weights and no longer moves.
-            state.update(select(_group_masks(peers, newly_stopped), best, variables(state)))
-        state["learning_rate"] = sharding.put(schedule.live_learning_rates(),
-                                              state_shardings["learning_rate"])
-        writer.write({"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
-                      "learning_rate": dict(zip(names, schedule.learning_rate)),
-                      "stopped": dict(zip(names, schedule.stopped))},
-                     {**_per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
-                      **_per_peer_scalars("valid/logloss",
-                                          {n: m["logloss"] for n, m in valid.items()})})
-        logging.info("step %d valid %s", step, "  ".join(
-            f"{n}: auc {valid[n]['auc']:.5f} logloss {valid[n]['logloss']:.5f}"
-            + (" *" if imp else "") + (" [stopped]" if schedule.stopped[k] else "")
-            for k, (n, imp) in enumerate(zip(names, improved))))
-
-    def save(step: int):
-        # Never checkpoint a state that went through a non-finite step.
-        _raise_if_non_finite(names, non_finite, checkpoints.last_saved_step)
-        epoch, batch_in_epoch = divmod(step, steps_per_epoch)
-        checkpoints.save(step, state, best, {
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "schedule": schedule.to_json(), "peers": names, "config": config_dict,
-            "dataset": fingerprint})
-
-    step = start_step
-    timed_steps, timed_seconds = 0, 0.0
-    interval_start, interval_steps = None, 0  # None: the next step is not timed (compiles)
-    try:
-        while step < total_steps and not schedule.all_stopped:
-            epoch, start_batch = divmod(step, steps_per_epoch)
-            batches = dataset.train_batches(tc.batch_size, seed=config.seed, epoch=epoch,
-                                            process_index=train_slice[0],
-                                            process_count=train_slice[1],
-                                            start_batch=start_batch)
-            step_before = step
-            for batch in prefetch(batches, functools.partial(sharding.global_batch, mesh,
-                                                             batch_size=tc.batch_size)):
-                state, measurements, non_finite = step_fn(state, batch, alpha, non_finite)
-                step += 1
-                if interval_start is None:
-                    jax.block_until_ready(measurements)
-                    interval_start, interval_steps = time.perf_counter(), 0
-                else:
-                    interval_steps += 1
-                if step % tc.log_steps == 0 or step == total_steps:
-                    _raise_if_non_finite(names, non_finite, checkpoints.last_saved_step)
-                    m = jax.device_get(measurements)
-                    elapsed = time.perf_counter() - interval_start
-                    timed_steps, timed_seconds = timed_steps + interval_steps, timed_seconds + elapsed
-                    steps_per_sec = interval_steps / max(elapsed, 1e-9)
-                    interval_start, interval_steps = time.perf_counter(), 0
-                    record = {"kind": "train", "step": step, "epoch": epoch,
-                              "steps_per_sec": steps_per_sec,
-                              "examples_per_sec": steps_per_sec * tc.batch_size,
-                              "learning_rate": dict(zip(names, schedule.live_learning_rates().tolist())),
-                              **{k: dict(zip(names, np.asarray(m[k]).tolist()))
-                                 for k in ("loss", "bce", "mutual", "l2", "grad_norm")}}
-                    scalars = {f"train/{k}/{n}": v for k in ("loss", "bce", "mutual", "grad_norm",
-                                                             "learning_rate")
-                               for n, v in record[k].items()}
-                    scalars.update({"train/steps_per_sec": steps_per_sec,
-                                    "train/examples_per_sec": record["examples_per_sec"]})
-                    writer.write(record, scalars)
-                    logging.info("step %d/%d (%.2f steps/s, %.0f examples/s, ETA %s) loss %s",
-                                 step, total_steps, steps_per_sec, record["examples_per_sec"],
-                                 _format_seconds((total_steps - step) / max(steps_per_sec, 1e-9)),
-                                 np.round(np.asarray(m["loss"]), 5).tolist())
-                end_of_epoch = step % steps_per_epoch == 0
-                if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
-                        tc.eval_steps <= 0 and end_of_epoch) or step == total_steps:
-                    _raise_if_non_finite(names, non_finite, checkpoints.last_saved_step)
-                    evaluate_and_schedule(step, epoch)
-                    interval_start = time.perf_counter()  # evaluation is not training time
-                if step >= total_steps or schedule.all_stopped:
-                    break
-                if config.checkpoint.ckpt_steps > 0 and step % config.checkpoint.ckpt_steps == 0:
-                    save(step)
-                if watcher.should_stop(step):
-                    if checkpoints.last_saved_step != step:
-                        save(step)
-                    checkpoints.wait()
-                    logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
-                    raise Preempted(step, checkpoints.directory)
-                if end_of_epoch:
-                    break
-            if step == step_before:
-                raise RuntimeError(f"epoch {epoch} yielded no training batch from batch {start_batch}")
-        _raise_if_non_finite(names, non_finite, checkpoints.last_saved_step)
-        if checkpoints.last_saved_step != step:
-            save(step)
-        checkpoints.wait()
-    finally:
-        watcher.close()
-        writer.close()
-        checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
-
-    results = {"peers": names, "steps": step, "resumed_from": start_step or None,
-               "train_seconds": timed_seconds,
-               "examples_per_sec": timed_steps * tc.batch_size / max(timed_seconds, 1e-9),
-               "schedule": schedule.to_json()}
-    for split in ("valid", "test") if tc.test_at_end else ("valid",):
-        logits, labels = predict_split(predict_fn, best["params"], best["batch_stats"], dataset,
-                                       split, tc.eval_batch_size, mesh)
-        results[split] = split_metrics(names, logits, labels)
-    bayes = dataset.feature_map.get("bayes")
-    if bayes:
-        results["bayes"] = bayes
-    checkpoint.save_peer_weights(
-        workdir, mutual.peer_variables(peers, *sharding.to_host((best["params"], best["batch_stats"]))))
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(results_markdown(results))
-    return results
+    check_can_start(config, workdir)
+    with workdir_lock(workdir):
+        run = build(config, workdir)
+        checkpoints = checkpoint.RunCheckpoints(workdir, keep=config.checkpoint.keep)
+        try:
+            live = restore_or_start(run, checkpoints)
+            write_run_files(run)
+            loop = TrainLoop(run, live, checkpoints)
+            loop.train()
+        finally:
+            checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
+        return test_and_export(run, live, loop.clock)

@@ -1,0 +1,193 @@
+"""What a run writes as it goes: metrics.jsonl, TensorBoard scalars, the log lines.
+
+The log lines are for a person watching the run: per-peer values named and rounded
+(`loss deepfm 0.5089  dcn 0.5322`), one progress line per epoch with the training
+rate, the elapsed time and an estimate of the time left. metrics.jsonl and TensorBoard
+keep the full-precision values for programs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+import jax
+
+from mlctr import tensorboard
+from mlctr.run_errors import RunError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _records_up_to(path: str, last_step: int) -> list[str]:
+    """The lines of a metrics.jsonl to keep when a run resumes at `last_step`.
+
+    A kill during a write can leave a half-written last line: it is dropped with a
+    warning (its step comes after the checkpoint the run resumes from anyway). A bad
+    line before the last one is damage that dropping would hide: a RunError.
+    """
+    with open(path) as f:
+        lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+    kept = []
+    for position, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if position < len(lines) - 1:
+                raise RunError(f"{path}:{number}: not a JSON record ({e.msg}); only a torn "
+                               "last line is dropped on resume: fix or move the file") from None
+            logging.warning("%s:%d: dropping a half-written last line (%d characters) left "
+                            "by an interrupted run", path, number, len(line.rstrip("\n")))
+            continue
+        if record.get("step", 0) <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
+
+
+class MetricsWriter:
+    """JSON lines in <workdir>/metrics.jsonl and TensorBoard scalars (process 0 only).
+
+    A run that resumes at step k first drops the records after k that the
+    interrupted process wrote, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, workdir: str, start_step: int = 0):
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.enabled = jax.process_index() == 0
+        self.tensorboard = None
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            kept = _records_up_to(self.path, start_step)
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+        self.tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                                     purge_step=start_step + 1)
+
+    def write(self, record: dict, scalars: dict[str, float] | None = None):
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if scalars:
+            self.tensorboard.scalars(record["step"], scalars)
+            self.tensorboard.flush()
+
+    def close(self):
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def per_peer_scalars(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    """TensorBoard tags `prefix/<peer>`."""
+    return {f"{prefix}/{name}": value for name, value in values.items()}
+
+
+def format_seconds(seconds: float) -> str:
+    """h:mm:ss."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def peer_values(values: dict[str, float], digits: int = 4,
+                marks: dict[str, str] | None = None) -> str:
+    """`deepfm 0.5089  dcn 0.5322`: one rounded value per peer, with optional marks."""
+    marks = marks or {}
+    return "  ".join(f"{name} {value:.{digits}f}{marks.get(name, '')}"
+                     for name, value in values.items())
+
+
+class Throughput:
+    """Training time and rate of one process, without compilation and evaluation.
+
+    The first step a process runs compiles the step: the clock starts once it is
+    done. Time spent evaluating is not training time either (`resume`).
+
+    Args:
+      batch_size: global examples per step.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.started = time.perf_counter()
+        self.timed_steps, self.timed_seconds = 0, 0.0
+        self._interval_start: float | None = None
+        self._interval_steps = 0
+
+    def step_done(self, measurements):
+        """Counts one step; the first one is waited for and not timed (it compiled)."""
+        if self._interval_start is None:
+            jax.block_until_ready(measurements)
+            self._interval_start, self._interval_steps = time.perf_counter(), 0
+        else:
+            self._interval_steps += 1
+
+    def interval(self) -> float:
+        """Steps per second since the last call (or the start); starts a new interval."""
+        elapsed = time.perf_counter() - self._interval_start
+        self.timed_steps += self._interval_steps
+        self.timed_seconds += elapsed
+        rate = self._interval_steps / max(elapsed, 1e-9)
+        self._interval_start, self._interval_steps = time.perf_counter(), 0
+        return rate
+
+    def resume(self):
+        """Restarts the interval clock after an evaluation."""
+        self._interval_start = time.perf_counter()
+
+    @property
+    def examples_per_sec(self) -> float:
+        """Average training rate over the timed intervals so far."""
+        return self.timed_steps * self.batch_size / max(self.timed_seconds, 1e-9)
+
+    def eta(self, steps_left: int) -> float:
+        """Seconds of training left at the average rate (0 before the first interval)."""
+        if self.timed_steps == 0:
+            return 0.0
+        return steps_left * self.timed_seconds / self.timed_steps
+
+
+def log_train(step: int, total_steps: int, losses: dict[str, float], examples_per_sec: float):
+    logging.info("step %d/%d  loss %s  (%.0f examples/s)", step, total_steps,
+                 peer_values(losses), examples_per_sec)
+
+
+def log_eval(step: int, valid: dict[str, dict[str, float]], improved: dict[str, bool],
+             stopped: dict[str, bool]):
+    """Valid AUC and logloss per peer; `*` marks a new best, `(stopped)` a stopped peer."""
+    marks = {name: ("*" if improved.get(name) else "") + (" (stopped)" if stopped.get(name)
+                                                          else "") for name in valid}
+    logging.info("step %d  valid auc %s", step,
+                 peer_values({n: m["auc"] for n, m in valid.items()}, 5, marks))
+    logging.info("step %d  valid logloss %s", step,
+                 peer_values({n: m["logloss"] for n, m in valid.items()}, 5))
+
+
+def log_epoch(epoch: int, num_epochs: int, step: int, total_steps: int, clock: Throughput):
+    """The progress line: where the run is, its rate, elapsed time and time left."""
+    logging.info("epoch %d/%d  step %d/%d  %.0f examples/s  elapsed %s  ETA %s", epoch + 1,
+                 num_epochs, step, total_steps, clock.examples_per_sec,
+                 format_seconds(time.perf_counter() - clock.started),
+                 format_seconds(clock.eta(total_steps - step)))
+
+
+def results_markdown(results: dict) -> str:
+    """The final table of a run: each peer's best weights on valid (and test)."""
+    splits = [s for s in ("valid", "test") if s in results]
+    header = "| peer | " + " | ".join(f"{s} AUC | {s} logloss" for s in splits) + " |"
+    lines = [header, "|---" * (1 + 2 * len(splits)) + "|"]
+    for name in results[splits[0]]:
+        cells = " | ".join(f"{results[s][name]['auc']:.5f} | {results[s][name]['logloss']:.5f}"
+                           for s in splits)
+        lines.append(f"| {name} | {cells} |")
+    for split in splits:
+        bayes = results.get("bayes", {}).get(split)
+        if bayes:
+            lines.append(f"\nBayes-optimal on this synthetic {split} split: AUC "
+                         f"{bayes['auc']:.5f}, logloss {bayes['logloss']:.5f}.")
+    lines.append(f"\n{results['steps']} steps; best step per peer: "
+                 + ", ".join(f"{n} {s}" for n, s in zip(results["peers"],
+                                                        results["schedule"]["best_step"])))
+    return "\n".join(lines) + "\n"
