@@ -1,6 +1,6 @@
-"""Flags and set-up shared by the experiment entries (experiments/<claim>.py).
+"""Flags and set-up shared by the experiment runners (python -m experiments.<claim>).
 
-Every entry takes:
+Every runner takes:
   --workdir        where table.md, results.json and the figures go
   --config         base config file (default mlctr/configs/default.py), with
                    field overrides, e.g. --config.data.num_rows=200000
@@ -8,20 +8,20 @@ Every entry takes:
   --dataset        synthetic | shared_criteo | shared_avazu | criteo | avazu
   --raw            the Kaggle file for criteo / avazu
   --pretrain_root  where pretrained peers are cached (default <workdir>/pretrain);
-                   point several entries at one root to share pretraining
+                   point several runners at one root to share pretraining
+  --compilation_cache  JAX's persistent compilation cache, so that seeds and
+                   arms reuse the compiled steps ('' disables)
 """
 import os
-import sys
 
 from absl import flags
 from ml_collections import config_flags
 
+from experiments import analysis
+from experiments import paper
+from mlctr import distributed
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from mlctr import distributed, paper  # noqa: E402
-
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(REPO, "mlctr/configs/default.py"),
                                 "Base config file.", lock_config=False)
@@ -35,7 +35,11 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"
 
 
 def setup():
-    """Returns (config, workdir, seeds, pretrain_root) from the flags."""
+    """Returns (config, workdir, seeds, pretrain_root, effect_pct) from the flags.
+
+    effect_pct is the paper's relative AUC effect the power lines use for this
+    dataset (analysis.paper_effect).
+    """
     distributed.configure_runtime(FLAGS.compilation_cache)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
@@ -45,4 +49,10 @@ def setup():
         raise ValueError("--seeds is empty")
     pretrain_root = os.path.abspath(FLAGS.pretrain_root or os.path.join(workdir, "pretrain"))
     paper.configure_dataset(config, FLAGS.dataset, os.path.dirname(pretrain_root), FLAGS.raw)
-    return config, workdir, seeds, pretrain_root
+    effect_pct, _ = analysis.paper_effect(FLAGS.dataset)
+    return config, workdir, seeds, pretrain_root, effect_pct
+
+
+def peer_list(peers: str) -> list[str]:
+    """config.peers ('a,b' or 'a+b') as a list of names."""
+    return [p.strip() for p in peers.replace("+", ",").split(",") if p.strip()]

@@ -12,6 +12,10 @@ reported against the control, never against the pretrained weights alone
 Relative improvement (the paper's convention): AUC gain = (AUC_mutual -
 AUC_control) / AUC_control; logloss gain = (logloss_control - logloss_mutual)
 / logloss_control, so positive is better for both.
+
+`pretrain_config` and `finetune_config` are the only places the two phase
+schedules are set; the experiments (experiments/paper.py) build their runs
+from them too.
 """
 from __future__ import annotations
 
@@ -37,31 +41,60 @@ def apply_finetune_schedule(config: ml_collections.ConfigDict,
     config.train.max_steps = finetune.max_steps
 
 
-def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
-    """The three phase configs of a finetune study (all share the dataset)."""
-    data_dir = train.dataset_dir(config, workdir)
+def pretrain_config(config: ml_collections.ConfigDict,
+                    data_dir: str | None = None) -> ml_collections.ConfigDict:
+    """An unlocked copy of `config` for independent training from scratch (alpha = 0)."""
     pretrain = config.copy_and_resolve_references()
     with pretrain.unlocked():
         pretrain.mode = "train"
-        pretrain.data.data_dir = data_dir
+        pretrain.init_from = ""
         pretrain.mutual.alpha = 0.0
-    finetune = {}
-    for name, alpha in (("finetune_control", 0.0), ("finetune_mutual", config.mutual.alpha)):
-        c = pretrain.copy_and_resolve_references()
-        with c.unlocked():
-            c.init_from = config.init_from or os.path.join(workdir, "pretrain")
-            c.mutual.alpha = alpha
-            apply_finetune_schedule(c, config.finetune)
-        finetune[name] = c
+        if data_dir is not None:
+            pretrain.data.data_dir = data_dir
+    return pretrain
+
+
+def finetune_config(config: ml_collections.ConfigDict, init_from: str,
+                    alpha: float) -> ml_collections.ConfigDict:
+    """An unlocked copy of `config` finetuning from `init_from`'s best weights.
+
+    The schedule is `config.finetune`'s; alpha = 0 is the independent control.
+    """
+    finetune = config.copy_and_resolve_references()
+    with finetune.unlocked():
+        finetune.mode = "train"
+        finetune.init_from = init_from
+        finetune.mutual.alpha = alpha
+        apply_finetune_schedule(finetune, config.finetune)
+    return finetune
+
+
+def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
+    """The (locked) phase configs of a finetune study; all share the dataset."""
+    pretrain = pretrain_config(config, train.dataset_dir(config, workdir))
+    init_from = config.init_from or os.path.join(workdir, "pretrain")
     phases = {} if config.init_from else {"pretrain": pretrain}
-    phases.update(finetune)
+    phases["finetune_control"] = finetune_config(pretrain, init_from, 0.0)
+    phases["finetune_mutual"] = finetune_config(pretrain, init_from, config.mutual.alpha)
     for c in phases.values():
         c.lock()
     return phases
 
 
+TABLE_COLUMNS = [("peer", "peer"), ("pretrain_auc", "pretrain AUC"),
+                 ("pretrain_logloss", "pretrain logloss"), ("control_auc", "control AUC"),
+                 ("control_logloss", "control logloss"), ("mutual_auc", "mutual AUC"),
+                 ("mutual_logloss", "mutual logloss"), ("auc_gain_pct", "AUC gain %"),
+                 ("logloss_gain_pct", "logloss gain %")]
+
+
 def results_table(results: dict[str, Any], split: str = "test") -> tuple[list[dict], str]:
-    """Rows per peer (and ensemble) and a markdown table of the study."""
+    """Rows per peer (and ensemble) and the markdown table of one study.
+
+    Args:
+      results: {phase: train.train_and_evaluate results}; "pretrain" may be absent.
+      split: the split reported.
+    """
     control, mutual_ = results["finetune_control"][split], results["finetune_mutual"][split]
     pretrain = results.get("pretrain", {}).get(split, {})
     rows = []
@@ -71,31 +104,14 @@ def results_table(results: dict[str, Any], split: str = "test") -> tuple[list[di
             if name in metrics:
                 row[f"{phase}_auc"] = metrics[name]["auc"]
                 row[f"{phase}_logloss"] = metrics[name]["logloss"]
-        row["auc_gain_pct"] = report.relative_improvement("auc", row["control_auc"], row["mutual_auc"])
-        row["logloss_gain_pct"] = report.relative_improvement("logloss", row["control_logloss"],
-                                                row["mutual_logloss"])
+        for metric in ("auc", "logloss"):
+            row[f"{metric}_gain_pct"] = report.relative_improvement(
+                metric, row[f"control_{metric}"], row[f"mutual_{metric}"])
         rows.append(row)
-
-    def fmt(row, key):
-        return f"{row[key]:.5f}" if key in row else "-"
-
-    lines = [
-        f"| peer ({split}) | pretrain AUC | pretrain logloss | control AUC | control logloss "
-        "| mutual AUC | mutual logloss | AUC gain % | logloss gain % |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['peer']} | {fmt(row, 'pretrain_auc')} | {fmt(row, 'pretrain_logloss')} "
-            f"| {fmt(row, 'control_auc')} | {fmt(row, 'control_logloss')} "
-            f"| {fmt(row, 'mutual_auc')} | {fmt(row, 'mutual_logloss')} "
-            f"| {row['auc_gain_pct']:+.3f} | {row['logloss_gain_pct']:+.3f} |")
-    bayes = results["finetune_control"].get("bayes", {}).get(split)
-    if bayes:
-        lines.append("")
-        lines.append(f"Bayes-optimal on this synthetic {split} split (true click probabilities): "
-                     f"AUC {bayes['auc']:.5f}, logloss {bayes['logloss']:.5f}.")
-    return rows, "\n".join(lines)
+    header = f"Mutual vs independent finetune ({split} split, seed {results.get('seed', '-')})\n\n"
+    table = (header + report.markdown_table(rows, TABLE_COLUMNS)
+             + report.bayes_note(results["finetune_control"], split))
+    return rows, table
 
 
 def run_finetune_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -109,7 +125,7 @@ def run_finetune_study(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for phase, phase_config in phase_configs(config, workdir).items():
         logging.info("=== %s ===", phase)
         results[phase] = train.train_and_evaluate(phase_config, os.path.join(workdir, phase))
-    rows, table = results_table(results)
+    rows, table = results_table({"seed": config.seed, **results})
     summary = {
         "command_config": json.loads(config.to_json_best_effort()),
         "split": "test",

@@ -1,7 +1,7 @@
 """The step benchmark runs and prints the JSON line README's performance tables come from.
 
 A smoke test (one timed step per configuration, the numbers mean nothing): the benchmark is
-a deliverable, and its last line is what issue 7's targets are read from.
+a deliverable, and its last line is what the performance tables in docs/performance.md are read from.
 """
 import json
 import os

@@ -1,0 +1,260 @@
+"""Runs of the paper's experiments: cached, resumable, paired by seed.
+
+Every experiment is built from one kind of run of the one trainer
+(`train.train_and_evaluate`), `run(...)`:
+
+* from scratch (no `init_from`): peers trained with the pretraining schedule;
+  alpha = 0 is independent training. `pretrain(...)` is this run with alpha 0,
+  cached by (config, peers, seed, step budget) under a pretrain root, so
+  experiments that start from the same pretrained peers share them
+  (`--pretrain_root`).
+* a finetune (`init_from` a run's best weights): `config.finetune`'s schedule,
+  `alpha` and any mutual-learning options; the control is the same call with
+  alpha = 0 (same weights, seed, data order, dropout rngs, schedule).
+
+The phase schedules come from mlctr/study.py (`pretrain_config`,
+`finetune_config`), the library's finetune study, so the two never drift apart.
+
+Seeds: seed s sets init keys, dropout rngs and the training data order of
+both arms, so the arms are paired by seed and data order; the dataset split
+(config.data.split_seed) is the same for all seeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mlctr import checkpoint
+from mlctr import mutual
+from mlctr import study
+from mlctr import train
+from mlctr.data.reader import PreparedDataset
+
+DATASET_CHOICES = ("synthetic", "shared_criteo", "shared_avazu", "criteo", "avazu")
+
+
+def shared_data_dir() -> str:
+    """<repo>/../shared/data, where the real Criteo/Avazu sample rows live."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(os.path.dirname(repo), "shared", "data")
+
+
+def _concatenate_shared(name: str, source: str, raw: str):
+    """Concatenates the shared raw files of `name` into `raw` (Avazu: one header)."""
+    os.makedirs(os.path.dirname(raw), exist_ok=True)
+    files = sorted(f for f in os.listdir(source) if f.endswith((".txt", ".csv")))
+    with open(raw + ".tmp", "wb") as out:
+        for k, fname in enumerate(files):
+            with open(os.path.join(source, fname), "rb") as f:
+                lines = f.read().splitlines(keepends=True)
+            if name == "avazu" and k > 0:
+                lines = lines[1:]
+            out.writelines(lines)
+    os.replace(raw + ".tmp", raw)
+
+
+def configure_dataset(config: ml_collections.ConfigDict, choice: str, root: str, raw: str = ""):
+    """Points config.data at a dataset choice (one prepared dir per experiment root).
+
+    Args:
+      config: the (unlocked) config.
+      choice: synthetic (generated), shared_criteo / shared_avazu (the real
+        rows in ../shared/data, concatenated into <root>/data/raw), or criteo /
+        avazu with `raw` the Kaggle file.
+      root: experiment root directory.
+      raw: the raw file for criteo / avazu.
+    """
+    if choice not in DATASET_CHOICES:
+        raise ValueError(f"unknown dataset {choice!r}; expected one of {DATASET_CHOICES}")
+    data_dir = os.path.join(root, "data", choice)
+    if choice.startswith("shared_"):
+        name = choice.split("_", 1)[1]
+        source = os.path.join(shared_data_dir(), name)
+        if not os.path.isdir(source):
+            raise FileNotFoundError(f"the real {name} rows are not at {source}")
+        raw = os.path.join(root, "data", "raw", f"{choice}.{'txt' if name == 'criteo' else 'csv'}")
+        if not os.path.exists(raw):
+            _concatenate_shared(name, source, raw)
+        choice = name
+    elif choice in ("criteo", "avazu") and not raw:
+        raise ValueError(f"--raw must name the Kaggle {choice} file")
+    config.data.dataset = choice
+    config.data.raw = raw
+    config.data.data_dir = data_dir
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _finished(config: ml_collections.ConfigDict, run_dir: str) -> dict | None:
+    """A finished run's results if <run_dir> holds one made with `config`.
+
+    Raises:
+      ValueError: the finished run was made with a different config (one line
+        naming the run and the keys that differ), so a stale result is never reused.
+    """
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    current = config.to_dict()
+    differences = checkpoint.config_differences(saved, current)
+    # The trainer may resume with a new step budget; a finished result may not be reused.
+    for key in ("num_epochs", "max_steps"):
+        if saved["train"].get(key) != current["train"][key]:
+            differences.append(f"train.{key}: run {saved['train'].get(key)!r}, "
+                               f"config {current['train'][key]!r}")
+    if differences:
+        raise ValueError(f"{run_dir} holds a finished run of another config ("
+                         f"{'; '.join(differences[:3])}); move it away or choose another --workdir")
+    with open(path) as f:
+        return json.load(f)
+
+
+def run_cached(config: ml_collections.ConfigDict, run_dir: str) -> dict:
+    """The results of `config` in `run_dir`: reused if finished, else trained.
+
+    An unfinished run (interrupted, no results.json) is resumed from its newest
+    checkpoint by the trainer, never deleted.
+    """
+    config.lock()
+    done = _finished(config, run_dir)
+    if done is not None:
+        logging.info("Reusing finished run %s", run_dir)
+        return done
+    if os.path.isdir(run_dir):
+        logging.info("Resuming unfinished run %s", run_dir)
+    train.ensure_prepared(config, run_dir)
+    return train.train_and_evaluate(config, run_dir)
+
+
+def run(base: ml_collections.ConfigDict, run_dir: str, *, seed: int, peers: str,
+        alpha: float = 0.0, init_from: str = "", max_steps: int = 0,
+        **mutual_options) -> dict:
+    """One run (cached by run_dir): from scratch, or a finetune from `init_from`.
+
+    Args:
+      base: the experiment's config.
+      run_dir: the run directory.
+      seed: init keys, dropout rngs and data order.
+      peers: comma-separated peers.
+      alpha: weight of the mutual term (0: independent).
+      init_from: a run whose best weights start the peers, with the finetune
+        schedule; '' trains from scratch with the pretraining schedule.
+      max_steps: a step budget (0: the schedule's own).
+      **mutual_options: other config.mutual fields (divergence, frozen_peers, ...).
+    """
+    config = study.pretrain_config(base)
+    with config.unlocked():
+        config.seed = seed
+        config.peers = peers
+        if max_steps:
+            config.train.max_steps = max_steps
+    if init_from:
+        config = study.finetune_config(config, init_from, alpha)
+    with config.unlocked():
+        config.mutual.alpha = alpha
+        for key, value in mutual_options.items():
+            config.mutual[key] = value
+    return run_cached(config, run_dir)
+
+
+def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, peers: str,
+             max_steps: int = 0) -> tuple[str, dict]:
+    """Independent training of `peers` from scratch (cached); returns (run dir, results)."""
+    config = study.pretrain_config(base)
+    keyed = {"data": config.data.to_dict(), "models": config.models.to_dict(),
+             "optimizer": config.optimizer.to_dict(),
+             "train": {**config.train.to_dict(), "max_steps": max_steps or base.train.max_steps},
+             "peers": peers}
+    if config.compute_dtype != "float32":  # (float32 runs keep the keys they always had)
+        keyed["compute_dtype"] = config.compute_dtype
+    steps = max_steps or base.train.max_steps or "all"
+    tag = f"{peers.replace(',', '+')}_steps{steps}_{_digest(keyed)}_seed{seed}"
+    run_dir = os.path.join(pretrain_root, tag)
+    return run_dir, run(base, run_dir, seed=seed, peers=peers, max_steps=max_steps)
+
+
+def combine_weights(sources: dict[str, str], out_dir: str) -> str:
+    """Writes a best-weights dir holding peer -> weights taken from different runs."""
+    if checkpoint.peer_weights_exist(out_dir):
+        return out_dir
+    weights = {}
+    for name, run_dir in sources.items():
+        weights.update(checkpoint.load_peer_weights(run_dir, [name]))
+    checkpoint.save_peer_weights(out_dir, weights, extra={"sources": sources})
+    return out_dir
+
+
+def split_probabilities(run_dir: str, split: str = "test",
+                        batch_size: int = 4096) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each peer's click probabilities on a split of the run's dataset, from its best weights.
+
+    Returns:
+      ({peer: probs [n]}, labels [n]) in split order: the rows DeLong's test pairs.
+    """
+    # As mlctr.predict.load_run, which cannot be imported here: it defines absl flags
+    # (--workdir) that clash with the experiments' own.
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    dataset = PreparedDataset(config.data.data_dir)
+    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+                               num_fields=dataset.num_fields)
+    weights = checkpoint.load_peer_weights(run_dir, list(peers.names))
+    params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
+                                                 mutual.stack_peer_variables(peers, weights))
+    ids, labels = dataset.arrays(split)
+    predict_fn = mutual.make_predict_fn(peers, peer_execution=config.mutual.peer_execution)
+    chunks = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        padded = np.zeros((batch_size, ids.shape[1]), ids.dtype)
+        padded[:len(chunk)] = chunk
+        logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))[:, :len(chunk)]
+        chunks.append(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+    probs = np.concatenate(chunks, axis=1)
+    out = {name: probs[k] for k, name in enumerate(peers.names)}
+    if len(peers.names) > 1:
+        out["ensemble"] = probs.mean(axis=0)
+    return out, np.asarray(labels, np.float64)
+
+
+def learning_curves(run_dir: str, names: list[str]) -> dict[str, tuple[list, list]]:
+    """{peer: (steps, valid AUCs)} from a run's metrics.jsonl."""
+    curves = {name: ([], []) for name in names}
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return curves
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line of an interrupted run
+                continue
+            if record.get("kind") != "eval":
+                continue
+            for name in names:
+                if name in record["valid"]:
+                    curves[name][0].append(record["step"])
+                    curves[name][1].append(record["valid"][name]["auc"])
+    return curves
+
+
+def write_outputs(workdir: str, results: dict, table: str):
+    """<workdir>/results.json and table.md (the figures are written by the caller)."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(table, flush=True)
