@@ -17,26 +17,34 @@ Two streaming passes, memory bounded by the chunk size and the vocabularies:
    files in place as global ids (per-field offset + local id), in PARSE_THREADS
    threads.
 
-`feature_map.json` is written last, atomically, so a directory without it is never
-taken for a complete dataset; a failed run removes what it wrote. Bad input raises
-`DataError` (the CLI prints it as one line and exits 1) unless `skip_bad_rows`, which
-skips bad rows and counts them by reason in the feature map.
+3. Record the block checksums of every file in `feature_map.json`, written last.
+
+Nothing is lost on failure: the dataset is built in a temporary directory next to
+`--out` (so on the same file system) and swapped in atomically once complete, under
+an exclusive lock on `--out`; a dataset already there is replaced only with
+`--overwrite`. Bad input raises `DataError`, and a problem with `--out` (exists, not
+writable, disk full) `DatasetError`; the CLI prints either as one line and exits 1.
+`skip_bad_rows` skips bad rows instead and counts them by reason in the feature map.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import errno
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-from mlctr import xla_cpu
+from mlctr import locking, xla_cpu
 from mlctr.data import avazu, criteo, format as fmt, parsing, split as split_lib, synthetic
 from mlctr.data import vocab as vocab_lib
-from mlctr.data.errors import DataError
+from mlctr.data.errors import DataError, DatasetError
 
 DATASETS = ("criteo", "avazu", "synthetic")
 PROTOCOLS = ("x4_001", "x4_002")
@@ -84,14 +92,20 @@ def _log(message: str) -> None:
 def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
             skip_bad_rows: bool = False, seed: int = 2018, num_rows: int | None = None,
             synthetic_format: str = "criteo",
-            chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES) -> dict:
+            chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES, overwrite: bool = False) -> dict:
     """Prepares a dataset directory from a raw file.
+
+    The dataset is built in a temporary directory next to `out` and swapped in only
+    once complete, so a failure (bad input, a full disk, a kill) leaves whatever `out`
+    held before untouched; two `prepare` into one `out` exclude each other
+    (mlctr.locking). Entries of `out` that are not dataset files (e.g. the raw/ folder
+    of a synthetic dataset) are kept.
 
     Args:
         dataset: "criteo", "avazu" or "synthetic".
         raw: the raw file (plain or gzip). For "synthetic": where the generated raw file
             is written (and its true probabilities next to it, see mlctr.data.synthetic).
-        out: the output directory (created; a previous dataset there is replaced).
+        out: the output directory (created).
         protocol: "x4_001" (min_count Criteo 10 / Avazu 2) or "x4_002" (2 / 1).
         skip_bad_rows: skip and count bad rows instead of failing on the first.
         seed: seed of the 8:1:1 split (BARS: 2018); for "synthetic" also the generator's.
@@ -99,82 +113,203 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
             file at `raw`.
         synthetic_format: "synthetic" only: "criteo" or "avazu" raw format.
         chunk_bytes: bytes of raw text parsed at a time (bounds the memory).
+        overwrite: replace a prepared dataset already in `out` (else an error).
 
     Returns:
         The feature map (as saved in out/feature_map.json).
 
     Raises:
         DataError: bad input (missing/empty file, malformed row, corrupt gzip, ...).
+        DatasetError: `out` holds a dataset (without overwrite), cannot be written, or
+            the disk ran full.
+        LockedError: another process is preparing into `out`.
         ValueError: bad arguments.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if num_rows is not None and dataset != "synthetic":
+        raise ValueError("num_rows is only for dataset='synthetic'")
+    out = os.path.abspath(os.fspath(out))
     raw = str(raw)
-    synthetic_description = None
-    if dataset == "synthetic":
-        if num_rows is not None:
-            synthetic_description = synthetic.generate(
-                raw, num_rows=num_rows, seed=seed, raw_format=synthetic_format)
-        else:
-            synthetic_description = synthetic.read_spec(raw)
-            if synthetic_description is None:
-                raise DataError(raw, "no synthetic description "
-                                f"{synthetic.spec_path(raw)!r}: pass num_rows to generate one",
-                                reason="missing_file")
-        raw_format = synthetic_description["spec"]["raw_format"]
+    _check_output(out, overwrite)
+    if dataset != "synthetic":
+        parsing.RawFile(raw).check_exists()  # before anything is created
+    created = not os.path.exists(out)
+    try:
+        try:
+            with locking.exclusive_lock(out, "prepare"):
+                _check_output(out, overwrite)  # another prepare may have finished since
+                return _prepare_and_swap(dataset, raw, out, protocol=protocol,
+                                         skip_bad_rows=skip_bad_rows, seed=seed,
+                                         num_rows=num_rows, synthetic_format=synthetic_format,
+                                         chunk_bytes=chunk_bytes)
+        except OSError as e:
+            raise _output_error(out, e) from None
+    except BaseException:
+        if created:
+            _remove_if_only_lock(out)
+        raise
+
+
+def _remove_if_only_lock(out: str) -> None:
+    """Removes an `out` this call created and left holding nothing but the lock file."""
+    with contextlib.suppress(OSError):
+        if os.listdir(out) == [locking.LOCK_NAME]:
+            os.remove(os.path.join(out, locking.LOCK_NAME))
+            os.rmdir(out)
+
+
+def _check_output(out: str, overwrite: bool) -> None:
+    """One clear DatasetError when `out` cannot take a dataset (checked before any work)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DatasetError(out, "exists and is not a directory; choose another --out",
+                           reason="output_not_directory")
+    if os.path.exists(fmt.feature_map_path(out)) and not overwrite:
+        raise DatasetError(out, "already holds a prepared dataset; pass --overwrite "
+                           "(overwrite=True) to replace it, or choose another --out",
+                           reason="output_exists")
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise DatasetError(out, f"cannot be written: no write permission in {existing}",
+                           reason="output_not_writable")
+
+
+def _output_error(out: str, error: OSError) -> DatasetError:
+    """The one-line DatasetError for an OSError met while writing a dataset into `out`."""
+    where = error.filename or out
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on the device" if error.errno == errno.ENOSPC else \
+            "disk quota exceeded"
+        try:
+            free = f" ({shutil.disk_usage(os.path.dirname(out)).free / 2**30:.1f} GiB free now)"
+        except OSError:
+            free = ""
+        return DatasetError(out, f"{what} while writing {where}{free}; nothing was "
+                            "changed in the output directory: free space and run again",
+                            reason="no_space")
+    return DatasetError(out, f"cannot write {where}: {error.strerror or error}; nothing was "
+                        "changed in the output directory", reason="output_error")
+
+
+def _raw_source(dataset, raw, *, num_rows, seed, synthetic_format):
+    """(synthetic description or None, raw format name); generates synthetic rows."""
+    if dataset != "synthetic":
+        return None, dataset
+    if num_rows is not None:
+        description = synthetic.generate(raw, num_rows=num_rows, seed=seed,
+                                         raw_format=synthetic_format)
     else:
-        if num_rows is not None:
-            raise ValueError("num_rows is only for dataset='synthetic'")
-        raw_format = dataset
+        description = synthetic.read_spec(raw)
+        if description is None:
+            raise DataError(raw, "no synthetic description "
+                            f"{synthetic.spec_path(raw)!r}: pass num_rows to generate one",
+                            reason="missing_file")
+    return description, description["spec"]["raw_format"]
+
+
+def _prepare_and_swap(dataset, raw, out, *, protocol, skip_bad_rows, seed, num_rows,
+                      synthetic_format, chunk_bytes) -> dict:
+    """Builds the dataset in a temporary sibling of `out`, then swaps it in (lock held)."""
+    synthetic_description, raw_format = _raw_source(
+        dataset, raw, num_rows=num_rows, seed=seed, synthetic_format=synthetic_format)
     module = raw_format_module(raw_format)
     parsing.RawFile(raw).check_exists()
     xla_cpu.keep_freed_blocks()
-
-    os.makedirs(out, exist_ok=True)
-    feature_map_path = os.path.join(out, fmt.FEATURE_MAP)
-    if os.path.exists(feature_map_path):
-        os.remove(feature_map_path)  # from here on the directory is incomplete
-    _remove_dataset_files(out)
+    _remove_stale_builds(out)
+    build = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=_build_prefix(out))
     writers: list[fmt.NpyWriter] = []
-    created: list[str] = []
     try:
-        feature_map = _prepare(dataset, raw, out, module, protocol=protocol,
+        feature_map = _prepare(dataset, raw, build, module, protocol=protocol,
                                skip_bad_rows=skip_bad_rows, seed=seed,
                                synthetic_description=synthetic_description,
-                               chunk_bytes=chunk_bytes, writers=writers, created=created)
-    except BaseException:
+                               chunk_bytes=chunk_bytes, writers=writers)
+        feature_map["checksums"] = fmt.compute_checksums(build, feature_map)
+        fmt.write_json_atomic(fmt.feature_map_path(build), feature_map)
+        _make_readable(build)
+        _swap_into(build, out)
+    finally:
         for writer in writers:
             with contextlib.suppress(Exception):
                 writer.close()
-        for path in created:
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        _remove_dataset_files(out)
-        raise
-    fmt.write_json_atomic(feature_map_path, feature_map)
+        shutil.rmtree(build, ignore_errors=True)
     return feature_map
 
 
-def _remove_dataset_files(out: str) -> None:
-    """Removes the files a prepared dataset consists of (not other files in `out`)."""
-    for split_name in fmt.SPLITS:
-        for path in (fmt.ids_path(out, split_name), fmt.label_path(out, split_name),
-                     fmt.true_prob_path(out, split_name)):
-            if os.path.exists(path):
-                os.remove(path)
-    vocab_dir = os.path.join(out, "vocab")
-    if os.path.isdir(vocab_dir):
-        for name in os.listdir(vocab_dir):
-            if name.endswith(".npy"):
-                os.remove(os.path.join(vocab_dir, name))
-        with contextlib.suppress(OSError):
-            os.rmdir(vocab_dir)
+def _build_prefix(out: str) -> str:
+    return f".{os.path.basename(out)}.prepare-"
+
+
+def _remove_stale_builds(out: str) -> None:
+    """Removes build directories a killed prepare left next to `out` (the lock is ours)."""
+    parent, prefix = os.path.dirname(out), _build_prefix(out)
+    for name in os.listdir(parent):
+        if name.startswith(prefix):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _make_readable(build: str) -> None:
+    """Gives the build directory the mode a plain mkdir would (mkdtemp makes it 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(build, 0o777 & ~umask)
+
+
+def _dataset_entries() -> set[str]:
+    """The names in a dataset directory that prepare writes (all else in `out` is kept)."""
+    names = {fmt.FEATURE_MAP, "vocab"}
+    for split in fmt.SPLITS:
+        names |= {os.path.basename(path("", split))
+                  for path in (fmt.ids_path, fmt.label_path, fmt.true_prob_path)}
+    return names
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two directories (Linux renameat2 RENAME_EXCHANGE).
+
+    Returns False where the C library or the file system does not offer it.
+    """
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), b)
+
+
+def _swap_into(build: str, out: str) -> None:
+    """Puts the finished dataset `build` at `out`; out's other entries move along.
+
+    One atomic exchange where the system offers it, else two renames (between which,
+    for an instant, `out` does not exist; a crash there leaves both directories).
+    """
+    if _exchange(build, out):
+        old = build  # the exchange left the previous `out` here
+    else:
+        old = build + ".old"
+        os.rename(out, old)
+        try:
+            os.rename(build, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+    own = _dataset_entries()
+    for name in os.listdir(old):  # raw/ of a synthetic dataset, the held .lock, ...
+        if name not in own and not os.path.exists(os.path.join(out, name)):
+            os.rename(os.path.join(old, name), os.path.join(out, name))
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
-             synthetic_description, chunk_bytes, writers, created) -> dict:
+             synthetic_description, chunk_bytes, writers) -> dict:
     started = time.time()
     field_names = module.FIELD_NAMES
     num_fields = len(field_names)
@@ -186,7 +321,6 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
         num_true_probs = fmt.npy_layout(true_prob)[1][0]
 
     def writer(path, dtype, row_shape=()):
-        created.append(path)
         w = fmt.NpyWriter(path, dtype, row_shape)
         writers.append(w)
         return w
@@ -267,8 +401,7 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
         vocab_keys, local_ids = vocab_lib.fit_vocabulary(
             coders[f].code_keys(), counts[f].counts, min_count=min_count,
             missing_key=module.MISSING_KEYS[f])
-        path = vocab_lib.save_vocabulary(out, name, vocab_keys)
-        created.append(path)
+        vocab_lib.save_vocabulary(out, name, vocab_keys)
         size = len(vocab_keys) + 1
         fields.append({"name": name, "kind": module.FIELD_KINDS[f], "vocab_size": size,
                        "offset": offset, "oov_id": offset,
@@ -319,7 +452,7 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
                 fmt.true_prob_path(out, name))
     if skipped:
         _log(f"{raw}: skipped {sum(skipped.values())} bad rows: {dict(skipped)}")
-    _log(f"{raw}: prepared {num_rows} rows into {out} in {time.time() - started:.1f}s")
+    _log(f"{raw}: prepared {num_rows} rows in {time.time() - started:.1f}s")
     return feature_map
 
 
@@ -412,8 +545,8 @@ def main(argv) -> None:
         feature_map = prepare(
             FLAGS.dataset, FLAGS.raw, FLAGS.out, protocol=FLAGS.protocol,
             skip_bad_rows=FLAGS.skip_bad_rows, seed=FLAGS.seed, num_rows=FLAGS.num_rows,
-            synthetic_format=FLAGS.synthetic_format)
-    except DataError as e:
+            synthetic_format=FLAGS.synthetic_format, overwrite=FLAGS.overwrite)
+    except (DataError, locking.LockedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     splits = ", ".join(f"{k} {v['num_examples']}" for k, v in feature_map["splits"].items())
@@ -432,11 +565,12 @@ def main(argv) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_enum("dataset", None, list(DATASETS), "Raw dataset kind.")
+    flags.DEFINE_string("dataset", None, f"Raw dataset kind: one of {', '.join(DATASETS)}.")
     flags.DEFINE_string("raw", None, "Raw file (synthetic: where it is generated).")
     flags.DEFINE_string("out", None, "Output directory of the prepared dataset.")
     flags.DEFINE_enum("protocol", "x4_001", list(PROTOCOLS), "BARS x4 variant (min_count).")
     flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows instead of failing.")
+    flags.DEFINE_bool("overwrite", False, "Replace a prepared dataset already in --out.")
     flags.DEFINE_integer("seed", 2018, "Split seed (and synthetic generator seed).")
     flags.DEFINE_integer("num_rows", None, "Synthetic: rows to generate.")
     flags.DEFINE_enum("synthetic_format", "criteo", sorted(RAW_FORMATS),

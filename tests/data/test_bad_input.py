@@ -126,16 +126,17 @@ def test_skip_bad_rows_counts_by_reason(tmp_path, criteo_lines):
     assert sum(s["num_examples"] for s in feature_map["splits"].values()) == 194
 
 
-def test_failed_prepare_leaves_nothing_looking_complete(tmp_path, criteo_lines):
+def test_failed_prepare_keeps_the_previous_dataset(tmp_path, criteo_lines):
     raw = tmp_path / "train.txt"
     raw.write_bytes(b"".join(criteo_lines))
     out = tmp_path / "out"
     prepare("criteo", str(raw), str(out))
-    assert (out / "feature_map.json").exists()
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name != "vocab"}
     raw.write_bytes(b"".join(criteo_lines[:150]) + b"1\t2\n")
-    with pytest.raises(DataError):
-        prepare("criteo", str(raw), str(out))
-    assert sorted(os.listdir(out)) == []
+    with pytest.raises(DataError, match=":151: "):
+        prepare("criteo", str(raw), str(out), overwrite=True)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["out", "train.txt"]  # no build left behind
 
 
 def _cli(*args):
