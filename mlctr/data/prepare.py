@@ -478,8 +478,8 @@ def _bayes_metrics(out: str) -> dict:
 
 
 def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
-               skip_bad_rows: bool = False,
-               chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+               skip_bad_rows: bool = False, chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES,
+               with_line_numbers: bool = False) -> tuple:
     """Encodes a raw file with a prepared dataset's vocabularies (for prediction).
 
     Unlabeled files (Kaggle's Criteo test.txt: 39 columns; Avazu test.csv: no `click`
@@ -491,9 +491,12 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
         dataset: "criteo" or "avazu" to override the raw format in the feature map.
         skip_bad_rows: skip bad rows instead of raising.
         chunk_bytes: bytes parsed at a time.
+        with_line_numbers: also return where each kept row came from, and the skips.
 
     Returns:
-        (ids int32 [n, F] global ids, labels float32 [n]) in file order.
+        (ids int32 [n, F] global ids, labels float32 [n]) in file order; with
+        `with_line_numbers` also line_numbers int64 [n] (the 1-based file line of each
+        kept row) and a Counter of the skipped rows by reason.
 
     Raises:
         DataError: bad input.
@@ -505,7 +508,8 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
     offsets = np.array([f["offset"] for f in feature_map["fields"]], np.int32)
     raw_file = parsing.RawFile(raw_path, chunk_bytes=chunk_bytes)
     labeled = None
-    all_ids, all_labels = [], []
+    all_ids, all_labels, all_lines = [], [], []
+    skipped: collections.Counter = collections.Counter()
     with contextlib.closing(raw_file.chunks()) as chunks:
         for chunk in chunks:
             if labeled is None:
@@ -513,14 +517,18 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
             parsed = module.parse_chunk(raw_path, chunk, labeled=labeled)
             if parsed.first_error is not None and not skip_bad_rows:
                 raise parsed.first_error
+            skipped.update(parsed.skipped)
+            all_lines.append(parsed.line_numbers)
             ids = np.empty(parsed.keys.shape, np.int32)
             for f, vocab_keys in enumerate(vocabs):
                 ids[:, f] = vocab_lib.encode_keys(vocab_keys, parsed.keys[:, f])
             all_ids.append(ids + offsets)
             labels = parsed.labels.astype(np.float32)
             all_labels.append(labels if labeled else np.full(len(labels), np.nan, np.float32))
-    return (np.concatenate(all_ids).reshape(-1, len(vocabs)),
-            np.concatenate(all_labels))
+    result = (np.concatenate(all_ids).reshape(-1, len(vocabs)), np.concatenate(all_labels))
+    if with_line_numbers:
+        result += (np.concatenate(all_lines).astype(np.int64), skipped)
+    return result
 
 
 def _is_labeled(module, chunk: parsing.RawChunk) -> bool:

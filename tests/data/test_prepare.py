@@ -143,3 +143,17 @@ def test_parse_threads_do_not_change_the_output(synthetic_avazu, tmp_path, monke
     prepare("avazu", synthetic_avazu, str(tmp_path / "one"), chunk_bytes=50_000)
     two, one = _files(tmp_path / "two"), _files(tmp_path / "one")
     assert sorted(two) == sorted(one) and all(two[name] == one[name] for name in two)
+
+
+def test_encode_raw_with_line_numbers_keeps_file_lines(synthetic_criteo, tmp_path):
+    out = str(tmp_path / "data")
+    prepare("criteo", synthetic_criteo, out)
+    with open(synthetic_criteo, "rb") as f:
+        lines = f.read().splitlines(keepends=True)[:50]
+    lines[9] = b"1\t2\n"
+    raw = tmp_path / "bad.txt"
+    raw.write_bytes(b"".join(lines))
+    ids, labels, line_numbers, skipped = encode_raw(out, str(raw), skip_bad_rows=True,
+                                                    with_line_numbers=True)
+    assert line_numbers.tolist() == [n for n in range(1, 51) if n != 10]
+    assert skipped == {"wrong_column_count": 1} and len(ids) == len(labels) == 49
