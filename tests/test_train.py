@@ -1,16 +1,25 @@
 """End-to-end tests of the trainer and the finetune study on a tiny generated dataset."""
 import json
+import logging
 import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mlctr import checkpoint
+from mlctr import locking
 from mlctr import mutual
+from mlctr import run_log
 from mlctr import study
 from mlctr import train
 from mlctr.data.reader import PreparedDataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_four_paper_peers_mutual_step_decreases_loss(tiny_config, tiny_data_dir):
@@ -105,3 +114,126 @@ def test_peer_schedule_decays_and_stops_each_peer_separately():
     assert schedule.learning_rate[0] == 1e-6  # floor
     restored = train.PeerSchedule.from_json(json.loads(json.dumps(schedule.to_json())))
     assert restored == schedule
+
+
+# ---------------------------------------------------------------------------
+# Faults at the trainer's start and on resume: one clear line, nothing lost.
+
+
+def test_lock_second_run_in_one_workdir_is_refused_before_writing(tiny_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    with locking.exclusive_lock(workdir, "run"):
+        with pytest.raises(locking.LockedError, match=r"is in use by pid \d+ on host"):
+            train.train_and_evaluate(tiny_config(), workdir)
+    assert sorted(os.listdir(workdir)) == [".lock"]  # nothing of a run was written
+
+
+@pytest.mark.parametrize("key, value", [("train.batch_size", 0), ("mutual.alpha", -1.0),
+                                        ("train.num_epochs", 0)])
+def test_validate_config_at_trainer_start(tiny_config, tmp_path, key, value):
+    config = tiny_config()
+    section, field = key.split(".")
+    with config.unlocked():
+        config[section][field] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"^config\.{key}: "):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def _main(workdir, *flags, data_dir=None):
+    """`python -m mlctr.main` on the tiny config; returns the completed process."""
+    cmd = [sys.executable, "-m", "mlctr.main", "--config=mlctr/configs/tiny.py",
+           "--config.mode=train", f"--workdir={workdir}", "--compilation_cache=",
+           *([f"--config.data.data_dir={data_dir}"] if data_dir else []), *flags]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def _assert_one_clear_line(proc, *fragments):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = [l for l in proc.stderr.splitlines() if l.startswith("mlctr: error: ")]
+    assert len(line) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in line[0], line[0]
+
+
+def test_lock_main_prints_one_line_when_the_workdir_is_in_use(tiny_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    with locking.exclusive_lock(workdir, "run"):
+        proc = _main(workdir, data_dir=tiny_data_dir)
+    _assert_one_clear_line(proc, workdir, f"in use by pid {os.getpid()}")
+
+
+@pytest.mark.parametrize("case", ["workdir_is_a_file", "missing_data_dir", "batch_size_0",
+                                  "train_split_smaller_than_a_batch"])
+def test_validate_main_start_faults_print_one_line(case, tiny_data_dir, tmp_path):
+    workdir, data_dir, flags = tmp_path / "run", tiny_data_dir, []
+    if case == "workdir_is_a_file":
+        workdir.write_text("not a directory")
+        expected = (str(workdir), "is a file")
+    elif case == "missing_data_dir":
+        data_dir = str(tmp_path / "nowhere")
+        flags = ["--config.data.dataset=criteo"]
+        expected = ("no prepared dataset at " + data_dir, "config.data.raw")
+    elif case == "batch_size_0":
+        flags = ["--config.train.batch_size=0"]
+        expected = ("config.train.batch_size",)
+    else:
+        flags = ["--config.train.batch_size=4096", "--config.train.eval_batch_size=4096"]
+        expected = ("smaller than one batch", "config.train.batch_size = 4096")
+    proc = _main(workdir, *flags, data_dir=data_dir)
+    _assert_one_clear_line(proc, *expected)
+    if case == "workdir_is_a_file":
+        assert workdir.read_text() == "not a directory"
+
+
+def test_torn_metrics_last_line_is_dropped_with_one_warning(tmp_path, caplog):
+    path = tmp_path / run_log.METRICS_FILE
+    records = [{"kind": "train", "step": s, "loss": {"deepfm": 0.5}} for s in (10, 20, 30)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "train", "st')
+    with caplog.at_level(logging.WARNING):
+        run_log.MetricsWriter(str(tmp_path), start_step=20).close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]
+    warnings = [r for r in caplog.records if "half-written last line" in r.getMessage()]
+    assert len(warnings) == 1 and f"{path}:4" in warnings[0].getMessage()
+
+
+def test_torn_metrics_line_before_the_last_is_a_clear_error(tmp_path):
+    path = tmp_path / run_log.METRICS_FILE
+    original = '{"kind": "train", "step": 10}\n{"kind": "tr\n{"kind": "train", "step": 20}\n'
+    path.write_text(original)
+    with pytest.raises(train.RunError, match=rf"^{path}:2: not a JSON record"):
+        run_log.MetricsWriter(str(tmp_path), start_step=20)
+    assert path.read_text() == original  # nothing dropped
+
+
+def test_torn_metrics_resume_finishes_and_records_the_dataset(resumable, reference_run,
+                                                               tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(reference_run, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write('{"kind": "eval", "step": 60, "val')  # a kill during a write
+    results = train.train_and_evaluate(resumable.config(), workdir)
+    with open(os.path.join(reference_run, "results.json")) as f:
+        assert results["test"] == json.load(f)["test"]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert all(json.loads(line) for line in f)
+    with open(os.path.join(workdir, "dataset.json")) as f:
+        record = json.load(f)
+    dataset = PreparedDataset(resumable.data_dir)
+    assert record == {**train.dataset_fingerprint(dataset), "dataset": "synthetic"}
+
+
+def test_log_lines_name_and_round_each_peer(caplog):
+    assert run_log.peer_values({"deepfm": 0.50888, "dcn": 0.53221}) == "deepfm 0.5089  dcn 0.5322"
+    valid = {"deepfm": {"auc": 0.712344, "logloss": 0.5}, "dcn": {"auc": 0.7, "logloss": 0.6}}
+    with caplog.at_level(logging.INFO):
+        run_log.log_eval(20, valid, {"deepfm": True, "dcn": False}, {"dcn": True})
+    assert "step 20  valid auc deepfm 0.71234*  dcn 0.70000 (stopped)" in caplog.text
+    clock = run_log.Throughput(batch_size=64)
+    assert clock.eta(100) == 0.0  # nothing timed yet
+    clock.timed_steps, clock.timed_seconds = 10, 2.0
+    assert clock.eta(100) == 20.0 and clock.examples_per_sec == 320.0
+    assert run_log.format_seconds(3725) == "1:02:05"
