@@ -16,6 +16,8 @@ def _files(directory):
     found = {}
     for root, _, names in os.walk(directory):
         for name in names:
+            if name == ".lock":  # who held it, and when: not dataset content
+                continue
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 found[os.path.relpath(path, directory)] = f.read()
