@@ -1,19 +1,10 @@
-"""The fields and building steps the models share, so each model file says only what is its own.
+"""Fields and building steps the models share, so that each model file holds only its own.
 
-Three bases, each adding what a family of models has in common:
-
-* ``CTRModel``: the input contract (``vocab_size``, ``num_fields``), the two L2 weights that
-  ``regularization.l2_penalty`` reads, the compute ``dtype``, and the first-order term.
-* ``EmbeddingModel``: adds ``embedding_dim`` and the [vocab_size, embedding_dim] field
-  embedding.
-* ``DNNModel``: adds the DNN tower's BARS hyperparameters (``dnn_hidden_units``,
-  ``net_dropout``, ``batch_norm``) and the tower itself.
-
-The submodules are always named ``linear``, ``embedding`` and ``dnn``, so parameter paths
-(and pretrained checkpoints) are the same in every model that has them. Defaults are the
-BARS Criteo_x4_001 values most models share; a model redeclares a field to change its
-default. A model's ``__call__(ids, *, train)`` takes int32 global ids [B, F] and returns
-float32 logits [B].
+``CTRModel`` (input size, L2 weights, dtype, first-order term) < ``EmbeddingModel``
+(+ ``embedding_dim``, the field embedding) < ``DNNModel`` (+ the DNN tower and its BARS
+hyperparameters). The submodules are always named ``linear``, ``embedding`` and ``dnn``, so
+parameter paths, and so checkpoints, agree across models. Defaults are the BARS
+Criteo_x4_001 values most models share; a model redeclares a field to change its default.
 """
 
 from typing import Any, Optional, Sequence

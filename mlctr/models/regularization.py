@@ -1,20 +1,12 @@
-"""L2 penalty in FuxiCTR's convention (``BaseModel.regularization_loss``).
+"""L2 penalty in FuxiCTR's convention (``BaseModel.regularization_loss``, ``lambda/2 * sum p^2``).
 
-``penalty = embedding_regularizer / 2 * sum ||table||^2``  over every ``embedding_table`` leaf
-          ``+ net_regularizer / 2 * sum ||p||^2``          over every other parameter leaf.
-
-FuxiCTR computes ``lambda / p * ||param||_p^p`` with p=2, i.e. ``lambda/2 * sum(param^2)``,
-over whole embedding tables every step (not only the rows of the batch).
-
-Which leaves ``net_regularizer`` covers: every non-embedding leaf of ``params`` -- Linear
-kernels and biases (as FuxiCTR), batch-norm scale/bias (FuxiCTR includes these too: they are
-``weight``/``bias`` of a non-Embedding module), the linear term's global bias, cross-layer
-biases, and custom tensors (bilinear ``W``, CrossNetMix ``U/V/C``, outer-product kernels).
-FuxiCTR only matches parameters literally *named* ``weight``/``bias`` on their own module, so
-it silently skips some custom tensors (``bilinear_W``, CrossNetMix's ``U_list``...). We
-regularise all of them: one uniform rule, and BARS uses ``net_regularizer = 0`` for every
-model we ship, so published configs are unaffected. Batch statistics are not parameters and
-are never penalised.
+``penalty = embedding_regularizer / 2 * sum ||table||^2`` over every ``embedding_table`` leaf
+(whole tables, every step) ``+ net_regularizer / 2 * sum ||p||^2`` over every other parameter
+leaf: Linear kernels and biases, batch-norm scale and bias, the first-order bias, cross-layer
+biases and the custom tensors (bilinear ``W``, CrossNetMix ``U/V/C``, outer-product kernels).
+FuxiCTR matches only parameters named ``weight``/``bias`` and so skips some custom tensors;
+one rule for all is simpler, and BARS sets ``net_regularizer = 0`` for every model here.
+Batch statistics are not parameters and are never penalised.
 """
 
 import flax.linen as nn

@@ -1,7 +1,5 @@
 """Every shared layer against a small numpy reference written here, on tiny shapes."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,22 +12,16 @@ from mlctr.models.layers.senet import senet_reduced_size
 B, F, D = 6, 4, 3
 RTOL, ATOL = 1e-5, 1e-6
 
-# Compiling dominates these tiny tests on 2 shared CPU cores; XLA's backend optimisations
-# cost ~3x the compile time and change nothing the tests check.
-fast_jit = functools.partial(jax.jit, compiler_options={
-    'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True})
-
-
 def _emb(seed=0, shape=(B, F, D)):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
 def _init_apply(module, *args, param_shift=0.0, **kwargs):
     """Initialises ``module``, adds ``param_shift`` to every parameter (so zero-initialised
-    biases are exercised too), applies it; one jitted call, far faster than op-by-op dispatch
-    on a shared 2-core CPU. Returns (numpy output, numpy params)."""
+    biases are exercised too), applies it, in one jitted call rather than op by op.
+    Returns (numpy output, numpy params)."""
 
-    @fast_jit
+    @jax.jit
     def run(*args):
         variables = module.init(jax.random.key(0), *args, **kwargs)
         variables = jax.tree_util.tree_map(lambda x: x + param_shift, variables)
@@ -77,7 +69,7 @@ def test_linear_term():
 def test_initializers_match_fuxictr():
     # Embedding: normal(std=1e-4); Linear: xavier_normal (untruncated) std sqrt(2/(in+out));
     # torch fans for a 3-D tensor (P, D, D): fan_in = D*D, fan_out = P*D.
-    table, kernel, w = fast_jit(lambda key: (
+    table, kernel, w = jax.jit(lambda key: (
         initializers.embedding_normal()(jax.random.fold_in(key, 0), (200, 100)),
         initializers.xavier_normal()(jax.random.fold_in(key, 1), (150, 150)),
         initializers.torch_xavier_normal((50, 20, 20))(jax.random.fold_in(key, 2),
@@ -103,7 +95,7 @@ def test_mlp_block_batch_norm_train_mode_matches_numpy():
     x = _emb(2, (8, 5))
     module = layers.MLPBlock(hidden_units=(4,), batch_norm=True)
 
-    @fast_jit
+    @jax.jit
     def run(x):
         variables = module.init(jax.random.key(0), x, train=False)
         return variables, module.apply(variables, x, train=True, mutable=['batch_stats'])
@@ -123,7 +115,7 @@ def test_mlp_block_dropout_only_in_train():
     x = np.ones((B, 5), np.float32)
     module = layers.MLPBlock(hidden_units=(64,), dropout_rate=0.5)
 
-    @fast_jit
+    @jax.jit
     def run(x):
         variables = module.init(jax.random.key(0), x, train=False)
         return (module.apply(variables, x, train=False),
@@ -273,7 +265,7 @@ def test_bilinear_rejects_unknown_type():
 def _vjp_pair(fast, reference, *args):
     """Jitted (value, gradients for a random cotangent) of ``fast`` and ``reference``."""
 
-    @fast_jit
+    @jax.jit
     def run(*args):
         results = []
         for fn in (fast, reference):

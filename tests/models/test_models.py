@@ -2,7 +2,6 @@
 against a formula, the sparse-row contract, dtype handling, and hyperparameter validation."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +15,6 @@ V, F, D = 120, 4, 4          # vocabulary rows, fields, embedding dim
 H = (8, 6)                   # hidden units
 P = F * (F - 1) // 2         # field pairs
 BATCH = 16
-
-# Compiling dominates these tiny tests on 2 shared CPU cores; XLA's backend optimisations
-# cost ~3x the compile time and change nothing the tests check.
-fast_jit = functools.partial(jax.jit, compiler_options={
-    'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True})
-
 
 def mlp_params(in_dim, hidden, out_dim=None):
     """Linear weights + biases of an MLP block."""
@@ -127,7 +120,7 @@ def test_model_forward_gradients_and_gathered_rows(case):
             return leaf[unique_rows]
         return leaf
 
-    @fast_jit
+    @jax.jit
     def run(ids, labels, remapped):
         # One compiled function per case keeps the suite fast on 2 shared CPU cores.
         variables = model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)}, ids,
@@ -163,7 +156,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(case):
     f32_model = model.clone(dtype=jnp.float32)
     ids = _ids()
 
-    @fast_jit
+    @jax.jit
     def run(ids):
         variables = model.init(jax.random.key(1), ids, train=False)
         return (variables, model.apply(variables, ids, train=False),
@@ -180,7 +173,7 @@ def test_batch_norm_updates_batch_stats():
                          dnn_hidden_units=H, batch_norm=True)
     ids = _ids()
 
-    @fast_jit
+    @jax.jit
     def run(ids):
         variables = model.init(jax.random.key(1), ids, train=False)
         return variables, model.apply(variables, ids, train=True, mutable=['batch_stats'],

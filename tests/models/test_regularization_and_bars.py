@@ -1,7 +1,5 @@
 """FuxiCTR-style L2 penalty and the BARS hyperparameter table."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -9,10 +7,6 @@ import pytest
 from mlctr.models import MODELS, create_model
 from mlctr.models.bars_configs import BARS_BATCH_SIZE, DATASETS, bars_hparams
 from mlctr.models.regularization import l2_penalty
-
-fast_jit = functools.partial(jax.jit, compiler_options={
-    'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True})
-
 
 def test_l2_penalty_matches_manual_sum():
     model = create_model('deepfm', vocab_size=50, num_fields=3, embedding_dim=4,
@@ -27,7 +21,7 @@ def test_l2_penalty_matches_manual_sum():
     net = sum(np.sum(np.square(x)) for x in jax.tree_util.tree_leaves(params['dnn']))
     net += np.square(params['linear']['bias'])
     expected = 0.3 / 2 * emb + 0.7 / 2 * net
-    penalty, full_penalty, grads = fast_jit(lambda p: (
+    penalty, full_penalty, grads = jax.jit(lambda p: (
         l2_penalty(model, p), l2_penalty(model, {'params': p}),
         jax.grad(lambda q: l2_penalty(model, q))(p)))(params)
     np.testing.assert_allclose(float(penalty), expected, rtol=1e-5)

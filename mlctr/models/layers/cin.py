@@ -8,10 +8,9 @@
 maps them to one logit. FuxiCTR keeps every layer's full output (no split-half).
 
 Implementation: the same math, embedding-dim-major: X^k is kept as [B, D, H_k] and Z is
-built directly as [B, D, F*H_{k-1}], the layout the Linear contracts. So neither Z nor its
-equally large gradient is ever transposed, and the outer product's batch dims (b, d) lead
-in it and in its gradient contractions, as batched matmuls want them (the [B, F*H, D]
-formulation transposed both, ~1.5x slower per xDeepFM training step on CPU).
+built directly as [B, D, F*H_{k-1}], the layout the Linear contracts, so neither Z nor its
+equally large gradient is ever transposed, and the batch dims (b, d) lead, as batched
+matmuls want them.
 """
 
 from typing import Any, Sequence

@@ -52,8 +52,8 @@ class FeatureEmbedding(nn.Module):
         table = self.param('embedding_table', initializers.embedding_normal(),
                            (self.vocab_size, self.embedding_dim), jnp.float32)
         # 'clip' rather than the default 'fill' (NaN for out-of-range ids): the same rows for
-        # every valid id and ~2x faster on CPU (no per-element bounds select). Ids come from
-        # a feature map (mlctr.data), in range by construction; the sparse step's are slots.
+        # every valid id, without a per-element bounds select. Ids come from a feature map
+        # (mlctr.data), in range by construction; the sparse step's are slots.
         return jnp.take(table, ids, axis=0, mode='clip').astype(self.dtype)
 
 

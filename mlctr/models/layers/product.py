@@ -1,29 +1,20 @@
-"""Pairwise field products for PNN (Qu et al., ICDM 2016; TOIS 2018).
+"""Pairwise field products: PNN's product layer (Qu et al., ICDM 2016; TOIS 2018), FiBiNET's.
 
 Pairs are the ``F*(F-1)/2`` field pairs ``(i, j), i < j`` in ``np.triu_indices(F, 1)``
-(row-major) order, as FuxiCTR's ``InnerProductInteraction``.
+order, as FuxiCTR's ``InnerProductInteraction``.
 
 * ``InnerProduct``: ``p_ij = <e_i, e_j>`` -> [B, P] (FuxiCTR ``output="inner_product"``).
-* ``OuterProduct``: the outer product ``e_i e_j^T`` (a D x D matrix) contracted with a learned
-  D x D kernel per pair: ``p_ij = sum_{k,l} K_ij[k,l] e_ik e_jl = e_i^T K_ij e_j`` -> [B, P].
-  FuxiCTR implements only the inner product; this is the kernel ("mat") form of the outer
-  product of the PNN journal version (KPNN) and DeepCTR's ``OutterProductLayer``. It keeps the
-  product-layer output [B, P] like IPNN's so the rest of PNN is shared; the 2016 OPNN's
-  superposition trick (sum of embeddings before the outer product) is not used because it
-  throws away which fields interact. The kernel is xavier_normal with fan_in = fan_out = D
-  (std sqrt(1/D)), treating each K_ij as a D x D linear map.
+* ``OuterProduct``: ``p_ij = e_i^T K_ij e_j`` with a learned D x D kernel per pair -> [B, P],
+  the kernel form of the outer product (PNN journal version's KPNN, DeepCTR's
+  ``OutterProductLayer``; FuxiCTR has only the inner product). Its output has IPNN's shape,
+  so the rest of PNN is shared; the 2016 superposition trick (summing the embeddings first)
+  is not used: it loses which fields interact. Kernel: xavier_normal, fan_in = fan_out = D.
 
-Implementation: the same math as the pair-gather formulas (``e[:, left] * e[:, right]``), which
-are slow on CPU -- XLA gathers along the small field axis, and their scatter-add gradients,
-cost several times the products themselves:
-* ``inner_product``: one batched Gram matmul ``E E^T`` [B, F, F] (float32 precision on every
-  backend), then its strict upper triangle by one gather from the flattened [B, F*F] rows.
-* ``pairwise_bilinear`` (``e_i^T K_ij`` of OPNN, FiBiNET's ``field_interaction``) and
-  ``pairwise_product``: the triu order lists the pairs by left field ``i``, and the right
-  fields of that block are ``i+1 .. F-1`` -- a contiguous slice of the flattened [B, F*D]
-  embeddings. So each block is one dense matmul ``e_i [B, D] x [D, n_i*D]`` (all the block's
-  kernels side by side) times that slice; the blocks are concatenated. No gathers, no
-  scatter-adds.
+Implementation: no gathers of field pairs (``e[:, left] * e[:, right]``), whose gathers along
+the small field axis and scatter-add gradients cost more than the products on CPU. Inner
+products are one Gram matmul ``E E^T`` and its strict upper triangle; the other products go
+by left field ``i``, whose pairs' right fields ``i+1 .. F-1`` are one contiguous slice of the
+flattened [B, F*D] embeddings, so each block is one dense matmul.
 """
 
 import functools
