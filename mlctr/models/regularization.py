@@ -5,7 +5,8 @@
 leaf: Linear kernels and biases, batch-norm scale and bias, the first-order bias, cross-layer
 biases and the custom tensors (bilinear ``W``, CrossNetMix ``U/V/C``, outer-product kernels).
 FuxiCTR matches only parameters named ``weight``/``bias`` and so skips some custom tensors;
-one rule for all is simpler, and BARS sets ``net_regularizer = 0`` for every model here.
+one rule for all is simpler, and no BARS config is affected: they set ``net_regularizer = 0``
+except for LR and FM, whose only such leaf is the first-order bias.
 Batch statistics are not parameters and are never penalised.
 """
 
