@@ -308,141 +308,133 @@ def _swap_into(build: str, out: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+class _Encoder:
+    """Pass 1 and 2 of prepare: rows -> temporary codes on disk -> vocabularies, global ids.
+
+    Args:
+        out: the (build) directory the split files are written into.
+        field_names: the F output fields.
+        with_true_prob: also write each split's true probabilities (synthetic data).
+        writers: a list the open writers are appended to (the caller closes them on
+            failure).
+    """
+
+    def __init__(self, out: str, field_names, with_true_prob: bool, writers: list):
+        self.out = out
+        self.field_names = list(field_names)
+        self.coders = [vocab_lib.KeyCoder() for _ in self.field_names]
+        self.counts = [vocab_lib.Counts() for _ in self.field_names]
+        self.positives = np.zeros(3, np.int64)
+        self.num_rows = 0
+
+        def writer(path, dtype, row_shape=()):
+            writers.append(fmt.NpyWriter(path, dtype, row_shape))
+            return writers[-1]
+
+        self.ids_out = [writer(fmt.ids_path(out, s), np.int32, (len(self.field_names),))
+                        for s in fmt.SPLITS]
+        self.label_out = [writer(fmt.label_path(out, s), np.uint8) for s in fmt.SPLITS]
+        self.prob_out = ([writer(fmt.true_prob_path(out, s), np.float32) for s in fmt.SPLITS]
+                         if with_true_prob else None)
+
+    def add(self, keys: np.ndarray, labels: np.ndarray, splits: np.ndarray,
+            probs: np.ndarray | None = None) -> None:
+        """Codes rows (int64 keys [n, F], uint8 labels, split of each row) and writes them."""
+        self.num_rows += len(labels)
+        # The rows in split order (train, valid, test; file order within each), so that
+        # each split's rows are one slice.
+        order = np.argsort(splits, kind="stable")
+        bounds = np.cumsum(np.bincount(splits, minlength=3))
+        train_rows = order[:bounds[0]]
+        codes = np.empty((len(self.field_names), len(labels)), np.int32)
+        for f, coder in enumerate(self.coders):
+            codes[f] = coder.encode(keys[:, f])
+            self.counts[f].add(codes[f].take(train_rows), len(coder))
+        codes = codes.T[order]  # rows again, in split order
+        labels = labels.take(order)
+        probs = probs.take(order) if probs is not None else None
+        for s in range(3):
+            rows = slice(bounds[s - 1] if s else 0, bounds[s])
+            self.ids_out[s].append(codes[rows])
+            self.label_out[s].append(labels[rows])
+            self.positives[s] += int(np.count_nonzero(labels[rows]))
+            if probs is not None:
+                self.prob_out[s].append(probs[rows])
+
+    def finish(self, module, min_count: int) -> tuple[list[dict], dict]:
+        """Closes the files, fits and saves the vocabularies, rewrites codes as global ids.
+
+        Returns:
+            (fields: the feature map's per-field entries, splits: its per-split entries).
+        """
+        for w in self.ids_out + self.label_out + (self.prob_out or []):
+            w.close()
+        fields, code_to_global, offset = [], [], 0
+        for f, name in enumerate(self.field_names):
+            vocab_keys, local_ids = vocab_lib.fit_vocabulary(
+                self.coders[f].code_keys(), self.counts[f].counts, min_count=min_count,
+                missing_key=module.MISSING_KEYS[f])
+            vocab_lib.save_vocabulary(self.out, name, vocab_keys)
+            size = len(vocab_keys) + 1
+            fields.append({"name": name, "kind": module.FIELD_KINDS[f], "vocab_size": size,
+                           "offset": offset, "oov_id": offset,
+                           "num_distinct_values": len(self.coders[f])})
+            code_to_global.append(local_ids + offset)
+            offset += size
+        # int64 offsets: the sums are int64, the indices `take` wants (int32 ones it
+        # would convert first, slower than the whole lookup).
+        code_offsets = np.cumsum([0] + [len(c) for c in self.coders[:-1]]).astype(np.int64)
+        lookup = np.concatenate(code_to_global).astype(np.int32)
+        self.coders = self.counts = code_to_global = None
+        _release_freed_memory()
+        splits = {}
+        for s, name in enumerate(fmt.SPLITS):
+            fmt.update_rows(fmt.ids_path(self.out, name),
+                            lambda codes: lookup.take(codes + code_offsets),
+                            block_rows=_REMAP_ROWS, num_threads=PARSE_THREADS)
+            n = self.ids_out[s].num_rows
+            splits[name] = {"num_examples": n,
+                            "positive_rate": float(self.positives[s] / n) if n else None}
+        return fields, splits
+
+
 def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
              synthetic_description, chunk_bytes, writers) -> dict:
+    """Both passes over one raw file, split 8:1:1 by `seed`; returns the feature map."""
     started = time.time()
-    field_names = module.FIELD_NAMES
-    num_fields = len(field_names)
-    min_count = module.MIN_COUNT[protocol]
     true_prob = None
-    header_lines = 1 if module is avazu else 0
     if synthetic_description is not None:
         true_prob = synthetic.true_prob_path(raw)
         num_true_probs = fmt.npy_layout(true_prob)[1][0]
-
-    def writer(path, dtype, row_shape=()):
-        w = fmt.NpyWriter(path, dtype, row_shape)
-        writers.append(w)
-        return w
-
-    ids_out = [writer(fmt.ids_path(out, s), np.int32, (num_fields,)) for s in fmt.SPLITS]
-    label_out = [writer(fmt.label_path(out, s), np.uint8) for s in fmt.SPLITS]
-    prob_out = ([writer(fmt.true_prob_path(out, s), np.float32) for s in fmt.SPLITS]
-                if true_prob is not None else None)
-
-    # Pass 1: parse, split, temporary codes, train counts.
-    coders = [vocab_lib.KeyCoder() for _ in field_names]
-    counts = [vocab_lib.Counts() for _ in field_names]
-    positives = np.zeros(3, np.int64)
+    header_lines = 1 if module is avazu else 0
+    encoder = _Encoder(out, module.FIELD_NAMES, true_prob is not None, writers)
     skipped: collections.Counter = collections.Counter()
     raw_file = parsing.RawFile(raw, chunk_bytes=chunk_bytes)
-    num_rows = num_chunks = 0
-    last_log = time.time()
-    # Chunks are parsed ahead in PARSE_THREADS threads (numpy releases the GIL) while
-    # this thread codes the previous one, so parsing and coding use both cores.
-    parsed_chunks = parsing.ordered_map(lambda chunk: module.parse_chunk(raw, chunk),
-                                        raw_file.chunks(), PARSE_THREADS)
-    with contextlib.closing(parsed_chunks):
-        for parsed in parsed_chunks:
-            if parsed.first_error is not None:
-                if not skip_bad_rows:
-                    raise parsed.first_error
-                skipped.update(parsed.skipped)
-            n = len(parsed.labels)
-            splits = split_lib.assign_splits(num_rows, n, seed)
-            num_rows += n
-            # The rows in split order (train, valid, test; file order within each), so
-            # that each split's rows are one slice.
-            order = np.argsort(splits, kind="stable")
-            bounds = np.cumsum(np.bincount(splits, minlength=3))
-            train_rows = order[:bounds[0]]
-            codes = np.empty((num_fields, n), np.int32)
-            for f in range(num_fields):
-                codes[f] = coders[f].encode(parsed.keys[:, f])
-                counts[f].add(codes[f].take(train_rows), len(coders[f]))
-            codes = codes.T[order]  # rows again, in split order
-            labels = parsed.labels.take(order)
-            if true_prob is not None:
-                raw_rows = parsed.line_numbers - 1 - header_lines
-                if len(raw_rows):
-                    chunk_probs = fmt.read_rows(true_prob, int(raw_rows[0]),
-                                                int(raw_rows[-1]) + 1)[raw_rows - raw_rows[0]]
-                else:
-                    chunk_probs = np.zeros(0, np.float32)
-                chunk_probs = chunk_probs.take(order)
-            for s in range(3):
-                rows = slice(bounds[s - 1] if s else 0, bounds[s])
-                ids_out[s].append(codes[rows])
-                label_out[s].append(labels[rows])
-                positives[s] += int(np.count_nonzero(labels[rows]))
-                if true_prob is not None:
-                    prob_out[s].append(chunk_probs[rows])
-            num_chunks += 1
-            if num_chunks % _TRIM_EVERY_CHUNKS == 0:
-                _release_freed_memory()
-            if time.time() - last_log > 30:
-                last_log = time.time()
-                _log(f"{raw}: {num_rows} rows read ({num_rows / (last_log - started):.0f}/s)")
+    for parsed in _parsed_chunks(raw, raw_file, module, skip_bad_rows, skipped, started,
+                                 encoder):
+        probs = (_chunk_true_probs(true_prob, parsed.line_numbers - 1 - header_lines)
+                 if true_prob is not None else None)
+        splits = split_lib.assign_splits(encoder.num_rows, len(parsed.labels), seed)
+        encoder.add(parsed.keys, parsed.labels, splits, probs)
+    num_rows = encoder.num_rows
     if num_rows == 0:
         raise DataError(raw, "no data rows" + (" left after skipping bad rows" if skipped else ""),
                         reason="empty_file")
     if true_prob is not None and num_rows + sum(skipped.values()) != num_true_probs:
         raise DataError(raw, f"{num_rows + sum(skipped.values())} rows but "
-                        f"{num_true_probs} true probabilities in "
-                        f"{synthetic.true_prob_path(raw)}", reason="synthetic_mismatch")
-    for w in writers:
-        w.close()
-
-    # Pass 2: vocabularies, then codes -> global ids in place.
-    fields = []
-    code_to_global = []
-    offset = 0
-    for f, name in enumerate(field_names):
-        vocab_keys, local_ids = vocab_lib.fit_vocabulary(
-            coders[f].code_keys(), counts[f].counts, min_count=min_count,
-            missing_key=module.MISSING_KEYS[f])
-        vocab_lib.save_vocabulary(out, name, vocab_keys)
-        size = len(vocab_keys) + 1
-        fields.append({"name": name, "kind": module.FIELD_KINDS[f], "vocab_size": size,
-                       "offset": offset, "oov_id": offset,
-                       "num_distinct_values": len(coders[f])})
-        code_to_global.append(local_ids + offset)
-        offset += size
-    # int64 offsets: the sums are int64, the indices `take` wants (int32 ones it would
-    # convert first, slower than the whole lookup).
-    code_offsets = np.cumsum([0] + [len(c) for c in coders[:-1]]).astype(np.int64)
-    lookup = np.concatenate(code_to_global).astype(np.int32)
-    del coders, counts, code_to_global
-    _release_freed_memory()
-    split_info = {}
-    for s, name in enumerate(fmt.SPLITS):
-        fmt.update_rows(fmt.ids_path(out, name), lambda codes: lookup.take(codes + code_offsets),
-                        block_rows=_REMAP_ROWS, num_threads=PARSE_THREADS)
-        n = ids_out[s].num_rows
-        split_info[name] = {"num_examples": n,
-                            "positive_rate": float(positives[s] / n) if n else None}
-
+                        f"{num_true_probs} true probabilities in {true_prob}",
+                        reason="synthetic_mismatch")
+    min_count = module.MIN_COUNT[protocol]
+    fields, splits = encoder.finish(module, min_count)
     feature_map = {
-        "format_version": fmt.FORMAT_VERSION,
-        "dataset": dataset,
-        "raw_format": module.NAME,
-        "protocol": protocol,
-        "min_count": min_count,
-        "seed": seed,
+        "format_version": fmt.FORMAT_VERSION, "dataset": dataset, "raw_format": module.NAME,
+        "protocol": protocol, "min_count": min_count, "seed": seed,
         "split": {"method": "seeded blocks of 10 rows: 8 train, 1 valid, 1 test "
                             "(mlctr.data.split)", "ratios": [8, 1, 1]},
         "source": {"file": os.path.basename(raw), "sha256": raw_file.sha256,
                    "bytes": raw_file.num_bytes, "gzip": raw_file.is_gzip,
                    "rows_read": num_rows + sum(skipped.values()), "rows_kept": num_rows},
-        "bad_rows": {"skipped": int(sum(skipped.values())),
-                     "by_reason": {k: int(v) for k, v in sorted(skipped.items())}},
-        "num_fields": len(fields),
-        "vocab_size": offset,
-        "fields": fields,
-        "splits": split_info,
-        "files": {name: {"ids": os.path.basename(fmt.ids_path(out, name)),
-                         "label": os.path.basename(fmt.label_path(out, name))}
-                  for name in fmt.SPLITS},
+        **_feature_map_tail(out, fields, splits, skipped),
     }
     if synthetic_description is not None:
         feature_map["synthetic"] = synthetic_description
@@ -450,10 +442,56 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
         for name in fmt.SPLITS:
             feature_map["files"][name]["true_prob"] = os.path.basename(
                 fmt.true_prob_path(out, name))
-    if skipped:
-        _log(f"{raw}: skipped {sum(skipped.values())} bad rows: {dict(skipped)}")
     _log(f"{raw}: prepared {num_rows} rows in {time.time() - started:.1f}s")
     return feature_map
+
+
+def _parsed_chunks(raw, raw_file, module, skip_bad_rows, skipped, started, encoder):
+    """The parsed chunks of a raw file; bad rows raise, or are counted into `skipped`."""
+    # Chunks are parsed ahead in PARSE_THREADS threads (numpy releases the GIL) while
+    # the caller codes the previous one, so parsing and coding use both cores.
+    parsed_chunks = parsing.ordered_map(lambda chunk: module.parse_chunk(raw, chunk),
+                                        raw_file.chunks(), PARSE_THREADS)
+    last_log = time.time()
+    with contextlib.closing(parsed_chunks):
+        for num_chunks, parsed in enumerate(parsed_chunks, 1):
+            if parsed.first_error is not None:
+                if not skip_bad_rows:
+                    raise parsed.first_error
+                skipped.update(parsed.skipped)
+            yield parsed
+            if num_chunks % _TRIM_EVERY_CHUNKS == 0:
+                _release_freed_memory()
+            if time.time() - last_log > 30:
+                last_log = time.time()
+                _log(f"{raw}: {encoder.num_rows} rows read "
+                     f"({encoder.num_rows / (last_log - started):.0f}/s)")
+    if skipped:
+        _log(f"{raw}: skipped {sum(skipped.values())} bad rows: {dict(skipped)}")
+
+
+def _chunk_true_probs(true_prob: str, raw_rows: np.ndarray) -> np.ndarray:
+    """The true probabilities of the given 0-based data rows of the raw file."""
+    if not len(raw_rows):
+        return np.zeros(0, np.float32)
+    return fmt.read_rows(true_prob, int(raw_rows[0]),
+                         int(raw_rows[-1]) + 1)[raw_rows - raw_rows[0]]
+
+
+def _feature_map_tail(out: str, fields: list[dict], splits: dict,
+                      skipped: collections.Counter) -> dict:
+    """The feature map's keys every dataset kind shares: bad rows, fields, splits, files."""
+    return {
+        "bad_rows": {"skipped": int(sum(skipped.values())),
+                     "by_reason": {k: int(v) for k, v in sorted(skipped.items())}},
+        "num_fields": len(fields),
+        "vocab_size": sum(f["vocab_size"] for f in fields),
+        "fields": fields,
+        "splits": splits,
+        "files": {name: {"ids": os.path.basename(fmt.ids_path(out, name)),
+                         "label": os.path.basename(fmt.label_path(out, name))}
+                  for name in fmt.SPLITS},
+    }
 
 
 def _bayes_metrics(out: str) -> dict:
