@@ -28,10 +28,12 @@ with its manifest and swapped in, so a failed save (a full disk) leaves the prev
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -72,6 +74,26 @@ def _quiet_orbax_tracebacks():
     absl_logger = logging.get_absl_logger()
     if not any(isinstance(f, _NoOrbaxTraceback) for f in absl_logger.filters):
         absl_logger.addFilter(_NoOrbaxTraceback())
+    if not getattr(sys.unraisablehook, "_mlctr", False):
+        sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
+
+
+def _unraisable_hook(previous):
+    """Drops the "Event loop is closed" that a failed orbax save leaves behind.
+
+    When a background write fails (a full disk, a truncated file on restore), orbax's
+    writer threads may signal an asyncio loop that has already closed; Python then prints
+    that as an ignored exception with a traceback after the real error is reported.
+    """
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._mlctr = True
+    return hook
 
 
 def _out_of_space(error: BaseException) -> bool:
@@ -159,6 +181,7 @@ def save_peer_weights(run_dir: str, variables_by_name: dict[str, Any], extra: di
     """
     path = os.path.abspath(os.path.join(run_dir, BEST_DIR))
     tmp, old = path + ".tmp", path + ".old"
+    _quiet_orbax_tracebacks()
     if jax.process_index() == 0 and os.path.isdir(old):
         shutil.rmtree(old)  # left by a crash after the swap
     try:
@@ -177,6 +200,9 @@ def save_peer_weights(run_dir: str, variables_by_name: dict[str, Any], extra: di
     except Exception as e:
         if os.path.isdir(old) and not os.path.isdir(path):
             os.rename(old, path)
+        if jax.process_index() == 0:  # free what the failed save took (orbax's tmp dirs too)
+            for leftover in glob.glob(glob.escape(tmp) + "*"):
+                shutil.rmtree(leftover, ignore_errors=True)
         why = ("the disk is full (no space left on device)" if _out_of_space(e)
                else f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}")
         kept = f"the previous {path} is kept" if os.path.isdir(path) else "nothing was saved"
@@ -203,6 +229,7 @@ def load_peer_weights(run_dir: str, names: list[str] | None = None) -> dict[str,
                            else os.path.join(run_dir, BEST_DIR))
     if not os.path.isdir(path):
         raise CheckpointError(f"no peer weights at {path} (did the pretraining run finish?)")
+    _quiet_orbax_tracebacks()
     if not verify_manifest(path):
         logging.warning("%s has no checksum manifest (%s); its content is not verified", path,
                         MANIFEST)
@@ -397,8 +424,9 @@ class RunCheckpoints:
         """Verifies checkpoint `step`'s checksums and reads its progress item."""
         directory = os.path.join(self.directory, str(step))
         if not verify_manifest(directory):
-            logging.warning("checkpoint %s has no checksum manifest (%s; the process ended "
-                            "before writing it); restoring it unverified", directory, MANIFEST)
+            logging.warning("checkpoint %s has no checksum manifest (%s: written by an older "
+                            "version, or its process ended before writing it); restoring it "
+                            "unverified", directory, MANIFEST)
         try:
             progress = self._manager.restore(step, args=ocp.args.Composite(
                 progress=ocp.args.JsonRestore()))["progress"]
