@@ -111,7 +111,7 @@ class HiddenFunction:
         self.hidden_b = (0.5 * rng.standard_normal(HIDDEN_UNITS)).astype(np.float32)
         self.out_w = rng.standard_normal(HIDDEN_UNITS).astype(np.float32)
         self.diversity = float(diversity)
-        self.specific = (synthetic_parts.ArchitectureParts(fields, offsets, pool, parts_rng)
+        self.specific = (synthetic_parts.ArchitectureParts(fields, offsets, parts_rng)
                          if self.diversity else None)
         self.part_names = SHARED_PARTS + (synthetic_parts.PART_NAMES if self.specific else ())
         self.scales = np.ones(len(self.part_names), np.float32)

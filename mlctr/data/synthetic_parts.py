@@ -1,8 +1,10 @@
 """Architecture-specific parts of the synthetic click function (the `diversity` knob).
 
-Each part is a function of the value ids of a few fields, drawn among the fields whose
-values recur often enough to be learnt, with its own per-value parameters, and shaped
-like what one of the paper's peers computes:
+Each part is a function of the value ids of a few fields, drawn among the fields with
+at most PART_MAX_CARDINALITY values at full size (the integer fields and the small
+categorical ones), whose values recur often enough to be learnt from a few ten thousand
+rows, with its own per-value parameters, and shaped like what one of the paper's peers
+computes:
 
 * `cross` (DCN): a bounded-degree explicit cross, the sum of CROSS_TERMS products of
   CROSS_DEGREE linear forms of the fields' values: exactly what a DCN cross network of
@@ -25,10 +27,11 @@ import numpy as np
 
 PART_NAMES = ("cross", "inner", "bilinear", "deep")
 LATENT_DIM = 4
-CROSS_FIELDS, CROSS_TERMS, CROSS_DEGREE = 8, 2, 3
+PART_MAX_CARDINALITY = 1000
+CROSS_FIELDS, CROSS_TERMS, CROSS_DEGREE = 6, 2, 3
 INNER_FIELDS, INNER_HIDDEN = 6, 16
 BILINEAR_FIELDS, SENET_HIDDEN = 6, 3
-DEEP_FIELDS, DEEP_HIDDEN = 8, (32, 32)
+DEEP_FIELDS, DEEP_HIDDEN = 6, (32, 32)
 
 
 class _Lookup:
@@ -75,11 +78,12 @@ class ArchitectureParts:
 
     Args:
         fields, offsets: the generator's fields and their first global ids.
-        pool: indices of the fields a part may read.
         rng: a random stream of the parts' own.
     """
 
-    def __init__(self, fields, offsets, pool, rng: np.random.Generator):
+    def __init__(self, fields, offsets, rng: np.random.Generator):
+        pool = [i for i, f in enumerate(fields) if f.full_cardinality <= PART_MAX_CARDINALITY]
+
         def lookup(count, width, std):
             chosen = np.sort(rng.choice(pool, count, replace=False))
             return _Lookup(fields, offsets, chosen, width, rng, std)
