@@ -1,9 +1,13 @@
-"""Turns a raw Criteo / Avazu / synthetic file into a prepared dataset (BARS x4 protocol).
+"""Turns a raw Criteo / Avazu / synthetic file (BARS x4 protocol) or the csv splits of a
+BARS x1 dataset (mlctr.data.bars_csv) into a prepared dataset.
 
     python -m mlctr.data.prepare --dataset=criteo --raw=train.txt --out=data/criteo_x4_001
     python -m mlctr.data.prepare --dataset=avazu --raw=train.csv.gz --out=data/avazu_x4_001
     python -m mlctr.data.prepare --dataset=synthetic --raw=data/raw/synthetic.txt \\
         --num_rows=1000000 --out=data/synthetic
+    python -m mlctr.data.prepare --dataset=frappe_x1 --raw=Frappe_x1/ --out=data/frappe_x1
+    python -m mlctr.data.prepare --dataset=csv --raw=mine/ --feature_spec=mine/spec.json \\
+        --out=data/mine
 
 Two streaming passes, memory bounded by the chunk size and the vocabularies:
 
@@ -33,6 +37,7 @@ import collections
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import shutil
 import sys
@@ -42,11 +47,13 @@ import time
 import numpy as np
 
 from mlctr import locking, xla_cpu
-from mlctr.data import avazu, criteo, format as fmt, parsing, split as split_lib, synthetic
+from mlctr.data import avazu, bars_csv, criteo, format as fmt, parsing, split as split_lib
+from mlctr.data import synthetic
 from mlctr.data import vocab as vocab_lib
 from mlctr.data.errors import DataError, DatasetError
 
-DATASETS = ("criteo", "avazu", "synthetic")
+CSV_DATASETS = tuple(bars_csv.FORMATS) + ("csv",)
+DATASETS = ("criteo", "avazu", "synthetic") + CSV_DATASETS
 PROTOCOLS = ("x4_001", "x4_002")
 RAW_FORMATS = {"criteo": criteo, "avazu": avazu}
 _REMAP_ROWS = 1 << 15
@@ -92,8 +99,9 @@ def _log(message: str) -> None:
 def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
             skip_bad_rows: bool = False, seed: int = 2018, num_rows: int | None = None,
             synthetic_format: str = "criteo",
-            chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES, overwrite: bool = False) -> dict:
-    """Prepares a dataset directory from a raw file.
+            chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES, overwrite: bool = False,
+            feature_spec=None) -> dict:
+    """Prepares a dataset directory from a raw file (or the csv splits of one).
 
     The dataset is built in a temporary directory next to `out` and swapped in only
     once complete, so a failure (bad input, a full disk, a kill) leaves whatever `out`
@@ -102,9 +110,11 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
     of a synthetic dataset) are kept.
 
     Args:
-        dataset: "criteo", "avazu" or "synthetic".
+        dataset: "criteo", "avazu", "synthetic", a BARS x1 csv dataset ("frappe_x1",
+            "movielens_x1", "criteo_x1", "avazu_x1") or "csv" (see mlctr.data.bars_csv).
         raw: the raw file (plain or gzip). For "synthetic": where the generated raw file
             is written (and its true probabilities next to it, see mlctr.data.synthetic).
+            For the csv datasets: the directory holding train.csv, valid.csv, test.csv.
         out: the output directory (created).
         protocol: "x4_001" (min_count Criteo 10 / Avazu 2) or "x4_002" (2 / 1).
         skip_bad_rows: skip and count bad rows instead of failing on the first.
@@ -114,6 +124,8 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         synthetic_format: "synthetic" only: "criteo" or "avazu" raw format.
         chunk_bytes: bytes of raw text parsed at a time (bounds the memory).
         overwrite: replace a prepared dataset already in `out` (else an error).
+        feature_spec: "csv" only: the label and feature columns (a dict or the path of a
+            JSON file, see mlctr.data.bars_csv).
 
     Returns:
         The feature map (as saved in out/feature_map.json).
@@ -131,20 +143,38 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
     if num_rows is not None and dataset != "synthetic":
         raise ValueError("num_rows is only for dataset='synthetic'")
+    if (feature_spec is None) == (dataset == "csv"):
+        raise ValueError("feature_spec is for dataset='csv', which needs one")
     out = os.path.abspath(os.fspath(out))
     raw = str(raw)
     _check_output(out, overwrite)
-    if dataset != "synthetic":
-        parsing.RawFile(raw).check_exists()  # before anything is created
+    if dataset in CSV_DATASETS:
+        csv_format = (bars_csv.CsvFormat.from_spec(feature_spec) if dataset == "csv"
+                      else bars_csv.FORMATS[dataset])
+        for split in bars_csv.SPLIT_FILES:  # before anything is created
+            parsing.RawFile(bars_csv.split_file(raw, split)).check_exists()
+
+        def build(directory, writers):
+            return _prepare_csv(dataset, raw, directory, csv_format, writers=writers,
+                                skip_bad_rows=skip_bad_rows, chunk_bytes=chunk_bytes)
+    else:
+        if dataset != "synthetic":
+            parsing.RawFile(raw).check_exists()  # before anything is created
+
+        def build(directory, writers):
+            synthetic_description, raw_format = _raw_source(
+                dataset, raw, num_rows=num_rows, seed=seed, synthetic_format=synthetic_format)
+            parsing.RawFile(raw).check_exists()
+            return _prepare(dataset, raw, directory, raw_format_module(raw_format),
+                            protocol=protocol, skip_bad_rows=skip_bad_rows, seed=seed,
+                            synthetic_description=synthetic_description,
+                            chunk_bytes=chunk_bytes, writers=writers)
     created = not os.path.exists(out)
     try:
         try:
             with locking.exclusive_lock(out, "prepare"):
                 _check_output(out, overwrite)  # another prepare may have finished since
-                return _prepare_and_swap(dataset, raw, out, protocol=protocol,
-                                         skip_bad_rows=skip_bad_rows, seed=seed,
-                                         num_rows=num_rows, synthetic_format=synthetic_format,
-                                         chunk_bytes=chunk_bytes)
+                return _build_and_swap(out, build)
         except OSError as e:
             raise _output_error(out, e) from None
     except BaseException:
@@ -211,31 +241,24 @@ def _raw_source(dataset, raw, *, num_rows, seed, synthetic_format):
     return description, description["spec"]["raw_format"]
 
 
-def _prepare_and_swap(dataset, raw, out, *, protocol, skip_bad_rows, seed, num_rows,
-                      synthetic_format, chunk_bytes) -> dict:
-    """Builds the dataset in a temporary sibling of `out`, then swaps it in (lock held)."""
-    synthetic_description, raw_format = _raw_source(
-        dataset, raw, num_rows=num_rows, seed=seed, synthetic_format=synthetic_format)
-    module = raw_format_module(raw_format)
-    parsing.RawFile(raw).check_exists()
+def _build_and_swap(out: str, build) -> dict:
+    """Runs build(directory, writers) -> feature map in a temporary sibling of `out`, adds
+    the checksums and swaps the result in (the caller holds the lock)."""
     xla_cpu.keep_freed_blocks()
     _remove_stale_builds(out)
-    build = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=_build_prefix(out))
+    directory = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=_build_prefix(out))
     writers: list[fmt.NpyWriter] = []
     try:
-        feature_map = _prepare(dataset, raw, build, module, protocol=protocol,
-                               skip_bad_rows=skip_bad_rows, seed=seed,
-                               synthetic_description=synthetic_description,
-                               chunk_bytes=chunk_bytes, writers=writers)
-        feature_map["checksums"] = fmt.compute_checksums(build, feature_map)
-        fmt.write_json_atomic(fmt.feature_map_path(build), feature_map)
-        _make_readable(build)
-        _swap_into(build, out)
+        feature_map = build(directory, writers)
+        feature_map["checksums"] = fmt.compute_checksums(directory, feature_map)
+        fmt.write_json_atomic(fmt.feature_map_path(directory), feature_map)
+        _make_readable(directory)
+        _swap_into(directory, out)
     finally:
         for writer in writers:
             with contextlib.suppress(Exception):
                 writer.close()
-        shutil.rmtree(build, ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
     return feature_map
 
 
@@ -446,6 +469,48 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
     return feature_map
 
 
+def _prepare_csv(dataset, raw_dir, out, csv_format, *, writers, skip_bad_rows,
+                 chunk_bytes) -> dict:
+    """Both passes over the given train/valid/test csv files; returns the feature map."""
+    started = time.time()
+    encoder = _Encoder(out, csv_format.FIELD_NAMES, False, writers)
+    skipped: collections.Counter = collections.Counter()
+    sources = {}
+    for s, split in enumerate(bars_csv.SPLIT_FILES):
+        path = bars_csv.split_file(raw_dir, split)
+        reader = csv_format.reader(path, labeled=True)
+        raw_file = parsing.RawFile(path, chunk_bytes=chunk_bytes)
+        before_rows, before_skipped = encoder.num_rows, sum(skipped.values())
+        for parsed in _parsed_chunks(path, raw_file, reader, skip_bad_rows, skipped, started,
+                                     encoder):
+            encoder.add(parsed.keys, parsed.labels,
+                        np.full(len(parsed.labels), s, np.int64))
+        kept = encoder.num_rows - before_rows
+        if kept == 0:
+            raise DataError(path, "no data rows" + (" left after skipping bad rows"
+                                                    if sum(skipped.values()) > before_skipped
+                                                    else ""), reason="empty_file")
+        sources[split] = {"file": os.path.basename(path), "sha256": raw_file.sha256,
+                          "bytes": raw_file.num_bytes, "gzip": raw_file.is_gzip,
+                          "rows_read": kept + sum(skipped.values()) - before_skipped,
+                          "rows_kept": kept}
+    fields, splits = encoder.finish(csv_format, csv_format.min_count)
+    combined = hashlib.sha256("".join(v["sha256"] for v in sources.values()).encode())
+    feature_map = {
+        "format_version": fmt.FORMAT_VERSION, "dataset": dataset, "raw_format": "csv",
+        "protocol": "x1" if dataset in bars_csv.FORMATS else "csv",
+        "min_count": csv_format.min_count, "seed": None,
+        "split": {"method": "given: train.csv, valid.csv, test.csv"},
+        "csv": csv_format.to_json(),
+        "source": {"directory": os.path.abspath(raw_dir), "sha256": combined.hexdigest(),
+                   "rows_read": sum(v["rows_read"] for v in sources.values()),
+                   "rows_kept": encoder.num_rows, "files": sources},
+        **_feature_map_tail(out, fields, splits, skipped),
+    }
+    _log(f"{raw_dir}: prepared {encoder.num_rows} rows in {time.time() - started:.1f}s")
+    return feature_map
+
+
 def _parsed_chunks(raw, raw_file, module, skip_bad_rows, skipped, started, encoder):
     """The parsed chunks of a raw file; bad rows raise, or are counted into `skipped`."""
     # Chunks are parsed ahead in PARSE_THREADS threads (numpy releases the GIL) while
@@ -527,6 +592,7 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
         data_dir: a prepared dataset directory.
         raw_path: a raw file in that dataset's raw format (plain or gzip).
         dataset: "criteo" or "avazu" to override the raw format in the feature map.
+            Csv datasets read the file's header (a label column is optional).
         skip_bad_rows: skip bad rows instead of raising.
         chunk_bytes: bytes parsed at a time.
         with_line_numbers: also return where each kept row came from, and the skips.
@@ -541,7 +607,12 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
     """
     feature_map = fmt.read_feature_map(data_dir)
     raw_format = feature_map["raw_format"] if dataset in (None, "synthetic") else dataset
-    module = raw_format_module(raw_format)
+    csv_reader = None
+    if raw_format == "csv" or dataset in CSV_DATASETS:
+        csv_reader = bars_csv.CsvFormat.from_spec(feature_map["csv"],
+                                                  feature_map["dataset"]).reader(raw_path)
+    else:
+        module = raw_format_module(raw_format)
     vocabs = [vocab_lib.load_vocabulary(data_dir, f["name"]) for f in feature_map["fields"]]
     offsets = np.array([f["offset"] for f in feature_map["fields"]], np.int32)
     raw_file = parsing.RawFile(raw_path, chunk_bytes=chunk_bytes)
@@ -550,9 +621,13 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
     skipped: collections.Counter = collections.Counter()
     with contextlib.closing(raw_file.chunks()) as chunks:
         for chunk in chunks:
-            if labeled is None:
-                labeled = _is_labeled(module, chunk)
-            parsed = module.parse_chunk(raw_path, chunk, labeled=labeled)
+            if csv_reader is not None:
+                labeled = csv_reader.labeled
+                parsed = csv_reader.parse_chunk(raw_path, chunk)
+            else:
+                if labeled is None:
+                    labeled = _is_labeled(module, chunk)
+                parsed = module.parse_chunk(raw_path, chunk, labeled=labeled)
             if parsed.first_error is not None and not skip_bad_rows:
                 raise parsed.first_error
             skipped.update(parsed.skipped)
@@ -591,7 +666,8 @@ def main(argv) -> None:
         feature_map = prepare(
             FLAGS.dataset, FLAGS.raw, FLAGS.out, protocol=FLAGS.protocol,
             skip_bad_rows=FLAGS.skip_bad_rows, seed=FLAGS.seed, num_rows=FLAGS.num_rows,
-            synthetic_format=FLAGS.synthetic_format, overwrite=FLAGS.overwrite)
+            synthetic_format=FLAGS.synthetic_format, overwrite=FLAGS.overwrite,
+            feature_spec=FLAGS.feature_spec)
     except (DataError, locking.LockedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -612,11 +688,14 @@ def _define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("dataset", None, f"Raw dataset kind: one of {', '.join(DATASETS)}.")
-    flags.DEFINE_string("raw", None, "Raw file (synthetic: where it is generated).")
+    flags.DEFINE_string("raw", None, "Raw file (synthetic: where it is generated; csv "
+                        "datasets: the directory of train.csv, valid.csv, test.csv).")
     flags.DEFINE_string("out", None, "Output directory of the prepared dataset.")
     flags.DEFINE_enum("protocol", "x4_001", list(PROTOCOLS), "BARS x4 variant (min_count).")
     flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows instead of failing.")
     flags.DEFINE_bool("overwrite", False, "Replace a prepared dataset already in --out.")
+    flags.DEFINE_string("feature_spec", None, "--dataset=csv: JSON file naming the label and "
+                        "feature columns (mlctr.data.bars_csv).")
     flags.DEFINE_integer("seed", 2018, "Split seed (and synthetic generator seed).")
     flags.DEFINE_integer("num_rows", None, "Synthetic: rows to generate.")
     flags.DEFINE_enum("synthetic_format", "criteo", sorted(RAW_FORMATS),

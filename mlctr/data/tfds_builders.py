@@ -96,7 +96,7 @@ class _CtrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                 self.builder_config.name)
         feature_map = prepare_lib.prepare(
             self._RAW_FORMAT.NAME, raw, prepared, protocol=self.builder_config.protocol,
-            seed=self.builder_config.seed)
+            seed=self.builder_config.seed, overwrite=True)  # TFDS owns this directory
         self.info.metadata["feature_map"] = feature_map
         return {name: self._generate_examples(prepared, split)
                 for name, split in _SPLITS.items()}
