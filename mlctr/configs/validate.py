@@ -17,9 +17,7 @@ import ml_collections
 
 _MISSING = object()
 
-# The legal names, from the modules that interpret them.
-DATASETS = ("criteo", "avazu", "synthetic")          # mlctr/data/prepare.py
-PROTOCOLS = ("x4_001", "x4_002")                     # mlctr/data/prepare.py
+# Legal names that no module holds as a constant (the others come from their modules).
 MODES = ("train", "finetune_study")                  # mlctr/main.py
 MONITORS = ("auc", "auc-logloss")                    # mlctr/metrics.py
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -61,6 +59,7 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, is_legal, what a legal value is) for every field with a value constraint."""
     from mlctr import mutual
     from mlctr import sparse
+    from mlctr.data.prepare import DATASETS, PROTOCOLS
 
     return [
         ("mode", _one_of(MODES), f"must be one of {MODES}"),
