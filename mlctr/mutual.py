@@ -13,6 +13,8 @@ Loss of peer n (N peers, logits z_n, probabilities p_n = sigmoid(z_n)):
   * D = 'mse': mean_b (p_i - p_n)^2 on probabilities (Yilmaz & Aldemir 2024).
   * D = 'kl':  mean_b KL(Bernoulli(p_i) || Bernoulli(p_n)) (Deep Mutual
     Learning, Zhang et al. 2018); computed from logits for stability.
+  * D = 'ektf': EKTF's teacher->student and student<->student MSE terms with
+    examination weights (`ektf_terms`; Li et al. 2024), in place of the sum.
 
 With `stop_gradient=True` (default, as in DML) the companions' predictions p_i
 are constants in loss_n, so peer n is moved only by its own loss. With
@@ -48,7 +50,7 @@ from mlctr import sparse
 from mlctr import xla_cpu
 from mlctr.models import regularization
 
-DIVERGENCES = ("mse", "kl")
+DIVERGENCES = ("mse", "kl", "ektf")
 PEER_EXECUTIONS = ("auto", "vmap", "unroll")
 
 
@@ -272,6 +274,49 @@ def mutual_terms(peer_logits: jax.Array, divergence: str, stop_gradient: bool) -
     return jnp.sum(d * off_diagonal, axis=0) / (num_peers - 1)
 
 
+def ektf_terms(peer_logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-peer knowledge-transfer term of EKTF (Li et al. 2024, arXiv 2411.16122).
+
+    The students' collective decision, p_T = sigmoid(mean_k z_k), is a teacher
+    for every student, and every student learns from every other; both MSE
+    terms on probabilities, each weighted by an "examination" of this batch,
+    score_k = mean_b (1 - |y_b - p_k,b|):
+
+        term_n = N * softmin(score)_n * MSE(p_n, p_T)
+                 + sum_{i != n} softmax_{i != n}(score_i - score_n) * MSE(p_n, p_i)
+
+    so weak students listen more to the teacher, and each student listens most
+    to the companions that score above it. Teacher, companions and weights are
+    constants (stop-gradient). The factor N makes sum_n term_n N times the
+    reference's mean over students, matching this module's per-peer sum of BCE
+    terms. The reference also flips 5% of the labels at random and shares one
+    embedding table between the students; neither is done here (each peer keeps
+    its own embeddings).
+
+    Args:
+      peer_logits: [N, B] logits of all peers on one batch.
+      labels: [B] 0/1 labels.
+
+    Returns:
+      [N] term of each peer; zeros when N = 1.
+    """
+    num_peers = peer_logits.shape[0]
+    if num_peers == 1:
+        return jnp.zeros((1,), peer_logits.dtype)
+    probs = jax.nn.sigmoid(peer_logits)
+    constant = jax.lax.stop_gradient(peer_logits)
+    teacher = jax.nn.sigmoid(jnp.mean(constant, axis=0))
+    to_teacher = jnp.mean((probs - teacher[None, :]) ** 2, axis=-1)
+    score = jnp.mean(1.0 - jnp.abs(labels[None, :] - jax.nn.sigmoid(constant)), axis=-1)
+    teacher_weight = jax.nn.softmax(-score)
+    gap = score[None, :] - score[:, None]  # [n, i] = score_i - score_n
+    others = ~jnp.eye(num_peers, dtype=bool)
+    peer_weight = jax.nn.softmax(jnp.where(others, gap, -jnp.inf), axis=1)
+    to_peers = pairwise_divergence(constant, peer_logits, "mse").T  # [n, i]
+    return (num_peers * teacher_weight * to_teacher
+            + jnp.sum(jnp.where(others, peer_weight * to_peers, 0.0), axis=1))
+
+
 def effective_alpha(step: jax.Array, alpha: float, warmup_steps: int) -> jax.Array:
     """alpha, or 0 during the first `warmup_steps` updates."""
     return jnp.where(step < warmup_steps, 0.0, alpha).astype(jnp.float32)
@@ -362,7 +407,10 @@ def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool =
         logits = jnp.concatenate(logits).astype(jnp.float32)
         labels = jnp.broadcast_to(batch["label"].astype(jnp.float32), logits.shape)
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
-        mutual = mutual_terms(logits, divergence, stop_gradient)
+        if divergence == "ektf":  # its own weights; targets are always constants
+            mutual = ektf_terms(logits, labels[0])
+        else:
+            mutual = mutual_terms(logits, divergence, stop_gradient)
         l2 = jnp.concatenate(l2)
         per_peer = bce + alpha * mutual + l2
         aux = {"loss": per_peer, "bce": bce, "mutual": mutual, "l2": l2,
@@ -389,7 +437,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
         `sparse.SparseOptimizer` makes the step update only the embedding rows of
         the batch.
       alpha: weight of the mutual term.
-      divergence: 'mse' or 'kl'.
+      divergence: 'mse', 'kl' or 'ektf' (`ektf_terms`).
       stop_gradient: companions' predictions are constants (default).
       warmup_steps: updates with alpha = 0 before the mutual term switches on.
       peer_execution: 'auto', 'vmap' or 'unroll' (see `resolve_peer_execution`).

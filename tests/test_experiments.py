@@ -9,9 +9,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments import paper
+from mlctr import mutual
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -57,6 +61,9 @@ def test_experiment_runner_writes_table_json_and_figure(entry, shared_root):
         assert "Wilcoxon p = " in table and "needs" in table and "DeLong" in table
         delong = results["per_seed"][0]["delong"]["deepfm"]
         assert 0 <= delong["p"] <= 1 and delong["rows"] > 0
+    if entry == "baselines":  # EKTF as a finetune arm and from scratch
+        assert "EKTF finetune" in table and "EKTF from scratch: wide_deep*4" in table
+        assert set(results["per_seed"][0]["ektf"]) == {"deepfm", "dcn", "ensemble"}
     if entry == "precision":  # two trainings, not the float32 cache read twice
         seed0 = results["per_seed"][0]
         assert seed0["float32"] != seed0["bfloat16"]
@@ -97,3 +104,42 @@ def test_run_cached_refuses_a_finished_run_of_another_config(tiny_config, tmp_pa
         paper.run_cached(other, run_dir)
     with pytest.raises(ValueError, match="train.max_steps"):
         paper.run_cached(_config(tiny_config, 7), run_dir)
+
+
+def _ektf_reference(logits, labels):
+    """EKTF's per-student loss terms written out student by student (numpy)."""
+    p = 1 / (1 + np.exp(-logits))
+    n = len(p)
+    teacher = 1 / (1 + np.exp(-logits.mean(axis=0)))
+    score = np.array([np.mean(1 - np.abs(labels - p[k])) for k in range(n)])
+    softmin = np.exp(-score) / np.exp(-score).sum()
+    out = []
+    for s in range(n):
+        term = n * softmin[s] * np.mean((p[s] - teacher) ** 2)
+        others = [i for i in range(n) if i != s]
+        w = np.exp([score[i] - score[s] for i in others])
+        w /= w.sum()
+        term += sum(wi * np.mean((p[s] - p[i]) ** 2) for wi, i in zip(w, others))
+        out.append(term)
+    return np.array(out)
+
+
+def test_ektf_terms_match_the_reference_loss():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 32)).astype(np.float32)
+    labels = (rng.random(32) < 0.4).astype(np.float32)
+    got = mutual.ektf_terms(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(np.asarray(got), _ektf_reference(logits, labels), rtol=1e-5)
+    assert float(mutual.ektf_terms(jnp.asarray(logits[:1]), jnp.asarray(labels))[0]) == 0.0
+
+
+def test_ektf_moves_each_peer_by_its_own_term_only():
+    """Teacher, companions and weights are constants: d term_n / d z_m = 0 for m != n."""
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(3, 16)), jnp.float32)
+    labels = jnp.asarray((rng.random(16) < 0.5).astype(np.float32))
+    jacobian = jax.jacobian(lambda z: mutual.ektf_terms(z, labels))(logits)  # [n, m, B]
+    for n in range(3):
+        for m in range(3):
+            norm = float(jnp.abs(jacobian[n, m]).sum())
+            assert (norm > 0) if n == m else (norm == 0), (n, m, norm)
