@@ -442,7 +442,7 @@ class RunCheckpoints:
         if differences:
             raise CheckpointError(
                 f"the checkpoint at {self.directory}/{step} was written by a different run; it "
-                "does not match this config:\n  " + "\n  ".join(differences) + "\nUse another "
+                "does not match this config (" + "; ".join(differences) + "). Use another "
                 "--workdir for a new run (the checkpoints there are kept as they are).")
 
     def _unreadable(self, step: int, error: Exception) -> str:
