@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.batch_size = 64
         config.train.eval_batch_size = 256
         config.train.num_epochs = 1
+        config.train.eval_steps = 0       # at the end of the epoch
         config.train.log_steps = 10
         config.finetune.num_epochs = 1
+        config.finetune.eval_steps = 39
     return config
