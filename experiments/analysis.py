@@ -6,8 +6,9 @@ gain, the paired t-test and Wilcoxon signed-rank test over the per-seed gains,
 and the power line: from the seed-to-seed sd of those gains, how many seeds a
 paired t-test needs to detect the paper's effect (+0.37% relative AUC on
 Criteo, +0.66% on Avazu; the Criteo figure on synthetic data) at p < 0.05 with
-power 0.8. `delong` adds, per run, DeLong's test of the two arms' AUCs on the
-same test rows and the rows it would need for the paper's effect. The numerics
+power 0.8. `delong` (mlctr/study.py) adds, per run, DeLong's test of the two
+arms' AUCs on the same test rows and the rows it would need for the paper's
+effect; `delong_lines` summarises it over seeds. The numerics
 are mlctr/stats.py (scipy); the tables are mlctr/report.py; matplotlib is
 imported only to draw the figures.
 """
@@ -20,19 +21,13 @@ import numpy as np
 
 from mlctr import report
 from mlctr import stats
+from mlctr import study
 
-SIGNIFICANCE_LEVEL = 0.05
-TARGET_POWER = 0.8
-# The paper's best relative AUC gains of mutual finetuning (arXiv 2406.12087).
-PAPER_EFFECT_PCT = {"criteo": 0.37, "avazu": 0.66}
-
-
-def paper_effect(dataset: str) -> tuple[float, str]:
-    """(relative AUC effect in %, its source) used by the power lines of `dataset`."""
-    for name, effect in PAPER_EFFECT_PCT.items():
-        if name in dataset:
-            return effect, name.capitalize()
-    return PAPER_EFFECT_PCT["criteo"], "Criteo"
+SIGNIFICANCE_LEVEL = study.SIGNIFICANCE_LEVEL
+TARGET_POWER = study.TARGET_POWER
+# The paper's effect per dataset, and DeLong per peer of two runs: the library's.
+paper_effect = study.paper_effect
+delong = study.delong
 
 
 def compare(metric: str, treated: Sequence[float], control: Sequence[float],
@@ -89,25 +84,6 @@ def tests_line(label: str, s: dict[str, Any]) -> str:
                    f"{s['effect_pct']:+.2f}% at p < {SIGNIFICANCE_LEVEL:g} with power "
                    f"{TARGET_POWER:g} needs {s['seeds_needed']} seeds "
                    f"(power with {s['seeds']}: {s['power']:.2f}).")
-
-
-def delong(probs_treated: dict[str, np.ndarray], probs_control: dict[str, np.ndarray],
-           labels: np.ndarray, names: Sequence[str], effect_pct: float) -> dict[str, dict]:
-    """DeLong's test per peer of one run pair on the same rows, and the rows it needs.
-
-    Returns:
-      {peer: delong_test's dict + rows, rows_needed (to detect `effect_pct`
-      relative AUC at p < 0.05 with power 0.8)}.
-    """
-    out = {}
-    for name in names:
-        test = stats.delong_test(labels, probs_treated[name], probs_control[name])
-        effect = effect_pct / 100.0 * test["auc_b"]
-        needed = (stats.rows_needed(test["se"], len(labels), effect, alpha=SIGNIFICANCE_LEVEL,
-                                    power=TARGET_POWER) if test["se"] > 0 else None)
-        out[name] = {**{k: float(v) for k, v in test.items()}, "rows": int(len(labels)),
-                     "rows_needed": needed}
-    return out
 
 
 def delong_lines(per_seed: Sequence[dict[str, dict]], label: str) -> list[str]:

@@ -27,16 +27,13 @@ import os
 from typing import Any
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from mlctr import checkpoint
-from mlctr import mutual
 from mlctr import study
 from mlctr import train
-from mlctr.data.reader import PreparedDataset
+# Each peer's test probabilities from a run's best weights (for DeLong's test).
+from mlctr.study import split_probabilities  # noqa: F401
 
 DATASET_CHOICES = ("synthetic", "shared_criteo", "shared_avazu", "criteo", "avazu")
 
@@ -194,39 +191,6 @@ def combine_weights(sources: dict[str, str], out_dir: str) -> str:
         weights.update(checkpoint.load_peer_weights(run_dir, [name]))
     checkpoint.save_peer_weights(out_dir, weights, extra={"sources": sources})
     return out_dir
-
-
-def split_probabilities(run_dir: str, split: str = "test",
-                        batch_size: int = 4096) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Each peer's click probabilities on a split of the run's dataset, from its best weights.
-
-    Returns:
-      ({peer: probs [n]}, labels [n]) in split order: the rows DeLong's test pairs.
-    """
-    # As mlctr.predict.load_run, which cannot be imported here: it defines absl flags
-    # (--workdir) that clash with the experiments' own.
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    dataset = PreparedDataset(config.data.data_dir)
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
-                               num_fields=dataset.num_fields)
-    weights = checkpoint.load_peer_weights(run_dir, list(peers.names))
-    params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
-                                                 mutual.stack_peer_variables(peers, weights))
-    ids, labels = dataset.arrays(split)
-    predict_fn = mutual.make_predict_fn(peers, peer_execution=config.mutual.peer_execution)
-    chunks = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        padded = np.zeros((batch_size, ids.shape[1]), ids.dtype)
-        padded[:len(chunk)] = chunk
-        logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))[:, :len(chunk)]
-        chunks.append(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
-    probs = np.concatenate(chunks, axis=1)
-    out = {name: probs[k] for k, name in enumerate(peers.names)}
-    if len(peers.names) > 1:
-        out["ensemble"] = probs.mean(axis=0)
-    return out, np.asarray(labels, np.float64)
 
 
 def learning_curves(run_dir: str, names: list[str]) -> dict[str, tuple[list, list]]:

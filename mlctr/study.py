@@ -25,10 +25,30 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from mlctr import checkpoint
+from mlctr import mutual
 from mlctr import report
+from mlctr import stats
 from mlctr import train
+from mlctr.data.reader import PreparedDataset
+
+# The paper's best relative AUC gains of mutual finetuning (arXiv 2406.12087), the
+# effects the power and row counts are about (synthetic data: the Criteo figure).
+PAPER_EFFECT_PCT = {"criteo": 0.37, "avazu": 0.66}
+SIGNIFICANCE_LEVEL = 0.05
+TARGET_POWER = 0.8
+
+
+def paper_effect(dataset: str) -> tuple[float, str]:
+    """(relative AUC effect in %, the paper's dataset it is from) for `dataset`."""
+    for name, effect in PAPER_EFFECT_PCT.items():
+        if name in dataset:
+            return effect, name.capitalize()
+    return PAPER_EFFECT_PCT["criteo"], "Criteo"
 
 
 def apply_finetune_schedule(config: ml_collections.ConfigDict,
@@ -81,19 +101,75 @@ def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
     return phases
 
 
+def split_probabilities(run_dir: str, split: str = "test",
+                        batch_size: int = 4096) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each peer's click probabilities on a split of the run's dataset, from its best weights.
+
+    Returns:
+      ({peer: probs [n]}, labels [n]) in split order: the rows DeLong's test pairs.
+    """
+    # As mlctr.predict.load_run, which cannot be imported here: it defines absl flags
+    # (--workdir) that clash with the experiments' own.
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    dataset = PreparedDataset(config.data.data_dir)
+    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+                               num_fields=dataset.num_fields)
+    weights = checkpoint.load_peer_weights(run_dir, list(peers.names))
+    params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
+                                                 mutual.stack_peer_variables(peers, weights))
+    ids, labels = dataset.arrays(split)
+    predict_fn = mutual.make_predict_fn(peers, peer_execution=config.mutual.peer_execution)
+    chunks = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        padded = np.zeros((batch_size, ids.shape[1]), ids.dtype)
+        padded[:len(chunk)] = chunk
+        logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))[:, :len(chunk)]
+        chunks.append(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+    probs = np.concatenate(chunks, axis=1)
+    out = {name: probs[k] for k, name in enumerate(peers.names)}
+    if len(peers.names) > 1:
+        out["ensemble"] = probs.mean(axis=0)
+    return out, np.asarray(labels, np.float64)
+
+
+def delong(probs_treated: dict[str, np.ndarray], probs_control: dict[str, np.ndarray],
+           labels: np.ndarray, names, effect_pct: float) -> dict[str, dict]:
+    """DeLong's test per peer of two runs on the same rows, and the rows it would need.
+
+    Returns:
+      {peer: stats.delong_test's dict (a = treated, b = control) + rows and
+      rows_needed: test rows for DeLong to detect `effect_pct` relative AUC at
+      p < 0.05 with power 0.8, from this run's standard error}.
+    """
+    out = {}
+    for name in names:
+        test = stats.delong_test(labels, probs_treated[name], probs_control[name])
+        effect = effect_pct / 100.0 * test["auc_b"]
+        needed = (stats.rows_needed(test["se"], len(labels), effect, alpha=SIGNIFICANCE_LEVEL,
+                                    power=TARGET_POWER) if test["se"] > 0 else None)
+        out[name] = {**{k: float(v) for k, v in test.items()}, "rows": int(len(labels)),
+                     "rows_needed": needed}
+    return out
+
+
 TABLE_COLUMNS = [("peer", "peer"), ("pretrain_auc", "pretrain AUC"),
                  ("pretrain_logloss", "pretrain logloss"), ("control_auc", "control AUC"),
                  ("control_logloss", "control logloss"), ("mutual_auc", "mutual AUC"),
                  ("mutual_logloss", "mutual logloss"), ("auc_gain_pct", "AUC gain %"),
-                 ("logloss_gain_pct", "logloss gain %")]
+                 ("logloss_gain_pct", "logloss gain %"), ("delong_p", "DeLong p"),
+                 ("rows_needed", "rows needed")]
 
 
-def results_table(results: dict[str, Any], split: str = "test") -> tuple[list[dict], str]:
+def results_table(results: dict[str, Any], split: str = "test",
+                  delong_tests: dict[str, dict] | None = None) -> tuple[list[dict], str]:
     """Rows per peer (and ensemble) and the markdown table of one study.
 
     Args:
       results: {phase: train.train_and_evaluate results}; "pretrain" may be absent.
       split: the split reported.
+      delong_tests: `delong(mutual, control)` per peer on `split`, for the DeLong columns.
     """
     control, mutual_ = results["finetune_control"][split], results["finetune_mutual"][split]
     pretrain = results.get("pretrain", {}).get(split, {})
@@ -107,10 +183,20 @@ def results_table(results: dict[str, Any], split: str = "test") -> tuple[list[di
         for metric in ("auc", "logloss"):
             row[f"{metric}_gain_pct"] = report.relative_improvement(
                 metric, row[f"control_{metric}"], row[f"mutual_{metric}"])
+        if delong_tests and name in delong_tests:
+            row["delong_p"] = delong_tests[name]["p"]
+            row["rows_needed"] = delong_tests[name]["rows_needed"] or "-"
         rows.append(row)
     header = f"Mutual vs independent finetune ({split} split, seed {results.get('seed', '-')})\n\n"
     table = (header + report.markdown_table(rows, TABLE_COLUMNS)
              + report.bayes_note(results["finetune_control"], split))
+    if delong_tests:
+        effect, source = paper_effect(results.get("dataset", ""))
+        table += (f"\n\nDeLong p: DeLong's test of mutual vs control AUC on the same {split} rows; "
+                  f"rows needed: {split} rows for it to detect the paper's {source} effect "
+                  f"({effect:+.2f}% relative AUC) at p < {SIGNIFICANCE_LEVEL:g} with power "
+                  f"{TARGET_POWER:g}, from this run's standard error. One seed: the tests over "
+                  "seeds and the seeds needed are in `python -m experiments.finetune`.")
     return rows, table
 
 
@@ -125,10 +211,20 @@ def run_finetune_study(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for phase, phase_config in phase_configs(config, workdir).items():
         logging.info("=== %s ===", phase)
         results[phase] = train.train_and_evaluate(phase_config, os.path.join(workdir, phase))
-    rows, table = results_table({"seed": config.seed, **results})
+    effect_pct, _ = paper_effect(config.data.dataset)
+    workdirs = {arm: os.path.join(workdir, f"finetune_{arm}") for arm in ("control", "mutual")}
+    if jax.process_index() == 0:
+        (mutual_p, labels), (control_p, _) = (split_probabilities(workdirs["mutual"]),
+                                              split_probabilities(workdirs["control"]))
+        delong_tests = delong(mutual_p, control_p, labels, list(control_p), effect_pct)
+    else:
+        delong_tests = None
+    rows, table = results_table({"seed": config.seed, "dataset": config.data.dataset, **results},
+                                delong_tests=delong_tests)
     summary = {
         "command_config": json.loads(config.to_json_best_effort()),
         "split": "test",
+        "delong": delong_tests,
         "seed": config.seed,
         "rows": rows,
         "phases": results,
