@@ -6,7 +6,6 @@ there (`open_dataset`). A library caller does the same two calls.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import queue
@@ -86,9 +85,7 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
                        "it first (mlctr.train.ensure_prepared(config, workdir), or "
                        "python -m mlctr.data.prepare ...)")
-    if "expected_dataset" in inspect.signature(PreparedDataset).parameters:
-        return PreparedDataset(data_dir, expected_dataset=config.data.dataset)
-    return PreparedDataset(data_dir)
+    return PreparedDataset(data_dir, expected_dataset=config.data.dataset)
 
 
 def dataset_fingerprint(dataset) -> dict:

@@ -173,6 +173,16 @@ def log_epoch(epoch: int, num_epochs: int, step: int, total_steps: int, clock: T
                  format_seconds(clock.eta(total_steps - step)))
 
 
+def log_results(results: dict, workdir: str):
+    """The final lines: each peer's best weights on valid (and test)."""
+    for split in ("valid", "test"):
+        if split in results:
+            logging.info("best weights, %s auc %s", split,
+                         peer_values({n: m["auc"] for n, m in results[split].items()}, 5))
+    logging.info("%d steps; results in %s", results["steps"],
+                 os.path.join(workdir, "results.md"))
+
+
 def results_markdown(results: dict) -> str:
     """The final table of a run: each peer's best weights on valid (and test)."""
     splits = [s for s in ("valid", "test") if s in results]

@@ -584,6 +584,7 @@ def test_and_export(run: Run, live: Live, clock: run_log.Throughput) -> dict[str
             json.dump(results, f, indent=1)
         with open(os.path.join(run.workdir, "results.md"), "w") as f:
             f.write(results_markdown(results))
+    run_log.log_results(results, run.workdir)
     return results
 
 
