@@ -27,6 +27,7 @@ from mlctr import distributed
 from mlctr import locking
 from mlctr import study
 from mlctr import train
+from mlctr import xla_cpu
 from mlctr.data.errors import DataError
 
 FLAGS = flags.FLAGS
@@ -53,6 +54,8 @@ CLEAR_ERRORS = (train.RunError, train.NonFiniteLossError, checkpoint.CheckpointE
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Before JAX starts its backend: host allocator (MLCTR_HOST_ALLOCATOR), Threefry.
+    xla_cpu.configure_process()
     distributed.configure_runtime(FLAGS.compilation_cache)
     distributed.initialize_from_env()
     if jax.process_index() != 0:

@@ -47,7 +47,6 @@ import optax
 
 from mlctr import models as model_zoo
 from mlctr import sparse
-from mlctr import xla_cpu
 from mlctr.models import regularization
 
 DIVERGENCES = ("mse", "kl", "ektf")
@@ -200,7 +199,6 @@ def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
     Returns:
       The state dict described in the module docstring.
     """
-    xla_cpu.use_unrolled_threefry()  # a 10M-row table draws 160M normals at init
     init_key, rng = jax.random.split(key)
     all_keys = peer_init_keys(init_key, peers.size, same_init)
     params, batch_stats, opt_state = [], [], []
@@ -449,7 +447,6 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
       scalar 'alpha'.
     """
     execution = resolve_peer_execution(peer_execution)
-    xla_cpu.use_unrolled_threefry()  # same random bits, ~10x faster dropout on CPU
     row_sparse = isinstance(optimizer, sparse.SparseOptimizer)
     loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution)
     loss_fn = make_loss_fn(peers, **loss_kwargs)

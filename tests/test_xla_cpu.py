@@ -1,4 +1,4 @@
-"""mlctr/xla_cpu.py: the host allocator settings keep XLA's per-step buffers mapped."""
+"""mlctr/xla_cpu.py: importing mlctr changes nothing; the entry point's opt-in does what it says."""
 import os
 import subprocess
 import sys
@@ -8,15 +8,87 @@ import pytest
 from mlctr import xla_cpu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GLIBC = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 
-# A jitted program whose temporaries (~100 MB, as a DeepFM step at batch 4096) exceed what
-# glibc serves from a thread's heap; prints the fewest minor page faults of one execution
-# after warm-up (the previous execution's block may be freed only after the next one starts,
-# so some executions still land on fresh pages; with glibc's defaults every one does).
-_PROGRAM = """
-import mlctr, jax, jax.numpy as jnp
+# Prints what the process's malloc and JAX do after SETUP: whether glibc serves a 24 MiB and
+# a 100 MiB block by mmap (bit 1 of the chunk's size word, just below the pointer: glibc's
+# IS_MMAPPED), and whether Threefry lowers as a rolled loop (a `while` in the StableHLO).
+_PROBE = """
+import ctypes, jax
 from mlctr import xla_cpu
-xla_cpu.keep_freed_blocks()  # as mlctr.data.prepare calls it inside a training process
+{setup}
+malloc = ctypes.CDLL("libc.so.6").malloc
+malloc.restype, malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+def mmapped(size):
+    return bool(ctypes.c_size_t.from_address(malloc(size) - ctypes.sizeof(ctypes.c_size_t)).value & 2)
+rolled = "while" in jax.jit(lambda k: jax.random.bits(k, (8,))).lower(jax.random.key(0)).as_text()
+print(xla_cpu.host_allocator(), mmapped(24 << 20), mmapped(100 << 20), rolled)
+"""
+
+
+def _probe(setup: str, **overrides) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MLCTR_HOST_ALLOCATOR"}
+    env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", **overrides)
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(setup=setup)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+@GLIBC
+def test_importing_mlctr_changes_nothing():
+    """The library, the step and the entry point's module, imported and a step built."""
+    setup = """
+import mlctr, mlctr.mutual, mlctr.train, mlctr.main
+import jax.numpy as jnp, optax
+peers = mlctr.mutual.build_peers("deepfm", {"deepfm": dict(model="deepfm", embedding_dim=2,
+    dnn_hidden_units=(4,), net_dropout=0.1, batch_norm=False, embedding_regularizer=0.0,
+    net_regularizer=0.0)}, vocab_size=10, num_fields=2)
+optimizer = mlctr.mutual.make_optimizer()
+state = mlctr.mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, 2), jnp.int32),
+                                optimizer, 1e-3)
+mlctr.mutual.make_train_step(peers, optimizer)
+"""
+    # glibc's defaults: both blocks mmapped; JAX's CPU lowering of Threefry: a loop.
+    assert _probe(setup, MLCTR_HOST_ALLOCATOR="keep") == ["system", "True", "True", "True"]
+
+
+@GLIBC
+@pytest.mark.parametrize("setting, expected", [
+    ("warm", ["warm", "False", "True"]),    # blocks up to 32 MiB stay in the heap
+    ("keep", ["keep", "False", "False"]),   # nothing is mmapped
+    ("system", ["system", "True", "True"]),  # glibc's defaults
+])
+def test_configure_process_applies_the_setting(setting, expected):
+    out = _probe("xla_cpu.configure_process()", MLCTR_HOST_ALLOCATOR=setting)
+    assert out == expected + ["False"]  # and Threefry unrolled
+
+
+@GLIBC
+def test_configure_process_default_and_argument():
+    assert _probe("xla_cpu.configure_process()")[0] == xla_cpu.DEFAULT_HOST_ALLOCATOR
+    out = _probe("xla_cpu.configure_process('keep', unrolled_threefry=False)",
+                 MLCTR_HOST_ALLOCATOR="system")
+    assert out == ["keep", "False", "False", "True"]  # the argument wins; Threefry rolled
+
+
+def test_unknown_setting_names_its_source(monkeypatch):
+    monkeypatch.setenv("MLCTR_HOST_ALLOCATOR", "jemalloc")
+    with pytest.raises(ValueError, match="^MLCTR_HOST_ALLOCATOR: expected one of warm, system, "
+                                         "keep, got 'jemalloc'$"):
+        xla_cpu.configure_process()
+    with pytest.raises(ValueError, match="^host_allocator: "):
+        xla_cpu.configure_process("big")
+
+
+# A jitted program whose temporaries (~100 MB) exceed what glibc serves from the heap by
+# default; prints the fewest minor page faults of one execution after warm-up (the previous
+# execution's block may be freed only after the next one starts, so some executions still
+# land on fresh pages; with glibc's defaults every one does).
+_FAULTS = """
+import jax, jax.numpy as jnp
+from mlctr import xla_cpu
+xla_cpu.configure_process()
 f = jax.jit(lambda x: jnp.sum((x[::-1] + 1.0) @ x[:, :8]))  # a 100 MB temporary
 x = jnp.ones((5000, 5000))
 faults = []
@@ -24,38 +96,17 @@ for _ in range(12):
     before = xla_cpu.minor_page_faults()
     f(x).block_until_ready()
     faults.append(xla_cpu.minor_page_faults() - before)
-print(xla_cpu.keep_host_allocations(), min(faults[3:]))
+print(min(faults[3:]))
 """
 
 
-def _run(allocator: str) -> tuple[str, int]:
-    env = dict(os.environ, MLCTR_HOST_ALLOCATOR=allocator, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _PROGRAM], env=env, capture_output=True,
-                         text=True, timeout=300, check=True).stdout.split()
-    return out[-2], int(out[-1])
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-def test_kept_allocations_stop_per_step_page_faults():
-    tuned, tuned_faults = _run("")
-    system, system_faults = _run("system")
-    assert (tuned, system) == ("True", "False")
-    # 100 MB of temporaries = ~25,000 pages faulted again on every execution by default.
-    assert system_faults > 10_000, system_faults
-    assert tuned_faults < system_faults / 10, (tuned_faults, system_faults)
-
-
-def test_allocator_setting_is_idempotent():
-    assert xla_cpu.keep_host_allocations() == xla_cpu.keep_host_allocations()
-
-
-def test_not_applied_where_an_accelerator_is_expected():
-    """JAX_PLATFORMS decides first; 'keep' forces the settings on."""
-    program = "import mlctr; from mlctr import xla_cpu; print(xla_cpu.keep_host_allocations())"
-    for platforms, allocator, expected in (("cuda", "", "False"), ("cpu", "", "True"),
-                                           ("tpu,cpu", "keep", "True")):
-        env = dict(os.environ, JAX_PLATFORMS=platforms, MLCTR_HOST_ALLOCATOR=allocator,
-                   PYTHONPATH=REPO)
-        out = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
-                             text=True, timeout=120, check=True).stdout.split()
-        assert out[-1] == expected, (platforms, allocator, out)
+@GLIBC
+def test_keep_stops_per_step_page_faults():
+    def faults(setting):
+        env = dict(os.environ, MLCTR_HOST_ALLOCATOR=setting, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+        return int(subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                                  text=True, timeout=300, check=True).stdout.split()[-1])
+    kept, warm = faults("keep"), faults("warm")
+    # 100 MB of temporaries = ~25,000 pages faulted again on every execution above 32 MiB.
+    assert warm > 10_000, warm
+    assert kept < warm / 10, (kept, warm)
