@@ -54,8 +54,10 @@ CLEAR_ERRORS = (train.RunError, train.NonFiniteLossError, checkpoint.CheckpointE
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Before JAX starts its backend: host allocator (MLCTR_HOST_ALLOCATOR), Threefry.
-    xla_cpu.configure_process()
+    try:  # before JAX starts its backend: host allocator (MLCTR_HOST_ALLOCATOR), Threefry
+        xla_cpu.configure_process()
+    except ValueError as e:
+        _fail(e)
     distributed.configure_runtime(FLAGS.compilation_cache)
     distributed.initialize_from_env()
     if jax.process_index() != 0:
