@@ -10,7 +10,8 @@ correlation of their logits), and the mutual-finetune gain over the control (the
 of the peers' relative AUC gains) with its paired tests and power line.
 
   python -m experiments.diversity --config=experiments/configs/diversity.py \
-      --workdir=runs/diversity --seeds=0,1,2,3,4 --diversities=0,1,2,4
+      --workdir=runs/diversity --seeds=0,1,2,3,4 --diversities=0,1,4 \
+      --results_dir=experiments/results
 
 Seeds run in the outer loop and every run is cached, so an interrupted study resumes
 where it stopped and a partial one already covers every setting. Writes table.md,
@@ -37,7 +38,7 @@ from mlctr import report
 from mlctr.data import prepare as prepare_lib
 from mlctr.data import synthetic
 
-flags.DEFINE_string("diversities", "0,1,2,4", "Comma-separated synthetic diversity settings.")
+flags.DEFINE_string("diversities", "0,1,4", "Comma-separated synthetic diversity settings.")
 flags.DEFINE_string("results_dir", "", "Also write diversity_* files here (e.g. "
                     "experiments/results).")
 FLAGS = flags.FLAGS
@@ -74,7 +75,15 @@ def disagreement(probs: dict[str, np.ndarray], names: list[str]) -> dict[str, fl
 
 
 def run_cell(config, workdir: str, pretrain_root: str, diversity: float, seed: int) -> dict:
-    """One setting and seed: pretrain, disagreement, control and mutual finetunes."""
+    """One setting and seed: pretrain, disagreement, control and mutual finetunes.
+
+    Cached in <workdir>/cells/, so that several processes can share a study (disjoint
+    --seeds, one --workdir) and a last one with all seeds only assembles it.
+    """
+    path = os.path.join(workdir, "cells", f"d{diversity:g}_seed{seed}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
     setting = setting_config(config, os.path.dirname(pretrain_root), diversity)
     names = common.peer_list(config.peers)
     pretrain_dir, pretrained = paper.pretrain(setting, pretrain_root, seed, config.peers)
@@ -85,11 +94,16 @@ def run_cell(config, workdir: str, pretrain_root: str, diversity: float, seed: i
         arms[arm] = paper.run(setting, run_dir, seed=seed, peers=config.peers, alpha=alpha,
                               init_from=pretrain_dir)["test"]
     best = max(pretrained["test"][n]["auc"] for n in names)
-    return {"diversity": diversity, "seed": seed, "pretrain": pretrained["test"],
+    cell = {"diversity": diversity, "seed": seed, "pretrain": pretrained["test"],
             "pretrain_steps": pretrained["steps"], "bayes": pretrained.get("bayes", {}),
             "ensemble_gain_pct": report.relative_improvement(
                 "auc", best, pretrained["test"]["ensemble"]["auc"]),
             "disagreement": disagreement(probs, names), **arms}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(cell, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return cell
 
 
 def summarise(cells: list[dict], names: list[str], effect_pct: float) -> tuple[list, list]:
