@@ -148,27 +148,9 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
     out = os.path.abspath(os.fspath(out))
     raw = str(raw)
     _check_output(out, overwrite)
-    if dataset in CSV_DATASETS:
-        csv_format = (bars_csv.CsvFormat.from_spec(feature_spec) if dataset == "csv"
-                      else bars_csv.FORMATS[dataset])
-        for split in bars_csv.SPLIT_FILES:  # before anything is created
-            parsing.RawFile(bars_csv.split_file(raw, split)).check_exists()
-
-        def build(directory, writers):
-            return _prepare_csv(dataset, raw, directory, csv_format, writers=writers,
-                                skip_bad_rows=skip_bad_rows, chunk_bytes=chunk_bytes)
-    else:
-        if dataset != "synthetic":
-            parsing.RawFile(raw).check_exists()  # before anything is created
-
-        def build(directory, writers):
-            synthetic_description, raw_format = _raw_source(
-                dataset, raw, num_rows=num_rows, seed=seed, synthetic_format=synthetic_format)
-            parsing.RawFile(raw).check_exists()
-            return _prepare(dataset, raw, directory, raw_format_module(raw_format),
-                            protocol=protocol, skip_bad_rows=skip_bad_rows, seed=seed,
-                            synthetic_description=synthetic_description,
-                            chunk_bytes=chunk_bytes, writers=writers)
+    build = _builder(dataset, raw, protocol=protocol, skip_bad_rows=skip_bad_rows, seed=seed,
+                     num_rows=num_rows, synthetic_format=synthetic_format,
+                     chunk_bytes=chunk_bytes, feature_spec=feature_spec)
     created = not os.path.exists(out)
     try:
         try:
@@ -181,6 +163,34 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         if created:
             _remove_if_only_lock(out)
         raise
+
+
+def _builder(dataset, raw, *, protocol, skip_bad_rows, seed, num_rows, synthetic_format,
+             chunk_bytes, feature_spec):
+    """build(directory, writers) -> feature map for `dataset`, its inputs checked first."""
+    if dataset in CSV_DATASETS:
+        csv_format = (bars_csv.CsvFormat.from_spec(feature_spec) if dataset == "csv"
+                      else bars_csv.FORMATS[dataset])
+        for split in bars_csv.SPLIT_FILES:  # before anything is created
+            parsing.RawFile(bars_csv.split_file(raw, split)).check_exists()
+
+        def build(directory, writers):
+            return _prepare_csv(dataset, raw, directory, csv_format, writers=writers,
+                                skip_bad_rows=skip_bad_rows, chunk_bytes=chunk_bytes)
+        return build
+    if dataset != "synthetic":
+        parsing.RawFile(raw).check_exists()  # before anything is created
+
+    def build(directory, writers):
+        # Under the lock: generating synthetic rows writes the raw file.
+        synthetic_description, raw_format = _raw_source(
+            dataset, raw, num_rows=num_rows, seed=seed, synthetic_format=synthetic_format)
+        parsing.RawFile(raw).check_exists()
+        return _prepare(dataset, raw, directory, raw_format_module(raw_format),
+                        protocol=protocol, skip_bad_rows=skip_bad_rows, seed=seed,
+                        synthetic_description=synthetic_description,
+                        chunk_bytes=chunk_bytes, writers=writers)
+    return build
 
 
 def _remove_if_only_lock(out: str) -> None:
