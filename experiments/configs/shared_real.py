@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     with config.unlocked():
         for name in ("deepfm", "dcn", "ipnn", "wide_deep"):
             config.models[name].dnn_hidden_units = (64, 64)
+        # A synthetic-only key, pinned so a change of the default keeps these cached runs valid.
+        config.data.num_rows = 100_000
         config.train.batch_size = 128
         config.train.eval_batch_size = 2048
         config.train.num_epochs = 10
