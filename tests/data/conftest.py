@@ -25,17 +25,17 @@ def shared_files(dataset: str, suffix: str) -> list[str]:
     return files
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def criteo_files():
     return shared_files("criteo", ".txt")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def avazu_files():
     return shared_files("avazu", ".csv")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def synthetic_criteo(tmp_path_factory):
     """A 3000-row synthetic Criteo-format raw file (with true probabilities)."""
     path = str(tmp_path_factory.mktemp("synthetic") / "criteo.txt")
@@ -43,7 +43,7 @@ def synthetic_criteo(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def synthetic_avazu(tmp_path_factory):
     """A 3000-row synthetic Avazu-format raw file (with true probabilities)."""
     path = str(tmp_path_factory.mktemp("synthetic") / "avazu.csv")
@@ -67,7 +67,7 @@ def criteo_reference_rows(path):
     return np.array(keys, np.int64).reshape(-1, 39), np.array(labels, np.uint8)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def criteo_reference():
     """criteo_reference_rows: the plain-Python reference parser of Criteo files."""
     return criteo_reference_rows
