@@ -83,7 +83,7 @@ def main(argv):
         with open(raw, "rb") as f:
             while f.read(1 << 24):
                 pass
-        done = _run_child("prepare", f"prepare.prepare('criteo', {raw!r}, {out!r})")
+        done = _run_child("prepare", f"prepare.prepare('criteo', {raw!r}, {out!r}, overwrite=True)")
         results[f"prepare_rows_per_sec_{label}"] = round(rows / done["seconds"])
         results[f"prepare_cpu_s_per_m_{label}"] = round(done["cpu_seconds"] * 1e6 / rows, 2)
         results[f"prepare_peak_rss_mb_{label}"] = round(done["peak_rss_mb"], 1)
