@@ -1,0 +1,183 @@
+"""Benchmark (not a test): does the whole trainer train as fast as its bare jitted step?
+
+The trainer (`mlctr.train.train_and_evaluate`: memory-mapped reader -> shuffled host
+batches -> prefetch thread -> device -> jitted step -> metrics.jsonl / TensorBoard
+logging) runs one epoch on a synthetic Criteo-format dataset of --rows raw rows (8:1:1
+split, so 80% of them train), with four peers (DeepFM, DCN, IPNN, FiBiNET; embedding 16,
+DNN 400x3, dropout 0.1: `bench_lib.BENCH_MODELS`), batch 4096, dense Adam. Its rate is
+the trainer's own: `results.json` `examples_per_sec`, which leaves out the first step
+(compilation) and evaluation (the run evaluates once, at the end, and not on test).
+
+The bare step is the very function the trainer runs (`train.sharded_train_step` over
+`train.build`'s step), on a few of the dataset's own batches already on the device,
+timed step by step like experiments/bench_step.py (`bench_lib.StepRun`). It is timed
+before and after the trainer in the same process, so a shared machine's load touches
+both; compare ratios from one run, not absolute numbers across runs.
+
+The last printed line is one JSON object: `trainer_examples_per_sec`,
+`step_examples_per_sec` (mean step time of both bare bursts, the same statistic as the
+trainer's), `trainer_over_step` (their ratio; target on CPU >= 0.95), the per-interval
+trainer rates from metrics.jsonl, the load average, cpu count, jax version, rows, batch
+and peers.
+
+  python experiments/bench_train.py                  # 1M rows, ~5 min on 2 cores
+  python experiments/bench_train.py --rows=100000    # a quick look
+"""
+import argparse
+import functools
+import json
+import os
+import shutil
+import sys
+import time
+
+import bench_lib  # puts the repository on sys.path
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlctr import sharding, train, xla_cpu  # noqa: E402
+from mlctr.configs import default  # noqa: E402
+
+PEERS = "deepfm,dcn,ipnn,fibinet"
+
+
+def bench_config(args) -> ml_collections.ConfigDict:
+    """The default config, reshaped into one epoch of the benchmark's peers."""
+    config = default.get_config()
+    with config.unlocked():
+        config.models = ml_collections.ConfigDict(
+            {**config.models.to_dict(), **bench_lib.BENCH_MODELS})
+    config.mode = "train"
+    config.peers = args.peers
+    config.data.dataset = "synthetic"
+    config.data.num_rows = args.rows
+    config.data.data_dir = os.path.join(os.path.abspath(args.workdir), f"data_{args.rows}")
+    config.optimizer.embedding_optimizer = args.embedding_optimizer
+    config.train.batch_size = args.batch_size
+    config.train.num_epochs = 1
+    config.train.eval_steps = 0        # one evaluation, at the end of the epoch
+    config.train.test_at_end = False
+    config.train.log_steps = args.log_steps
+    config.checkpoint.ckpt_steps = 0   # only the final checkpoint, after the timed steps
+    return config
+
+
+def bare_step(config, run_dir: str, num_batches: int) -> bench_lib.StepRun:
+    """The trainer's jitted step on `num_batches` device-resident batches, compiled."""
+    run = train.build(config, run_dir)
+    step_fn = train.sharded_train_step(run.train_step, run.mesh, run.state_shardings)
+    rep = sharding.replicated(run.mesh)
+    alpha = sharding.put(np.float32(config.mutual.alpha), rep)
+    non_finite = [sharding.put((np.full(run.peers.size, -1, np.int32),
+                                np.zeros(run.peers.size, np.float32)), rep)]
+
+    def step(state, batch):
+        state, measurements, non_finite[0] = step_fn(state, batch, alpha, non_finite[0])
+        return state, measurements
+
+    host_state = jax.device_get(train.initial_state(config, run.peers, run.optimizer,
+                                                    run.dataset))
+    state = sharding.put(host_state, run.state_shardings)
+    place = functools.partial(sharding.global_batch, run.mesh,
+                              batch_size=config.train.batch_size)
+    batches = []
+    for batch in run.dataset.train_batches(config.train.batch_size, seed=config.seed, epoch=0):
+        batches.append(place(batch))
+        if len(batches) == num_batches:
+            break
+    bare = bench_lib.StepRun("bare", step, state, batches, run.peers.size)
+    start = time.perf_counter()
+    bare.run(1)  # compiles
+    bare.compile_seconds = time.perf_counter() - start
+    bare.run(1)
+    bare.times.clear()
+    bare.cpu_times.clear()
+    bare.page_faults.clear()
+    return bare
+
+
+def trainer_intervals(run_dir: str) -> list[float]:
+    """examples/s of each logged interval of the run (metrics.jsonl train records)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r["examples_per_sec"] for r in records if r["kind"] == "train"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000,
+                        help="synthetic raw rows (80%% train)")
+    parser.add_argument("--peers", default=PEERS)
+    parser.add_argument("--batch_size", type=int, default=bench_lib.BATCH_SIZE)
+    parser.add_argument("--embedding_optimizer", default="dense",
+                        choices=("dense", "lazy_adam", "adagrad", "sgd"))
+    parser.add_argument("--log_steps", type=int, default=50,
+                        help="the trainer's logging interval (a host sync each)")
+    parser.add_argument("--bare_steps", type=int, default=12,
+                        help="bare steps timed before and again after the trainer")
+    parser.add_argument("--workdir", default=os.path.join(bench_lib.REPO, "runs",
+                                                          "bench_train"),
+                        help="the prepared dataset is kept here between runs")
+    args = parser.parse_args()
+    xla_cpu.configure_process()  # what `python -m mlctr.main` does first
+
+    config = bench_config(args)
+    run_dir = os.path.join(os.path.abspath(args.workdir), "run")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    start = time.perf_counter()
+    train.ensure_prepared(config, run_dir)
+    print(f"dataset ready in {time.perf_counter() - start:.1f} s", flush=True)
+    print("machine:", bench_lib.machine(), flush=True)
+    load_before = os.getloadavg()
+
+    bare = bare_step(config, run_dir, num_batches=4)
+    print(f"bare step compiled in {bare.compile_seconds:.1f} s", flush=True)
+    bare.run(args.bare_steps)
+    before = list(bare.times)
+    start = time.perf_counter()
+    results = train.train_and_evaluate(config, run_dir)
+    trainer_wall = time.perf_counter() - start
+    bare.run(args.bare_steps)
+    after = bare.times[len(before):]
+    load_after = os.getloadavg()
+
+    batch = config.train.batch_size
+    step_rate = batch / float(np.mean(before + after))
+    trainer_rate = results["examples_per_sec"]
+    intervals = trainer_intervals(run_dir)
+    print(f"bare step: {1e3 * np.mean(before):.1f} ms before, {1e3 * np.mean(after):.1f} ms "
+          f"after the trainer (mean of {len(before)} each); median "
+          f"{1e3 * np.median(before + after):.1f} ms")
+    print(f"trainer: {results['steps']} steps, {results['train_seconds']:.1f} s timed, "
+          f"{trainer_wall:.1f} s in all (compilation, evaluation, checkpoint); intervals "
+          + ", ".join(f"{r:.0f}" for r in intervals) + " examples/s")
+    print(json.dumps({
+        "trainer_examples_per_sec": trainer_rate,
+        "step_examples_per_sec": step_rate,
+        "trainer_over_step": trainer_rate / step_rate,
+        "step_examples_per_sec_before": batch / float(np.mean(before)),
+        "step_examples_per_sec_after": batch / float(np.mean(after)),
+        "step_examples_per_sec_median": batch / float(np.median(before + after)),
+        "trainer_interval_examples_per_sec": intervals,
+        "trainer_timed_steps_seconds": results["train_seconds"],
+        "trainer_wall_seconds": trainer_wall,
+        "steps": results["steps"],
+        "rows": args.rows,
+        "trained_examples": results["steps"] * batch,
+        "batch_size": batch,
+        "peers": args.peers,
+        "embedding_optimizer": args.embedding_optimizer,
+        "log_steps": args.log_steps,
+        "load_average_before": list(load_before),
+        "load_average_after": list(load_after),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "python": sys.version.split()[0],
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,432 @@
+"""Benchmark (not a test): mlctr vs FuxiCTR 2.3.10 on the same files, side by side.
+
+One synthetic Criteo-format raw file (mlctr.data.synthetic; --rows train rows, so
+--rows / 0.8 in all) and mlctr's seeded 8:1:1 split of it (mlctr.data.split, seed 2018),
+written out as the train/valid/test csv files FuxiCTR reads, so both libraries see the
+same rows. Measured, each library in its own process:
+
+1. Preprocessing of the raw rows (BARS Criteo_x4_001: integers bucketed by
+   floor(ln(x)^2), min count 10): mlctr's `mlctr.data.prepare.prepare` on the raw file,
+   FuxiCTR's `build_dataset` with its Criteo `CustomizedFeatureProcessor` on the csv
+   files. Rows/s (timed around that call) and peak memory: the summed proportional set
+   size (PSS) of the process and all its descendants (FuxiCTR's Ray workers), sampled
+   every 0.1 s; both include the library's imports.
+2. Training, for DeepFM, DCN and IPNN: embedding 16, DNN 400x3, dropout 0.1, embedding
+   L2 1e-5 (l2/2 sum w^2 on both), DCN 3 cross layers, batch 4096, Adam 1e-3, gradient
+   clipping at global norm 10, one epoch, one evaluation on valid at its end, then test
+   AUC of the best weights. The training rate is examples / training seconds, data
+   loading included, evaluation excluded: mlctr's trainer clock (results.json
+   `examples_per_sec`, which also leaves out the first step, its compilation) and
+   FuxiCTR's `fit` time less its `eval_step` time. `wall_ratio` (FuxiCTR / mlctr seconds)
+   compares the whole run instead: model build, compilation, training, evaluation, test.
+
+FuxiCTR's wheel ships its layers and `BaseModel` but not its model zoo: DeepFM, DCN and
+PNN (inner product) are built here from FuxiCTR's own layers exactly as its
+model_zoo/{DeepFM,DCN,PNN}/src does (FeatureEmbedding, FactorizationMachine, MLP_Block,
+CrossNet, InnerProductInteraction; `reset_parameters` initialisation).
+
+FuxiCTR runs in its own virtual environment (--fuxictr_python, default
+.venv-fuxictr/bin/python), made with the CPU build of torch first, then the pinned rest
+(polars 2.x breaks fuxictr 2.3.10):
+  python3 -m venv .venv-fuxictr
+  .venv-fuxictr/bin/pip install torch==2.13.0
+  .venv-fuxictr/bin/pip install -r experiments/requirements-fuxictr.txt
+mlctr runs in this one. The runs go one at a time, the order of the two libraries
+alternating from model to model.
+
+The last printed line is one JSON object: `prepare_ratio` (mlctr / FuxiCTR rows/s),
+`peak_memory_ratio` (mlctr / FuxiCTR peak), and per model `train_ratio` (mlctr /
+FuxiCTR training examples/s), `wall_ratio` and both test AUCs.
+
+  python experiments/bench_vs_fuxictr.py                 # 1M train rows, ~15 min on 2 cores
+  python experiments/bench_vs_fuxictr.py --rows=200000   # a quick look
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("deepfm", "dcn", "ipnn")
+BATCH_SIZE = 4096
+SPLIT_SEED = 2018
+MIN_COUNT = 10  # BARS Criteo_x4_001
+INT_COLUMNS = [f"I{i}" for i in range(1, 14)]
+STR_COLUMNS = [f"C{i}" for i in range(1, 27)]
+# The hyperparameters both sides train with (mlctr's names; the FuxiCTR worker maps them).
+HYPER = dict(embedding_dim=16, dnn_hidden_units=(400, 400, 400), net_dropout=0.1,
+             batch_norm=False, embedding_regularizer=1e-5, net_regularizer=0.0,
+             num_cross_layers=3, learning_rate=1e-3, grad_clip_norm=10.0)
+
+
+# ---------------------------------------------------------------------------
+# FuxiCTR workers (run in .venv-fuxictr; import neither JAX nor mlctr).
+
+
+def fuxictr_prepare(job: dict) -> dict:
+    """FuxiCTR's own preprocessing of the csv files into its parquet dataset."""
+    import logging
+    logging.getLogger().setLevel(logging.WARNING)
+    from fuxictr.datasets.criteo import CustomizedFeatureProcessor
+    from fuxictr.preprocess import build_dataset
+
+    feature_cols = [{"name": INT_COLUMNS, "active": True, "dtype": "float", "fill_na": 0,
+                     "preprocess": "convert_to_bucket", "type": "categorical"},
+                    {"name": STR_COLUMNS, "active": True, "dtype": "str", "fill_na": "",
+                     "type": "categorical"}]
+    processor = CustomizedFeatureProcessor(
+        feature_cols=feature_cols, label_col={"name": "label", "dtype": "float"},
+        dataset_id="criteo_synthetic", data_root=job["out"])
+    start = time.perf_counter()
+    build_dataset(processor, train_data=job["csv"]["train"], valid_data=job["csv"]["valid"],
+                  test_data=job["csv"]["test"], data_format="csv",
+                  min_categr_count=MIN_COUNT)
+    return {"seconds": time.perf_counter() - start}
+
+
+def fuxictr_model(name: str, feature_map, params: dict):
+    """DeepFM, DCN or IPNN built from FuxiCTR's layers as its model_zoo builds them."""
+    import torch
+    from torch import nn
+    from fuxictr.pytorch import layers
+    from fuxictr.pytorch.models import BaseModel
+
+    class Model(BaseModel):
+        def __init__(self):
+            super().__init__(feature_map, model_id=name, gpu=-1,
+                             embedding_regularizer=params["embedding_regularizer"],
+                             net_regularizer=params["net_regularizer"], **params["base"])
+            dim, units = params["embedding_dim"], list(params["dnn_hidden_units"])
+            mlp = dict(hidden_units=units, hidden_activations="ReLU",
+                       dropout_rates=params["net_dropout"], batch_norm=params["batch_norm"])
+            self.embedding_layer = layers.FeatureEmbedding(feature_map, dim)
+            flat = feature_map.sum_emb_out_dim()
+            if name == "deepfm":    # model_zoo/DeepFM/DeepFM_torch/src/DeepFM.py
+                self.fm = layers.FactorizationMachine(feature_map)
+                self.mlp = layers.MLP_Block(input_dim=flat, output_dim=1,
+                                            output_activation=None, **mlp)
+            elif name == "dcn":     # model_zoo/DCN/DCN_torch/src/DCN.py
+                self.dnn = layers.MLP_Block(input_dim=flat, output_dim=None,
+                                            output_activation=None, **mlp)
+                self.crossnet = layers.CrossNet(flat, params["num_cross_layers"])
+                self.fc = nn.Linear(flat + units[-1], 1)
+            else:                   # model_zoo/PNN/src/PNN.py, product_type="inner"
+                fields = feature_map.num_fields
+                self.inner_product_layer = layers.InnerProductInteraction(
+                    fields, output="inner_product")
+                self.dnn = layers.MLP_Block(input_dim=fields * (fields - 1) // 2 + flat,
+                                            output_dim=1,
+                                            output_activation=self.output_activation, **mlp)
+            self.compile("adam", "binary_crossentropy", params["learning_rate"])
+            self.reset_parameters()
+            self.model_to_device()
+
+        def forward(self, inputs):
+            X = self.get_inputs(inputs)
+            if name == "deepfm":
+                emb = self.embedding_layer(X)
+                y = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
+                return {"y_pred": self.output_activation(y)}
+            if name == "dcn":
+                emb = self.embedding_layer(X, flatten_emb=True)
+                y = self.fc(torch.cat([self.crossnet(emb), self.dnn(emb)], dim=-1))
+                return {"y_pred": self.output_activation(y)}
+            emb = self.embedding_layer(X)
+            dense = torch.cat([emb.flatten(start_dim=1), self.inner_product_layer(emb)], dim=1)
+            return {"y_pred": self.dnn(dense)}
+
+    return Model()
+
+
+def fuxictr_train(job: dict) -> dict:
+    """One epoch of one model on FuxiCTR's prepared dataset, then its test AUC."""
+    import logging
+    logging.getLogger().setLevel(logging.WARNING)
+    from fuxictr.features import FeatureMap
+    from fuxictr.pytorch.dataloaders import RankDataLoader
+    from fuxictr.pytorch.torch_utils import seed_everything
+
+    start = time.perf_counter()
+    seed_everything(job["seed"])
+    data_dir = os.path.join(job["data"], "criteo_synthetic")
+    feature_map = FeatureMap("criteo_synthetic", data_dir)
+    feature_map.load(os.path.join(data_dir, "feature_map.json"),
+                     {"embedding_dim": job["hyper"]["embedding_dim"]})
+    params = {**job["hyper"], "base": dict(
+        model_root=job["out"], verbose=0, metrics=["logloss", "AUC"], monitor="AUC",
+        early_stop_patience=2, optimizer="adam", loss="binary_crossentropy")}
+    model = fuxictr_model(job["model"], feature_map, params)
+    os.makedirs(model.model_dir, exist_ok=True)  # FuxiCTR's run script makes it (set_logger)
+    loader = dict(batch_size=BATCH_SIZE, data_format="parquet")
+    train_gen, valid_gen = RankDataLoader(
+        feature_map, stage="train", train_data=os.path.join(data_dir, "train.parquet"),
+        valid_data=os.path.join(data_dir, "valid.parquet"), shuffle=True, **loader)
+    eval_seconds = [0.0]
+    eval_step = model.eval_step
+
+    def timed_eval_step():
+        begin = time.perf_counter()
+        eval_step()
+        eval_seconds[0] += time.perf_counter() - begin
+
+    model.eval_step = timed_eval_step
+    fit_start = time.perf_counter()
+    model.fit(train_gen, epochs=1, validation_data=valid_gen,
+              max_gradient_norm=job["hyper"]["grad_clip_norm"])
+    train_seconds = time.perf_counter() - fit_start - eval_seconds[0]
+    test_gen = RankDataLoader(feature_map, stage="test",
+                              test_data=os.path.join(data_dir, "test.parquet"), **loader)
+    test = model.evaluate(test_gen)
+    examples = train_gen.num_samples
+    return {"examples": examples, "train_seconds": train_seconds,
+            "examples_per_sec": examples / train_seconds, "test_auc": float(test["AUC"]),
+            "test_logloss": float(test["logloss"]), "wall_seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------------
+# mlctr workers (run in this environment).
+
+
+def mlctr_prepare(job: dict) -> dict:
+    """mlctr's preprocessing of the raw file (the same bytes FuxiCTR's csv files hold)."""
+    sys.path.insert(0, REPO)
+    from mlctr import xla_cpu
+    xla_cpu.configure_process()
+    from mlctr.data.prepare import prepare
+
+    start = time.perf_counter()
+    prepare("criteo", job["raw"], job["out"], protocol="x4_001", seed=SPLIT_SEED,
+            overwrite=True)
+    return {"seconds": time.perf_counter() - start}
+
+
+def mlctr_train(job: dict) -> dict:
+    """One epoch of one model with mlctr's trainer, then its test AUC."""
+    sys.path.insert(0, REPO)
+    from mlctr import xla_cpu
+    xla_cpu.configure_process()
+    import ml_collections
+    from mlctr import train
+    from mlctr.configs import default
+
+    start = time.perf_counter()
+    hyper = job["hyper"]
+    model = dict(embedding_dim=hyper["embedding_dim"],
+                 dnn_hidden_units=tuple(hyper["dnn_hidden_units"]),
+                 net_dropout=hyper["net_dropout"], batch_norm=hyper["batch_norm"],
+                 embedding_regularizer=hyper["embedding_regularizer"],
+                 net_regularizer=hyper["net_regularizer"])
+    model.update({"deepfm": dict(model="deepfm"),
+                  "dcn": dict(model="dcn", num_cross_layers=hyper["num_cross_layers"]),
+                  "ipnn": dict(model="pnn", product_type="inner")}[job["model"]])
+    config = default.get_config()
+    with config.unlocked():
+        config.models = ml_collections.ConfigDict({job["model"]: model})
+    config.mode, config.peers, config.seed = "train", job["model"], job["seed"]
+    config.mutual.alpha = 0.0
+    config.data.dataset, config.data.data_dir = "criteo", job["data"]
+    config.optimizer.learning_rate = hyper["learning_rate"]
+    config.optimizer.grad_clip_norm = hyper["grad_clip_norm"]
+    config.train.update(dict(batch_size=BATCH_SIZE, num_epochs=1, eval_steps=0,
+                             test_at_end=True))
+    config.checkpoint.ckpt_steps = 0
+    results = train.train_and_evaluate(config, job["out"])
+    return {"examples": results["steps"] * BATCH_SIZE, "train_seconds": results["train_seconds"],
+            "examples_per_sec": results["examples_per_sec"],
+            "test_auc": results["test"][job["model"]]["auc"],
+            "test_logloss": results["test"][job["model"]]["logloss"],
+            "wall_seconds": time.perf_counter() - start}
+
+
+WORKERS = {f.__name__: f for f in (fuxictr_prepare, fuxictr_train, mlctr_prepare, mlctr_train)}
+
+
+# ---------------------------------------------------------------------------
+# The driver.
+
+
+class PeakMemory:
+    """Peak summed PSS of a process and its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1):
+        import psutil
+        self.root, self.interval, self.peak = psutil.Process(pid), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        import psutil
+        while not self._stop.is_set():
+            total = 0
+            try:
+                processes = [self.root] + self.root.children(recursive=True)
+            except psutil.Error:
+                return
+            for process in processes:
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass  # ended between the listing and the reading
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
+    """Runs worker `name` in `python`; its result, plus its peak memory in bytes.
+
+    Its output (FuxiCTR's Ray is verbose) goes to `logs`/<name>.log.
+    """
+    os.makedirs(logs, exist_ok=True)
+    tag = f"{name}_{job.get('model', 'data')}"
+    job_path = os.path.join(logs, f"{tag}.job.json")
+    result_path = os.path.join(logs, f"{tag}.result.json")
+    log_path = os.path.join(logs, f"{tag}.log")
+    with open(job_path, "w") as f:
+        json.dump({**job, "result": result_path}, f)
+    env = {**os.environ, "PYTHONPATH": REPO}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name,
+                                    "--job", job_path], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        memory = PeakMemory(process.pid)
+        status = process.wait()
+        peak = memory.stop()
+    if status != 0:
+        with open(log_path) as log:
+            sys.stderr.write("".join(log.readlines()[-25:]))
+        raise SystemExit(f"bench_vs_fuxictr: worker {name} ({python}) exited with {status}; "
+                         f"its output: {log_path}")
+    with open(result_path) as f:
+        return {**json.load(f), "peak_bytes": peak}
+
+
+def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
+    """The raw file (generated once per row count) and FuxiCTR's csv files of its split."""
+    sys.path.insert(0, REPO)
+    from mlctr.data import split as split_lib, synthetic
+
+    raw_rows = -(-rows * 10 // 8)
+    folder = os.path.join(workdir, f"rows_{rows}")
+    raw = os.path.join(folder, "synthetic_criteo.txt")
+    synthetic.generate(raw, num_rows=raw_rows, seed=SPLIT_SEED)
+    csv = {s: os.path.join(folder, "csv", f"{s}.csv") for s in ("train", "valid", "test")}
+    if not all(os.path.exists(p) for p in csv.values()):
+        os.makedirs(os.path.dirname(csv["train"]), exist_ok=True)
+        splits = split_lib.assign_splits(0, raw_rows, SPLIT_SEED)
+        header = ",".join(["label"] + INT_COLUMNS + STR_COLUMNS) + "\n"
+        files = [open(csv[s] + ".tmp", "w") for s in ("train", "valid", "test")]
+        with open(raw) as source:
+            for f in files:
+                f.write(header)
+            for line, split in zip(source, splits):
+                files[split].write(line.replace("\t", ","))
+        for f, s in zip(files, ("train", "valid", "test")):
+            f.close()
+            os.replace(csv[s] + ".tmp", csv[s])
+    return raw, csv, raw_rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="train rows")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--seed", type=int, default=2019)
+    parser.add_argument("--fuxictr_python",
+                        default=os.path.join(REPO, ".venv-fuxictr", "bin", "python"))
+    parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_vs_fuxictr"),
+                        help="the generated files are kept here between runs")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        with open(args.job) as f:
+            job = json.load(f)
+        result = WORKERS[args.worker](job)
+        with open(job["result"], "w") as f:
+            json.dump(result, f)
+        return
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
+    if not os.path.exists(args.fuxictr_python):
+        parser.error(f"--fuxictr_python: {args.fuxictr_python} does not exist; create the "
+                     "environment as the module docstring says")
+    compare(args, models)
+
+
+def prepare_both(raw: str, csv: dict, raw_rows: int, out: dict, args, logs: str) -> dict:
+    """Each library's preprocessing of the same rows: seconds, rows/s, peak bytes."""
+    prep = {"mlctr": run_worker(sys.executable, "mlctr_prepare",
+                                {"raw": raw, "out": os.path.join(out["mlctr"], "data")}, logs)}
+    fuxi_data = os.path.join(out["fuxictr"], "data")
+    shutil.rmtree(fuxi_data, ignore_errors=True)  # FuxiCTR would skip an existing one
+    prep["fuxictr"] = run_worker(args.fuxictr_python, "fuxictr_prepare",
+                                 {"csv": csv, "out": fuxi_data}, logs)
+    for lib, p in prep.items():
+        p["rows_per_sec"] = raw_rows / p["seconds"]
+        print(f"prepare {lib:8s} {p['seconds']:7.1f} s  {p['rows_per_sec']:10.0f} rows/s  "
+              f"peak {p['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+    return prep
+
+
+def train_both(name: str, mlctr_first: bool, out: dict, args, logs: str) -> dict:
+    """One model trained by each library, one after the other; the comparison."""
+    jobs = {"mlctr": (sys.executable, "mlctr_train"),
+            "fuxictr": (args.fuxictr_python, "fuxictr_train")}
+    got = {}
+    for lib in ("mlctr", "fuxictr") if mlctr_first else ("fuxictr", "mlctr"):
+        python, worker = jobs[lib]
+        run_dir = os.path.join(out[lib], f"run_{name}")
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+        got[lib] = run_worker(python, worker, {
+            "data": os.path.join(out[lib], "data"), "out": run_dir, "model": name,
+            "seed": args.seed, "hyper": HYPER}, logs)
+        print(f"train {name:7s} {lib:8s} {got[lib]['examples_per_sec']:9.0f} examples/s  "
+              f"wall {got[lib]['wall_seconds']:6.1f} s  test AUC {got[lib]['test_auc']:.5f}",
+              flush=True)
+    m, f = got["mlctr"], got["fuxictr"]
+    return {"train_ratio": m["examples_per_sec"] / f["examples_per_sec"],
+            "wall_ratio": f["wall_seconds"] / m["wall_seconds"],
+            "mlctr_examples_per_sec": m["examples_per_sec"],
+            "fuxictr_examples_per_sec": f["examples_per_sec"],
+            "mlctr_wall_seconds": m["wall_seconds"], "fuxictr_wall_seconds": f["wall_seconds"],
+            "mlctr_test_auc": m["test_auc"], "fuxictr_test_auc": f["test_auc"],
+            "mlctr_test_logloss": m["test_logloss"], "fuxictr_test_logloss": f["test_logloss"],
+            "mlctr_train_examples": m["examples"], "fuxictr_train_examples": f["examples"]}
+
+
+def compare(args, models):
+    """Stages the files, runs both libraries' preprocessing and training, prints the lines."""
+    workdir = os.path.abspath(args.workdir)
+    raw, csv, raw_rows = stage_files(args.rows, workdir)
+    folder = os.path.join(workdir, f"rows_{args.rows}")
+    out = {lib: os.path.join(folder, lib) for lib in ("mlctr", "fuxictr")}
+    logs = os.path.join(folder, "logs")
+    load_before = os.getloadavg()
+    prep = prepare_both(raw, csv, raw_rows, out, args, logs)
+    per_model = {name: train_both(name, k % 2 == 0, out, args, logs)
+                 for k, name in enumerate(models)}
+    print(json.dumps({
+        "prepare_ratio": prep["mlctr"]["rows_per_sec"] / prep["fuxictr"]["rows_per_sec"],
+        "peak_memory_ratio": prep["mlctr"]["peak_bytes"] / prep["fuxictr"]["peak_bytes"],
+        "prepare": {lib: {"seconds": p["seconds"], "rows_per_sec": p["rows_per_sec"],
+                          "peak_gib": p["peak_bytes"] / 2**30} for lib, p in prep.items()},
+        "models": per_model, "rows": args.rows, "raw_rows": raw_rows, "batch_size": BATCH_SIZE,
+        "hyper": HYPER, "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
