@@ -14,6 +14,7 @@ or dataset, a work dir another run holds, a NaN/inf loss or a bad checkpoint;
 launches: `launch.sh` and the "Cluster" section of README.md.
 """
 import os
+import re
 import sys
 
 from absl import app
@@ -101,5 +102,22 @@ def _exit_now(code: int):
     os._exit(code)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag, config file or override as one line (exit 2)."""
+    try:
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS:
+            flags.FLAGS.config.keys()  # ml_collections defers a config file's load error
+        return rest
+    except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+        text = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\\'", "'")
+        message = " ".join(text.split())
+        hint = re.search(r"'([^']+)'\s*(Did you mean .*?\?)", message)
+        if hint:  # ml_collections' KeyError text: "'key' Did you mean ...?"
+            message = f"no such config key '{hint[1]}' ({hint[2]})"
+        sys.stderr.write(f"mlctr: error: {message}\n")
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -35,6 +35,8 @@ def test_misspelled_override_fails_on_the_command_line(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode != 0
     assert "alpah" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "mlctr: error: no such config key 'alpah'" in proc.stderr
     assert not os.path.exists(tmp_path / "config.json")
 
 

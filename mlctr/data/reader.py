@@ -40,6 +40,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import tokenize
 import random
 from typing import Iterator
 
@@ -309,7 +310,8 @@ def _npy_layout(path: str, what: str):
                            reason="missing_file")
     try:
         return fmt.npy_layout(path)
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the header as a Python literal: a garbled one can fail in tokenize.
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetError(path, f"not a readable .npy file ({detail}); prepare the dataset "
                            "again", reason="bad_npy") from None
