@@ -1,4 +1,4 @@
-"""The step benchmark runs and prints the JSON line README's performance tables come from.
+"""The step benchmark runs and prints the JSON line docs/performance.md's tables come from.
 
 A smoke test (one timed step per configuration, the numbers mean nothing): the benchmark is
 a deliverable, and its last line is what the performance tables in docs/performance.md are read from.
