@@ -21,6 +21,7 @@ trainer rates from metrics.jsonl, the load average, cpu count, jax version, rows
 and peers.
 
   python experiments/bench_train.py                  # 1M rows, ~5 min on 2 cores
+  python experiments/bench_train.py --peers='deepfm*4'   # 4 stacked DeepFM
   python experiments/bench_train.py --rows=100000    # a quick look
 """
 import argparse
@@ -46,9 +47,11 @@ PEERS = "deepfm,dcn,ipnn,fibinet"
 def bench_config(args) -> ml_collections.ConfigDict:
     """The default config, reshaped into one epoch of the benchmark's peers."""
     config = default.get_config()
+    units = tuple(int(u) for u in args.dnn_hidden_units.split(",") if u.strip())
+    models = {name: {**hyper, "dnn_hidden_units": units}
+              for name, hyper in bench_lib.BENCH_MODELS.items()}
     with config.unlocked():
-        config.models = ml_collections.ConfigDict(
-            {**config.models.to_dict(), **bench_lib.BENCH_MODELS})
+        config.models = ml_collections.ConfigDict({**config.models.to_dict(), **models})
     config.mode = "train"
     config.peers = args.peers
     config.data.dataset = "synthetic"
@@ -109,7 +112,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000,
                         help="synthetic raw rows (80%% train)")
-    parser.add_argument("--peers", default=PEERS)
+    parser.add_argument("--peers", default=PEERS,
+                        help="peer spec of bench_lib.BENCH_MODELS keys, e.g. 'deepfm*4'")
+    parser.add_argument("--dnn_hidden_units", default="400,400,400",
+                        help="the peers' DNN (smaller only for a smoke test)")
     parser.add_argument("--batch_size", type=int, default=bench_lib.BATCH_SIZE)
     parser.add_argument("--embedding_optimizer", default="dense",
                         choices=("dense", "lazy_adam", "adagrad", "sgd"))
@@ -168,6 +174,7 @@ def main():
         "trained_examples": results["steps"] * batch,
         "batch_size": batch,
         "peers": args.peers,
+        "dnn_hidden_units": args.dnn_hidden_units,
         "embedding_optimizer": args.embedding_optimizer,
         "log_steps": args.log_steps,
         "load_average_before": list(load_before),

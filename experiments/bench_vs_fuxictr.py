@@ -8,22 +8,28 @@ same rows. Measured, each library in its own process:
 1. Preprocessing of the raw rows (BARS Criteo_x4_001: integers bucketed by
    floor(ln(x)^2), min count 10): mlctr's `mlctr.data.prepare.prepare` on the raw file,
    FuxiCTR's `build_dataset` with its Criteo `CustomizedFeatureProcessor` on the csv
-   files. Rows/s (timed around that call) and peak memory: the summed proportional set
-   size (PSS) of the process and all its descendants (FuxiCTR's Ray workers), sampled
-   every 0.1 s; both include the library's imports.
-2. Training, for DeepFM, DCN and IPNN: embedding 16, DNN 400x3, dropout 0.1, embedding
-   L2 1e-5 (l2/2 sum w^2 on both), DCN 3 cross layers, batch 4096, Adam 1e-3, gradient
-   clipping at global norm 10, one epoch, one evaluation on valid at its end, then test
-   AUC of the best weights. The training rate is examples / training seconds, data
+   files. Rows/s (timed around that call inside the worker) and peak memory, both
+   measured by this script for each worker process: the summed proportional set size
+   (PSS) of the process and all its descendants (FuxiCTR's Ray workers), sampled every
+   0.1 s, and the kernel's peak RSS of the largest single one of them (`os.wait4`);
+   both include the library's imports.
+2. Training, for DeepFM, DCN and IPNN (FiBiNET too, with --models, best at fewer --rows:
+   its DNN input is 23,712 wide): embedding 16, DNN 400x3, dropout 0.1, embedding L2 1e-5
+   (l2/2 sum w^2 on both), DCN 3 cross layers, FiBiNET reduction 3 and field-interaction
+   bilinear layers, batch 4096, Adam 1e-3, gradient clipping at global norm 10, one
+   epoch, one evaluation on valid at its end, then test AUC of the best weights; once
+   per --seeds seed (two by default), so each library's AUC spread from run to run is
+   measured beside the gap between them. The training rate is examples / training seconds, data
    loading included, evaluation excluded: mlctr's trainer clock (results.json
    `examples_per_sec`, which also leaves out the first step, its compilation) and
    FuxiCTR's `fit` time less its `eval_step` time. `wall_ratio` (FuxiCTR / mlctr seconds)
    compares the whole run instead: model build, compilation, training, evaluation, test.
 
-FuxiCTR's wheel ships its layers and `BaseModel` but not its model zoo: DeepFM, DCN and
-PNN (inner product) are built here from FuxiCTR's own layers exactly as its
-model_zoo/{DeepFM,DCN,PNN}/src does (FeatureEmbedding, FactorizationMachine, MLP_Block,
-CrossNet, InnerProductInteraction; `reset_parameters` initialisation).
+FuxiCTR's wheel ships its layers and `BaseModel` but not its model zoo: DeepFM, DCN, PNN
+(inner product) and FiBiNET are built here from FuxiCTR's own layers exactly as its
+model_zoo/{DeepFM,DCN,PNN,FiBiNET}/src does (FeatureEmbedding, FactorizationMachine,
+MLP_Block, CrossNet, InnerProductInteraction, SqueezeExcitation, BilinearInteractionV2,
+LogisticRegression; `reset_parameters` initialisation).
 
 FuxiCTR runs in its own virtual environment (--fuxictr_python, default
 .venv-fuxictr/bin/python), made with the CPU build of torch first, then the pinned rest
@@ -35,11 +41,14 @@ mlctr runs in this one. The runs go one at a time, the order of the two librarie
 alternating from model to model.
 
 The last printed line is one JSON object: `prepare_ratio` (mlctr / FuxiCTR rows/s),
-`peak_memory_ratio` (mlctr / FuxiCTR peak), and per model `train_ratio` (mlctr /
-FuxiCTR training examples/s), `wall_ratio` and both test AUCs.
+`peak_memory_ratio` (mlctr / FuxiCTR peak PSS; `peak_rss_ratio` of the largest process),
+and per model `train_ratio` (mlctr / FuxiCTR training examples/s over all seeds),
+`wall_ratio`, both libraries' test AUCs per seed, `auc_gap` (mlctr's mean less FuxiCTR's)
+and `fuxictr_auc_spread` (max - min over its seeds).
 
-  python experiments/bench_vs_fuxictr.py                 # 1M train rows, ~15 min on 2 cores
-  python experiments/bench_vs_fuxictr.py --rows=200000   # a quick look
+  python experiments/bench_vs_fuxictr.py                 # 1M train rows, ~30 min on 2 cores
+  python experiments/bench_vs_fuxictr.py --rows=100000 --models=fibinet
+  python experiments/bench_vs_fuxictr.py --rows=200000 --seeds=2019   # a quick look
 """
 import argparse
 import json
@@ -51,7 +60,7 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("deepfm", "dcn", "ipnn")
+MODELS = ("deepfm", "dcn", "ipnn", "fibinet")
 BATCH_SIZE = 4096
 SPLIT_SEED = 2018
 MIN_COUNT = 10  # BARS Criteo_x4_001
@@ -60,7 +69,8 @@ STR_COLUMNS = [f"C{i}" for i in range(1, 27)]
 # The hyperparameters both sides train with (mlctr's names; the FuxiCTR worker maps them).
 HYPER = dict(embedding_dim=16, dnn_hidden_units=(400, 400, 400), net_dropout=0.1,
              batch_norm=False, embedding_regularizer=1e-5, net_regularizer=0.0,
-             num_cross_layers=3, learning_rate=1e-3, grad_clip_norm=10.0)
+             num_cross_layers=3, reduction_ratio=3, bilinear_type="field_interaction",
+             learning_rate=1e-3, grad_clip_norm=10.0)
 
 
 # ---------------------------------------------------------------------------
@@ -89,7 +99,7 @@ def fuxictr_prepare(job: dict) -> dict:
 
 
 def fuxictr_model(name: str, feature_map, params: dict):
-    """DeepFM, DCN or IPNN built from FuxiCTR's layers as its model_zoo builds them."""
+    """DeepFM, DCN, IPNN or FiBiNET built from FuxiCTR's layers as its model_zoo does."""
     import torch
     from torch import nn
     from fuxictr.pytorch import layers
@@ -108,6 +118,17 @@ def fuxictr_model(name: str, feature_map, params: dict):
             if name == "deepfm":    # model_zoo/DeepFM/DeepFM_torch/src/DeepFM.py
                 self.fm = layers.FactorizationMachine(feature_map)
                 self.mlp = layers.MLP_Block(input_dim=flat, output_dim=1,
+                                            output_activation=None, **mlp)
+            elif name == "fibinet":  # model_zoo/FiBiNET/src/FiBiNET.py
+                fields = feature_map.num_fields
+                self.senet_layer = layers.SqueezeExcitation(fields, params["reduction_ratio"],
+                                                            "ReLU")
+                self.bilinear_interaction1 = layers.BilinearInteractionV2(
+                    fields, dim, params["bilinear_type"])
+                self.bilinear_interaction2 = layers.BilinearInteractionV2(
+                    fields, dim, params["bilinear_type"])
+                self.lr_layer = layers.LogisticRegression(feature_map, use_bias=False)
+                self.dnn = layers.MLP_Block(input_dim=fields * (fields - 1) * dim, output_dim=1,
                                             output_activation=None, **mlp)
             elif name == "dcn":     # model_zoo/DCN/DCN_torch/src/DCN.py
                 self.dnn = layers.MLP_Block(input_dim=flat, output_dim=None,
@@ -130,6 +151,12 @@ def fuxictr_model(name: str, feature_map, params: dict):
             if name == "deepfm":
                 emb = self.embedding_layer(X)
                 y = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
+                return {"y_pred": self.output_activation(y)}
+            if name == "fibinet":
+                emb = self.embedding_layer(X)
+                comb = torch.cat([self.bilinear_interaction1(emb),
+                                  self.bilinear_interaction2(self.senet_layer(emb))], dim=1)
+                y = self.lr_layer(X) + self.dnn(torch.flatten(comb, start_dim=1))
                 return {"y_pred": self.output_activation(y)}
             if name == "dcn":
                 emb = self.embedding_layer(X, flatten_emb=True)
@@ -222,7 +249,9 @@ def mlctr_train(job: dict) -> dict:
                  net_regularizer=hyper["net_regularizer"])
     model.update({"deepfm": dict(model="deepfm"),
                   "dcn": dict(model="dcn", num_cross_layers=hyper["num_cross_layers"]),
-                  "ipnn": dict(model="pnn", product_type="inner")}[job["model"]])
+                  "ipnn": dict(model="pnn", product_type="inner"),
+                  "fibinet": dict(model="fibinet", reduction_ratio=hyper["reduction_ratio"],
+                                  bilinear_type=hyper["bilinear_type"])}[job["model"]])
     config = default.get_config()
     with config.unlocked():
         config.models = ml_collections.ConfigDict({job["model"]: model})
@@ -282,12 +311,16 @@ class PeakMemory:
 
 
 def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
-    """Runs worker `name` in `python`; its result, plus its peak memory in bytes.
+    """Runs worker `name` in `python`; its result, plus what this process measured of it.
 
-    Its output (FuxiCTR's Ray is verbose) goes to `logs`/<name>.log.
+    `peak_bytes` is the sampled peak PSS of the worker and all its descendants;
+    `peak_rss_bytes` is the kernel's peak RSS of the largest single process among the
+    worker and the descendants it waited for (`os.wait4`'s rusage: a floor that does not
+    depend on sampling); `cpu_seconds` its user + system time with those descendants.
+    Its output (FuxiCTR's Ray is verbose) goes to `logs`/<tag>.log.
     """
     os.makedirs(logs, exist_ok=True)
-    tag = f"{name}_{job.get('model', 'data')}"
+    tag = f"{name}_{job.get('model', 'data')}" + (f"_{job['seed']}" if "seed" in job else "")
     job_path = os.path.join(logs, f"{tag}.job.json")
     result_path = os.path.join(logs, f"{tag}.result.json")
     log_path = os.path.join(logs, f"{tag}.log")
@@ -299,7 +332,8 @@ def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
                                     "--job", job_path], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
         memory = PeakMemory(process.pid)
-        status = process.wait()
+        _, wait_status, usage = os.wait4(process.pid, 0)
+        status = process.returncode = os.waitstatus_to_exitcode(wait_status)
         peak = memory.stop()
     if status != 0:
         with open(log_path) as log:
@@ -307,7 +341,9 @@ def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
         raise SystemExit(f"bench_vs_fuxictr: worker {name} ({python}) exited with {status}; "
                          f"its output: {log_path}")
     with open(result_path) as f:
-        return {**json.load(f), "peak_bytes": peak}
+        # ru_maxrss is in KiB on Linux.
+        return {**json.load(f), "peak_bytes": peak, "peak_rss_bytes": usage.ru_maxrss * 1024,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime}
 
 
 def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
@@ -339,8 +375,11 @@ def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="train rows")
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--seed", type=int, default=2019)
+    parser.add_argument("--models", default="deepfm,dcn,ipnn",
+                        help=f"some of {','.join(MODELS)} (FiBiNET: use fewer --rows)")
+    parser.add_argument("--seeds", default="2019,2020",
+                        help="training seeds; each library trains each model once per seed, "
+                             "so the AUCs' run-to-run spread is measured, not assumed")
     parser.add_argument("--fuxictr_python",
                         default=os.path.join(REPO, ".venv-fuxictr", "bin", "python"))
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_vs_fuxictr"),
@@ -359,6 +398,12 @@ def main():
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+    if not args.seeds:
+        parser.error("--seeds: give at least one seed")
     if not os.path.exists(args.fuxictr_python):
         parser.error(f"--fuxictr_python: {args.fuxictr_python} does not exist; create the "
                      "environment as the module docstring says")
@@ -376,34 +421,78 @@ def prepare_both(raw: str, csv: dict, raw_rows: int, out: dict, args, logs: str)
     for lib, p in prep.items():
         p["rows_per_sec"] = raw_rows / p["seconds"]
         print(f"prepare {lib:8s} {p['seconds']:7.1f} s  {p['rows_per_sec']:10.0f} rows/s  "
-              f"peak {p['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+              f"peak {p['peak_bytes'] / 2**30:.2f} GiB (largest process "
+              f"{p['peak_rss_bytes'] / 2**30:.2f} GiB)", flush=True)
     return prep
 
 
 def train_both(name: str, mlctr_first: bool, out: dict, args, logs: str) -> dict:
-    """One model trained by each library, one after the other; the comparison."""
+    """One model trained by each library once per seed, alternating; the comparison."""
     jobs = {"mlctr": (sys.executable, "mlctr_train"),
             "fuxictr": (args.fuxictr_python, "fuxictr_train")}
-    got = {}
-    for lib in ("mlctr", "fuxictr") if mlctr_first else ("fuxictr", "mlctr"):
-        python, worker = jobs[lib]
-        run_dir = os.path.join(out[lib], f"run_{name}")
-        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
-        got[lib] = run_worker(python, worker, {
-            "data": os.path.join(out[lib], "data"), "out": run_dir, "model": name,
-            "seed": args.seed, "hyper": HYPER}, logs)
-        print(f"train {name:7s} {lib:8s} {got[lib]['examples_per_sec']:9.0f} examples/s  "
-              f"wall {got[lib]['wall_seconds']:6.1f} s  test AUC {got[lib]['test_auc']:.5f}",
-              flush=True)
-    m, f = got["mlctr"], got["fuxictr"]
-    return {"train_ratio": m["examples_per_sec"] / f["examples_per_sec"],
-            "wall_ratio": f["wall_seconds"] / m["wall_seconds"],
-            "mlctr_examples_per_sec": m["examples_per_sec"],
-            "fuxictr_examples_per_sec": f["examples_per_sec"],
-            "mlctr_wall_seconds": m["wall_seconds"], "fuxictr_wall_seconds": f["wall_seconds"],
-            "mlctr_test_auc": m["test_auc"], "fuxictr_test_auc": f["test_auc"],
-            "mlctr_test_logloss": m["test_logloss"], "fuxictr_test_logloss": f["test_logloss"],
-            "mlctr_train_examples": m["examples"], "fuxictr_train_examples": f["examples"]}
+    got = {"mlctr": [], "fuxictr": []}
+    for k, seed in enumerate(args.seeds):
+        first = mlctr_first if k % 2 == 0 else not mlctr_first
+        for lib in ("mlctr", "fuxictr") if first else ("fuxictr", "mlctr"):
+            python, worker = jobs[lib]
+            run_dir = os.path.join(out[lib], f"run_{name}_{seed}")
+            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+            result = run_worker(python, worker, {
+                "data": os.path.join(out[lib], "data"), "out": run_dir, "model": name,
+                "seed": seed, "hyper": HYPER}, logs)
+            got[lib].append(result)
+            print(f"train {name:7s} {lib:8s} seed {seed}  {result['examples_per_sec']:9.0f} "
+                  f"examples/s  wall {result['wall_seconds']:6.1f} s  test AUC "
+                  f"{result['test_auc']:.5f}", flush=True)
+    return training_comparison(got["mlctr"], got["fuxictr"])
+
+
+def training_comparison(mlctr_runs: list[dict], fuxictr_runs: list[dict]) -> dict:
+    """Ratios and AUCs of one model from each library's runs (one per seed).
+
+    Rates are averaged as total examples over total training seconds. The AUC gap is
+    mlctr's mean less FuxiCTR's; `fuxictr_auc_spread` is the max - min of FuxiCTR's
+    own runs (0 with one seed: then nothing is known of its spread).
+    """
+    def rate(runs):
+        return sum(r["examples"] for r in runs) / sum(r["train_seconds"] for r in runs)
+
+    def mean(runs, key):
+        return sum(r[key] for r in runs) / len(runs)
+
+    def aucs(runs):
+        return [r["test_auc"] for r in runs]
+
+    m_rate, f_rate = rate(mlctr_runs), rate(fuxictr_runs)
+    gap = mean(mlctr_runs, "test_auc") - mean(fuxictr_runs, "test_auc")
+    spread = max(aucs(fuxictr_runs)) - min(aucs(fuxictr_runs))
+    return {"train_ratio": m_rate / f_rate,
+            "wall_ratio": mean(fuxictr_runs, "wall_seconds") / mean(mlctr_runs, "wall_seconds"),
+            "mlctr_examples_per_sec": m_rate, "fuxictr_examples_per_sec": f_rate,
+            "mlctr_wall_seconds": mean(mlctr_runs, "wall_seconds"),
+            "fuxictr_wall_seconds": mean(fuxictr_runs, "wall_seconds"),
+            "mlctr_test_auc": aucs(mlctr_runs), "fuxictr_test_auc": aucs(fuxictr_runs),
+            "auc_gap": gap, "fuxictr_auc_spread": spread,
+            "mlctr_auc_spread": max(aucs(mlctr_runs)) - min(aucs(mlctr_runs)),
+            "auc_gap_within_fuxictr_spread": abs(gap) <= spread,
+            "mlctr_test_logloss": [r["test_logloss"] for r in mlctr_runs],
+            "fuxictr_test_logloss": [r["test_logloss"] for r in fuxictr_runs],
+            "mlctr_train_examples": mlctr_runs[0]["examples"],
+            "fuxictr_train_examples": fuxictr_runs[0]["examples"]}
+
+
+def summary(prep: dict, per_model: dict, **extra) -> dict:
+    """The last JSON line: preprocessing ratios, the per-model comparisons, `extra`."""
+    m, f = prep["mlctr"], prep["fuxictr"]
+    return {
+        "prepare_ratio": m["rows_per_sec"] / f["rows_per_sec"],
+        "peak_memory_ratio": m["peak_bytes"] / f["peak_bytes"],
+        "peak_rss_ratio": m["peak_rss_bytes"] / f["peak_rss_bytes"],
+        "prepare": {lib: {"seconds": p["seconds"], "rows_per_sec": p["rows_per_sec"],
+                          "peak_gib": p["peak_bytes"] / 2**30,
+                          "peak_rss_gib": p["peak_rss_bytes"] / 2**30,
+                          "cpu_seconds": p["cpu_seconds"]} for lib, p in prep.items()},
+        "models": per_model, **extra}
 
 
 def compare(args, models):
@@ -417,15 +506,10 @@ def compare(args, models):
     prep = prepare_both(raw, csv, raw_rows, out, args, logs)
     per_model = {name: train_both(name, k % 2 == 0, out, args, logs)
                  for k, name in enumerate(models)}
-    print(json.dumps({
-        "prepare_ratio": prep["mlctr"]["rows_per_sec"] / prep["fuxictr"]["rows_per_sec"],
-        "peak_memory_ratio": prep["mlctr"]["peak_bytes"] / prep["fuxictr"]["peak_bytes"],
-        "prepare": {lib: {"seconds": p["seconds"], "rows_per_sec": p["rows_per_sec"],
-                          "peak_gib": p["peak_bytes"] / 2**30} for lib, p in prep.items()},
-        "models": per_model, "rows": args.rows, "raw_rows": raw_rows, "batch_size": BATCH_SIZE,
-        "hyper": HYPER, "load_average_before": list(load_before),
-        "load_average_after": list(os.getloadavg()), "cpu_count": os.cpu_count(),
-    }))
+    print(json.dumps(summary(
+        prep, per_model, rows=args.rows, raw_rows=raw_rows, seeds=args.seeds,
+        batch_size=BATCH_SIZE, hyper=HYPER, load_average_before=list(load_before),
+        load_average_after=list(os.getloadavg()), cpu_count=os.cpu_count())))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""The trainer and FuxiCTR benchmarks run and print the lines docs/performance.md reads.
+
+bench_train runs its whole path (prepare, bare step, trainer, JSON line) on a tiny
+dataset with a tiny DNN: the numbers mean nothing, the keys and their consistency do.
+bench_vs_fuxictr's comparison arithmetic and its measurement of a worker process are
+tested without FuxiCTR (its environment is optional and never needed by the tests).
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_bench_vs_fuxictr():
+    path = os.path.join(REPO, "experiments", "bench_vs_fuxictr.py")
+    spec = importlib.util.spec_from_file_location("bench_vs_fuxictr", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_train_prints_trainer_over_step(tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "bench_train.py"),
+           "--rows=3000", "--peers=deepfm,dcn", "--dnn_hidden_units=16", "--batch_size=256",
+           "--log_steps=3", "--bare_steps=2", f"--workdir={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["peers"] == "deepfm,dcn" and result["rows"] == 3000
+    assert result["trainer_over_step"] > 0
+    assert result["trainer_over_step"] == pytest.approx(
+        result["trainer_examples_per_sec"] / result["step_examples_per_sec"])
+    # 80% of 3000 rows train: 9 full batches of 256 (the trainer drops the last partial one).
+    assert result["steps"] == 9 and result["trained_examples"] == 9 * 256
+    assert len(result["trainer_interval_examples_per_sec"]) == 3
+    assert all(r > 0 for r in result["trainer_interval_examples_per_sec"])
+    for key in ("step_examples_per_sec_before", "step_examples_per_sec_after",
+                "load_average_before", "jax", "cpu_count"):
+        assert key in result
+
+
+def _run(examples, seconds, auc, wall=10.0):
+    return {"examples": examples, "train_seconds": seconds, "test_auc": auc,
+            "test_logloss": 0.5, "wall_seconds": wall, "examples_per_sec": examples / seconds}
+
+
+def test_training_comparison_ratios_and_auc_spread():
+    bench = _load_bench_vs_fuxictr()
+    mlctr = [_run(1000, 1.0, 0.760, wall=5.0), _run(1000, 3.0, 0.762, wall=7.0)]
+    fuxictr = [_run(1000, 8.0, 0.755, wall=20.0), _run(1000, 12.0, 0.765, wall=28.0)]
+    got = bench.training_comparison(mlctr, fuxictr)
+    # Rates are total examples over total seconds: 2000 / 4 against 2000 / 20.
+    assert got["train_ratio"] == pytest.approx(5.0)
+    assert got["wall_ratio"] == pytest.approx(24.0 / 6.0)
+    assert got["auc_gap"] == pytest.approx(0.761 - 0.760)
+    assert got["fuxictr_auc_spread"] == pytest.approx(0.010)
+    assert got["auc_gap_within_fuxictr_spread"] is True
+    outside = bench.training_comparison([_run(1000, 1.0, 0.70)], fuxictr)
+    assert outside["auc_gap_within_fuxictr_spread"] is False
+
+
+def test_summary_divides_mlctr_by_fuxictr():
+    bench = _load_bench_vs_fuxictr()
+    prep = {"mlctr": dict(seconds=2.0, rows_per_sec=500.0, peak_bytes=2**28,
+                          peak_rss_bytes=2**27, cpu_seconds=3.0),
+            "fuxictr": dict(seconds=60.0, rows_per_sec=10.0, peak_bytes=2**33,
+                            peak_rss_bytes=2**31, cpu_seconds=90.0)}
+    line = bench.summary(prep, {"deepfm": {"train_ratio": 3.5}}, rows=100)
+    assert line["prepare_ratio"] == pytest.approx(50.0)
+    assert line["peak_memory_ratio"] == pytest.approx(2**-5)
+    assert line["peak_rss_ratio"] == pytest.approx(2**-4)
+    assert line["prepare"]["fuxictr"]["peak_gib"] == pytest.approx(8.0)
+    assert line["models"]["deepfm"]["train_ratio"] == 3.5 and line["rows"] == 100
+    json.dumps(line)  # printable as the last line
+
+
+def test_run_worker_measures_the_child_process(tmp_path):
+    bench = _load_bench_vs_fuxictr()
+    from mlctr.data import synthetic
+
+    raw = str(tmp_path / "raw.txt")
+    synthetic.generate(raw, num_rows=2000, seed=3)
+    got = bench.run_worker(sys.executable, "mlctr_prepare",
+                           {"raw": raw, "out": str(tmp_path / "prepared")}, str(tmp_path / "logs"))
+    assert got["seconds"] > 0 and got["cpu_seconds"] > 0
+    # A Python process with numpy imported holds well over 10 MiB, sampled or not.
+    assert got["peak_bytes"] > 10 * 2**20 and got["peak_rss_bytes"] > 10 * 2**20
+    with pytest.raises(SystemExit, match="mlctr_prepare"):
+        bench.run_worker(sys.executable, "mlctr_prepare", {"raw": str(tmp_path / "missing"),
+                                                          "out": str(tmp_path / "p2")},
+                         str(tmp_path / "logs"))
