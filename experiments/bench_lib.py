@@ -1,4 +1,7 @@
-"""Shared by the step benchmarks (bench_step.py, bench_embedding.py, bench_vs_torch.py).
+"""Shared by the benchmarks (bench_step.py, bench_embedding.py, bench_vs_torch.py, bench_train.py).
+
+Importing it applies mlctr's process settings (`xla_cpu.configure_process`), as the
+trainer's entry point does.
 
 A `StepRun` is one jitted mutual step (mlctr.mutual.make_train_step, exactly what the
 trainer runs) with its own state and a fixed stream of generated batches. `interleave`
@@ -27,6 +30,12 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from mlctr import mutual, xla_cpu  # noqa: E402
+
+# The process settings `python -m mlctr.main` applies first (host allocator from
+# MLCTR_HOST_ALLOCATOR, default `warm`; unrolled Threefry for dropout's bits), so the
+# benchmarks time the step users run. Every benchmark imports this module before JAX
+# starts its backend; a second call (bench_train's) changes nothing.
+xla_cpu.configure_process()
 
 NUM_FIELDS = 39
 BATCH_SIZE = 4096
@@ -171,6 +180,8 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    allocator = "kept" if xla_cpu.keep_host_allocations() else "system"
+    # Only read the setting: applying one here would change the allocator the entry point
+    # chose (xla_cpu.configure_process) in the middle of the run.
     return (f"{model}, {os.cpu_count()} cores, load {load:.1f}; jax {jax.__version__} "
-            f"{jax.default_backend()} ({jax.devices()[0].device_kind}); host allocator {allocator}")
+            f"{jax.default_backend()} ({jax.devices()[0].device_kind}); host allocator "
+            f"{xla_cpu.host_allocator()}")
