@@ -95,3 +95,28 @@ def test_run_worker_measures_the_child_process(tmp_path):
         bench.run_worker(sys.executable, "mlctr_prepare", {"raw": str(tmp_path / "missing"),
                                                           "out": str(tmp_path / "p2")},
                          str(tmp_path / "logs"))
+
+
+def test_bench_profile_names_the_kind_of_each_compiled_op():
+    spec = importlib.util.spec_from_file_location(
+        "bench_profile", os.path.join(REPO, "experiments", "bench_profile.py"))
+    # Its `import bench_lib` applies the entry point's process settings here too (the
+    # `warm` allocator, the unrolled Threefry lowering: bitwise the same random bits).
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    try:
+        bench_profile = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench_profile)
+    finally:
+        sys.path.remove(os.path.join(REPO, "experiments"))
+    import jax
+    import jax.numpy as jnp
+
+    def f(a, b, ids):
+        table = jnp.zeros((64, 8)).at[ids].add(1.0)  # a scatter
+        return jnp.tanh(a @ b).sum() + jnp.sort(a[:, 0]).sum() + table.sum()
+
+    a = jnp.ones((32, 32))
+    text = jax.jit(f).lower(a, a, jnp.arange(16) % 64).compile().as_text()
+    kinds = bench_profile.op_kinds(text)
+    assert {"matmul", "sort", "scatter"} <= set(kinds.values())
+    assert set(kinds.values()) <= {kind for kind, _ in bench_profile.KINDS} | {"elementwise"}
