@@ -105,6 +105,11 @@ def _finished(config: ml_collections.ConfigDict, run_dir: str) -> dict | None:
     with open(os.path.join(run_dir, "config.json")) as f:
         saved = json.load(f)
     current = config.to_dict()
+    if not current.get("init_from"):
+        # A run from scratch never reads the finetune schedule: pretrained peers stay
+        # shared by experiments that finetune them differently.
+        saved.pop("finetune", None)
+        current.pop("finetune", None)
     differences = checkpoint.config_differences(saved, current)
     # The trainer may resume with a new step budget; a finished result may not be reused.
     for key in ("num_epochs", "max_steps"):

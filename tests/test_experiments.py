@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import paper
-from mlctr import mutual
+from mlctr import mutual, study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -104,6 +104,21 @@ def test_run_cached_refuses_a_finished_run_of_another_config(tiny_config, tmp_pa
         paper.run_cached(other, run_dir)
     with pytest.raises(ValueError, match="train.max_steps"):
         paper.run_cached(_config(tiny_config, 7), run_dir)
+
+
+def test_a_pretrained_run_is_shared_by_finetune_schedules(tiny_config, tmp_path):
+    """A run from scratch never reads config.finetune, so its cache ignores it; a
+    finetune run (init_from set) still refuses a changed finetune schedule."""
+    run_dir = str(tmp_path / "run")
+    first = paper.run_cached(_config(tiny_config, 5), run_dir)
+    other = _config(tiny_config, 5)
+    with other.unlocked():
+        other.finetune.learning_rate = other.finetune.learning_rate / 3
+    assert paper.run_cached(other, run_dir) == first
+    finetune_dir = str(tmp_path / "finetune")
+    paper.run_cached(study.finetune_config(_config(tiny_config, 5), run_dir, 1.0), finetune_dir)
+    with pytest.raises(ValueError, match="finished run of another config"):
+        paper.run_cached(study.finetune_config(other, run_dir, 1.0), finetune_dir)
 
 
 def _ektf_reference(logits, labels):
