@@ -67,16 +67,22 @@ def test_resume_purges_every_tag_logged_after_the_checkpoint(tmp_path):
             "valid/auc/deepfm": [(20, 1.0)]}
 
 
+def _file_events(path):
+    """(step, is a scalar event) of each event in one file, without the file-version one."""
+    return [(event.step, bool(event.summary.value))
+            for event in event_file_loader.EventFileLoader(path).Load() if not event.file_version]
+
+
 def test_resume_keeps_the_interrupted_file_and_starts_a_purging_one(tmp_path):
     _interrupted_then_resumed(tmp_path, checkpoint_step=30)
-    # Both writers opened within the same second: two files, the first not overwritten.
-    first, second = event_files(tmp_path)
-    first_steps = [event.step for event in event_file_loader.EventFileLoader(first).Load()
-                   if event.summary.value]
-    assert first_steps == [10, 20, 20, 30, 40, 40, 50, 60, 60]
-    second_events = list(event_file_loader.EventFileLoader(second).Load())
-    starts = [event.step for event in second_events if event.HasField("session_log")]
-    assert starts == [31]
+    # Both writers opened within the same second: each wrote its purge marker (an event
+    # at its purge step that holds no scalar) and then its scalars' file, in name order;
+    # the interrupted process's file is not overwritten.
+    assert [_file_events(path) for path in event_files(tmp_path)] == [
+            [(1, False)],
+            [(step, True) for step in (10, 20, 20, 30, 40, 40, 50, 60, 60)],
+            [(31, False)],
+            [(40, True)]]
 
 
 def test_a_run_logs_per_peer_scalars(reference_run):
