@@ -10,7 +10,9 @@ A prepared dataset is one directory:
     train_label.npy           uint8 [n] 0/1 labels
     valid_ids.npy, valid_label.npy, test_ids.npy, test_label.npy
     {split}_true_prob.npy     float32 [n] true click probability (synthetic data only)
-    vocab/<field>.npy         int64 sorted keys of the field's ids 1..V (see vocab.py)
+    vocab/<field>.npy         int64 sorted keys of the field's ids 1..V (see vocab.py);
+                              absent for hashed vocabularies (feature map `vocab.mode`
+                              "hash", see hashing.py)
     .lock                     held by a running `prepare` (mlctr.locking)
 
 Columnar-by-split `.npy` files are read with `np.load(mmap_mode="r")`, so a batch is
@@ -245,8 +247,16 @@ def dataset_files(feature_map: dict) -> list[str]:
         names += [os.path.basename(ids_path("", split)), os.path.basename(label_path("", split))]
         if "true_prob" in feature_map.get("files", {}).get(split, {}):
             names.append(os.path.basename(true_prob_path("", split)))
+    if is_hashed(feature_map):  # hashed vocabularies have no files
+        return names
     names += [os.path.join("vocab", f"{field['name']}.npy") for field in feature_map["fields"]]
     return names
+
+
+def is_hashed(feature_map: dict) -> bool:
+    """Whether a dataset's ids are hashed (mlctr.data.hashing), not fitted vocabularies."""
+    vocab = feature_map.get("vocab")
+    return isinstance(vocab, dict) and vocab.get("mode") == "hash"
 
 
 def block_checksums(path: str, block_bytes: int, blocks=None) -> dict[int, str]:

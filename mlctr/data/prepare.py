@@ -23,6 +23,15 @@ Two streaming passes, memory bounded by the chunk size and the vocabularies:
 
 3. Record the block checksums of every file in `feature_map.json`, written last.
 
+With `vocab_mode="hash"` (mlctr.data.hashing) pass 1 writes the final ids (each value
+hashed into its field's buckets) and pass 2 is skipped: no vocabulary is fit, so any
+stream of rows is prepared in one pass. `--dataset=criteo_1tb` reads the day files of
+the Criteo 1TB logs with the MLPerf split (mlctr.data.criteo_1tb), in a multi-process
+run each process its own train days (`--process_index`, `--process_count`):
+
+    python -m mlctr.data.prepare --dataset=criteo_1tb --raw=criteo_1tb/ \
+        --vocab_mode=hash --max_rows=40000000 --out=data/criteo_1tb
+
 Nothing is lost on failure: the dataset is built in a temporary directory next to
 `--out` (so on the same file system) and swapped in atomically once complete, under
 an exclusive lock on `--out`; a dataset already there is replaced only with
@@ -36,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import os
@@ -43,19 +53,21 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
 from mlctr import locking, xla_cpu
-from mlctr.data import avazu, bars_csv, criteo, format as fmt, parsing, split as split_lib
-from mlctr.data import synthetic
+from mlctr.data import avazu, bars_csv, criteo, criteo_1tb, format as fmt, hashing, parsing
+from mlctr.data import split as split_lib, synthetic
 from mlctr.data import vocab as vocab_lib
 from mlctr.data.errors import DataError, DatasetError
 
 CSV_DATASETS = tuple(bars_csv.FORMATS) + ("csv",)
-DATASETS = ("criteo", "avazu", "synthetic") + CSV_DATASETS
+DATASETS = ("criteo", "avazu", "synthetic", "criteo_1tb") + CSV_DATASETS
 PROTOCOLS = ("x4_001", "x4_002")
-RAW_FORMATS = {"criteo": criteo, "avazu": avazu}
+VOCAB_MODES = hashing.MODES
+RAW_FORMATS = {"criteo": criteo, "avazu": avazu, "criteo_1tb": criteo_1tb}
 _REMAP_ROWS = 1 << 15
 PARSE_THREADS = 2  # parsing (and remapping) threads; the coding runs in the caller's
 
@@ -100,7 +112,9 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
             skip_bad_rows: bool = False, seed: int = 2018, num_rows: int | None = None,
             synthetic_format: str = "criteo",
             chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES, overwrite: bool = False,
-            feature_spec=None) -> dict:
+            feature_spec=None, vocab_mode: str = "fit",
+            hash_buckets: int = hashing.DEFAULT_BUCKETS, field_buckets=None,
+            max_rows: int = 0, process_index: int = 0, process_count: int = 1) -> dict:
     """Prepares a dataset directory from a raw file (or the csv splits of one).
 
     The dataset is built in a temporary directory next to `out` and swapped in only
@@ -110,11 +124,13 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
     of a synthetic dataset) are kept.
 
     Args:
-        dataset: "criteo", "avazu", "synthetic", a BARS x1 csv dataset ("frappe_x1",
-            "movielens_x1", "criteo_x1", "avazu_x1") or "csv" (see mlctr.data.bars_csv).
+        dataset: "criteo", "avazu", "synthetic", "criteo_1tb", a BARS x1 csv dataset
+            ("frappe_x1", "movielens_x1", "criteo_x1", "avazu_x1") or "csv" (see
+            mlctr.data.bars_csv).
         raw: the raw file (plain or gzip). For "synthetic": where the generated raw file
             is written (and its true probabilities next to it, see mlctr.data.synthetic).
-            For the csv datasets: the directory holding train.csv, valid.csv, test.csv.
+            For the csv datasets: the directory holding train.csv, valid.csv, test.csv;
+            for "criteo_1tb" the one holding day_0 .. day_23 (mlctr.data.criteo_1tb).
         out: the output directory (created).
         protocol: "x4_001" (min_count Criteo 10 / Avazu 2) or "x4_002" (2 / 1).
         skip_bad_rows: skip and count bad rows instead of failing on the first.
@@ -126,6 +142,14 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         overwrite: replace a prepared dataset already in `out` (else an error).
         feature_spec: "csv" only: the label and feature columns (a dict or the path of a
             JSON file, see mlctr.data.bars_csv).
+        vocab_mode: "fit" (vocabularies fit on train, min_count, OOV) or "hash" (every
+            value hashed into its field's buckets in one pass, see mlctr.data.hashing).
+        hash_buckets: "hash": buckets per field.
+        field_buckets: "hash": per-field bucket counts, "name=count,..." or a dict.
+        max_rows: > 0 caps every field's table at this many rows (both modes).
+        process_index: "criteo_1tb": this process (its share of the train days).
+        process_count: "criteo_1tb": processes sharing the train days ("hash" only
+            when > 1: fitting needs every process's rows).
 
     Returns:
         The feature map (as saved in out/feature_map.json).
@@ -145,12 +169,22 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         raise ValueError("num_rows is only for dataset='synthetic'")
     if (feature_spec is None) == (dataset == "csv"):
         raise ValueError("feature_spec is for dataset='csv', which needs one")
+    vocab = _VocabOptions.make(vocab_mode, hash_buckets=hash_buckets,
+                               field_buckets=field_buckets, max_rows=max_rows)
+    if dataset == "criteo_1tb":
+        criteo_1tb.train_days(process_index, process_count)  # checks them
+        if process_count > 1 and vocab.mode != "hash":
+            raise ValueError("criteo_1tb with process_count > 1 needs vocab_mode='hash': a "
+                             "fitted vocabulary would need every process's train days")
+    elif (process_index, process_count) != (0, 1):
+        raise ValueError("process_index / process_count are for dataset='criteo_1tb'")
     out = os.path.abspath(os.fspath(out))
     raw = str(raw)
     _check_output(out, overwrite)
     build = _builder(dataset, raw, protocol=protocol, skip_bad_rows=skip_bad_rows, seed=seed,
                      num_rows=num_rows, synthetic_format=synthetic_format,
-                     chunk_bytes=chunk_bytes, feature_spec=feature_spec)
+                     chunk_bytes=chunk_bytes, feature_spec=feature_spec, vocab=vocab,
+                     processes=(process_index, process_count))
     created = not os.path.exists(out)
     try:
         try:
@@ -166,8 +200,16 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
 
 
 def _builder(dataset, raw, *, protocol, skip_bad_rows, seed, num_rows, synthetic_format,
-             chunk_bytes, feature_spec):
+             chunk_bytes, feature_spec, vocab, processes):
     """build(directory, writers) -> feature map for `dataset`, its inputs checked first."""
+    if dataset == "criteo_1tb":
+        sources = criteo_1tb.source_files(raw, *processes)  # before anything is created
+
+        def build(directory, writers):
+            return _prepare_days(raw, sources, directory, vocab, protocol=protocol,
+                                 processes=processes, skip_bad_rows=skip_bad_rows,
+                                 chunk_bytes=chunk_bytes, writers=writers)
+        return build
     if dataset in CSV_DATASETS:
         csv_format = (bars_csv.CsvFormat.from_spec(feature_spec) if dataset == "csv"
                       else bars_csv.FORMATS[dataset])
@@ -175,7 +217,7 @@ def _builder(dataset, raw, *, protocol, skip_bad_rows, seed, num_rows, synthetic
             parsing.RawFile(bars_csv.split_file(raw, split)).check_exists()
 
         def build(directory, writers):
-            return _prepare_csv(dataset, raw, directory, csv_format, writers=writers,
+            return _prepare_csv(dataset, raw, directory, csv_format, vocab, writers=writers,
                                 skip_bad_rows=skip_bad_rows, chunk_bytes=chunk_bytes)
         return build
     if dataset != "synthetic":
@@ -186,7 +228,7 @@ def _builder(dataset, raw, *, protocol, skip_bad_rows, seed, num_rows, synthetic
         synthetic_description, raw_format = _raw_source(
             dataset, raw, num_rows=num_rows, seed=seed, synthetic_format=synthetic_format)
         parsing.RawFile(raw).check_exists()
-        return _prepare(dataset, raw, directory, raw_format_module(raw_format),
+        return _prepare(dataset, raw, directory, raw_format_module(raw_format), vocab,
                         protocol=protocol, skip_bad_rows=skip_bad_rows, seed=seed,
                         synthetic_description=synthetic_description,
                         chunk_bytes=chunk_bytes, writers=writers)
@@ -341,6 +383,52 @@ def _swap_into(build: str, out: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class _VocabOptions:
+    """How a prepare gives ids: fitted vocabularies or hashed buckets (mlctr.data.hashing)."""
+
+    mode: str = "fit"
+    hash_buckets: int = hashing.DEFAULT_BUCKETS
+    field_buckets: Any = None
+    max_rows: int = 0
+
+    @classmethod
+    def make(cls, mode: str, *, hash_buckets, field_buckets, max_rows) -> "_VocabOptions":
+        """Checked options (ValueError: one line naming the bad argument)."""
+        if mode not in VOCAB_MODES:
+            raise ValueError(f"unknown vocab_mode {mode!r}; expected one of {VOCAB_MODES}")
+        if mode == "fit" and field_buckets:
+            raise ValueError("field_buckets is for vocab_mode='hash'")
+        hashing.field_bucket_counts([], hash_buckets=hash_buckets, max_rows=max_rows)
+        return cls(mode, int(hash_buckets), field_buckets, int(max_rows))
+
+    def encoder(self, out: str, module, with_true_prob: bool, writers: list):
+        """The encoder writing `module`'s fields (a raw format or a CsvFormat)."""
+        if self.mode == "hash":
+            buckets = hashing.field_bucket_counts(
+                module.FIELD_NAMES, hash_buckets=self.hash_buckets,
+                field_buckets=self.field_buckets, max_rows=self.max_rows)
+            return _HashEncoder(out, module, with_true_prob, writers, buckets)
+        return _Encoder(out, module.FIELD_NAMES, with_true_prob, writers,
+                        max_rows=self.max_rows)
+
+    def min_count(self, min_count: int) -> int | None:
+        """The feature map's min_count: none applies to hashed ids."""
+        return None if self.mode == "hash" else min_count
+
+    def feature_map_entry(self) -> dict:
+        """The feature map's `vocab` key; none for plain fitted vocabularies (as before
+        the option existed, so that their datasets stay byte for byte the same)."""
+        if self.mode == "hash":
+            return {"vocab": {"mode": "hash", "hash": "splitmix64 of (key, field index)",
+                              "hash_version": hashing.HASH_VERSION,
+                              "hash_buckets": self.hash_buckets,
+                              "max_rows": self.max_rows, "missing_id": 0}}
+        if self.max_rows:
+            return {"vocab": {"mode": "fit", "max_rows": self.max_rows}}
+        return {}
+
+
 class _Encoder:
     """Pass 1 and 2 of prepare: rows -> temporary codes on disk -> vocabularies, global ids.
 
@@ -350,11 +438,14 @@ class _Encoder:
         with_true_prob: also write each split's true probabilities (synthetic data).
         writers: a list the open writers are appended to (the caller closes them on
             failure).
+        max_rows: > 0 caps every field's table (mlctr.data.vocab.fit_vocabulary).
     """
 
-    def __init__(self, out: str, field_names, with_true_prob: bool, writers: list):
+    def __init__(self, out: str, field_names, with_true_prob: bool, writers: list, *,
+                 max_rows: int = 0):
         self.out = out
         self.field_names = list(field_names)
+        self.max_rows = max_rows
         self.coders = [vocab_lib.KeyCoder() for _ in self.field_names]
         self.counts = [vocab_lib.Counts() for _ in self.field_names]
         self.positives = np.zeros(3, np.int64)
@@ -378,11 +469,7 @@ class _Encoder:
         # each split's rows are one slice.
         order = np.argsort(splits, kind="stable")
         bounds = np.cumsum(np.bincount(splits, minlength=3))
-        train_rows = order[:bounds[0]]
-        codes = np.empty((len(self.field_names), len(labels)), np.int32)
-        for f, coder in enumerate(self.coders):
-            codes[f] = coder.encode(keys[:, f])
-            self.counts[f].add(codes[f].take(train_rows), len(coder))
+        codes = self._codes(keys, order[:bounds[0]])
         codes = codes.T[order]  # rows again, in split order
         labels = labels.take(order)
         probs = probs.take(order) if probs is not None else None
@@ -394,19 +481,39 @@ class _Encoder:
             if probs is not None:
                 self.prob_out[s].append(probs[rows])
 
+    def _codes(self, keys: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+        """int32 [F, n] temporary codes of int64 keys [n, F]; counts the train rows'."""
+        codes = np.empty((len(self.field_names), len(keys)), np.int32)
+        for f, coder in enumerate(self.coders):
+            codes[f] = coder.encode(keys[:, f])
+            self.counts[f].add(codes[f].take(train_rows), len(coder))
+        return codes
+
+    def _close(self) -> None:
+        for w in self.ids_out + self.label_out + (self.prob_out or []):
+            w.close()
+
+    def _split_entries(self) -> dict:
+        """The feature map's per-split entries."""
+        splits = {}
+        for s, name in enumerate(fmt.SPLITS):
+            n = self.ids_out[s].num_rows
+            splits[name] = {"num_examples": n,
+                            "positive_rate": float(self.positives[s] / n) if n else None}
+        return splits
+
     def finish(self, module, min_count: int) -> tuple[list[dict], dict]:
         """Closes the files, fits and saves the vocabularies, rewrites codes as global ids.
 
         Returns:
             (fields: the feature map's per-field entries, splits: its per-split entries).
         """
-        for w in self.ids_out + self.label_out + (self.prob_out or []):
-            w.close()
+        self._close()
         fields, code_to_global, offset = [], [], 0
         for f, name in enumerate(self.field_names):
             vocab_keys, local_ids = vocab_lib.fit_vocabulary(
                 self.coders[f].code_keys(), self.counts[f].counts, min_count=min_count,
-                missing_key=module.MISSING_KEYS[f])
+                missing_key=module.MISSING_KEYS[f], max_rows=self.max_rows)
             vocab_lib.save_vocabulary(self.out, name, vocab_keys)
             size = len(vocab_keys) + 1
             fields.append({"name": name, "kind": module.FIELD_KINDS[f], "vocab_size": size,
@@ -420,18 +527,59 @@ class _Encoder:
         lookup = np.concatenate(code_to_global).astype(np.int32)
         self.coders = self.counts = code_to_global = None
         _release_freed_memory()
-        splits = {}
-        for s, name in enumerate(fmt.SPLITS):
+        for name in fmt.SPLITS:
             fmt.update_rows(fmt.ids_path(self.out, name),
                             lambda codes: lookup.take(codes + code_offsets),
                             block_rows=_REMAP_ROWS, num_threads=PARSE_THREADS)
-            n = self.ids_out[s].num_rows
-            splits[name] = {"num_examples": n,
-                            "positive_rate": float(self.positives[s] / n) if n else None}
-        return fields, splits
+        return fields, self._split_entries()
 
 
-def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
+class _HashEncoder(_Encoder):
+    """The one pass of a hash-mode prepare: rows -> final global ids (mlctr.data.hashing).
+
+    Args:
+        out, with_true_prob, writers: as for `_Encoder`.
+        module: the raw format (or CsvFormat): FIELD_NAMES, FIELD_KINDS, MISSING_KEYS.
+        buckets: int [F] buckets per field; field f owns buckets[f] + 1 ids (0: missing).
+    """
+
+    def __init__(self, out: str, module, with_true_prob: bool, writers: list,
+                 buckets: list[int]):
+        super().__init__(out, module.FIELD_NAMES, with_true_prob, writers)
+        self.coders = self.counts = None  # no vocabulary: nothing to count
+        self.buckets = list(buckets)
+        self.missing_keys = list(module.MISSING_KEYS)
+        self.offsets = np.cumsum([0] + [b + 1 for b in self.buckets[:-1]]).astype(np.int64)
+        if self.offsets[-1] + self.buckets[-1] + 1 > np.iinfo(np.int32).max:
+            raise ValueError(f"{sum(b + 1 for b in self.buckets)} ids in all: more than the "
+                             "int32 ids hold; lower hash_buckets or max_rows")
+
+    def _codes(self, keys: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+        del train_rows
+        return hash_ids(keys, self.buckets, self.missing_keys, self.offsets).T
+
+    def finish(self, module, min_count: int) -> tuple[list[dict], dict]:
+        """Closes the files; the ids are final already."""
+        del min_count
+        self._close()
+        fields = [{"name": name, "kind": module.FIELD_KINDS[f],
+                   "vocab_size": self.buckets[f] + 1, "offset": int(self.offsets[f]),
+                   "oov_id": int(self.offsets[f]), "hash_buckets": self.buckets[f]}
+                  for f, name in enumerate(self.field_names)]
+        return fields, self._split_entries()
+
+
+def hash_ids(keys: np.ndarray, buckets: list[int], missing_keys: list,
+             offsets: np.ndarray) -> np.ndarray:
+    """int32 [n, F] global hashed ids of int64 keys [n, F] (mlctr.data.hashing)."""
+    ids = np.empty((keys.shape[1], len(keys)), np.int32)
+    for f, count in enumerate(buckets):
+        ids[f] = hashing.bucket_ids(keys[:, f], f, count, missing_keys[f])
+        ids[f] += offsets[f]
+    return ids.T
+
+
+def _prepare(dataset, raw, out, module, vocab, *, protocol, skip_bad_rows, seed,
              synthetic_description, chunk_bytes, writers) -> dict:
     """Both passes over one raw file, split 8:1:1 by `seed`; returns the feature map."""
     started = time.time()
@@ -440,7 +588,7 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
         true_prob = synthetic.true_prob_path(raw)
         num_true_probs = fmt.npy_layout(true_prob)[1][0]
     header_lines = 1 if module is avazu else 0
-    encoder = _Encoder(out, module.FIELD_NAMES, true_prob is not None, writers)
+    encoder = vocab.encoder(out, module, true_prob is not None, writers)
     skipped: collections.Counter = collections.Counter()
     raw_file = parsing.RawFile(raw, chunk_bytes=chunk_bytes)
     for parsed in _parsed_chunks(raw, raw_file, module, skip_bad_rows, skipped, started,
@@ -457,7 +605,7 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
         raise DataError(raw, f"{num_rows + sum(skipped.values())} rows but "
                         f"{num_true_probs} true probabilities in {true_prob}",
                         reason="synthetic_mismatch")
-    min_count = module.MIN_COUNT[protocol]
+    min_count = vocab.min_count(module.MIN_COUNT[protocol])
     fields, splits = encoder.finish(module, min_count)
     feature_map = {
         "format_version": fmt.FORMAT_VERSION, "dataset": dataset, "raw_format": module.NAME,
@@ -468,6 +616,7 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
                    "bytes": raw_file.num_bytes, "gzip": raw_file.is_gzip,
                    "rows_read": num_rows + sum(skipped.values()), "rows_kept": num_rows},
         **_feature_map_tail(out, fields, splits, skipped),
+        **vocab.feature_map_entry(),
     }
     if synthetic_description is not None:
         feature_map["synthetic"] = synthetic_description
@@ -479,11 +628,11 @@ def _prepare(dataset, raw, out, module, *, protocol, skip_bad_rows, seed,
     return feature_map
 
 
-def _prepare_csv(dataset, raw_dir, out, csv_format, *, writers, skip_bad_rows,
+def _prepare_csv(dataset, raw_dir, out, csv_format, vocab, *, writers, skip_bad_rows,
                  chunk_bytes) -> dict:
     """Both passes over the given train/valid/test csv files; returns the feature map."""
     started = time.time()
-    encoder = _Encoder(out, csv_format.FIELD_NAMES, False, writers)
+    encoder = vocab.encoder(out, csv_format, False, writers)
     skipped: collections.Counter = collections.Counter()
     sources = {}
     for s, split in enumerate(bars_csv.SPLIT_FILES):
@@ -509,13 +658,65 @@ def _prepare_csv(dataset, raw_dir, out, csv_format, *, writers, skip_bad_rows,
     feature_map = {
         "format_version": fmt.FORMAT_VERSION, "dataset": dataset, "raw_format": "csv",
         "protocol": "x1" if dataset in bars_csv.FORMATS else "csv",
-        "min_count": csv_format.min_count, "seed": None,
+        "min_count": vocab.min_count(csv_format.min_count), "seed": None,
         "split": {"method": "given: train.csv, valid.csv, test.csv"},
         "csv": csv_format.to_json(),
         "source": {"directory": os.path.abspath(raw_dir), "sha256": combined.hexdigest(),
                    "rows_read": sum(v["rows_read"] for v in sources.values()),
                    "rows_kept": encoder.num_rows, "files": sources},
         **_feature_map_tail(out, fields, splits, skipped),
+        **vocab.feature_map_entry(),
+    }
+    _log(f"{raw_dir}: prepared {encoder.num_rows} rows in {time.time() - started:.1f}s")
+    return feature_map
+
+
+def _prepare_days(raw_dir, sources, out, vocab, *, protocol, processes, skip_bad_rows,
+                  chunk_bytes, writers) -> dict:
+    """Criteo 1TB: this process's train days, then day 23 cut into test and valid halves
+    (mlctr.data.criteo_1tb); returns the feature map."""
+    started = time.time()
+    module = criteo_1tb
+    encoder = vocab.encoder(out, module, False, writers)
+    skipped: collections.Counter = collections.Counter()
+    files = {}
+    for day, path in sources:
+        test_lines = None
+        if day == module.EVAL_DAY:
+            test_lines, _ = module.eval_split_sizes(module.count_lines(path))
+        raw_file = parsing.RawFile(path, chunk_bytes=chunk_bytes)
+        before_rows, before_skipped = encoder.num_rows, sum(skipped.values())
+        for parsed in _parsed_chunks(path, raw_file, module, skip_bad_rows, skipped, started,
+                                     encoder):
+            if test_lines is None:
+                splits = np.zeros(len(parsed.labels), np.int64)
+            else:  # by physical line, so a skipped bad row moves no other row
+                splits = np.where(parsed.line_numbers <= test_lines, split_lib.TEST,
+                                  split_lib.VALID).astype(np.int64)
+            encoder.add(parsed.keys, parsed.labels, splits)
+        kept = encoder.num_rows - before_rows
+        files[os.path.basename(path)] = {
+            "sha256": raw_file.sha256, "bytes": raw_file.num_bytes, "gzip": raw_file.is_gzip,
+            "rows_read": kept + sum(skipped.values()) - before_skipped, "rows_kept": kept}
+    if encoder.num_rows == 0:
+        raise DataError(raw_dir, "no data rows" + (" left after skipping bad rows" if skipped
+                                                   else ""), reason="empty_file")
+    min_count = vocab.min_count(module.MIN_COUNT[protocol])
+    fields, splits = encoder.finish(module, min_count)
+    combined = hashlib.sha256("".join(v["sha256"] for v in files.values()).encode())
+    process_index, process_count = processes
+    feature_map = {
+        "format_version": fmt.FORMAT_VERSION, "dataset": module.NAME,
+        "raw_format": module.NAME, "protocol": protocol, "min_count": min_count, "seed": None,
+        "split": {"method": "MLPerf DLRM: days 0-22 train; day 23 halved "
+                            "(np.array_split): first half test, second half valid",
+                  "train_days": [d for d, _ in sources if d != module.EVAL_DAY],
+                  "process_index": process_index, "process_count": process_count},
+        "source": {"directory": os.path.abspath(raw_dir), "sha256": combined.hexdigest(),
+                   "rows_read": sum(v["rows_read"] for v in files.values()),
+                   "rows_kept": encoder.num_rows, "files": files},
+        **_feature_map_tail(out, fields, splits, skipped),
+        **vocab.feature_map_entry(),
     }
     _log(f"{raw_dir}: prepared {encoder.num_rows} rows in {time.time() - started:.1f}s")
     return feature_map
@@ -619,12 +820,11 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
     raw_format = feature_map["raw_format"] if dataset in (None, "synthetic") else dataset
     csv_reader = None
     if raw_format == "csv" or dataset in CSV_DATASETS:
-        csv_reader = bars_csv.CsvFormat.from_spec(feature_map["csv"],
-                                                  feature_map["dataset"]).reader(raw_path)
+        csv_format = bars_csv.CsvFormat.from_spec(feature_map["csv"], feature_map["dataset"])
+        csv_reader = csv_format.reader(raw_path)
     else:
-        module = raw_format_module(raw_format)
-    vocabs = [vocab_lib.load_vocabulary(data_dir, f["name"]) for f in feature_map["fields"]]
-    offsets = np.array([f["offset"] for f in feature_map["fields"]], np.int32)
+        module = csv_format = raw_format_module(raw_format)
+    encode = _id_encoder(data_dir, feature_map, csv_format.MISSING_KEYS)
     raw_file = parsing.RawFile(raw_path, chunk_bytes=chunk_bytes)
     labeled = None
     all_ids, all_labels, all_lines = [], [], []
@@ -642,16 +842,31 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
                 raise parsed.first_error
             skipped.update(parsed.skipped)
             all_lines.append(parsed.line_numbers)
-            ids = np.empty(parsed.keys.shape, np.int32)
-            for f, vocab_keys in enumerate(vocabs):
-                ids[:, f] = vocab_lib.encode_keys(vocab_keys, parsed.keys[:, f])
-            all_ids.append(ids + offsets)
+            all_ids.append(encode(parsed.keys))
             labels = parsed.labels.astype(np.float32)
             all_labels.append(labels if labeled else np.full(len(labels), np.nan, np.float32))
-    result = (np.concatenate(all_ids).reshape(-1, len(vocabs)), np.concatenate(all_labels))
+    result = (np.concatenate(all_ids).reshape(-1, feature_map["num_fields"]),
+              np.concatenate(all_labels))
     if with_line_numbers:
         result += (np.concatenate(all_lines).astype(np.int64), skipped)
     return result
+
+
+def _id_encoder(data_dir: str, feature_map: dict, missing_keys: list):
+    """keys int64 [n, F] -> global ids int32 [n, F] under a dataset's vocabularies."""
+    fields = feature_map["fields"]
+    offsets = np.array([f["offset"] for f in fields], np.int32)
+    if fmt.is_hashed(feature_map):
+        buckets = [f["hash_buckets"] for f in fields]
+        return lambda keys: hash_ids(keys, buckets, missing_keys, offsets.astype(np.int64))
+    vocabs = [vocab_lib.load_vocabulary(data_dir, f["name"]) for f in fields]
+
+    def encode(keys):
+        ids = np.empty(keys.shape, np.int32)
+        for f, vocab_keys in enumerate(vocabs):
+            ids[:, f] = vocab_lib.encode_keys(vocab_keys, keys[:, f])
+        return ids + offsets
+    return encode
 
 
 def _is_labeled(module, chunk: parsing.RawChunk) -> bool:
@@ -677,7 +892,10 @@ def main(argv) -> None:
             FLAGS.dataset, FLAGS.raw, FLAGS.out, protocol=FLAGS.protocol,
             skip_bad_rows=FLAGS.skip_bad_rows, seed=FLAGS.seed, num_rows=FLAGS.num_rows,
             synthetic_format=FLAGS.synthetic_format, overwrite=FLAGS.overwrite,
-            feature_spec=FLAGS.feature_spec)
+            feature_spec=FLAGS.feature_spec, vocab_mode=FLAGS.vocab_mode,
+            hash_buckets=FLAGS.hash_buckets, field_buckets=FLAGS.field_buckets,
+            max_rows=FLAGS.max_rows, process_index=FLAGS.process_index,
+            process_count=FLAGS.process_count)
     except (DataError, locking.LockedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -699,7 +917,8 @@ def _define_flags() -> None:
 
     flags.DEFINE_string("dataset", None, f"Raw dataset kind: one of {', '.join(DATASETS)}.")
     flags.DEFINE_string("raw", None, "Raw file (synthetic: where it is generated; csv "
-                        "datasets: the directory of train.csv, valid.csv, test.csv).")
+                        "datasets: the directory of train.csv, valid.csv, test.csv; "
+                        "criteo_1tb: the directory of day_0 .. day_23).")
     flags.DEFINE_string("out", None, "Output directory of the prepared dataset.")
     flags.DEFINE_enum("protocol", "x4_001", list(PROTOCOLS), "BARS x4 variant (min_count).")
     flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows instead of failing.")
@@ -708,8 +927,18 @@ def _define_flags() -> None:
                         "feature columns (mlctr.data.bars_csv).")
     flags.DEFINE_integer("seed", 2018, "Split seed (and synthetic generator seed).")
     flags.DEFINE_integer("num_rows", None, "Synthetic: rows to generate.")
-    flags.DEFINE_enum("synthetic_format", "criteo", sorted(RAW_FORMATS),
+    flags.DEFINE_enum("synthetic_format", "criteo", ["avazu", "criteo"],
                       "Synthetic: raw format to generate.")
+    flags.DEFINE_enum("vocab_mode", "fit", list(VOCAB_MODES), "fit: vocabularies fit on "
+                      "train (min_count, OOV); hash: values hashed into buckets, one pass.")
+    flags.DEFINE_integer("hash_buckets", hashing.DEFAULT_BUCKETS,
+                         "--vocab_mode=hash: buckets per field.")
+    flags.DEFINE_string("field_buckets", None, "--vocab_mode=hash: per-field buckets, "
+                        "e.g. I1=64,C3=100000.")
+    flags.DEFINE_integer("max_rows", 0, "Cap on every field's table rows (0: none; "
+                         "MLPerf Criteo 1TB: 40000000).")
+    flags.DEFINE_integer("process_index", 0, "criteo_1tb: this process (its train days).")
+    flags.DEFINE_integer("process_count", 1, "criteo_1tb: processes sharing the train days.")
     flags.mark_flags_as_required(["dataset", "raw", "out"])
 
 

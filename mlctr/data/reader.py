@@ -335,6 +335,8 @@ def _check_npy(path: str, what: str, dtype, shape: tuple[int, ...], source: str)
 
 
 def _check_vocabularies(data_dir: str, feature_map: dict) -> None:
+    if fmt.is_hashed(feature_map):  # no vocabulary files: ids are bucket numbers
+        return
     for field in feature_map["fields"]:
         path = os.path.join(data_dir, "vocab", f"{field['name']}.npy")
         dtype, shape, _ = _npy_layout(path, f"the vocabulary of field {field['name']}")

@@ -240,7 +240,8 @@ class Counts:
 
 
 def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count: int,
-                   missing_key: int | None) -> tuple[np.ndarray, np.ndarray]:
+                   missing_key: int | None, max_rows: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Keeps the keys seen at least `min_count` times in train; maps codes to local ids.
 
     Args:
@@ -248,6 +249,9 @@ def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count
         train_counts: [>= n] train-split occurrences of each code.
         min_count: BARS `min_categr_count`: rarer values map to OOV.
         missing_key: the key that means "missing" for this field (always OOV), or None.
+        max_rows: > 0 caps the field's table at max_rows rows (OOV included): only the
+            max_rows - 1 most frequent kept keys stay (ties: the smaller key), the
+            others map to OOV.
 
     Returns:
         (vocab_keys, local_ids): the kept keys sorted (id i+1 is vocab_keys[i]), and
@@ -258,6 +262,10 @@ def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count
     if missing_key is not None:
         kept &= code_keys != missing_key
     kept_codes = np.flatnonzero(kept)
+    if max_rows and len(kept_codes) > max_rows - 1:
+        # Most frequent first, ties by key: lexsort's last key is the primary one.
+        by_count = np.lexsort((code_keys[kept_codes], -counts[kept_codes].astype(np.int64)))
+        kept_codes = kept_codes[by_count[:max_rows - 1]]
     order = np.argsort(code_keys[kept_codes], kind="stable")
     local_ids = np.zeros(len(code_keys), np.int32)
     local_ids[kept_codes[order]] = np.arange(1, len(kept_codes) + 1, dtype=np.int32)
