@@ -33,6 +33,13 @@ State layout (a plain dict pytree, easy to checkpoint):
                  the embedding tables, nested like the params}).
   learning_rate: float32 [N], one learning rate per peer (decayed per peer by
                  the trainer; 0 freezes a peer that has early-stopped).
+
+On a mesh with a `table` axis (mlctr/sharding.py) the tables in the state (and their
+optimizer state) have `Peers.table_rows` rows: the vocabulary padded with zero rows to a
+multiple of mesh.table. No id reaches a padding row: the lookups read ids < vocab_size,
+the sparse step's padding slots start at table_rows, and with dense Adam a padding row's
+gradient (0 from the loss, L2 of a zero row) is 0, so it stays 0. Exported per-peer
+weights (`peer_variables`) drop the padding, so they fit the unpadded models.
 """
 from __future__ import annotations
 
@@ -77,6 +84,18 @@ class Peers:
     """All peers of a run, grouped; the global peer order is group after group."""
 
     groups: tuple[PeerGroup, ...]
+    # Rows of the embedding tables held in the state; 0: the models' vocab_size (no padding).
+    table_rows: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the models' tables (the vocabulary)."""
+        return max(group.model.vocab_size for group in self.groups)
+
+    @property
+    def stored_rows(self) -> int:
+        """Rows of the tables in the training state: the vocabulary plus any padding."""
+        return self.table_rows or self.vocab_size
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -118,7 +137,7 @@ def parse_peer_spec(spec: str | Sequence[str]) -> list[str]:
 
 
 def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
-                dtype: Any = jnp.float32) -> Peers:
+                dtype: Any = jnp.float32, table_row_multiple: int = 1) -> Peers:
     """Builds the peer groups named by `spec` from hyperparameter sets.
 
     Args:
@@ -130,6 +149,8 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
       vocab_size: total rows of the concatenated embedding table.
       num_fields: number of feature fields.
       dtype: compute dtype of the models (a dtype or its name, e.g. 'bfloat16').
+      table_row_multiple: the state's tables get rows padded to a multiple of this
+        (`sharding.table_row_multiple(mesh)`: rows split over mesh.table must divide).
 
     Returns:
       Peers whose groups follow the first appearance of each key in `spec`.
@@ -151,7 +172,25 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
         n = counts[key]
         names = (key,) if n == 1 else tuple(f"{key}_{k}" for k in range(n))
         groups.append(PeerGroup(config_key=key, model=model, names=names))
-    return Peers(groups=tuple(groups))
+    if table_row_multiple < 1:
+        raise ValueError(f"table_row_multiple must be >= 1, got {table_row_multiple}")
+    table_rows = -(-vocab_size // table_row_multiple) * table_row_multiple
+    return Peers(groups=tuple(groups), table_rows=table_rows if table_rows != vocab_size else 0)
+
+
+def tables_with_rows(tree, rows: int, axis: int):
+    """`tree` with every `embedding_table` leaf cut or zero-padded to `rows` along `axis`."""
+
+    def one(path, x):
+        if not sparse.is_table(path) or x.shape[axis] == rows:
+            return x
+        if x.shape[axis] > rows:
+            return x[(slice(None),) * axis + (slice(0, rows),)]
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, rows - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def make_optimizer(grad_clip_norm: float = 10.0, b1: float = 0.9, b2: float = 0.999,
@@ -207,6 +246,8 @@ def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
             variables = model.init({"params": k, "dropout": k}, sample_ids, train=False)
             return variables["params"], variables.get("batch_stats", {})
         group_params, group_stats = jax.jit(jax.vmap(init_one))(all_keys[sl])
+        # Padding rows (mesh.table) are zeros appended to the initialised table.
+        group_params = tables_with_rows(group_params, peers.stored_rows, axis=1)
         params.append(group_params)
         batch_stats.append(group_stats)
         opt_state.append(jax.vmap(optimizer.init)(group_params))
@@ -419,7 +460,10 @@ def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool =
 
 
 def _with_vocab_size(peers: Peers, vocab_size: int) -> Peers:
-    """The same peers with tables of `vocab_size` rows (the sparse step's gathered rows)."""
+    """The same peers with tables of `vocab_size` rows (the sparse step's gathered rows, or
+    the state's padded tables)."""
+    if all(group.model.vocab_size == vocab_size for group in peers.groups):
+        return peers
     return Peers(groups=tuple(dataclasses.replace(g, model=g.model.clone(vocab_size=vocab_size))
                               for g in peers.groups))
 
@@ -449,8 +493,9 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
     execution = resolve_peer_execution(peer_execution)
     row_sparse = isinstance(optimizer, sparse.SparseOptimizer)
     loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution)
-    loss_fn = make_loss_fn(peers, **loss_kwargs)
-    vocab_size = max(group.model.vocab_size for group in peers.groups)
+    # The models run on the state's tables as stored, padding rows included.
+    loss_fn = make_loss_fn(_with_vocab_size(peers, peers.stored_rows), **loss_kwargs)
+    vocab_size = peers.stored_rows
 
     def train_step(state, batch, alpha_value):
         step_key = jax.random.fold_in(state["rng"], state["step"])
@@ -510,6 +555,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
 def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):
     """jitted predict(params, batch_stats, ids) -> float32 logits [N, B] (eval mode)."""
     execution = resolve_peer_execution(peer_execution)
+    peers = _with_vocab_size(peers, peers.stored_rows)
 
     def predict(params, batch_stats, ids):
         logits = []
@@ -527,21 +573,26 @@ def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):
 
 
 def peer_variables(peers: Peers, params, batch_stats) -> dict[str, dict]:
-    """{peer name: {'params': ..., 'batch_stats': ...}} unstacked from the groups."""
+    """{peer name: {'params': ..., 'batch_stats': ...}} unstacked from the groups, tables
+    without their padding rows."""
     out = {}
     for group, p, s in zip(peers.groups, params, batch_stats):
+        p = tables_with_rows(p, group.model.vocab_size, axis=1)
         for i, name in enumerate(group.names):
             out[name] = {"params": _tree_index(p, i), "batch_stats": _tree_index(s, i)}
     return out
 
 
 def stack_peer_variables(peers: Peers, variables: dict[str, dict]):
-    """Inverse of `peer_variables`: (params, batch_stats) tuples over groups."""
+    """Inverse of `peer_variables`: (params, batch_stats) tuples over groups, tables padded
+    to `peers.stored_rows`."""
     params, batch_stats = [], []
     for group in peers.groups:
         missing = [name for name in group.names if name not in variables]
         if missing:
             raise KeyError(f"no weights for peer(s) {missing}; available: {sorted(variables)}")
-        params.append(_tree_stack([variables[name]["params"] for name in group.names]))
+        params.append(tables_with_rows(_tree_stack([variables[name]["params"]
+                                                    for name in group.names]),
+                                       peers.stored_rows, axis=1))
         batch_stats.append(_tree_stack([variables[name]["batch_stats"] for name in group.names]))
     return tuple(params), tuple(batch_stats)

@@ -1,8 +1,9 @@
-"""The device mesh: a `data` axis that splits each batch, a `peer` axis that splits the peers.
+"""The device mesh: `data` splits each batch, `peer` the peers, `table` the embedding rows.
 
-`config.mesh.data` x `config.mesh.peer` devices (-1: all remaining devices). The default,
-data = -1 and peer = 1, is plain data parallelism: every device holds all peers and a
-slice of each batch, and XLA averages the gradients over `data`.
+`config.mesh.data` x `config.mesh.peer` x `config.mesh.table` devices (-1: all remaining
+devices, for data or peer). The default, data = -1, peer = 1, table = 1, is plain data
+parallelism: every device holds all peers and a slice of each batch, and XLA averages the
+gradients over `data`.
 
 Peer parallelism (peer > 1) places the peers of a group (the leading, stacked axis of its
 parameters, batch statistics and optimizer state) on different devices. Each device then
@@ -13,6 +14,18 @@ leave its devices except for the mean over `data`. A group whose size the peer a
 not divide is replicated over `peer` and computed redundantly on every peer slice (a
 warning names it): put peers of one architecture in groups of a multiple of `mesh.peer`
 (e.g. `peers=deepfm*4` on peer = 4) to split them.
+
+Table parallelism (table > 1) splits every embedding table, and the table's optimizer
+state (dense Adam's moments, the row states of mlctr/sparse.py), by rows over the `table`
+devices: each holds rows/table of them (`table_shardings`). The step is unchanged: XLA's
+SPMD partitioner turns the gather of a row-split table into a gather of the local rows
+(out-of-shard ids masked) and a sum over `table`, and the scatter of the updated rows into
+a local scatter on the device that holds them; dense parameters stay replicated. The
+batch is split over `data` only, so the devices of one `table` group run the same network
+on the same examples (the network is small next to the tables it is sharded for).
+JAX needs the rows to divide by `table`: `table_row_multiple` gives the padding that
+`mutual.build_peers` adds (zero rows that no id reaches). `table` is the innermost axis,
+so a table is split over the devices of one process first.
 
 Devices are laid out process-major, so each process owns a contiguous block of the `data`
 axis and reads only that block of every global batch (`process_batch_slice`); the global
@@ -28,43 +41,62 @@ from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mlctr import sparse
+
 DATA = "data"
 PEER = "peer"
+TABLE = "table"
+AXES = (DATA, PEER, TABLE)
 
 # Keys of the training state whose leaves are stacked per peer group (leading axis n_g).
 PEER_STACKED_KEYS = ("params", "batch_stats", "opt_state")
 
 
-def mesh_shape(data: int, peer: int, num_devices: int) -> tuple[int, int]:
-    """Resolves (data, peer) axis sizes, one of which may be -1 (all remaining devices)."""
+def mesh_shape(data: int, peer: int, num_devices: int, table: int = 1) -> tuple[int, int, int]:
+    """Resolves (data, peer, table) axis sizes; one of data and peer may be -1 (all remaining
+    devices), table is a positive count."""
     if data == -1 and peer == -1:
         raise ValueError("at most one of mesh.data and mesh.peer may be -1")
     for name, size in ((DATA, data), (PEER, peer)):
         if size == 0 or size < -1:
             raise ValueError(f"mesh.{name} must be a positive device count or -1, got {size}")
+    if table < 1:
+        raise ValueError(f"mesh.{TABLE} must be a positive device count, got {table}")
     if data == -1 or peer == -1:
-        known = peer if data == -1 else data
+        known = (peer if data == -1 else data) * table
         if num_devices % known:
-            raise ValueError(f"mesh.{PEER if data == -1 else DATA} = {known} does not divide "
-                             f"the {num_devices} devices")
-        return (num_devices // known, peer) if data == -1 else (data, num_devices // known)
-    if data * peer != num_devices:
-        raise ValueError(f"mesh.data x mesh.peer = {data} x {peer} = {data * peer}, but there "
+            other = PEER if data == -1 else DATA
+            raise ValueError(f"mesh.{other} = {known // table}"
+                             + (f" x mesh.{TABLE} = {table}" if table > 1 else "")
+                             + f" does not divide the {num_devices} devices")
+        rest = num_devices // known
+        return (rest, peer, table) if data == -1 else (data, rest, table)
+    if data * peer * table != num_devices:
+        sizes = f"{data} x {peer}" + (f" x {table}" if table > 1 else "")
+        names = "mesh.data x mesh.peer" + (" x mesh.table" if table > 1 else "")
+        raise ValueError(f"{names} = {sizes} = {data * peer * table}, but there "
                          f"are {num_devices} devices (use -1 for 'all remaining devices')")
-    return data, peer
+    return data, peer, table
 
 
-def make_mesh(data: int = -1, peer: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
-    """A (data, peer) mesh over `devices` (default: all devices of all processes)."""
+def make_mesh(data: int = -1, peer: int = 1, devices: Sequence[Any] | None = None,
+              table: int = 1) -> Mesh:
+    """A (data, peer, table) mesh over `devices` (default: all devices of all processes)."""
     devices = sorted(devices if devices is not None else jax.devices(),
                      key=lambda d: (d.process_index, d.id))
-    shape = mesh_shape(data, peer, len(devices))
-    return Mesh(np.asarray(devices, dtype=object).reshape(shape), (DATA, PEER))
+    shape = mesh_shape(data, peer, len(devices), table)
+    return Mesh(np.asarray(devices, dtype=object).reshape(shape), AXES)
 
 
 def mesh_from_config(mesh_config) -> Mesh:
     """The mesh of `config.mesh`."""
-    return make_mesh(int(mesh_config.data), int(mesh_config.peer))
+    return make_mesh(int(mesh_config.data), int(mesh_config.peer),
+                     table=int(mesh_config.get(TABLE, 1)))
+
+
+def table_row_multiple(mesh: Mesh | None) -> int:
+    """What the rows of every embedding table must be a multiple of on `mesh` (1: none)."""
+    return 1 if mesh is None else int(mesh.shape.get(TABLE, 1))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -72,7 +104,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches: the leading (example) axis split over `data`, copies over `peer`."""
+    """Batches: the leading (example) axis split over `data`, copies over `peer` and
+    `table`."""
     return NamedSharding(mesh, P(DATA))
 
 
@@ -93,22 +126,47 @@ def group_is_peer_split(mesh: Mesh, group_size: int) -> bool:
     return peer > 1 and group_size % peer == 0
 
 
+def is_table_leaf(path) -> bool:
+    """Whether a state path is an embedding table or a table's optimizer state: the path
+    passes through an `embedding_table` key (params, Adam's mu/nu, sparse row states)."""
+    return any(getattr(k, "key", getattr(k, "name", None)) == sparse.TABLE_NAME for k in path)
+
+
+def _group_spec(mesh: Mesh, path, x, n: int, peer_split: bool) -> NamedSharding:
+    """The sharding of one stacked leaf [n, ...] of a group of n peers."""
+    if not (x.ndim and x.shape[0] == n):
+        return replicated(mesh)
+    peer = PEER if peer_split else None
+    table = mesh.shape[TABLE]
+    if table > 1 and x.ndim >= 2 and is_table_leaf(path):
+        if x.shape[1] % table:
+            raise ValueError(
+                f"embedding table {jax.tree_util.keystr(path)} has {x.shape[1]} rows, not a "
+                f"multiple of mesh.table = {table}: build the peers with "
+                f"mutual.build_peers(..., table_row_multiple={table}) to pad them")
+        return NamedSharding(mesh, P(peer, TABLE))
+    return NamedSharding(mesh, P(PEER)) if peer_split else replicated(mesh)
+
+
 def state_shardings(mesh: Mesh, state: dict, group_sizes: Sequence[int],
                     group_names: Sequence[str] | None = None) -> dict:
     """NamedShardings for a training state (see mlctr.mutual): the peer axis of each group
-    split over `peer` where it divides, everything else replicated.
+    split over `peer` where it divides, the rows of embedding tables and of their optimizer
+    state (axis 1 of the stacked leaves) split over `table`, everything else replicated.
 
     Args:
-      mesh: the (data, peer) mesh.
+      mesh: the (data, peer, table) mesh.
       state: the state or its abstract shapes (`jax.eval_shape`).
       group_sizes: peers per group, in the order of the state's group tuples.
       group_names: names for the warning about replicated groups.
 
     Returns:
       A pytree of NamedSharding with the structure of `state`.
+
+    Raises:
+      ValueError: a table's rows do not divide by mesh.table.
     """
     rep = replicated(mesh)
-    split = NamedSharding(mesh, P(PEER))
     shardings = jax.tree_util.tree_map(lambda _: rep, state)
     peer_size = mesh.shape[PEER]
     for g, n in enumerate(group_sizes):
@@ -119,12 +177,11 @@ def state_shardings(mesh: Mesh, state: dict, group_sizes: Sequence[int],
     for key in PEER_STACKED_KEYS:
         if key not in state:
             continue
-        groups = []
-        for tree, n in zip(state[key], group_sizes):
-            spec = split if group_is_peer_split(mesh, n) else rep
-            groups.append(jax.tree_util.tree_map(
-                lambda x, spec=spec, n=n: spec if x.ndim and x.shape[0] == n else rep, tree))
-        shardings[key] = tuple(groups)
+        shardings[key] = tuple(
+            jax.tree_util.tree_map_with_path(
+                lambda path, x, n=n: _group_spec(mesh, path, x, n, group_is_peer_split(mesh, n)),
+                tree)
+            for tree, n in zip(state[key], group_sizes))
     return shardings
 
 

@@ -31,10 +31,10 @@ PEERS = "deepfm*4,dcn*2"  # a group of 4 and a group of 2
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
-    assert sharding.mesh_shape(-1, 1, 8) == (8, 1)
-    assert sharding.mesh_shape(-1, 2, 8) == (4, 2)
-    assert sharding.mesh_shape(2, -1, 8) == (2, 4)
-    assert sharding.mesh_shape(2, 4, 8) == (2, 4)
+    assert sharding.mesh_shape(-1, 1, 8) == (8, 1, 1)
+    assert sharding.mesh_shape(-1, 2, 8) == (4, 2, 1)
+    assert sharding.mesh_shape(2, -1, 8) == (2, 4, 1)
+    assert sharding.mesh_shape(2, 4, 8) == (2, 4, 1)
     with pytest.raises(ValueError, match="mesh.peer = 3 does not divide the 8 devices"):
         sharding.mesh_shape(-1, 3, 8)
     with pytest.raises(ValueError, match="2 x 2 = 4, but there are 8 devices"):
@@ -119,7 +119,7 @@ def shard_rows(state, group):
 @four_devices
 def test_four_device_data_parallel_step_equals_single_device(single_device):
     mesh = sharding.make_mesh(-1, 1)
-    assert dict(mesh.shape) == {"data": 4, "peer": 1}
+    assert dict(mesh.shape) == {"data": 4, "peer": 1, "table": 1}
     assert sharding.process_batch_slice(mesh, BATCH) == (0, 1)  # one process reads all
     run = MeshRun(mesh)
     state, losses = run()

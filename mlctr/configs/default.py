@@ -132,11 +132,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         keep=2,                   # newest checkpoints kept (>= 2 keeps one if the last is bad)
     ))
 
-    # Device mesh (mlctr/sharding.py): data x peer devices, -1 = all remaining devices.
+    # Device mesh (mlctr/sharding.py): data x peer x table devices, -1 = all remaining devices.
     # Default: data-parallel over every device of every process, all peers on each.
     config.mesh = ml_collections.ConfigDict(dict(
         data=-1,                  # devices that split each batch
         peer=1,                   # devices that split each group of stacked peers
+        table=1,                  # devices that split the rows of every embedding table
     ))
 
     # Finetune study: the phases after pretraining. Pretraining uses

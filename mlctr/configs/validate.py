@@ -97,6 +97,7 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("checkpoint.keep", _positive_int, "must be an integer >= 1"),
         ("mesh.data", _devices, "must be -1 (all remaining devices) or an integer >= 1"),
         ("mesh.peer", _devices, "must be -1 (all remaining devices) or an integer >= 1"),
+        ("mesh.table", _positive_int, "must be an integer >= 1"),
         ("finetune.learning_rate", _positive_number, "must be a finite number > 0"),
         ("finetune.num_epochs", _positive_int, "must be an integer > 0"),
         ("finetune.max_steps", _non_negative_int, "must be an integer >= 0 (0: no limit)"),
