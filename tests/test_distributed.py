@@ -41,7 +41,7 @@ def test_two_process_run_matches_single_process(resumable, reference_run, tmp_pa
                           cwd=resumable.REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
-    assert "mesh {'data': 2, 'peer': 1} over 2 process(es)" in proc.stderr, proc.stderr[-3000:]
+    assert "mesh {'data': 2, 'peer': 1, 'table': 1} over 2 process(es)" in proc.stderr, proc.stderr[-3000:]
 
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
