@@ -1,0 +1,88 @@
+"""Quotient-remainder embeddings (Shi et al. 2020): a field's V ids in two small tables.
+
+"Compositional Embeddings Using Complementary Partitions for Memory-Efficient
+Recommendation Systems" (Shi, Mudigere, Naumov, Yang; KDD 2020) gives local id i of a
+field the pair (i // m, i mod m) and two tables, ceil(V / m) quotient rows and m
+remainder rows, whose two embeddings are combined (element-wise product or sum). Every
+id keeps its own pair, so unlike a hash into ceil(V / m) + m buckets no two ids share
+an embedding, at (V / m + m) rows instead of V (m ~ sqrt(V) is the smallest).
+
+mlctr's models, its sparse optimizers and its table sharding all work on one
+concatenated table indexed by global ids [B, F]. So the pairs are rows of one
+concatenated table too: `QRLayout.rows` maps a batch's dataset ids [B, F] to table rows
+[B, 2F] (the quotient and remainder row of each field, side by side), the lookup of
+those rows is the usual one (and so are the sparse update and the sharding by rows),
+and `combine` turns the [B, 2F, D] embeddings into the [B, F, D] field embeddings.
+The dataset is unchanged: m is chosen per run, not per prepare. A field of at most m
+ids gains nothing from the split and keeps one table (its remainder rows, combined with
+one shared quotient row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+COMBINERS = ("product", "sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class QRLayout:
+    """Where each field's quotient and remainder rows lie in the concatenated table.
+
+    Attributes:
+        offsets: int64 [F] each field's first dataset id (feature map `offset`).
+        sizes: int64 [F] each field's ids (feature map `vocab_size`).
+        collisions: m, ids per quotient row.
+        quotient_offsets: int64 [F] first quotient row of each field.
+        remainder_offsets: int64 [F] first remainder row of each field.
+        num_rows: rows of the table (all fields' quotient and remainder rows).
+    """
+
+    offsets: np.ndarray
+    sizes: np.ndarray
+    collisions: int
+    quotient_offsets: np.ndarray
+    remainder_offsets: np.ndarray
+    num_rows: int
+
+    @classmethod
+    def from_fields(cls, fields: list[dict], collisions: int) -> "QRLayout":
+        """The layout of a feature map's `fields` with m = `collisions` (>= 1)."""
+        if int(collisions) < 1:
+            raise ValueError(f"qr collisions must be an integer >= 1 (got {collisions!r})")
+        m = int(collisions)
+        sizes = np.array([f["vocab_size"] for f in fields], np.int64)
+        quotients = -(-sizes // m)
+        remainders = np.minimum(sizes, m)
+        per_field = quotients + remainders
+        starts = np.concatenate([[0], np.cumsum(per_field)[:-1]]).astype(np.int64)
+        return cls(offsets=np.array([f["offset"] for f in fields], np.int64), sizes=sizes,
+                   collisions=m, quotient_offsets=starts,
+                   remainder_offsets=starts + quotients, num_rows=int(per_field.sum()))
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """int32 [B, 2F] table rows of dataset ids [B, F]: (quotient, remainder) per field."""
+        local = np.asarray(ids, np.int64) - self.offsets
+        quotient, remainder = np.divmod(local, self.collisions)
+        rows = np.empty(local.shape[:-1] + (local.shape[-1], 2), np.int64)
+        rows[..., 0] = quotient + self.quotient_offsets
+        rows[..., 1] = remainder + self.remainder_offsets
+        return rows.reshape(local.shape[:-1] + (-1,)).astype(np.int32)
+
+
+def combine(embeddings, combiner: str = "product"):
+    """[B, 2F, D] embeddings of `QRLayout.rows` -> [B, F, D] (numpy or jax arrays).
+
+    Args:
+        embeddings: the rows' embeddings, quotient and remainder of each field adjacent.
+        combiner: "product" (element-wise, Shi et al.'s best) or "sum".
+    """
+    if combiner not in COMBINERS:
+        raise ValueError(f"unknown qr combiner {combiner!r}; expected one of {COMBINERS}")
+    batch, columns, dim = embeddings.shape
+    pairs = embeddings.reshape(batch, columns // 2, 2, dim)
+    if combiner == "product":
+        return pairs[:, :, 0] * pairs[:, :, 1]
+    return pairs[:, :, 0] + pairs[:, :, 1]
