@@ -76,13 +76,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0  # init keys, dropout and the training data order
 
     config.data = ml_collections.ConfigDict(dict(
-        dataset="synthetic",      # criteo | avazu | synthetic
+        dataset="synthetic",      # criteo | avazu | synthetic | criteo_1tb (raw: its day_* dir)
         raw="",                   # raw file (criteo/avazu); synthetic: generated there if empty
         data_dir="",              # prepared dataset dir; default <workdir>/data (prepared there when missing)
         protocol="x4_001",        # BARS x4_001 (min_count 10/2) or x4_002 (2/1)
         split_seed=2018,          # BARS split seed
         num_rows=100_000,         # synthetic only (overfits in a few epochs: early stop)
         skip_bad_rows=False,
+    ))
+
+    # Vocabularies (docs/data.md): fit on train (min_count, OOV), or hash every value into
+    # per-field buckets in one pass (unbounded id spaces, criteo_1tb; mlctr/data/hashing.py).
+    config.vocab = ml_collections.ConfigDict(dict(
+        mode="fit",               # fit | hash
+        hash_buckets=1 << 20,     # hash: buckets per field (+1 id reserved for missing)
+        field_buckets="",         # hash: per-field overrides, e.g. "I1=64,C3=100000"
+        max_rows=0,               # > 0: cap on every field's table rows (MLPerf 1TB: 40000000)
     ))
 
     config.peers = DEFAULT_PEERS

@@ -59,7 +59,7 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, is_legal, what a legal value is) for every field with a value constraint."""
     from mlctr import mutual
     from mlctr import sparse
-    from mlctr.data.prepare import DATASETS, PROTOCOLS
+    from mlctr.data.prepare import DATASETS, PROTOCOLS, VOCAB_MODES
 
     return [
         ("mode", _one_of(MODES), f"must be one of {MODES}"),
@@ -67,6 +67,12 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("data.dataset", _one_of(DATASETS), f"must be one of {DATASETS}"),
         ("data.protocol", _one_of(PROTOCOLS), f"must be one of {PROTOCOLS}"),
         ("data.num_rows", _non_negative_int, "must be an integer >= 0"),
+        ("vocab.mode", _one_of(VOCAB_MODES), f"must be one of {VOCAB_MODES}"),
+        ("vocab.hash_buckets", _positive_int, "must be an integer >= 1"),
+        ("vocab.field_buckets", lambda v: isinstance(v, str), "must be a string "
+         "'name=count,...' (empty: none)"),
+        ("vocab.max_rows", lambda v: _non_negative_int(v) and v != 1,
+         "must be 0 (no cap) or an integer >= 2"),
         ("compute_dtype", _one_of(COMPUTE_DTYPES), f"must be one of {COMPUTE_DTYPES}"),
         ("mutual.alpha", _non_negative_number, "must be a finite number >= 0 (0: independent)"),
         ("mutual.divergence", _one_of(mutual.DIVERGENCES),
@@ -171,6 +177,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_peers(config)
     if _get(config, "data.dataset") == "synthetic" and _get(config, "data.num_rows") == 0:
         _fail("data.num_rows", "must be > 0 for the synthetic dataset (rows generated)", 0)
+    field_buckets = _get(config, "vocab.field_buckets")
+    hashed = _get(config, "vocab.mode") == "hash"
+    if isinstance(field_buckets, str) and field_buckets and not hashed:
+        _fail("vocab.field_buckets", "is for vocab.mode='hash'", field_buckets)
     lr, min_lr = _get(config, "optimizer.learning_rate"), _get(config, "optimizer.min_learning_rate")
     if _is_number(lr) and _is_number(min_lr) and min_lr > lr:
         _fail("optimizer.min_learning_rate",

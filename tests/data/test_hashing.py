@@ -71,7 +71,8 @@ def test_bucket_range_and_missing_id():
 
 def test_field_bucket_counts_overrides_cap_and_errors():
     names = ["I1", "C1", "C2"]
-    assert hashing.field_bucket_counts(names, hash_buckets=100, field_buckets="I1=8") == [8, 100, 100]
+    assert hashing.field_bucket_counts(names, hash_buckets=100,
+                                       field_buckets="I1=8") == [8, 100, 100]
     assert hashing.field_bucket_counts(names, hash_buckets=100, field_buckets={"C2": 500},
                                        max_rows=51) == [50, 50, 50]
     with pytest.raises(ValueError, match="unknown field 'C9'"):
@@ -186,3 +187,23 @@ def test_bad_vocab_arguments(tmp_path):
     with pytest.raises(ValueError, match="int32"):
         prepare("criteo", raw, str(tmp_path / "o"), vocab_mode="hash", hash_buckets=1 << 27)
     assert not os.path.exists(tmp_path / "o" / "feature_map.json")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("mode", "hashed", "config.vocab.mode: must be one of"),
+    ("hash_buckets", 0, "config.vocab.hash_buckets: must be an integer >= 1"),
+    ("max_rows", 1, "config.vocab.max_rows: must be 0"),
+    ("field_buckets", "I1=4", "config.vocab.field_buckets: is for vocab.mode='hash'"),
+])
+def test_vocab_config_keys_are_validated(key, value, message):
+    from mlctr.configs import default, validate
+
+    config = default.get_config()
+    validate.validate(config)
+    assert config.vocab.mode == "fit" and config.vocab.max_rows == 0
+    config.vocab[key] = value
+    with pytest.raises(ValueError, match=message):
+        validate.validate(config)
+    hashed = default.get_config()
+    hashed.vocab.mode, hashed.vocab.field_buckets = "hash", "I1=4"
+    validate.validate(hashed)
