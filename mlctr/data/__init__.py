@@ -6,11 +6,13 @@
     for batch in dataset.train_batches(4096, seed=0, epoch=0): ...
 
 Modules: parsing (streaming vectorised parsing: stream, lines, values, rows), criteo /
-avazu (raw formats and BARS x4 preprocessing), bars_csv (BARS x1 csv datasets and a
-user's csv), vocab (vocabularies), split (8:1:1 split), format (on-disk layout and
-checksums), prepare (the preprocessing CLI and `encode_raw`), reader (validation on
-open, batches), errors (DataError, DatasetError), synthetic (the ground-truth
-generator), tfds_builders (TFDS `criteo` and `avazu`).
+avazu (raw formats and BARS x4 preprocessing), criteo_1tb (the Criteo 1TB day files and
+the MLPerf split), bars_csv (BARS x1 csv datasets and a user's csv), vocab (fitted
+vocabularies), hashing (hashed vocabularies), hashed_stream (hashed batches straight
+from raw files), qr (quotient-remainder embedding rows), split (8:1:1 split), format
+(on-disk layout and checksums), prepare (the preprocessing CLI and `encode_raw`),
+reader (validation on open, batches), errors (DataError, DatasetError), synthetic (the
+ground-truth generator), tfds_builders (TFDS `criteo` and `avazu`).
 """
 
 from mlctr.data.errors import DataError, DatasetError

@@ -67,6 +67,16 @@ def bucket_ids(keys: np.ndarray, field_index: int, num_buckets: int,
     return ids
 
 
+def hash_ids(keys: np.ndarray, buckets: list[int], missing_keys: list,
+             offsets: np.ndarray) -> np.ndarray:
+    """int32 [n, F] global hashed ids of int64 keys [n, F] (see bucket_ids)."""
+    ids = np.empty((keys.shape[1], len(keys)), np.int32)
+    for f, count in enumerate(buckets):
+        ids[f] = bucket_ids(keys[:, f], f, count, missing_keys[f])
+        ids[f] += offsets[f]
+    return ids.T
+
+
 def parse_field_buckets(spec, field_names: list[str]) -> dict[str, int]:
     """Per-field bucket counts from "name=count,name=count" (or a dict).
 

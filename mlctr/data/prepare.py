@@ -556,7 +556,7 @@ class _HashEncoder(_Encoder):
 
     def _codes(self, keys: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
         del train_rows
-        return hash_ids(keys, self.buckets, self.missing_keys, self.offsets).T
+        return hashing.hash_ids(keys, self.buckets, self.missing_keys, self.offsets).T
 
     def finish(self, module, min_count: int) -> tuple[list[dict], dict]:
         """Closes the files; the ids are final already."""
@@ -567,16 +567,6 @@ class _HashEncoder(_Encoder):
                    "oov_id": int(self.offsets[f]), "hash_buckets": self.buckets[f]}
                   for f, name in enumerate(self.field_names)]
         return fields, self._split_entries()
-
-
-def hash_ids(keys: np.ndarray, buckets: list[int], missing_keys: list,
-             offsets: np.ndarray) -> np.ndarray:
-    """int32 [n, F] global hashed ids of int64 keys [n, F] (mlctr.data.hashing)."""
-    ids = np.empty((keys.shape[1], len(keys)), np.int32)
-    for f, count in enumerate(buckets):
-        ids[f] = hashing.bucket_ids(keys[:, f], f, count, missing_keys[f])
-        ids[f] += offsets[f]
-    return ids.T
 
 
 def _prepare(dataset, raw, out, module, vocab, *, protocol, skip_bad_rows, seed,
@@ -858,7 +848,8 @@ def _id_encoder(data_dir: str, feature_map: dict, missing_keys: list):
     offsets = np.array([f["offset"] for f in fields], np.int32)
     if fmt.is_hashed(feature_map):
         buckets = [f["hash_buckets"] for f in fields]
-        return lambda keys: hash_ids(keys, buckets, missing_keys, offsets.astype(np.int64))
+        return lambda keys: hashing.hash_ids(keys, buckets, missing_keys,
+                                             offsets.astype(np.int64))
     vocabs = [vocab_lib.load_vocabulary(data_dir, f["name"]) for f in fields]
 
     def encode(keys):
