@@ -37,13 +37,19 @@ from mlctr import run_data
 from mlctr.data.errors import DataError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A finished run directory (config.json, best/).")
-flags.DEFINE_string("raw", None, "Raw file to score (the run's dataset format; .gz ok).")
-flags.DEFINE_string("out", None, "Output CSV.")
-flags.DEFINE_string("peer", "", "Peer to score with (default: the ensemble).")
-flags.DEFINE_bool("ensemble", False, "Average the probabilities of all peers.")
-flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) bad rows instead of failing.")
-flags.DEFINE_integer("batch_size", 16384, "Scoring batch size.")
+
+
+def _define_flags():
+    """The CLI's flags, defined only when run as a program: importing this module (the
+    study does, for `load_run` and `peer_probabilities`) leaves the process's flags as
+    they are (experiments define their own --workdir)."""
+    flags.DEFINE_string("workdir", None, "A finished run directory (config.json, best/).")
+    flags.DEFINE_string("raw", None, "Raw file to score (the run's dataset format; .gz ok).")
+    flags.DEFINE_string("out", None, "Output CSV.")
+    flags.DEFINE_string("peer", "", "Peer to score with (default: the ensemble).")
+    flags.DEFINE_bool("ensemble", False, "Average the probabilities of all peers.")
+    flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) bad rows instead of failing.")
+    flags.DEFINE_integer("batch_size", 16384, "Scoring batch size.")
 
 
 class PredictError(Exception):
@@ -146,22 +152,42 @@ def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool 
         raise PredictError(f"run {workdir} has no peer {peer!r}; peers: {list(peers.names)}")
     ids, labels, rows, skipped = encode_raw(data_dir, raw, skip_bad_rows=skip_bad_rows,
                                             with_line_numbers=True)
-    predict_fn = mutual.make_predict_fn(peers, peer_execution=config.mutual.peer_execution)
-    probs = []
+    try:
+        probs = peer_probabilities(peers, params, batch_stats, np.asarray(ids, np.int32),
+                                   batch_size=batch_size,
+                                   peer_execution=config.mutual.peer_execution)
+    except flax.errors.ScopeParamShapeError as e:
+        raise PredictError(f"the weights in {workdir}/{checkpoint.BEST_DIR} do not fit the "
+                           f"dataset at {data_dir} ({str(e).splitlines()[0]}): it is not "
+                           "the dataset the run was trained on") from None
+    return Predictions(probs[peers.names.index(peer)] if peer else probs.mean(axis=0), labels,
+                       np.asarray(rows, np.int64), collections.Counter(skipped))
+
+
+def peer_probabilities(peers: mutual.Peers, params, batch_stats, ids: np.ndarray, *,
+                       batch_size: int, peer_execution: str) -> np.ndarray:
+    """Each peer's click probabilities of encoded rows, in batches of one shape.
+
+    Args:
+      peers: the run's peers (`mutual.build_peers`); params, batch_stats: their stacked
+        variables (as `load_run` returns them).
+      ids: int [n, fields] encoded rows.
+      batch_size: rows per call; the last batch is padded with id 0 (and its padding
+        dropped), so one compiled function scores every batch.
+      peer_execution: config.mutual.peer_execution of the run.
+
+    Returns:
+      float64 [peers, n], in `peers.names` order.
+    """
+    predict_fn = mutual.make_predict_fn(peers, peer_execution=peer_execution)
+    chunks = [np.zeros((len(peers.names), 0))]
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
-        padded = np.zeros((batch_size, ids.shape[1]), np.int32)
+        padded = np.zeros((batch_size, ids.shape[1]), ids.dtype)
         padded[:len(chunk)] = chunk
-        try:
-            logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))
-        except flax.errors.ScopeParamShapeError as e:
-            raise PredictError(f"the weights in {workdir}/{checkpoint.BEST_DIR} do not fit the "
-                               f"dataset at {data_dir} ({str(e).splitlines()[0]}): it is not "
-                               "the dataset the run was trained on") from None
-        p = 1.0 / (1.0 + np.exp(-logits[:, :len(chunk)].astype(np.float64)))
-        probs.append(p[peers.names.index(peer)] if peer else p.mean(axis=0))
-    return Predictions(np.concatenate(probs) if probs else np.zeros(0), labels,
-                       np.asarray(rows, np.int64), collections.Counter(skipped))
+        logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))[:, :len(chunk)]
+        chunks.append(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
+    return np.concatenate(chunks, axis=1)
 
 
 def check_output(path: str) -> None:
@@ -223,4 +249,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -25,12 +25,10 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mlctr import checkpoint
-from mlctr import mutual
+from mlctr import predict
 from mlctr import report
 from mlctr import stats
 from mlctr import train
@@ -108,26 +106,10 @@ def split_probabilities(run_dir: str, split: str = "test",
     Returns:
       ({peer: probs [n]}, labels [n]) in split order: the rows DeLong's test pairs.
     """
-    # As mlctr.predict.load_run, which cannot be imported here: it defines absl flags
-    # (--workdir) that clash with the experiments' own.
-    with open(os.path.join(run_dir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    dataset = PreparedDataset(config.data.data_dir)
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
-                               num_fields=dataset.num_fields)
-    weights = checkpoint.load_peer_weights(run_dir, list(peers.names))
-    params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
-                                                 mutual.stack_peer_variables(peers, weights))
-    ids, labels = dataset.arrays(split)
-    predict_fn = mutual.make_predict_fn(peers, peer_execution=config.mutual.peer_execution)
-    chunks = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        padded = np.zeros((batch_size, ids.shape[1]), ids.dtype)
-        padded[:len(chunk)] = chunk
-        logits = np.asarray(predict_fn(params, batch_stats, jnp.asarray(padded)))[:, :len(chunk)]
-        chunks.append(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
-    probs = np.concatenate(chunks, axis=1)
+    config, peers, params, batch_stats, data_dir = predict.load_run(run_dir)
+    ids, labels = PreparedDataset(data_dir).arrays(split)
+    probs = predict.peer_probabilities(peers, params, batch_stats, ids, batch_size=batch_size,
+                                       peer_execution=config.mutual.peer_execution)
     out = {name: probs[k] for k, name in enumerate(peers.names)}
     if len(peers.names) > 1:
         out["ensemble"] = probs.mean(axis=0)

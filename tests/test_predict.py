@@ -175,3 +175,10 @@ def test_predict_dataset_prepared_again_names_what_differs(trained, tiny_data_di
     message = str(error.value)
     assert "\n" not in message and "is not the one run" in message
     assert "vocab_size " in message and " at training, " in message
+
+
+def test_importing_predict_defines_no_flags():
+    """The study imports it next to entry points that define their own --workdir."""
+    code = ("from absl import flags; import mlctr.main, mlctr.predict, mlctr.study; "
+            "assert 'raw' not in flags.FLAGS")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
