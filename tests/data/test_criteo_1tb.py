@@ -1,7 +1,10 @@
 """criteo_1tb: day files, the MLPerf split, per-process train days, bad input."""
 
 import gzip
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,8 @@ import pytest
 from mlctr.data import DataError, criteo_1tb, encode_raw
 from mlctr.data.prepare import prepare
 from mlctr.data.reader import PreparedDataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _line(rng, day: int, row: int) -> str:
@@ -157,3 +162,28 @@ def test_count_lines_plain_gzip_and_no_final_newline(tmp_path):
         f.write(b"x\n" * 5)
     assert criteo_1tb.count_lines(str(tmp_path / "a"), block_bytes=2) == 3
     assert criteo_1tb.count_lines(str(tmp_path / "b.gz")) == 5
+
+
+def test_cli_flags_and_one_line_errors(tmp_path):
+    _days(tmp_path / "raw")
+    out = tmp_path / "p1"
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "mlctr.data.prepare", "--dataset=criteo_1tb",
+             f"--raw={tmp_path / 'raw'}", *args], capture_output=True, text=True,
+            env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO, timeout=120)
+
+    result = cli(f"--out={out}", "--vocab_mode=hash", "--hash_buckets=300",
+                 "--field_buckets=I1=8", "--max_rows=201", "--process_index=1",
+                 "--process_count=2")
+    assert result.returncode == 0, result.stderr
+    with open(out / "feature_map.json") as f:
+        feature_map = json.load(f)
+    assert feature_map["split"]["train_days"] == list(range(1, 23, 2))
+    assert [f["hash_buckets"] for f in feature_map["fields"][:2]] == [8, 200]
+    os.remove(tmp_path / "raw" / "day_0")
+    result = cli(f"--out={tmp_path / 'p0'}", "--vocab_mode=hash")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'raw' / 'day_0'}: missing day file")
