@@ -207,3 +207,17 @@ def test_vocab_config_keys_are_validated(key, value, message):
     hashed = default.get_config()
     hashed.vocab.mode, hashed.vocab.field_buckets = "hash", "I1=4"
     validate.validate(hashed)
+
+
+def test_hash_mode_on_real_criteo_rows(criteo_files, criteo_reference, tmp_path):
+    raw = criteo_files[0]
+    out = str(tmp_path / "real")
+    feature_map = prepare("criteo", raw, out, vocab_mode="hash", hash_buckets=1 << 16)
+    PreparedDataset(out).verify()
+    ids, _ = encode_raw(out, raw)
+    keys, _ = criteo_reference(raw)
+    for f, field in enumerate(feature_map["fields"]):
+        expected = [0 if (f >= 13 and key == 0) else
+                    reference_bucket(int(key), f, field["hash_buckets"])
+                    for key in keys[:200, f].tolist()]
+        assert (ids[:200, f] - field["offset"]).tolist() == expected, field["name"]
