@@ -15,9 +15,10 @@
 # Environment: MLCTR_VENV (default .venv), PYTHON (default python3), MLCTR_NO_VENV=1 to
 # use the current Python as is (clusters with a prepared env), MLCTR_EXTRAS (pip extras
 # to install; defaults per mode), MLCTR_PORT (coordinator port), MLCTR_CPU_DEVICES
-# (multiprocess: CPU devices per process, default 1), MLCTR_HOST_ALLOCATOR (warm, the
-# default | system | keep: glibc malloc settings of the training process; `keep` is faster
-# for steps with large temporaries and keeps every freed block resident, mlctr/xla_cpu.py).
+# (multiprocess: CPU devices per process, default 1), MLCTR_HOST_ALLOCATOR (bounded, the
+# default | keep | warm | system: glibc malloc settings of the training process; `bounded`
+# reuses freed blocks and returns free pages when resident memory grows, `keep` never
+# returns them; mlctr/xla_cpu.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)

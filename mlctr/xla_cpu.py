@@ -4,26 +4,32 @@ Importing mlctr changes nothing in the process. An entry point (`python -m mlctr
 opts in by calling `configure_process()` before JAX initialises its backend; a program
 that uses mlctr as a library may do the same, or leave the process as it is.
 
-Host allocator (`host_allocator`, or MLCTR_HOST_ALLOCATOR; read by `configure_process`):
+Host allocator (`host_allocator`, or MLCTR_HOST_ALLOCATOR; read by `configure_process`).
+XLA:CPU allocates each execution's temporaries as one block and frees it when the step
+ends; above 32 MiB glibc's defaults serve such a block from a fresh mmap and unmap it on
+free, so every step page-faults its whole working set again (the main job's steps and
+evaluations are such steps). The settings:
 
-- `warm` (the default of the entry point): glibc keeps freed blocks of up to 32 MiB in
-  the heap (mmap threshold 32 MiB, trim threshold 64 MiB), the values glibc's own dynamic
-  adjustment reaches once a 32 MiB block has been freed. The data pipeline and small
-  training steps allocate and free many blocks of a few MiB; without this each one is a
-  fresh mmap until the adjustment has caught up, and its pages are faulted in again.
-  Memory use stays that of glibc's defaults.
+- `bounded` (the default of the entry point): `keep`'s malloc settings, so freed blocks
+  stay in the process and the next step reuses them, plus a daemon thread that returns
+  the heap's free pages to the OS (`release_host_memory`) whenever resident memory has
+  grown by `RELEASE_GROWTH_BYTES` (128 MiB) over its lowest point since the last return.
+  A step that reuses its blocks does not grow, so training runs without trims and
+  without faults; what does grow (compiling the next phase's step, a first evaluation
+  at a larger batch, blocks the next phase cannot reuse) is returned within
+  `RELEASE_POLL_SECONDS`, so phases' peaks do not stack as they do with `keep`.
+- `keep` (opt-in): one arena, no mmap, no trimming, and nothing else: nothing freed is
+  returned to the OS, so the process's peak is the sum of every phase's peaks
+  (compilation, evaluation, training) and the heap fragments. For a process that runs
+  one phase and wants no thread; `release_host_memory()` returns the free pages where a
+  process drops a large model. Child processes get the same settings from
+  `HOST_ALLOCATOR_TUNABLES` (GLIBC_TUNABLES).
+- `warm`: glibc keeps freed blocks of up to 32 MiB in the heap (mmap threshold 32 MiB,
+  trim threshold 64 MiB), the values glibc's own dynamic adjustment reaches once a
+  32 MiB block has been freed; the data pipeline, whose blocks are a few MiB, opts into
+  it (`keep_freed_blocks`). Larger blocks still fault on every step.
 - `system`: glibc's defaults, untouched (what a process that never calls
   `configure_process` has).
-- `keep` (opt-in): one arena, no mmap, no trimming. XLA:CPU allocates each execution's
-  temporaries as one block and frees it when the step ends; above 32 MiB glibc serves
-  such a block from a fresh mmap (above 64 MiB a non-main arena always mmaps) and unmaps
-  it on free, so every step page-faults its whole working set again. With `keep` freed
-  blocks stay in the process and the next step reuses them: no faults per step, which
-  pays for steps whose temporaries exceed 32 MiB (large batches, wide models). The cost:
-  nothing freed is returned to the OS, so the process's peak is the sum of every phase's
-  peaks (compilation, evaluation at a large batch, training) and the heap fragments;
-  `release_host_memory()` returns the free pages where a process drops a large model.
-  Child processes get the same settings from `HOST_ALLOCATOR_TUNABLES` (GLIBC_TUNABLES).
 
 Threefry (`unrolled_threefry`). JAX lowers its Threefry-2x32 PRNG on CPU as a rolled loop
 of 5 iterations (to keep compile time small); each iteration writes its intermediate
@@ -44,11 +50,19 @@ import ctypes.util
 import functools
 import os
 import sys
+import threading
+import time
 
 from absl import logging
 
-HOST_ALLOCATORS = ("warm", "system", "keep")
-DEFAULT_HOST_ALLOCATOR = "warm"
+HOST_ALLOCATORS = ("bounded", "keep", "warm", "system")
+DEFAULT_HOST_ALLOCATOR = "bounded"
+
+# `bounded`: free pages go back to the OS once resident memory has grown by this much
+# over its lowest point since the last return (the peak's allowance above `keep`'s
+# reuse), checked this often (one read of /proc/self/statm).
+RELEASE_GROWTH_BYTES = 128 << 20
+RELEASE_POLL_SECONDS = 0.2
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
@@ -70,8 +84,8 @@ def configure_process(host_allocator: str | None = None, *,
     CPU client starts its threads then, and a thread keeps the malloc arena it has).
 
     Args:
-      host_allocator: `warm`, `system` or `keep`; None reads MLCTR_HOST_ALLOCATOR, and
-        without it `warm`.
+      host_allocator: `bounded`, `keep`, `warm` or `system`; None reads
+        MLCTR_HOST_ALLOCATOR, and without it `bounded`.
       unrolled_threefry: register the unrolled Threefry lowering on CPU.
 
     Returns:
@@ -87,7 +101,9 @@ def configure_process(host_allocator: str | None = None, *,
     if host_allocator not in HOST_ALLOCATORS:
         raise ValueError(f"{source}: expected one of {', '.join(HOST_ALLOCATORS)}, "
                          f"got {host_allocator!r}")
-    if host_allocator == "keep":
+    if host_allocator == "bounded":
+        keep_host_allocations_bounded()
+    elif host_allocator == "keep":
         keep_host_allocations()
     elif host_allocator == "warm":
         keep_freed_blocks()
@@ -125,25 +141,72 @@ def keep_host_allocations() -> bool:
     """The `keep` setting: one arena, no mmap, no trimming (see the module docstring).
 
     Process-wide; run it before JAX starts its CPU client's threads. Idempotent; returns
-    whether it is in effect (False without glibc).
+    whether `keep`'s malloc settings are in effect (False without glibc); under
+    `bounded`, which has them, it changes nothing.
     """
     global _host_allocator
-    if _host_allocator != "keep" and _mallopt(
-            # -1 becomes SIZE_MAX in glibc (the value is converted to size_t): never trim. A
-            # finite threshold (at most 2 GiB through this int) still returns the top of the
-            # heap after steps whose temporaries exceed it.
-            (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)):
+    if _host_allocator not in ("keep", "bounded") and _keep_settings():
         _host_allocator = "keep"
-    return _host_allocator == "keep"
+    return _host_allocator in ("keep", "bounded")
+
+
+def keep_host_allocations_bounded(growth_bytes: int = RELEASE_GROWTH_BYTES,
+                                  poll_seconds: float = RELEASE_POLL_SECONDS) -> bool:
+    """The `bounded` setting: `keep`'s malloc settings and a thread that returns free
+    pages once resident memory has grown by `growth_bytes` (see the module docstring).
+
+    Process-wide and idempotent; run it before JAX starts its CPU client's threads. Where
+    `keep` is in effect the thread is added. Returns whether `bounded` is in effect
+    (False without glibc or without /proc/self/statm).
+    """
+    global _host_allocator
+    if _host_allocator == "bounded":
+        return True
+    if resident_bytes() is None or not (_host_allocator == "keep" or _keep_settings()):
+        return False
+    threading.Thread(target=_release_on_growth, args=(growth_bytes, poll_seconds),
+                     name="mlctr-release-host-memory", daemon=True).start()
+    _host_allocator = "bounded"
+    return True
+
+
+def _keep_settings() -> bool:
+    # -1 becomes SIZE_MAX in glibc (the value is converted to size_t): never trim. A
+    # finite threshold (at most 2 GiB through this int) still returns the top of the heap
+    # after steps whose temporaries exceed it.
+    return _mallopt((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+
+
+def _release_on_growth(growth_bytes: int, poll_seconds: float):
+    """Runs forever (a daemon thread): `release_host_memory` whenever resident memory is
+    `growth_bytes` above its lowest point since the last release."""
+    lowest = resident_bytes() or 0
+    while True:
+        time.sleep(poll_seconds)
+        resident = resident_bytes() or 0
+        if resident >= lowest + growth_bytes:
+            release_host_memory()
+            resident = resident_bytes() or 0
+            lowest = resident
+        lowest = min(lowest, resident)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory now (/proc/self/statm), or None where unavailable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def keep_freed_blocks() -> bool:
     """The `warm` setting: glibc reuses freed blocks of up to 32 MiB instead of unmapping
     them (see the module docstring).
 
-    Process-wide and idempotent. Where `keep` is in effect it already covers this and is
-    left as it is (lowering the trim threshold there would page-fault a training step's
-    temporaries again). Returns whether `warm` or `keep` is in effect.
+    Process-wide and idempotent. Where `keep` or `bounded` is in effect it already covers
+    this and is left as it is (lowering the trim threshold there would page-fault a
+    training step's temporaries again). Returns whether any of the three is in effect.
     """
     global _host_allocator
     if _host_allocator == "system" and _mallopt((_M_MMAP_THRESHOLD, 32 << 20),
@@ -155,7 +218,8 @@ def keep_freed_blocks() -> bool:
 def release_host_memory() -> bool:
     """Returns the heap's free pages to the OS (glibc malloc_trim), e.g. after dropping a
     large model in a process that builds several (the benchmarks): with `keep` freed
-    memory otherwise stays resident. Returns whether anything was released."""
+    memory otherwise stays resident (`bounded` calls it itself). Returns whether anything
+    was released."""
     malloc_trim = getattr(libc(), "malloc_trim", None)
     return bool(malloc_trim(0)) if malloc_trim is not None else False
 
