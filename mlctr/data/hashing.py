@@ -42,7 +42,7 @@ def hash_keys(keys: np.ndarray, field_index: int) -> np.ndarray:
     """The 64-bit hash (uint64) of field `field_index`'s int64 keys (see module doc)."""
     salt = np.uint64((int(field_index) + 1) * GOLDEN % (1 << 64))
     x = np.asarray(keys, np.int64).view(np.uint64) + salt  # wraps modulo 2^64
-    return mix64(x)
+    return mix64(x, copy=False)
 
 
 def bucket_ids(keys: np.ndarray, field_index: int, num_buckets: int,
@@ -59,9 +59,13 @@ def bucket_ids(keys: np.ndarray, field_index: int, num_buckets: int,
         int32 [n] local ids.
     """
     keys = np.asarray(keys, np.int64)
-    ids = hash_keys(keys, field_index) % np.uint64(num_buckets)
-    ids += np.uint64(1)
-    ids = ids.astype(np.int32)
+    hashes = hash_keys(keys, field_index)
+    if num_buckets & (num_buckets - 1) == 0:  # a power of 2: the same value, cheaper
+        np.bitwise_and(hashes, np.uint64(num_buckets - 1), out=hashes)
+    else:
+        np.remainder(hashes, np.uint64(num_buckets), out=hashes)
+    ids = hashes.astype(np.int32)
+    ids += 1
     if missing_key is not None:
         ids[keys == missing_key] = 0
     return ids

@@ -24,9 +24,10 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def mix64(keys: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser of int64/uint64 keys, as uint64."""
-    x = keys.astype(np.uint64, copy=True)
+def mix64(keys: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """splitmix64 finaliser of int64/uint64 keys, as uint64 (in place when `copy` is
+    False and `keys` is uint64)."""
+    x = keys.astype(np.uint64, copy=copy)
     x ^= x >> np.uint64(30)
     x *= _MIX1
     x ^= x >> np.uint64(27)
