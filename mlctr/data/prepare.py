@@ -161,23 +161,11 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         LockedError: another process is preparing into `out`.
         ValueError: bad arguments.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
-    if num_rows is not None and dataset != "synthetic":
-        raise ValueError("num_rows is only for dataset='synthetic'")
-    if (feature_spec is None) == (dataset == "csv"):
-        raise ValueError("feature_spec is for dataset='csv', which needs one")
+    _check_arguments(dataset, protocol=protocol, num_rows=num_rows,
+                     feature_spec=feature_spec)
     vocab = _VocabOptions.make(vocab_mode, hash_buckets=hash_buckets,
                                field_buckets=field_buckets, max_rows=max_rows)
-    if dataset == "criteo_1tb":
-        criteo_1tb.train_days(process_index, process_count)  # checks them
-        if process_count > 1 and vocab.mode != "hash":
-            raise ValueError("criteo_1tb with process_count > 1 needs vocab_mode='hash': a "
-                             "fitted vocabulary would need every process's train days")
-    elif (process_index, process_count) != (0, 1):
-        raise ValueError("process_index / process_count are for dataset='criteo_1tb'")
+    _check_processes(dataset, vocab, process_index, process_count)
     out = os.path.abspath(os.fspath(out))
     raw = str(raw)
     _check_output(out, overwrite)
@@ -197,6 +185,29 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
         if created:
             _remove_if_only_lock(out)
         raise
+
+
+def _check_arguments(dataset, *, protocol, num_rows, feature_spec) -> None:
+    """ValueError (one line) for a dataset, protocol or option that does not apply."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    if num_rows is not None and dataset != "synthetic":
+        raise ValueError("num_rows is only for dataset='synthetic'")
+    if (feature_spec is None) == (dataset == "csv"):
+        raise ValueError("feature_spec is for dataset='csv', which needs one")
+
+
+def _check_processes(dataset, vocab, process_index: int, process_count: int) -> None:
+    """ValueError unless the process options fit (criteo_1tb only; > 1: hash mode)."""
+    if dataset == "criteo_1tb":
+        criteo_1tb.train_days(process_index, process_count)  # checks them
+        if process_count > 1 and vocab.mode != "hash":
+            raise ValueError("criteo_1tb with process_count > 1 needs vocab_mode='hash': a "
+                             "fitted vocabulary would need every process's train days")
+    elif (process_index, process_count) != (0, 1):
+        raise ValueError("process_index / process_count are for dataset='criteo_1tb'")
 
 
 def _builder(dataset, raw, *, protocol, skip_bad_rows, seed, num_rows, synthetic_format,
