@@ -221,3 +221,26 @@ def test_hash_mode_on_real_criteo_rows(criteo_files, criteo_reference, tmp_path)
                     reference_bucket(int(key), f, field["hash_buckets"])
                     for key in keys[:200, f].tolist()]
         assert (ids[:200, f] - field["offset"]).tolist() == expected, field["name"]
+
+
+def test_hash_mode_on_a_bars_csv_dataset(tmp_path):
+    from test_bars_csv import _write_split_files
+
+    from mlctr.data import bars_csv
+
+    csv_format = bars_csv.FORMATS["frappe_x1"]
+    columns = [csv_format.label] + csv_format.FIELD_NAMES
+    rows = _write_split_files(tmp_path / "raw", columns, csv_format.label)
+    out = str(tmp_path / "data")
+    feature_map = prepare("frappe_x1", str(tmp_path / "raw"), out, vocab_mode="hash",
+                          hash_buckets=97)
+    assert feature_map["vocab"]["mode"] == "hash"
+    dataset = PreparedDataset(out, expected_dataset="frappe_x1")
+    ids = dataset.arrays("valid")[0]
+    for r, row in enumerate(rows["valid"][:20]):
+        for f, name in enumerate(csv_format.FIELD_NAMES):
+            token = row[name].encode()
+            local = reference_bucket(reference_key(token), f, 97) if token else 0
+            assert ids[r, f] == feature_map["fields"][f]["offset"] + local
+    test_ids, _ = encode_raw(out, os.path.join(str(tmp_path / "raw"), "test.csv"))
+    np.testing.assert_array_equal(test_ids, dataset.arrays("test")[0])
