@@ -269,13 +269,28 @@ def _flatten(tree, prefix=""):
     return {prefix[:-1]: tree}
 
 
+def _default_config() -> dict:
+    from mlctr.configs import default  # (a config module: no import cycle)
+    return _flatten(json.loads(json.dumps(default.get_config().to_dict())))
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Dotted config keys whose values differ (outside RESUMABLE_FIELDS), with both values."""
+    """Dotted config keys whose values differ (outside RESUMABLE_FIELDS), with both values.
+
+    A key the saved config lacks is no difference while the current value is the
+    key's default in mlctr/configs/default.py: the run predates the key, and a key is
+    only ever added with a default that keeps the old behaviour.
+    """
     saved, current = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+    defaults = None
     differences = []
     for key in sorted(set(saved) | set(current)):
         if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS):
             continue
+        if key not in saved and key in current:
+            defaults = _default_config() if defaults is None else defaults
+            if key in defaults and defaults[key] == current[key]:
+                continue
         if saved.get(key, "<absent>") != current.get(key, "<absent>"):
             differences.append(f"{key}: checkpoint {saved.get(key, '<absent>')!r}, "
                                f"config {current.get(key, '<absent>')!r}")

@@ -21,6 +21,7 @@ import pytest
 
 from mlctr import checkpoint
 from mlctr import train
+from mlctr.configs import default as default_config
 
 
 def run_process(resumable, workdir, *extra_flags, interrupt=None):
@@ -283,3 +284,17 @@ def test_non_finite_loss_stops_with_a_clear_message_and_saves_nothing_after(resu
     assert "peer 'dcn' has a non-finite training loss" in proc.stderr
     assert "the last checkpoint, step 1, is from before it and is kept" in proc.stderr
     assert checkpoint_steps(workdir) == [1]
+
+
+def test_a_key_added_with_its_default_is_no_config_difference():
+    """A run saved before a config key existed still matches a config holding that
+    key's default; any other value, or a removed key, is a difference."""
+    current = json.loads(json.dumps(default_config.get_config().to_dict()))
+    saved = json.loads(json.dumps(current))
+    del saved["vocab"]["hash_buckets"]
+    assert checkpoint.config_differences(saved, current) == []
+    current["vocab"]["hash_buckets"] = 7
+    assert checkpoint.config_differences(saved, current) == [
+        "vocab.hash_buckets: checkpoint '<absent>', config 7"]
+    assert checkpoint.config_differences(current, saved) == [
+        "vocab.hash_buckets: checkpoint 7, config '<absent>'"]
