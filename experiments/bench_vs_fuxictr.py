@@ -41,7 +41,8 @@ mlctr runs in this one. The runs go one at a time, the order of the two librarie
 alternating from model to model.
 
 The last printed line is one JSON object: `prepare_ratio` (mlctr / FuxiCTR rows/s),
-`peak_memory_ratio` (mlctr / FuxiCTR peak PSS; `peak_rss_ratio` of the largest process),
+`peak_memory_ratio` (mlctr / FuxiCTR peak, each the larger of the sampled PSS and the
+largest process's RSS; `peak_pss_ratio` and `peak_rss_ratio` of each alone),
 and per model `train_ratio` (mlctr / FuxiCTR training examples/s over all seeds),
 `wall_ratio`, both libraries' test AUCs per seed, `auc_gap` (mlctr's mean less FuxiCTR's)
 and `fuxictr_auc_spread` (max - min over its seeds).
@@ -482,14 +483,24 @@ def training_comparison(mlctr_runs: list[dict], fuxictr_runs: list[dict]) -> dic
 
 
 def summary(prep: dict, per_model: dict, **extra) -> dict:
-    """The last JSON line: preprocessing ratios, the per-model comparisons, `extra`."""
+    """The last JSON line: preprocessing ratios, the per-model comparisons, `extra`.
+
+    A library's peak memory is the larger of its two measurements (`run_worker`), each a
+    lower bound of the true peak: sampling can miss a short peak (a loaded machine slows
+    the sampler), and the largest process alone leaves out the others.
+    """
     m, f = prep["mlctr"], prep["fuxictr"]
+
+    def peak(p):
+        return max(p["peak_bytes"], p["peak_rss_bytes"])
+
     return {
         "prepare_ratio": m["rows_per_sec"] / f["rows_per_sec"],
-        "peak_memory_ratio": m["peak_bytes"] / f["peak_bytes"],
+        "peak_memory_ratio": peak(m) / peak(f),
+        "peak_pss_ratio": m["peak_bytes"] / f["peak_bytes"],
         "peak_rss_ratio": m["peak_rss_bytes"] / f["peak_rss_bytes"],
         "prepare": {lib: {"seconds": p["seconds"], "rows_per_sec": p["rows_per_sec"],
-                          "peak_gib": p["peak_bytes"] / 2**30,
+                          "peak_gib": peak(p) / 2**30, "peak_pss_gib": p["peak_bytes"] / 2**30,
                           "peak_rss_gib": p["peak_rss_bytes"] / 2**30,
                           "cpu_seconds": p["cpu_seconds"]} for lib, p in prep.items()},
         "models": per_model, **extra}

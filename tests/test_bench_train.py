@@ -73,9 +73,13 @@ def test_summary_divides_mlctr_by_fuxictr():
                             peak_rss_bytes=2**31, cpu_seconds=90.0)}
     line = bench.summary(prep, {"deepfm": {"train_ratio": 3.5}}, rows=100)
     assert line["prepare_ratio"] == pytest.approx(50.0)
+    # Peaks: the larger measurement of each side (PSS 2^28 vs RSS 2^27; 2^33 vs 2^31).
     assert line["peak_memory_ratio"] == pytest.approx(2**-5)
+    assert line["peak_pss_ratio"] == pytest.approx(2**-5)
     assert line["peak_rss_ratio"] == pytest.approx(2**-4)
     assert line["prepare"]["fuxictr"]["peak_gib"] == pytest.approx(8.0)
+    rss_larger = dict(prep, mlctr=dict(prep["mlctr"], peak_rss_bytes=2**29))
+    assert bench.summary(rss_larger, {})["peak_memory_ratio"] == pytest.approx(2**-4)
     assert line["models"]["deepfm"]["train_ratio"] == 3.5 and line["rows"] == 100
     json.dumps(line)  # printable as the last line
 
