@@ -12,12 +12,14 @@ evaluations are such steps). The settings:
 
 - `bounded` (the default of the entry point): `keep`'s malloc settings, so freed blocks
   stay in the process and the next step reuses them, plus a daemon thread that returns
-  the heap's free pages to the OS (`release_host_memory`) whenever resident memory has
-  grown by `RELEASE_GROWTH_BYTES` (128 MiB) over its lowest point since the last return.
-  A step that reuses its blocks does not grow, so training runs without trims and
-  without faults; what does grow (compiling the next phase's step, a first evaluation
-  at a larger batch, blocks the next phase cannot reuse) is returned within
-  `RELEASE_POLL_SECONDS`, so phases' peaks do not stack as they do with `keep`.
+  the heap's free pages to the OS (`release_host_memory`) when resident memory reaches a
+  limit: `RELEASE_GROWTH_BYTES` (256 MiB) above the highest level a return has left it
+  at. A return's level is the live memory then, so the peak stays within 256 MiB of the
+  live peak instead of the sum of the phases' peaks (`keep`). The limit never drops:
+  once the blocks that training and evaluation take in turn fit under it they stay
+  resident and are reused, so the steady state has no returns and no page faults (a
+  limit that followed memory down returned them on every evaluation, and each step
+  faulted them in again: nearly glibc's fault count).
 - `keep` (opt-in): one arena, no mmap, no trimming, and nothing else: nothing freed is
   returned to the OS, so the process's peak is the sum of every phase's peaks
   (compilation, evaluation, training) and the heap fragments. For a process that runs
@@ -58,10 +60,10 @@ from absl import logging
 HOST_ALLOCATORS = ("bounded", "keep", "warm", "system")
 DEFAULT_HOST_ALLOCATOR = "bounded"
 
-# `bounded`: free pages go back to the OS once resident memory has grown by this much
-# over its lowest point since the last return (the peak's allowance above `keep`'s
-# reuse), checked this often (one read of /proc/self/statm).
-RELEASE_GROWTH_BYTES = 128 << 20
+# `bounded`: free pages go back to the OS once resident memory is this much above the
+# highest level a return has left it at (the peak's allowance over live memory for
+# reused blocks), checked this often (one read of /proc/self/statm).
+RELEASE_GROWTH_BYTES = 256 << 20
 RELEASE_POLL_SECONDS = 0.2
 
 # glibc mallopt parameters (malloc.h).
@@ -153,7 +155,8 @@ def keep_host_allocations() -> bool:
 def keep_host_allocations_bounded(growth_bytes: int = RELEASE_GROWTH_BYTES,
                                   poll_seconds: float = RELEASE_POLL_SECONDS) -> bool:
     """The `bounded` setting: `keep`'s malloc settings and a thread that returns free
-    pages once resident memory has grown by `growth_bytes` (see the module docstring).
+    pages once resident memory is `growth_bytes` above the highest level a return left
+    (see the module docstring).
 
     Process-wide and idempotent; run it before JAX starts its CPU client's threads. Where
     `keep` is in effect the thread is added. Returns whether `bounded` is in effect
@@ -178,17 +181,14 @@ def _keep_settings() -> bool:
 
 
 def _release_on_growth(growth_bytes: int, poll_seconds: float):
-    """Runs forever (a daemon thread): `release_host_memory` whenever resident memory is
-    `growth_bytes` above its lowest point since the last release."""
-    lowest = resident_bytes() or 0
+    """Runs forever (a daemon thread): `release_host_memory` whenever resident memory
+    reaches the limit, `growth_bytes` above the highest level a release has left."""
+    limit = (resident_bytes() or 0) + growth_bytes
     while True:
         time.sleep(poll_seconds)
-        resident = resident_bytes() or 0
-        if resident >= lowest + growth_bytes:
+        if (resident_bytes() or 0) >= limit:
             release_host_memory()
-            resident = resident_bytes() or 0
-            lowest = resident
-        lowest = min(lowest, resident)
+            limit = max(limit, (resident_bytes() or 0) + growth_bytes)
 
 
 def resident_bytes() -> int | None:

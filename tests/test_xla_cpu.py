@@ -55,7 +55,7 @@ mlctr.mutual.make_train_step(peers, optimizer)
 
 @GLIBC
 @pytest.mark.parametrize("setting, expected", [
-    ("bounded", ["bounded", "False", "False"]),  # as keep, and a thread returns free pages
+    ("bounded", ["bounded", "False", "False"]),  # keep's, and a thread returns free pages
     ("warm", ["warm", "False", "True"]),    # blocks up to 32 MiB stay in the heap
     ("keep", ["keep", "False", "False"]),   # nothing is mmapped
     ("system", ["system", "True", "True"]),  # glibc's defaults
@@ -138,4 +138,4 @@ def test_bounded_returns_the_memory_keep_strands():
                                   capture_output=True, text=True, timeout=120).stdout.split()[-1])
     kept, bounded = growth_mib("keep"), growth_mib("bounded")
     assert kept > 850, kept  # the hole stays resident beside the new block: the peaks stack
-    assert bounded < 650, bounded  # returned once resident memory grew by 128 MiB
+    assert bounded < 650, bounded  # the hole returned once memory passed the limit
