@@ -102,15 +102,16 @@ print(min(faults[3:]))
 
 
 @GLIBC
-def test_keep_stops_per_step_page_faults():
+def test_keep_and_bounded_stop_per_step_page_faults():
     def faults(setting):
         env = dict(os.environ, MLCTR_HOST_ALLOCATOR=setting, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
         return int(subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
                                   text=True, timeout=300, check=True).stdout.split()[-1])
-    kept, warm = faults("keep"), faults("warm")
+    kept, warm, bounded = faults("keep"), faults("warm"), faults("bounded")
     # 100 MB of temporaries = ~25,000 pages faulted again on every execution above 32 MiB.
     assert warm > 10_000, warm
     assert kept < warm / 10, (kept, warm)
+    assert bounded < warm / 10, (bounded, warm)  # the default reuses them as keep does
 
 
 # Frees a 400 MB block below a live one (a hole that is not the heap's top), then needs
