@@ -16,7 +16,9 @@ both; compare ratios from one run, not absolute numbers across runs.
 
 The last printed line is one JSON object: `trainer_examples_per_sec`,
 `step_examples_per_sec` (mean step time of both bare bursts, the same statistic as the
-trainer's), `trainer_over_step` (their ratio; target on CPU >= 0.95), the per-interval
+trainer's), `trainer_over_step` (their ratio; target on CPU >= 0.95),
+`trainer_over_step_cpu` (the same ratio in CPU seconds per step, `TrainerCpuClock`: what
+to read when the load average moved during the run), the per-interval
 trainer rates from metrics.jsonl, the load average, cpu count, jax version, rows, batch
 and peers.
 
@@ -30,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 
 import bench_lib  # puts the repository on sys.path
@@ -108,7 +111,46 @@ def trainer_intervals(run_dir: str) -> list[float]:
     return [r["examples_per_sec"] for r in records if r["kind"] == "train"]
 
 
-def main():
+class TrainerCpuClock:
+    """This process's CPU seconds at each training record the trainer logs.
+
+    A thread polls metrics.jsonl every `interval` seconds and notes `time.process_time()`
+    when a new train record appears, so CPU seconds per step can be read between the
+    first and the last logged step: on a shared machine whose load changes during the
+    run, CPU time per step moves far less than wall time per step (it leaves out the
+    time the process waited for a core, and so also any step the trainer left idle).
+    """
+
+    def __init__(self, run_dir: str, interval: float = 0.05):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.marks: list[tuple[int, float]] = []  # (step, CPU seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, interval: float):
+        while not self._stop.wait(interval):
+            try:
+                with open(self.path) as f:
+                    lines = f.readlines()
+            except OSError:
+                continue
+            steps = [json.loads(line)["step"] for line in lines
+                     if line.endswith("\n") and '"kind": "train"' in line]
+            if steps and (not self.marks or steps[-1] > self.marks[-1][0]):
+                self.marks.append((steps[-1], time.process_time()))
+
+    def stop(self) -> float | None:
+        """CPU seconds per step between the first and the last record seen (None: < 2)."""
+        self._stop.set()
+        self._thread.join()
+        if len(self.marks) < 2:
+            return None
+        (first_step, first_cpu), (last_step, last_cpu) = self.marks[0], self.marks[-1]
+        return (last_cpu - first_cpu) / (last_step - first_step)
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000,
                         help="synthetic raw rows (80%% train)")
@@ -126,7 +168,11 @@ def main():
     parser.add_argument("--workdir", default=os.path.join(bench_lib.REPO, "runs",
                                                           "bench_train"),
                         help="the prepared dataset is kept here between runs")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
     xla_cpu.configure_process()  # what `python -m mlctr.main` does first
 
     config = bench_config(args)
@@ -142,12 +188,15 @@ def main():
     print(f"bare step compiled in {bare.compile_seconds:.1f} s", flush=True)
     bare.run(args.bare_steps)
     before = list(bare.times)
+    cpu_clock = TrainerCpuClock(run_dir)
     start = time.perf_counter()
     results = train.train_and_evaluate(config, run_dir)
     trainer_wall = time.perf_counter() - start
+    trainer_cpu_per_step = cpu_clock.stop()
     bare.run(args.bare_steps)
     after = bare.times[len(before):]
     load_after = os.getloadavg()
+    bare_cpu_per_step = float(np.mean(bare.cpu_times))
 
     batch = config.train.batch_size
     step_rate = batch / float(np.mean(before + after))
@@ -163,6 +212,11 @@ def main():
         "trainer_examples_per_sec": trainer_rate,
         "step_examples_per_sec": step_rate,
         "trainer_over_step": trainer_rate / step_rate,
+        # CPU seconds per step, bare over trainer: the host work the trainer adds.
+        "trainer_over_step_cpu": (bare_cpu_per_step / trainer_cpu_per_step
+                                  if trainer_cpu_per_step else None),
+        "step_cpu_seconds": bare_cpu_per_step,
+        "trainer_cpu_seconds_per_step": trainer_cpu_per_step,
         "step_examples_per_sec_before": batch / float(np.mean(before)),
         "step_examples_per_sec_after": batch / float(np.mean(after)),
         "step_examples_per_sec_median": batch / float(np.median(before + after)),

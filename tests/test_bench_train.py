@@ -41,7 +41,7 @@ def test_bench_train_prints_trainer_over_step(tmp_path):
     assert len(result["trainer_interval_examples_per_sec"]) == 3
     assert all(r > 0 for r in result["trainer_interval_examples_per_sec"])
     for key in ("step_examples_per_sec_before", "step_examples_per_sec_after",
-                "load_average_before", "jax", "cpu_count"):
+                "trainer_over_step_cpu", "load_average_before", "jax", "cpu_count"):
         assert key in result
 
 
