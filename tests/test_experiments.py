@@ -158,3 +158,22 @@ def test_ektf_moves_each_peer_by_its_own_term_only():
         for m in range(3):
             norm = float(jnp.abs(jacobian[n, m]).sum())
             assert (norm > 0) if n == m else (norm == 0), (n, m, norm)
+
+
+def test_decide_gives_seeds_and_rows_for_the_observed_gain(tmp_path):
+    """experiments.decide: seeds from the gains' sd, rows from DeLong's median se."""
+    from experiments import analysis, decide
+    from mlctr import stats
+    treated, control = [0.7010, 0.7022, 0.7005], [0.7000, 0.7004, 0.7001]
+    row = {"peer": "deepfm", "auc_stats": analysis.compare("auc", treated, control, 0.37)}
+    tests = [{"auc_a": t, "auc_b": c, "se": se, "rows": 1000}
+             for t, c, se in zip(treated, control, (0.0004, 0.0005, 0.0006))]
+    results = {"rows": [row], "per_seed": [{"delong": {"deepfm": t}} for t in tests]}
+    os.makedirs(tmp_path / "finetune")
+    (tmp_path / "finetune" / "results.json").write_text(json.dumps(results))
+    [out] = decide.decide([str(tmp_path)])
+    gain, sd = row["auc_stats"]["gain_pct"], row["auc_stats"]["sd"]
+    assert out["seeds"] == f"{stats.seeds_needed(sd, gain):,}"
+    effect = gain / 100 * np.mean(control)
+    assert out["rows"] == f"{stats.rows_needed(0.0005, 1000, effect):,}"
+    assert out["arm"] == "deepfm" and out["gain"] == f"{gain:+.3f}"
