@@ -1,10 +1,9 @@
 """Embedding tables split over the `table` mesh axis vs replicated, on 4 CPU devices.
 
 For each table size and embedding optimizer: the trainer's sharded step
-(`train.sharded_train_step`) on a mesh data = 1 x table = 4 and on data = 1 x peer = 1 x
-table = 1 replicated over the 4 devices (mesh data = 4 would split the batch, a different
-computation; here both meshes run the same batch on every device), timed round-robin
-(`bench_lib.interleave`). Memory per device: the bytes of the live arrays' shards on
+(`train.sharded_train_step`) on the mesh table = 4 (tables split by rows) and on data = 4
+(tables replicated, plain data parallelism); both split the batch over the 4 devices, so
+they differ only in where the table rows live. Timed round-robin (`bench_lib.interleave`). Memory per device: the bytes of the live arrays' shards on
 each device once the state is placed (`jax.live_arrays`; XLA:CPU has no memory_stats).
 
 It also times the two ways JAX offers to run the table part of the sparse step, the
@@ -70,12 +69,8 @@ def collectives(step, state, batch, alpha, non_finite) -> dict[str, int]:
 
 
 def build(rows: int, table: int, embedding_optimizer: str, batches):
-    """A StepRun of the trainer's step on a 4-device mesh (table split or replicated)."""
-    if table == 1:  # replicated on all 4 devices: a mesh with an extra axis that splits nothing
-        mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(1, 1, 4, 1),
-                                 (sharding.DATA, sharding.PEER, "copies", sharding.TABLE))
-    else:
-        mesh = sharding.make_mesh(1, 1, table=table)
+    """A StepRun of the trainer's step on 4 devices: data = 4 // table x table."""
+    mesh = sharding.make_mesh(4 // table, 1, table=table)
     peers = mutual.build_peers("deepfm", MODELS, vocab_size=rows, num_fields=FIELDS,
                                table_row_multiple=sharding.table_row_multiple(mesh))
     optimizer = mutual.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)

@@ -17,18 +17,18 @@ warning names it): put peers of one architecture in groups of a multiple of `mes
 
 Table parallelism (table > 1) splits every embedding table, and the table's optimizer
 state (dense Adam's moments, the row states of mlctr/sparse.py), by rows over the `table`
-devices: each holds rows/table of them (`table_shardings`). The step is unchanged: XLA's
+devices: each holds rows/table of them (`state_shardings`). The step is unchanged: XLA's
 SPMD partitioner turns the gather of a row-split table into a gather of the local rows
 (out-of-shard ids masked) and a sum over `table`, and the scatter of the updated rows into
-a local scatter on the device that holds them; dense parameters stay replicated. The
-batch is split over `data` only, so the devices of one `table` group run the same network
-on the same examples (the network is small next to the tables it is sharded for).
+a local scatter on the device that holds them. The network's parameters stay replicated
+and the batch is split over `data` x `table` (`batch_sharding`): as in DLRM, the network
+is data-parallel over every device, the tables model-parallel over `table`.
 JAX needs the rows to divide by `table`: `table_row_multiple` gives the padding that
 `mutual.build_peers` adds (zero rows that no id reaches). `table` is the innermost axis,
 so a table is split over the devices of one process first.
 
-Devices are laid out process-major, so each process owns a contiguous block of the `data`
-axis and reads only that block of every global batch (`process_batch_slice`); the global
+Devices are laid out process-major, so each process owns a contiguous block of the
+`data` x `table` slices of a batch and reads only that block of every global batch (`process_batch_slice`); the global
 arrays are assembled with `jax.make_array_from_process_local_data`.
 """
 from __future__ import annotations
@@ -104,9 +104,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches: the leading (example) axis split over `data`, copies over `peer` and
-    `table`."""
-    return NamedSharding(mesh, P(DATA))
+    """Batches: the leading (example) axis split over `data` x `table`, copies over `peer`."""
+    return NamedSharding(mesh, P((DATA, TABLE)))
 
 
 def peer_execution(mesh: Mesh, requested: str) -> str:
@@ -194,9 +193,10 @@ def process_batch_slice(mesh: Mesh, batch_size: int) -> tuple[int, int]:
       Processes that share a slice of the `data` axis (peer-parallel across processes)
       read the same slice.
     """
-    data = mesh.shape[DATA]
-    if batch_size % data:
-        raise ValueError(f"batch size {batch_size} is not a multiple of mesh.data = {data}")
+    data, table = mesh.shape[DATA], mesh.shape[TABLE]
+    if batch_size % (data * table):
+        raise ValueError(f"batch size {batch_size} is not a multiple of mesh.data = {data}"
+                         + (f" x mesh.table = {table}" if table > 1 else ""))
     indices = batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
     bounds = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else batch_size)
                      for s in indices})

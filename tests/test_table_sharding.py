@@ -172,6 +172,9 @@ def table_shard_rows(tree) -> set[int]:
 @pytest.mark.parametrize("embedding_optimizer", EMBEDDING_OPTIMIZERS)
 def test_four_device_table_split_step_equals_unsharded(unsharded, embedding_optimizer):
     mesh = sharding.make_mesh(1, 1, table=4)
+    # The network is data-parallel over the table devices too: each takes 16 examples.
+    assert sharding.batch_sharding(mesh).shard_shape((BATCH,)) == (BATCH // 4,)
+    assert sharding.process_batch_slice(mesh, BATCH) == (0, 1)
     run = TableRun(mesh, embedding_optimizer)
     state, losses = run()
     reference_run, *reference = unsharded[embedding_optimizer]
@@ -196,6 +199,9 @@ def test_four_device_data_and_table_split_step_equals_unsharded(unsharded,
                                                                embedding_optimizer):
     mesh = sharding.make_mesh(2, 1, table=2)
     assert dict(mesh.shape) == {"data": 2, "peer": 1, "table": 2}
+    with pytest.raises(ValueError, match="batch size 6 is not a multiple of mesh.data = 2 x "
+                                         "mesh.table = 2"):
+        sharding.process_batch_slice(mesh, 6)
     run = TableRun(mesh, embedding_optimizer)
     state, losses = run()
     reference_run, *reference = unsharded[embedding_optimizer]
