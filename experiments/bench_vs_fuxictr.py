@@ -343,8 +343,11 @@ def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
                          f"its output: {log_path}")
     with open(result_path) as f:
         # ru_maxrss is in KiB on Linux.
-        return {**json.load(f), "peak_bytes": peak, "peak_rss_bytes": usage.ru_maxrss * 1024,
-                "cpu_seconds": usage.ru_utime + usage.ru_stime}
+        measured = {**json.load(f), "peak_bytes": peak, "peak_rss_bytes": usage.ru_maxrss * 1024,
+                    "cpu_seconds": usage.ru_utime + usage.ru_stime}
+    with open(result_path, "w") as f:  # a run cut short keeps what it measured
+        json.dump(measured, f)
+    return measured
 
 
 def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
