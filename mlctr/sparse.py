@@ -26,7 +26,10 @@ How a sparse step works (see `mutual.make_train_step`):
 Works for stacked peers under 'vmap' and 'unroll' (tables [n, V, d] are gathered and
 scattered along axis 1 with the shared rows) and on the trainer's mesh: on a peer mesh each
 device gathers its own peers' rows; on a data mesh the rows of the global batch are computed
-redundantly on every device and the [K, d] row gradients are what gets all-reduced.
+redundantly on every device and the [K, d] row gradients are what gets all-reduced; on a
+table mesh (tables and row states split by rows, mlctr/sharding.py) each device gathers the
+rows it holds, one all-reduce over `table` completes the [K, ...] view, and each device
+scatters back only its own rows.
 
 Semantics, and where they differ from dense optax (all documented choices):
   * lazy_adam: per row r a step count c_r, first moment m_r and second moment v_r (stored
