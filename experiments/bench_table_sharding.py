@@ -3,8 +3,9 @@
 For each table size and embedding optimizer: the trainer's sharded step
 (`train.sharded_train_step`) on the mesh table = 4 (tables split by rows) and on data = 4
 (tables replicated, plain data parallelism); both split the batch over the 4 devices, so
-they differ only in where the table rows live. Timed round-robin (`bench_lib.interleave`). Memory per device: the bytes of the live arrays' shards on
-each device once the state is placed (`jax.live_arrays`; XLA:CPU has no memory_stats).
+they differ only in where the table rows live. Timed round-robin (`bench_lib.interleave`).
+Memory per device: the bytes of the live arrays' shards on each device once the state is
+placed (`jax.live_arrays`; XLA:CPU has no memory_stats).
 
 It also times the two ways JAX offers to run the table part of the sparse step, the
 gather of a batch's K distinct rows from a row-split table and the scatter of their new

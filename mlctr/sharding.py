@@ -28,8 +28,9 @@ JAX needs the rows to divide by `table`: `table_row_multiple` gives the padding 
 so a table is split over the devices of one process first.
 
 Devices are laid out process-major, so each process owns a contiguous block of the
-`data` x `table` slices of a batch and reads only that block of every global batch (`process_batch_slice`); the global
-arrays are assembled with `jax.make_array_from_process_local_data`.
+`data` x `table` slices of a batch and reads only that block of every global batch
+(`process_batch_slice`); the global arrays are assembled with
+`jax.make_array_from_process_local_data`.
 """
 from __future__ import annotations
 
