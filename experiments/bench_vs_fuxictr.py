@@ -454,12 +454,14 @@ def train_both(name: str, mlctr_first: bool, out: dict, args, logs: str) -> dict
 def training_comparison(mlctr_runs: list[dict], fuxictr_runs: list[dict]) -> dict:
     """Ratios and AUCs of one model from each library's runs (one per seed).
 
-    Rates are averaged as total examples over total training seconds. The AUC gap is
+    Rates are averaged as total timed examples over total training seconds (mlctr's
+    clock leaves its first step, the compilation, out of both). The AUC gap is
     mlctr's mean less FuxiCTR's; `fuxictr_auc_spread` is the max - min of FuxiCTR's
     own runs (0 with one seed: then nothing is known of its spread).
     """
     def rate(runs):
-        return sum(r["examples"] for r in runs) / sum(r["train_seconds"] for r in runs)
+        return (sum(r["examples_per_sec"] * r["train_seconds"] for r in runs)
+                / sum(r["train_seconds"] for r in runs))
 
     def mean(runs, key):
         return sum(r[key] for r in runs) / len(runs)
