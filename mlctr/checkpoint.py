@@ -258,6 +258,9 @@ def peer_weights_exist(run_dir: str) -> bool:
 RESUMABLE_FIELDS = ("train.num_epochs", "train.max_steps", "train.log_steps",
                     "train.eval_batch_size", "train.test_at_end", "data.data_dir", "data.raw",
                     "mutual.peer_execution", "mesh.", "checkpoint.")
+# ... except these: mesh.table pads each embedding table to a multiple of its size, so a
+# checkpoint restores only onto the same table split.
+NOT_RESUMABLE_FIELDS = ("mesh.table",)
 
 
 def _flatten(tree, prefix=""):
@@ -285,7 +288,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     defaults = None
     differences = []
     for key in sorted(set(saved) | set(current)):
-        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS):
+        if key not in NOT_RESUMABLE_FIELDS and any(
+                key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS):
             continue
         if key not in saved and key in current:
             defaults = _default_config() if defaults is None else defaults

@@ -298,3 +298,14 @@ def test_a_key_added_with_its_default_is_no_config_difference():
         "vocab.hash_buckets: checkpoint '<absent>', config 7"]
     assert checkpoint.config_differences(current, saved) == [
         "vocab.hash_buckets: checkpoint 7, config '<absent>'"]
+
+
+def test_a_changed_table_split_is_a_config_difference():
+    """mesh.data may change on resume, mesh.table (which pads the tables) may not."""
+    saved = json.loads(json.dumps(default_config.get_config().to_dict()))
+    current = json.loads(json.dumps(saved))
+    current["mesh"]["data"] = 2
+    assert checkpoint.config_differences(saved, current) == []
+    current["mesh"]["table"] = 4
+    assert checkpoint.config_differences(saved, current) == [
+        "mesh.table: checkpoint 1, config 4"]
