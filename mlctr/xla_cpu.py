@@ -174,6 +174,7 @@ def keep_host_allocations_bounded(growth_bytes: int = RELEASE_GROWTH_BYTES,
 
 
 def _keep_settings() -> bool:
+    """`keep`'s mallopt calls (one arena, no mmap, never trim); whether all took."""
     # -1 becomes SIZE_MAX in glibc (the value is converted to size_t): never trim. A
     # finite threshold (at most 2 GiB through this int) still returns the top of the heap
     # after steps whose temporaries exceed it.
