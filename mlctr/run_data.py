@@ -59,7 +59,9 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
         prepare(
             config.data.dataset, raw, data_dir, protocol=config.data.protocol,
             skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
-            num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None)
+            num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None,
+            vocab_mode=config.vocab.mode, hash_buckets=config.vocab.hash_buckets,
+            field_buckets=config.vocab.field_buckets or None, max_rows=config.vocab.max_rows)
     if jax.process_count() > 1:
         # Every process passes this barrier, whether or not it found the dataset.
         multihost_utils.sync_global_devices("mlctr: dataset ready")
@@ -85,7 +87,13 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
                        "it first (mlctr.train.ensure_prepared(config, workdir), or "
                        "python -m mlctr.data.prepare ...)")
-    return PreparedDataset(data_dir, expected_dataset=config.data.dataset)
+    dataset = PreparedDataset(data_dir, expected_dataset=config.data.dataset)
+    mode = dataset.feature_map.get("vocab", {}).get("mode", "fit")
+    if mode != config.vocab.mode:
+        raise RunError(f"{data_dir} holds a dataset prepared with vocab mode {mode!r}, but "
+                       f"config.vocab.mode is {config.vocab.mode!r}: choose another "
+                       "config.data.data_dir or prepare it again with --overwrite")
+    return dataset
 
 
 def dataset_fingerprint(dataset) -> dict:

@@ -237,3 +237,26 @@ def test_log_lines_name_and_round_each_peer(caplog):
     clock.timed_steps, clock.timed_seconds = 10, 2.0
     assert clock.eta(100) == 20.0 and clock.examples_per_sec == 320.0
     assert run_log.format_seconds(3725) == "1:02:05"
+
+
+def test_hash_vocab_run_prepares_trains_and_refuses_a_fit_mode_config(tiny_config, tmp_path):
+    """config.vocab reaches prepare: a hash-mode run trains on hashed ids (no vocab
+    pass), and a fit-mode config pointed at that dataset is one clear error."""
+    from mlctr import run_data
+    from mlctr.run_errors import RunError
+    config = tiny_config(max_steps=5, eval_steps=0)
+    with config.unlocked():
+        config.data.data_dir = str(tmp_path / "data")
+        config.data.num_rows = 2000
+        config.vocab.mode = "hash"
+        config.vocab.hash_buckets = 64
+    run_data.ensure_prepared(config, str(tmp_path / "run"))
+    dataset = run_data.open_dataset(config, str(tmp_path / "run"))
+    assert dataset.feature_map["vocab"]["mode"] == "hash"
+    assert dataset.vocab_size == dataset.num_fields * 65  # 64 buckets + the missing id
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["steps"] == 5
+    with config.unlocked():
+        config.vocab.mode = "fit"
+    with pytest.raises(RunError, match="prepared with vocab mode 'hash'.*config.vocab.mode"):
+        run_data.open_dataset(config, str(tmp_path / "other"))
