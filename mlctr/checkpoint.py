@@ -258,9 +258,6 @@ def peer_weights_exist(run_dir: str) -> bool:
 RESUMABLE_FIELDS = ("train.num_epochs", "train.max_steps", "train.log_steps",
                     "train.eval_batch_size", "train.test_at_end", "data.data_dir", "data.raw",
                     "mutual.peer_execution", "mesh.", "checkpoint.")
-# ... except these: mesh.table pads each embedding table to a multiple of its size, so a
-# checkpoint restores only onto the same table split.
-NOT_RESUMABLE_FIELDS = ("mesh.table",)
 
 
 def _flatten(tree, prefix=""):
@@ -277,6 +274,20 @@ def _default_config() -> dict:
     return _flatten(json.loads(json.dumps(default.get_config().to_dict())))
 
 
+def _table_padding_difference(saved: dict, current: dict, vocab_size) -> list[str]:
+    """mesh.table may change on resume only where it keeps the tables' padded row count
+    (mutual.build_peers pads each table to a multiple of mesh.table)."""
+    before = int(saved.get("mesh", {}).get("table", 1))
+    after = int(current.get("mesh", {}).get("table", 1))
+    if before == after or not vocab_size:
+        return []
+    rows = [-(-int(vocab_size) // t) * t for t in (before, after)]
+    if rows[0] == rows[1]:
+        return []
+    return [f"mesh.table: checkpoint {before}, config {after} (embedding tables of "
+            f"{rows[0]} vs {rows[1]} padded rows)"]
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Dotted config keys whose values differ (outside RESUMABLE_FIELDS), with both values.
 
@@ -288,8 +299,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     defaults = None
     differences = []
     for key in sorted(set(saved) | set(current)):
-        if key not in NOT_RESUMABLE_FIELDS and any(
-                key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS):
+        if any(key == f or (f.endswith(".") and key.startswith(f)) for f in RESUMABLE_FIELDS):
             continue
         if key not in saved and key in current:
             defaults = _default_config() if defaults is None else defaults
@@ -458,6 +468,8 @@ class RunCheckpoints:
         differences = config_differences(progress.get("config", {}), config)
         if progress.get("dataset") != dataset:
             differences.append(f"dataset: checkpoint {progress.get('dataset')}, now {dataset}")
+        differences += _table_padding_difference(progress.get("config", {}), config,
+                                                 (dataset or {}).get("vocab_size"))
         if differences:
             raise CheckpointError(
                 f"the checkpoint at {self.directory}/{step} was written by a different run; it "

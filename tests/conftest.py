@@ -1,5 +1,8 @@
 """Fixtures shared by the trainer-level tests: a tiny prepared dataset and config."""
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +100,25 @@ def reference_run(resumable, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference") / "run")
     train.train_and_evaluate(resumable.config(), workdir)
     return workdir
+
+
+@pytest.fixture
+def four_device_tests():
+    """`run_four_device_tests`, for the tests that start a 4-device process."""
+    return run_four_device_tests
+
+
+def run_four_device_tests(test_file: str, passed: int, timeout: int = 900) -> None:
+    """Runs `test_file`'s tests named *four_device* in a process with 4 forced host CPU
+    devices (the test process has already set up JAX with its own device count) and
+    checks that `passed` of them passed."""
+    env = {**os.environ, "MLCTR_TEST_FOUR_DEVICES": "1", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                         + " --xla_force_host_platform_device_count=4").strip()}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "four_device",
+         os.path.abspath(test_file)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+        capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert re.search(rf"\b{passed} passed", proc.stdout), proc.stdout[-3000:]

@@ -300,12 +300,13 @@ def test_a_key_added_with_its_default_is_no_config_difference():
         "vocab.hash_buckets: checkpoint 7, config '<absent>'"]
 
 
-def test_a_changed_table_split_is_a_config_difference():
-    """mesh.data may change on resume, mesh.table (which pads the tables) may not."""
+def test_a_table_split_that_changes_the_padding_is_refused_on_resume():
+    """mesh.table may change on resume while the padded table rows stay the same."""
     saved = json.loads(json.dumps(default_config.get_config().to_dict()))
     current = json.loads(json.dumps(saved))
-    current["mesh"]["data"] = 2
+    current["mesh"]["table"] = 2
     assert checkpoint.config_differences(saved, current) == []
+    assert checkpoint._table_padding_difference(saved, current, 994) == []
     current["mesh"]["table"] = 4
-    assert checkpoint.config_differences(saved, current) == [
-        "mesh.table: checkpoint 1, config 4"]
+    assert checkpoint._table_padding_difference(saved, current, 994) == [
+        "mesh.table: checkpoint 1, config 4 (embedding tables of 994 vs 996 padded rows)"]

@@ -5,9 +5,6 @@ in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=4 (the fla
 be set before JAX starts); there the `test_four_device_*` tests run, here they skip.
 """
 import os
-import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -43,19 +40,10 @@ def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
         sharding.mesh_shape(-1, -1, 8)
 
 
-def test_mesh_steps_in_a_4_device_process():
+def test_mesh_steps_in_a_4_device_process(four_device_tests):
     if FOUR_DEVICES:
         pytest.skip("this is the 4-device process")
-    env = {**os.environ, "MLCTR_TEST_FOUR_DEVICES": "1", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
-                         + " --xla_force_host_platform_device_count=4").strip()}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "four_device",
-         os.path.abspath(__file__)],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert re.search(r"\b3 passed", proc.stdout), proc.stdout[-3000:]
+    four_device_tests(__file__, passed=3, timeout=600)
 
 
 def make_batch(seed):

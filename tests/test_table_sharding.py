@@ -11,7 +11,6 @@ runs the trainer under `launch.sh multiprocess`.
 """
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -82,19 +81,10 @@ def test_padded_tables_are_zero_and_not_exported():
                            table_row_multiple=0)
 
 
-def test_table_sharding_in_a_4_device_process():
+def test_table_sharding_in_a_4_device_process(four_device_tests):
     if FOUR_DEVICES:
         pytest.skip("this is the 4-device process")
-    env = {**os.environ, "MLCTR_TEST_FOUR_DEVICES": "1", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
-                         + " --xla_force_host_platform_device_count=4").strip()}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "four_device",
-         os.path.abspath(__file__)],
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-        capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert re.search(r"\b7 passed", proc.stdout), proc.stdout[-3000:]
+    four_device_tests(__file__, passed=7, timeout=900)
 
 
 def make_batch(seed):
