@@ -58,12 +58,10 @@ class HashedStream:
         self.buckets = hashing.field_bucket_counts(
             self.module.FIELD_NAMES, hash_buckets=hash_buckets, field_buckets=field_buckets,
             max_rows=max_rows)
-        self.offsets = np.cumsum([0] + [b + 1 for b in self.buckets[:-1]]).astype(np.int64)
-        self.fields = [{"name": name, "kind": self.module.FIELD_KINDS[f],
-                        "vocab_size": b + 1, "offset": int(self.offsets[f]),
-                        "oov_id": int(self.offsets[f]), "hash_buckets": b}
-                       for f, (name, b) in enumerate(zip(self.module.FIELD_NAMES,
-                                                         self.buckets))]
+        self.offsets = hashing.field_offsets(self.buckets)
+        self.fields = hashing.feature_map_fields(self.module.FIELD_NAMES,
+                                                 self.module.FIELD_KINDS, self.buckets,
+                                                 self.offsets)
         self.vocab_size = int(self.offsets[-1]) + self.buckets[-1] + 1
         self.num_fields = len(self.fields)
         self.skip_bad_rows = skip_bad_rows

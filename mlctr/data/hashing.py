@@ -139,3 +139,26 @@ def field_bucket_counts(field_names: list[str], *, hash_buckets: int = DEFAULT_B
     if max_rows:
         counts = [min(c, int(max_rows) - 1) for c in counts]
     return counts
+
+
+def field_offsets(buckets: list[int]) -> np.ndarray:
+    """int64 [F]: the first global id of each field; field f owns buckets[f] + 1 ids
+    (its first, offsets[f], is the missing value's).
+
+    Raises:
+        ValueError: the ids in all would not fit the int32 ids of a dataset.
+    """
+    offsets = np.cumsum([0] + [b + 1 for b in buckets[:-1]]).astype(np.int64)
+    if offsets[-1] + buckets[-1] + 1 > np.iinfo(np.int32).max:
+        raise ValueError(f"{sum(b + 1 for b in buckets)} ids in all: more than the "
+                         "int32 ids hold; lower hash_buckets or max_rows")
+    return offsets
+
+
+def feature_map_fields(field_names: list[str], field_kinds, buckets: list[int],
+                       offsets: np.ndarray) -> list[dict]:
+    """The feature map's per-field entries of a hash-mode dataset."""
+    return [{"name": name, "kind": field_kinds[f], "vocab_size": buckets[f] + 1,
+             "offset": int(offsets[f]), "oov_id": int(offsets[f]),
+             "hash_buckets": buckets[f]}
+            for f, name in enumerate(field_names)]

@@ -560,10 +560,7 @@ class _HashEncoder(_Encoder):
         self.coders = self.counts = None  # no vocabulary: nothing to count
         self.buckets = list(buckets)
         self.missing_keys = list(module.MISSING_KEYS)
-        self.offsets = np.cumsum([0] + [b + 1 for b in self.buckets[:-1]]).astype(np.int64)
-        if self.offsets[-1] + self.buckets[-1] + 1 > np.iinfo(np.int32).max:
-            raise ValueError(f"{sum(b + 1 for b in self.buckets)} ids in all: more than the "
-                             "int32 ids hold; lower hash_buckets or max_rows")
+        self.offsets = hashing.field_offsets(self.buckets)
 
     def _codes(self, keys: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
         del train_rows
@@ -573,10 +570,8 @@ class _HashEncoder(_Encoder):
         """Closes the files; the ids are final already."""
         del min_count
         self._close()
-        fields = [{"name": name, "kind": module.FIELD_KINDS[f],
-                   "vocab_size": self.buckets[f] + 1, "offset": int(self.offsets[f]),
-                   "oov_id": int(self.offsets[f]), "hash_buckets": self.buckets[f]}
-                  for f, name in enumerate(self.field_names)]
+        fields = hashing.feature_map_fields(self.field_names, module.FIELD_KINDS,
+                                            self.buckets, self.offsets)
         return fields, self._split_entries()
 
 
