@@ -41,8 +41,6 @@ def test_mesh_shape_resolves_minus_one_and_rejects_bad_sizes():
 
 
 def test_mesh_steps_in_a_4_device_process(four_device_tests):
-    if FOUR_DEVICES:
-        pytest.skip("this is the 4-device process")
     four_device_tests(__file__, passed=3, timeout=600)
 
 

@@ -82,8 +82,6 @@ def test_padded_tables_are_zero_and_not_exported():
 
 
 def test_table_sharding_in_a_4_device_process(four_device_tests):
-    if FOUR_DEVICES:
-        pytest.skip("this is the 4-device process")
     four_device_tests(__file__, passed=7, timeout=900)
 
 
