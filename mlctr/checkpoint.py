@@ -43,6 +43,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mlctr import sharding
+
 BEST_DIR = "best"
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "corrupt_checkpoints"
@@ -281,7 +283,7 @@ def _table_padding_difference(saved: dict, current: dict, vocab_size) -> list[st
     after = int(current.get("mesh", {}).get("table", 1))
     if before == after or not vocab_size:
         return []
-    rows = [-(-int(vocab_size) // t) * t for t in (before, after)]
+    rows = [sharding.padded_table_rows(vocab_size, t) for t in (before, after)]
     if rows[0] == rows[1]:
         return []
     return [f"mesh.table: checkpoint {before}, config {after} (embedding tables of "

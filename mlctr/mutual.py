@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import optax
 
 from mlctr import models as model_zoo
+from mlctr import sharding
 from mlctr import sparse
 from mlctr.models import regularization
 
@@ -174,7 +175,7 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
         groups.append(PeerGroup(config_key=key, model=model, names=names))
     if table_row_multiple < 1:
         raise ValueError(f"table_row_multiple must be >= 1, got {table_row_multiple}")
-    table_rows = -(-vocab_size // table_row_multiple) * table_row_multiple
+    table_rows = sharding.padded_table_rows(vocab_size, table_row_multiple)
     return Peers(groups=tuple(groups), table_rows=table_rows if table_rows != vocab_size else 0)
 
 

@@ -100,6 +100,12 @@ def table_row_multiple(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.shape.get(TABLE, 1))
 
 
+def padded_table_rows(vocab_size: int, multiple: int) -> int:
+    """`vocab_size` rounded up to a multiple of `multiple` (mesh.table): the rows of the
+    embedding tables in the training state."""
+    return -(-int(vocab_size) // int(multiple)) * int(multiple)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
