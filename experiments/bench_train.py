@@ -241,4 +241,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except train.Preempted as e:  # SIGTERM: the run saved a checkpoint; one line, no traceback
+        sys.exit(f"bench_train: {e}")
+    except (train.RunError, train.NonFiniteLossError) as e:
+        sys.exit(f"bench_train: error: {e}")
