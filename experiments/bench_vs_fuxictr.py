@@ -311,10 +311,15 @@ class PeakMemory:
         return self.peak
 
 
-def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
+def run_worker(python: str, name: str, job: dict, logs: str, *,
+               sample_memory: bool = False) -> dict:
     """Runs worker `name` in `python`; its result, plus what this process measured of it.
 
-    `peak_bytes` is the sampled peak PSS of the worker and all its descendants;
+    `peak_bytes` is the sampled peak PSS of the worker and all its descendants, with
+    `sample_memory` (else None): only for a worker that spreads over several processes
+    (FuxiCTR's Ray), since reading /proc/<pid>/smaps_rollup ten times a second costs the
+    sampler a quarter of a core and holds the worker's memory-map lock, which slows the
+    worker it measures (a single process's peak is exactly `peak_rss_bytes`);
     `peak_rss_bytes` is the kernel's peak RSS of the largest single process among the
     worker and the descendants it waited for (`os.wait4`'s rusage: a floor that does not
     depend on sampling); `cpu_seconds` its user + system time with those descendants.
@@ -332,10 +337,10 @@ def run_worker(python: str, name: str, job: dict, logs: str) -> dict:
         process = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name,
                                     "--job", job_path], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
-        memory = PeakMemory(process.pid)
+        memory = PeakMemory(process.pid) if sample_memory else None
         _, wait_status, usage = os.wait4(process.pid, 0)
         status = process.returncode = os.waitstatus_to_exitcode(wait_status)
-        peak = memory.stop()
+        peak = memory.stop() if memory else None
     if status != 0:
         with open(log_path) as log:
             sys.stderr.write("".join(log.readlines()[-25:]))
@@ -421,11 +426,13 @@ def prepare_both(raw: str, csv: dict, raw_rows: int, out: dict, args, logs: str)
     fuxi_data = os.path.join(out["fuxictr"], "data")
     shutil.rmtree(fuxi_data, ignore_errors=True)  # FuxiCTR would skip an existing one
     prep["fuxictr"] = run_worker(args.fuxictr_python, "fuxictr_prepare",
-                                 {"csv": csv, "out": fuxi_data}, logs)
+                                 {"csv": csv, "out": fuxi_data}, logs, sample_memory=True)
     for lib, p in prep.items():
         p["rows_per_sec"] = raw_rows / p["seconds"]
+        sampled = (f"sampled PSS {p['peak_bytes'] / 2**30:.2f} GiB, "
+                   if p["peak_bytes"] is not None else "")
         print(f"prepare {lib:8s} {p['seconds']:7.1f} s  {p['rows_per_sec']:10.0f} rows/s  "
-              f"peak {p['peak_bytes'] / 2**30:.2f} GiB (largest process "
+              f"peak {_peak_bytes(p) / 2**30:.2f} GiB ({sampled}largest process "
               f"{p['peak_rss_bytes'] / 2**30:.2f} GiB)", flush=True)
     return prep
 
@@ -487,6 +494,11 @@ def training_comparison(mlctr_runs: list[dict], fuxictr_runs: list[dict]) -> dic
             "fuxictr_train_examples": fuxictr_runs[0]["examples"]}
 
 
+def _peak_bytes(p: dict) -> int:
+    """The larger of a worker's two peak-memory measurements (`run_worker`)."""
+    return max(p["peak_bytes"] or 0, p["peak_rss_bytes"])
+
+
 def summary(prep: dict, per_model: dict, **extra) -> dict:
     """The last JSON line: preprocessing ratios, the per-model comparisons, `extra`.
 
@@ -495,17 +507,14 @@ def summary(prep: dict, per_model: dict, **extra) -> dict:
     the sampler), and the largest process alone leaves out the others.
     """
     m, f = prep["mlctr"], prep["fuxictr"]
-
-    def peak(p):
-        return max(p["peak_bytes"], p["peak_rss_bytes"])
-
     return {
         "prepare_ratio": m["rows_per_sec"] / f["rows_per_sec"],
-        "peak_memory_ratio": peak(m) / peak(f),
-        "peak_pss_ratio": m["peak_bytes"] / f["peak_bytes"],
+        "peak_memory_ratio": _peak_bytes(m) / _peak_bytes(f),
         "peak_rss_ratio": m["peak_rss_bytes"] / f["peak_rss_bytes"],
         "prepare": {lib: {"seconds": p["seconds"], "rows_per_sec": p["rows_per_sec"],
-                          "peak_gib": peak(p) / 2**30, "peak_pss_gib": p["peak_bytes"] / 2**30,
+                          "peak_gib": _peak_bytes(p) / 2**30,
+                          "peak_pss_gib": (p["peak_bytes"] / 2**30
+                                           if p["peak_bytes"] is not None else None),
                           "peak_rss_gib": p["peak_rss_bytes"] / 2**30,
                           "cpu_seconds": p["cpu_seconds"]} for lib, p in prep.items()},
         "models": per_model, **extra}

@@ -75,11 +75,14 @@ def test_summary_divides_mlctr_by_fuxictr():
     assert line["prepare_ratio"] == pytest.approx(50.0)
     # Peaks: the larger measurement of each side (PSS 2^28 vs RSS 2^27; 2^33 vs 2^31).
     assert line["peak_memory_ratio"] == pytest.approx(2**-5)
-    assert line["peak_pss_ratio"] == pytest.approx(2**-5)
     assert line["peak_rss_ratio"] == pytest.approx(2**-4)
     assert line["prepare"]["fuxictr"]["peak_gib"] == pytest.approx(8.0)
     rss_larger = dict(prep, mlctr=dict(prep["mlctr"], peak_rss_bytes=2**29))
     assert bench.summary(rss_larger, {})["peak_memory_ratio"] == pytest.approx(2**-4)
+    # mlctr's single process is not sampled: its peak is its kernel-measured RSS.
+    unsampled = dict(prep, mlctr=dict(prep["mlctr"], peak_bytes=None))
+    assert bench.summary(unsampled, {})["peak_memory_ratio"] == pytest.approx(2**-6)
+    assert bench.summary(unsampled, {})["prepare"]["mlctr"]["peak_pss_gib"] is None
     assert line["models"]["deepfm"]["train_ratio"] == 3.5 and line["rows"] == 100
     json.dumps(line)  # printable as the last line
 
@@ -91,10 +94,15 @@ def test_run_worker_measures_the_child_process(tmp_path):
     raw = str(tmp_path / "raw.txt")
     synthetic.generate(raw, num_rows=2000, seed=3)
     got = bench.run_worker(sys.executable, "mlctr_prepare",
-                           {"raw": raw, "out": str(tmp_path / "prepared")}, str(tmp_path / "logs"))
+                           {"raw": raw, "out": str(tmp_path / "prepared")}, str(tmp_path / "logs"),
+                           sample_memory=True)
     assert got["seconds"] > 0 and got["cpu_seconds"] > 0
     # A Python process with numpy imported holds well over 10 MiB, sampled or not.
     assert got["peak_bytes"] > 10 * 2**20 and got["peak_rss_bytes"] > 10 * 2**20
+    unsampled = bench.run_worker(sys.executable, "mlctr_prepare",
+                                 {"raw": raw, "out": str(tmp_path / "prepared2")},
+                                 str(tmp_path / "logs"))
+    assert unsampled["peak_bytes"] is None and unsampled["peak_rss_bytes"] > 10 * 2**20
     with pytest.raises(SystemExit, match="mlctr_prepare"):
         bench.run_worker(sys.executable, "mlctr_prepare", {"raw": str(tmp_path / "missing"),
                                                           "out": str(tmp_path / "p2")},
