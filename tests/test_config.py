@@ -85,6 +85,9 @@ def test_validate_accepts_the_shipped_configs(get_config):
     ("data.protocol", "x1", "must be one of"),
     ("mesh.data", 0, "-1"),
     ("compute_dtype", "int8", "must be one of"),
+    ("vocab.qr_collisions", 1, "0 (off) or an integer >= 2"),
+    ("vocab.qr_collisions", -4, "0 (off) or an integer >= 2"),
+    ("vocab.qr_combiner", "concat", "must be one of"),
 ])
 def test_validate_names_the_key_and_value(key, value, says):
     config = tiny.get_config()
@@ -133,3 +136,23 @@ def test_validate_synthetic_needs_rows():
     config.data.num_rows = 0
     with pytest.raises(ValueError, match=r"^config\.data\.num_rows: "):
         validate.validate(config)
+
+
+def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
+    import json
+
+    from mlctr import checkpoint
+
+    config = tiny.get_config()
+    for collisions, combiner in [(0, "product"), (2, "sum"), (1000, "product")]:
+        config.vocab.qr_collisions, config.vocab.qr_combiner = collisions, combiner
+        validate.validate(config)
+    # A run saved before the keys existed resumes under a config that has them at default...
+    current = tiny.get_config().to_dict()
+    saved = json.loads(json.dumps(current))  # as config.json holds it
+    del saved["vocab"]["qr_collisions"], saved["vocab"]["qr_combiner"]
+    assert checkpoint.config_differences(saved, current) == []
+    # ...but not with QR switched on.
+    current["vocab"]["qr_collisions"] = 4
+    assert checkpoint.config_differences(saved, current) == [
+        "vocab.qr_collisions: checkpoint '<absent>', config 4"]

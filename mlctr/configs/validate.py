@@ -59,6 +59,7 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, is_legal, what a legal value is) for every field with a value constraint."""
     from mlctr import mutual
     from mlctr import sparse
+    from mlctr.data import qr
     from mlctr.data.prepare import DATASETS, PROTOCOLS, VOCAB_MODES
 
     return [
@@ -73,6 +74,9 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
          "'name=count,...' (empty: none)"),
         ("vocab.max_rows", lambda v: _non_negative_int(v) and v != 1,
          "must be 0 (no cap) or an integer >= 2"),
+        ("vocab.qr_collisions", lambda v: _non_negative_int(v) and v != 1,
+         "must be 0 (off) or an integer >= 2 (ids per quotient row)"),
+        ("vocab.qr_combiner", _one_of(qr.COMBINERS), f"must be one of {qr.COMBINERS}"),
         ("compute_dtype", _one_of(COMPUTE_DTYPES), f"must be one of {COMPUTE_DTYPES}"),
         ("mutual.alpha", _non_negative_number, "must be a finite number >= 0 (0: independent)"),
         ("mutual.divergence", _one_of(mutual.DIVERGENCES),
