@@ -13,9 +13,12 @@ concatenated table too: `QRLayout.rows` maps a batch's dataset ids [B, F] to tab
 [B, 2F] (the quotient and remainder row of each field, side by side), the lookup of
 those rows is the usual one (and so are the sparse update and the sharding by rows),
 and `combine` turns the [B, 2F, D] embeddings into the [B, F, D] field embeddings.
-The dataset is unchanged: m is chosen per run, not per prepare. A field of at most m
-ids gains nothing from the split and keeps one table (its remainder rows, combined with
-one shared quotient row).
+The dataset is unchanged: m is chosen per run (`config.vocab.qr_collisions`), not per
+prepare. A field of at most m ids gains nothing from the split and keeps one table (its
+remainder rows, combined with one shared quotient row).
+
+`QRLayout.rows` (numpy, for the host) and `QRLayout.jnp_rows` (inside the jitted step
+and predict function, mlctr/mutual.py) compute the same rows; the tests check that.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class QRLayout:
         quotient_offsets: int64 [F] first quotient row of each field.
         remainder_offsets: int64 [F] first remainder row of each field.
         num_rows: rows of the table (all fields' quotient and remainder rows).
+        combiner: how a field's two embeddings combine ("product" or "sum", `combine`).
     """
 
     offsets: np.ndarray
@@ -46,12 +50,22 @@ class QRLayout:
     quotient_offsets: np.ndarray
     remainder_offsets: np.ndarray
     num_rows: int
+    combiner: str = "product"
 
     @classmethod
-    def from_fields(cls, fields: list[dict], collisions: int) -> "QRLayout":
-        """The layout of a feature map's `fields` with m = `collisions` (>= 1)."""
-        if int(collisions) < 1:
+    def from_fields(cls, fields: list[dict], collisions: int,
+                    combiner: str = "product") -> "QRLayout":
+        """The layout of a feature map's `fields` (in column order) with m = `collisions`.
+
+        Args:
+            fields: the feature map's per-field entries (`offset`, `vocab_size`).
+            collisions: m >= 1, ids per quotient row.
+            combiner: "product" or "sum" (`combine`).
+        """
+        if isinstance(collisions, bool) or int(collisions) != collisions or collisions < 1:
             raise ValueError(f"qr collisions must be an integer >= 1 (got {collisions!r})")
+        if combiner not in COMBINERS:
+            raise ValueError(f"unknown qr combiner {combiner!r}; expected one of {COMBINERS}")
         m = int(collisions)
         sizes = np.array([f["vocab_size"] for f in fields], np.int64)
         quotients = -(-sizes // m)
@@ -60,7 +74,13 @@ class QRLayout:
         starts = np.concatenate([[0], np.cumsum(per_field)[:-1]]).astype(np.int64)
         return cls(offsets=np.array([f["offset"] for f in fields], np.int64), sizes=sizes,
                    collisions=m, quotient_offsets=starts,
-                   remainder_offsets=starts + quotients, num_rows=int(per_field.sum()))
+                   remainder_offsets=starts + quotients, num_rows=int(per_field.sum()),
+                   combiner=combiner)
+
+    @property
+    def vocab_size(self) -> int:
+        """Dataset ids the layout covers (the feature map's `vocab_size`)."""
+        return int(self.offsets[-1] + self.sizes[-1]) if len(self.sizes) else 0
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """int32 [B, 2F] table rows of dataset ids [B, F]: (quotient, remainder) per field."""
@@ -70,6 +90,22 @@ class QRLayout:
         rows[..., 0] = quotient + self.quotient_offsets
         rows[..., 1] = remainder + self.remainder_offsets
         return rows.reshape(local.shape[:-1] + (-1,)).astype(np.int32)
+
+    def jnp_rows(self, ids):
+        """`rows` in jax.numpy, for use inside jit: int32 [..., F] ids -> int32 [..., 2F].
+
+        int32 throughout: dataset ids and table rows are below 2^31 (the feature map's
+        offsets are checked against int32 at prepare). An id outside its field (the id-0
+        padding of an eval batch, in a later field) gets some row, as with `rows`; such
+        rows are masked out of every metric and never trained on.
+        """
+        import jax.numpy as jnp  # here: the numpy side stays importable without jax
+
+        local = jnp.asarray(ids, jnp.int32) - jnp.asarray(self.offsets, jnp.int32)
+        quotient = local // self.collisions + jnp.asarray(self.quotient_offsets, jnp.int32)
+        remainder = local % self.collisions + jnp.asarray(self.remainder_offsets, jnp.int32)
+        rows = jnp.stack([quotient, remainder], axis=-1)
+        return rows.reshape(local.shape[:-1] + (-1,))
 
 
 def combine(embeddings, combiner: str = "product"):

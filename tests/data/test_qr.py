@@ -41,3 +41,28 @@ def test_combine_product_and_sum():
         qr.combine(emb, "concat")
     with pytest.raises(ValueError, match="collisions"):
         qr.QRLayout.from_fields(FIELDS, 0)
+
+
+def test_jnp_rows_agree_with_numpy_rows_inside_jit():
+    jax = pytest.importorskip("jax")
+    layout = qr.QRLayout.from_fields(FIELDS, collisions=4)
+    rng = np.random.default_rng(0)
+    ids = np.stack([rng.integers(f["offset"], f["offset"] + f["vocab_size"], 257)
+                    for f in FIELDS], 1).astype(np.int32)
+    got = np.asarray(jax.jit(layout.jnp_rows)(ids))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, layout.rows(ids))
+    # Out-of-field ids (an eval batch's id-0 padding) get the same rows on both sides too.
+    padding = np.zeros((3, len(FIELDS)), np.int32)
+    np.testing.assert_array_equal(np.asarray(layout.jnp_rows(padding)), layout.rows(padding))
+
+
+def test_layout_covers_the_feature_map_and_checks_its_arguments():
+    layout = qr.QRLayout.from_fields(FIELDS, collisions=2000, combiner="sum")
+    assert layout.vocab_size == 1014 and layout.combiner == "sum"
+    # m >= every field's size: one quotient row per field, the remainders one row per id.
+    assert layout.num_rows == 1014 + len(FIELDS)
+    with pytest.raises(ValueError, match="unknown qr combiner 'concat'"):
+        qr.QRLayout.from_fields(FIELDS, 4, combiner="concat")
+    with pytest.raises(ValueError, match="collisions must be an integer >= 1"):
+        qr.QRLayout.from_fields(FIELDS, 2.5)
