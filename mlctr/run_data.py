@@ -3,12 +3,25 @@
 Preparing a dataset is a step of its own, done before training starts: `mlctr.main`
 calls `ensure_prepared(config, workdir)` and then the trainer, which only opens what is
 there (`open_dataset`). A library caller does the same two calls.
+
+Per-process datasets. The Criteo 1TB logs with hashed ids (`PER_PROCESS_DATASETS`,
+`vocab.mode='hash'`) are prepared by every process for itself: process i of P prepares
+its own train days (mlctr.data.criteo_1tb.train_days) and its own copy of day 23 (valid
+and test) into <data_dir>/process_<i>_of_<P>, and trains from its own rows
+(`reader.ProcessShard`). A hashed id needs nothing from another process, so no process
+waits for another's rows and the data dir may be on each host's local disk. Every
+process copying day 23 costs each a read of one day, but keeps evaluation local: no
+shared storage, no second dataset layout; the copies are checked to be identical at
+open. The processes agree, in one collective, on every process's train rows (steps per
+epoch: the smallest shard's) and on their copies of valid and test being the same.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
+import re
 import threading
 from typing import Any, Callable, Iterator
 
@@ -17,17 +30,53 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 
+import numpy as np
+
+from mlctr import sharding
 from mlctr.data import format as fmt
+from mlctr.data.errors import DataError
+from mlctr.locking import LockedError
 from mlctr.run_errors import RunError
 
 # The dataset a run was trained on (process 0 writes it at the start of the run), so
 # `mlctr.predict` can compare it with the dataset it is given.
 DATASET_RECORD = "dataset.json"
+# Datasets whose raw input is per-process files: in hash mode each process prepares
+# and trains from its own (see the module docstring).
+PER_PROCESS_DATASETS = ("criteo_1tb",)
+_PROCESS_DIR = re.compile(r"process_(\d+)_of_(\d+)$")
 
 
 def dataset_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Where the prepared dataset lives: config.data.data_dir or <workdir>/data."""
     return config.data.data_dir or os.path.join(workdir, "data")
+
+
+def is_per_process(config: ml_collections.ConfigDict) -> bool:
+    """Whether each process prepares and trains from its own rows (module docstring)."""
+    return config.data.dataset in PER_PROCESS_DATASETS and config.vocab.mode == "hash"
+
+
+def process_dir(data_dir: str, process_index: int, process_count: int) -> str:
+    """<data_dir>/process_<i>_of_<P>: the prepared rows of process i of P."""
+    return os.path.join(data_dir, f"process_{process_index}_of_{process_count}")
+
+
+def check_process_count(data_dir: str, process_count: int) -> None:
+    """RunError when `data_dir` holds per-process datasets of another process count.
+
+    The train days are dealt out by process count, so shards of two counts would
+    share or miss days: never mixed, never silently replaced.
+    """
+    names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    counts = sorted({int(m.group(2)) for m in map(_PROCESS_DIR.match, names) if m}
+                    - {process_count})
+    if counts:
+        raise RunError(
+            f"{data_dir} holds a dataset prepared for {counts[0]} processes "
+            f"(process_*_of_{counts[0]}/), but this run has {process_count}: the train days "
+            f"are dealt out by process count, so run with {counts[0]} processes, or use "
+            "another config.data.data_dir (or remove those directories to prepare again)")
 
 
 def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -37,31 +86,20 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
     for `criteo`/`avazu` `config.data.raw` must name the Kaggle file. In a
     multi-process run process 0 prepares it and the others wait, so the data dir
     must be on storage every process sees (or prepared on every host beforehand).
+    A per-process dataset (`is_per_process`) is prepared by every process into its
+    own `process_dir`, which is returned.
 
     Raises:
       RunError: there is no dataset and nothing to prepare it from, or another
         process finds none after process 0 prepared it.
       mlctr.data.errors.DataError: the raw file is bad (one line naming file and row).
     """
-    from mlctr.data.prepare import prepare
-
     data_dir = dataset_dir(config, workdir)
+    if is_per_process(config):
+        return _ensure_process_prepared(config, data_dir)
     feature_map = os.path.join(data_dir, fmt.FEATURE_MAP)
     if jax.process_index() == 0 and not os.path.exists(feature_map):
-        raw = config.data.raw
-        if config.data.dataset == "synthetic":
-            raw = raw or os.path.join(data_dir, "raw", "synthetic_criteo.txt")
-        elif not raw:
-            raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir) and "
-                           f"config.data.raw names no raw {config.data.dataset} file to "
-                           "prepare it from")
-        logging.info("Preparing %s dataset into %s", config.data.dataset, data_dir)
-        prepare(
-            config.data.dataset, raw, data_dir, protocol=config.data.protocol,
-            skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
-            num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None,
-            vocab_mode=config.vocab.mode, hash_buckets=config.vocab.hash_buckets,
-            field_buckets=config.vocab.field_buckets or None, max_rows=config.vocab.max_rows)
+        _prepare(config, data_dir)
     if jax.process_count() > 1:
         # Every process passes this barrier, whether or not it found the dataset.
         multihost_utils.sync_global_devices("mlctr: dataset ready")
@@ -73,16 +111,86 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
     return data_dir
 
 
+def _prepare(config: ml_collections.ConfigDict, out: str, **processes) -> None:
+    """Prepares the dataset of `config` into `out` (`processes`: its process options)."""
+    from mlctr.data.prepare import prepare
+
+    raw = config.data.raw
+    if config.data.dataset == "synthetic":
+        raw = raw or os.path.join(out, "raw", "synthetic_criteo.txt")
+    elif not raw:
+        raise RunError(f"no prepared dataset at {out} (config.data.data_dir) and "
+                       f"config.data.raw names no raw {config.data.dataset} file to "
+                       "prepare it from")
+    logging.info("Preparing %s dataset into %s", config.data.dataset, out)
+    prepare(
+        config.data.dataset, raw, out, protocol=config.data.protocol,
+        skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
+        num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None,
+        vocab_mode=config.vocab.mode, hash_buckets=config.vocab.hash_buckets,
+        field_buckets=config.vocab.field_buckets or None, max_rows=config.vocab.max_rows,
+        **processes)
+
+
+def _ensure_process_prepared(config: ml_collections.ConfigDict, data_dir: str) -> str:
+    """Every process prepares its own rows unless they are there; all learn who failed."""
+    index, count = jax.process_index(), jax.process_count()
+    own = process_dir(data_dir, index, count)
+    error = None
+    try:
+        check_process_count(data_dir, count)
+        if not os.path.exists(os.path.join(own, fmt.FEATURE_MAP)):
+            _prepare(config, own, process_index=index, process_count=count)
+    except ValueError as e:  # prepare's one-line argument errors (e.g. too many processes)
+        error = RunError(f"config.data.dataset={config.data.dataset!r}: {e}")
+    except (RunError, DataError, LockedError) as e:
+        error = e
+    _gather_outcome("prepare their datasets", error, np.zeros(0, np.uint8))
+    return own
+
+
+def _gather_outcome(what: str, error: Exception | None, payload: np.ndarray) -> np.ndarray:
+    """Every process's uint8 `payload` [P, n], once all processes have tried `what`.
+
+    Raises:
+      `error` on the process that met it; on the others a RunError naming the
+      processes that failed, so no process waits on one that has stopped.
+    """
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return payload[None]
+    flagged = np.concatenate([np.array([error is not None], np.uint8), payload])
+    gathered = np.asarray(multihost_utils.process_allgather(flagged))
+    if error is not None:
+        raise error
+    failed = np.flatnonzero(gathered[:, 0]).tolist()
+    if failed:
+        raise RunError(f"process(es) {failed} could not {what} (each says why in its own "
+                       f"log); process {jax.process_index()} stops with them")
+    return gathered[:, 1:]
+
+
 def open_dataset(config: ml_collections.ConfigDict, workdir: str):
     """Opens the prepared dataset of a run (checked against `config.data.dataset`).
+
+    A per-process dataset (`is_per_process`) opens as a `reader.ProcessShard` of this
+    process's own directory, once every process has opened its own.
 
     Raises:
       RunError: there is no prepared dataset (run `ensure_prepared` first).
       mlctr.data.errors.DatasetError: the dataset is damaged or of another kind.
     """
+    data_dir = dataset_dir(config, workdir)
+    if is_per_process(config):
+        return _open_process_shard(config, data_dir)
+    return _open(config, data_dir)
+
+
+def _open(config: ml_collections.ConfigDict, data_dir: str):
+    """The PreparedDataset at `data_dir`, of config's dataset kind and vocab mode."""
     from mlctr.data.reader import PreparedDataset
 
-    data_dir = dataset_dir(config, workdir)
     if not os.path.exists(os.path.join(data_dir, fmt.FEATURE_MAP)):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
                        "it first (mlctr.train.ensure_prepared(config, workdir), or "
@@ -96,11 +204,90 @@ def open_dataset(config: ml_collections.ConfigDict, workdir: str):
     return dataset
 
 
+def _open_process_shard(config: ml_collections.ConfigDict, data_dir: str):
+    """This process's own rows, with every process's train rows and sources."""
+    from mlctr.data.reader import ProcessShard
+
+    index, count = jax.process_index(), jax.process_count()
+    own, dataset, error = process_dir(data_dir, index, count), None, None
+    try:
+        check_process_count(data_dir, count)
+        dataset = _open(config, own)
+        split = dataset.feature_map.get("split", {})
+        prepared_as = (split.get("process_index"), split.get("process_count"))
+        if prepared_as != (index, count):
+            raise RunError(f"{fmt.feature_map_path(own)}: prepared as process "
+                           f"{prepared_as[0]} of {prepared_as[1]}, but {own} is process "
+                           f"{index} of {count}'s: prepare it again with --process_index="
+                           f"{index} --process_count={count} --overwrite")
+    except (RunError, DataError) as e:
+        error = e
+    gathered = _gather_outcome("open their datasets", error, _shard_summary(dataset))
+    rows = [int.from_bytes(g[:8].tobytes(), "little") for g in gathered]
+    sources = [g[8:40].tobytes().hex() for g in gathered]
+    differ = [p for p, g in enumerate(gathered) if g[40:].tobytes() != gathered[0][40:].tobytes()]
+    if differ:
+        raise RunError(f"the valid/test splits (or vocabulary options) of process(es) {differ} "
+                       f"differ from process 0's (under {data_dir}): every process evaluates "
+                       "the same rows, so prepare all of them with the same day 23 and "
+                       "config.vocab")
+    shard = ProcessShard(dataset, index, rows, sources)
+    batch_size = config.train.batch_size
+    if batch_size > 0 and batch_size % count == 0:
+        logging.info("%s: train rows by process %s; %d rows of every batch each, %d steps per "
+                     "epoch (the smallest process's); rows left out per epoch by process %s",
+                     config.data.dataset, rows, batch_size // count,
+                     shard.num_train_batches(batch_size), shard.rows_left_out(batch_size))
+    return shard
+
+
+def _shard_summary(dataset) -> np.ndarray:
+    """uint8 [72]: train rows (8 bytes), source sha256, and a digest of what every
+    process must share (fields, vocab options, valid and test files); zeros if None."""
+    if dataset is None:
+        return np.zeros(72, np.uint8)
+    feature_map = dataset.feature_map
+    checksums = feature_map.get("checksums", {}).get("files", {})
+    shared = {"fields": feature_map["fields"], "vocab": feature_map.get("vocab"),
+              "eval": {name: checksums.get(name) for name in sorted(checksums)
+                       if not name.startswith("train")},
+              "splits": {s: feature_map["splits"][s] for s in ("valid", "test")}}
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).digest()
+    source = bytes.fromhex(feature_map.get("source", {}).get("sha256") or "0" * 64)
+    rows = dataset.num_examples("train").to_bytes(8, "little")
+    return np.frombuffer(rows + source + digest, np.uint8).copy()
+
+
 def dataset_fingerprint(dataset) -> dict:
-    """What a checkpoint must agree with to resume on this dataset."""
+    """What a checkpoint must agree with to resume on this dataset (of a ProcessShard:
+    every process's train rows and sources, the same on every process)."""
+    from mlctr.data.reader import ProcessShard
+
+    if isinstance(dataset, ProcessShard):
+        return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
+                "train_examples": dataset.process_train_rows,
+                "source_sha256": dataset.process_sources}
     return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
             "train_examples": dataset.num_examples("train"),
             "source_sha256": dataset.feature_map.get("source", {}).get("sha256")}
+
+
+def check_batch_slices(dataset, mesh, batch_size: int) -> None:
+    """Fails early when a global batch does not divide over the processes' readers.
+
+    Raises:
+      ValueError: the batch is not a multiple of the mesh's data blocks.
+      RunError: processes train from their own rows (a ProcessShard) but two of them
+        share a slice of the batch (peers split across processes): each needs its own.
+    """
+    from mlctr.data.reader import ProcessShard
+
+    _, count = sharding.process_batch_slice(mesh, batch_size)
+    if isinstance(dataset, ProcessShard) and count != dataset.process_count:
+        raise RunError(f"{dataset.process_count} processes train from their own rows of "
+                       f"{dataset.feature_map['dataset']}, so each needs its own slice of "
+                       f"the batch, but the mesh {dict(mesh.shape)} cuts it into {count}: "
+                       "split config.mesh.data (x mesh.table) over every process")
 
 
 def write_dataset_record(workdir: str, kind: str, fingerprint: dict) -> None:

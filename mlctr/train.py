@@ -20,7 +20,9 @@ the epochs run out; the best weights of each peer are evaluated.
 
 Scale and restarts. The state and batches live on the `config.mesh` device mesh
 (mlctr/sharding.py); in a multi-process run each process reads its slice of every
-batch and evaluation gathers every example's predictions once. Checkpoints
+batch (of a per-process dataset such as hash-mode criteo_1tb: from its own train rows,
+every process stopping at the smallest shard's steps per epoch; mlctr/run_data.py) and
+evaluation gathers every example's predictions once. Checkpoints
 (mlctr/checkpoint.py) are written every `checkpoint.ckpt_steps` updates, at the
 end and on SIGTERM (then the run raises `Preempted`); the same command resumes
 from the newest one and ends bitwise identical to an uninterrupted run on CPU. A
@@ -79,7 +81,8 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
                       else sharding.peer_execution(mesh, config.mutual.peer_execution))
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields, dtype=config.compute_dtype,
-                               table_row_multiple=sharding.table_row_multiple(mesh))
+                               table_row_multiple=sharding.table_row_multiple(mesh),
+                               qr_layout=mutual.qr_layout(config, dataset))
     optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)
@@ -294,10 +297,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
-    steps_per_epoch, total_steps = run_length(config.train, dataset)
     # Fail early when a batch does not divide over the processes.
-    sharding.process_batch_slice(mesh, config.train.batch_size)
+    run_data.check_batch_slices(dataset, mesh, config.train.batch_size)
     sharding.process_batch_slice(mesh, config.train.eval_batch_size)
+    steps_per_epoch, total_steps = run_length(config.train, dataset)
     shapes = abstract_state(config, peers, optimizer, dataset)
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])

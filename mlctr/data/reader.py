@@ -15,6 +15,13 @@ rows of a batch. Global batch b holds permutation[b*B:(b+1)*B]; process p of P t
 the p-th of its P equal slices, so the processes together cover each global batch
 exactly once; the last partial batch of an epoch is dropped.
 
+Per-process train rows (`ProcessShard`). Where each process has prepared its own train
+rows (the Criteo 1TB days of `mlctr.data.criteo_1tb.train_days`), process p draws its
+B / P rows of every global batch from its own rows, in the order of its own seeded
+permutation (`process_seed(seed, p)` in place of the seed), and every process stops at
+the same number of batches per epoch: the smallest over processes, so the larger shards
+leave some rows out of each epoch (different ones each epoch, as the order changes).
+
 Evaluation order is the file order; global batch b holds rows [b*B, (b+1)*B), process
 p takes its p-th slice, and rows past the end are padding (ids 0, label 0, mask 0), so
 every example counts exactly once and every process yields the same number of batches.
@@ -38,6 +45,7 @@ to an explicit `PreparedDataset.verify()`, the check for bit rot that keeps ids 
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import math
 import os
 import tokenize
@@ -207,6 +215,97 @@ class PreparedDataset:
     def bayes(self) -> dict | None:
         """Bayes-optimal {"split": {"auc", "logloss"}} (synthetic data), else None."""
         return self.feature_map.get("bayes")
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The shuffling seed of process `process_index`'s own train rows in a run of `seed`."""
+    return int(np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1)[0])
+
+
+class ProcessShard:
+    """One process's own prepared train rows, trained from as part of a global batch.
+
+    Everything but training is the wrapped dataset's (its valid and test splits, which
+    every process holds whole, feature map, vocabulary size): attributes not defined
+    here are looked up on it.
+
+    Args:
+        dataset: this process's prepared dataset (its own train rows).
+        process_index: this process.
+        process_train_rows: the train rows of every process, in process order (so every
+            process computes the same batches per epoch).
+        process_sources: every process's `source.sha256` (what its rows were read from),
+            in process order.
+
+    Attributes:
+        process_count: the number of processes.
+    """
+
+    def __init__(self, dataset: PreparedDataset, process_index: int,
+                 process_train_rows, process_sources):
+        self.dataset = dataset
+        self.process_index = int(process_index)
+        self.process_train_rows = [int(n) for n in process_train_rows]
+        self.process_sources = list(process_sources)
+        self.process_count = len(self.process_train_rows)
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index {process_index} outside [0, {self.process_count})")
+        if self.process_train_rows[self.process_index] != dataset.num_examples("train"):
+            raise ValueError(f"process {process_index} has {dataset.num_examples('train')} "
+                             f"train rows, not {self.process_train_rows[self.process_index]}")
+
+    def __getattr__(self, name):
+        if name == "dataset":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __repr__(self) -> str:
+        return (f"ProcessShard({self.dataset!r}, process {self.process_index} of "
+                f"{self.process_count})")
+
+    def local_batch_size(self, batch_size: int) -> int:
+        """Rows of a global batch of `batch_size` that each process reads."""
+        return _local_batch_size(batch_size, self.process_index, self.process_count)
+
+    def num_train_batches(self, batch_size: int) -> int:
+        """Global training batches per epoch: the fewest any process's rows fill."""
+        return min(self.process_train_rows) // self.local_batch_size(batch_size)
+
+    def rows_left_out(self, batch_size: int) -> list[int]:
+        """Train rows per epoch that each process does not visit (in process order)."""
+        used = self.num_train_batches(batch_size) * self.local_batch_size(batch_size)
+        return [n - used for n in self.process_train_rows]
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int,
+                      process_index: int = 0, process_count: int = 1,
+                      start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """This process's part of the global batches of one epoch, from its own rows.
+
+        Args:
+            batch_size: GLOBAL batch size B, a multiple of the process count.
+            seed: the run's shuffling seed (each process shuffles with `process_seed`).
+            epoch: epoch number (each epoch has its own order).
+            process_index: this process's slice of each global batch (any slice: the
+                rows are its own either way).
+            process_count: slices per global batch: one per process.
+            start_batch: first global batch to yield (resume mid-epoch).
+
+        Yields:
+            {"ids": int32 [B // P, F], "label": float32 [B // P]} for global batches
+            start_batch .. num_train_batches(B) - 1.
+        """
+        if process_count != self.process_count:
+            raise ValueError(f"{self.process_count} processes train from their own rows, "
+                             f"so each needs its own slice of the batch, not one of "
+                             f"{process_count}")
+        del process_index
+        num_batches = self.num_train_batches(batch_size)
+        if not 0 <= start_batch <= num_batches:
+            raise ValueError(f"start_batch {start_batch} outside [0, {num_batches}]")
+        batches = self.dataset.train_batches(
+            self.local_batch_size(batch_size), seed=process_seed(seed, self.process_index),
+            epoch=epoch, start_batch=start_batch)
+        return itertools.islice(batches, num_batches - start_batch)
 
 
 def open_dataset(data_dir: str, expected_dataset: str | None = None) -> PreparedDataset:

@@ -1,17 +1,20 @@
-"""criteo_1tb: day files, the MLPerf split, per-process train days, bad input."""
+"""criteo_1tb: day files, the MLPerf split, per-process train days and training, bad input."""
 
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from mlctr import run_data, train
+from mlctr.configs import tiny
 from mlctr.data import DataError, criteo_1tb, encode_raw
 from mlctr.data.prepare import prepare
-from mlctr.data.reader import PreparedDataset
+from mlctr.data.reader import PreparedDataset, ProcessShard, process_seed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -187,3 +190,131 @@ def test_cli_flags_and_one_line_errors(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: {tmp_path / 'raw' / 'day_0'}: missing day file")
+
+
+# Per-process training (mlctr.run_data): day d is process d mod P's, so with rows_per_day
+# alternating (21, 30) process 0 of 2 holds 12 x 21 = 252 train rows and process 1
+# 11 x 30 = 330.
+ROWS_PER_DAY = (21, 30)
+EVAL_ROWS = 50
+
+
+def _process_rows(process_index: int, process_count: int) -> int:
+    """The reference: train rows of a process, from the day files written by `_days`."""
+    return sum(ROWS_PER_DAY[d % 2] for d in criteo_1tb.train_days(process_index, process_count))
+
+
+def _run_config(tmp_path, **train_overrides):
+    """The tiny config on hash-mode criteo_1tb day files under tmp_path/raw, locked."""
+    config = tiny.get_config()
+    with config.unlocked():
+        config.mode = "train"
+        config.peers = "deepfm,dcn"
+        config.data.dataset = "criteo_1tb"
+        config.data.raw = str(tmp_path / "raw")
+        config.data.data_dir = str(tmp_path / "data")
+        config.vocab.mode = "hash"
+        config.vocab.hash_buckets = 64
+        config.train.batch_size = 32
+        config.train.update(train_overrides)
+    config.lock()
+    return config
+
+
+def test_process_shard_batches_agree_and_resume(tmp_path):
+    _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
+    shards = []
+    for p in range(2):
+        prepare("criteo_1tb", str(tmp_path / "raw"), str(tmp_path / f"p{p}"),
+                vocab_mode="hash", hash_buckets=64, process_index=p, process_count=2)
+        rows = [_process_rows(q, 2) for q in range(2)]
+        shards.append(ProcessShard(PreparedDataset(str(tmp_path / f"p{p}")), p, rows,
+                                   ["a", "b"]))
+    # Steps per epoch: the smallest shard's, 252 // 16 = 15; 12 and 90 rows left out.
+    assert [s.num_train_batches(32) for s in shards] == [15, 15]
+    assert shards[1].rows_left_out(32) == [252 - 15 * 16, 330 - 15 * 16]
+    assert shards[0].vocab_size == PreparedDataset(str(tmp_path / "p0")).vocab_size
+    epoch = list(shards[1].train_batches(32, seed=3, epoch=1, process_index=1, process_count=2))
+    assert len(epoch) == 15 and all(b["ids"].shape == (16, 39) for b in epoch)
+    # Each process's own rows, in its own seeded order: the reader's, at B / P rows.
+    own = list(shards[1].dataset.train_batches(16, seed=process_seed(3, 1), epoch=1))[:15]
+    for got, want in zip(epoch, own):
+        np.testing.assert_array_equal(got["ids"], want["ids"])
+    # Resuming at a batch yields exactly the rest of the epoch.
+    rest = list(shards[1].train_batches(32, seed=3, epoch=1, process_index=1,
+                                        process_count=2, start_batch=9))
+    for got, want in zip(rest, epoch[9:], strict=True):
+        np.testing.assert_array_equal(got["ids"], want["ids"])
+    assert process_seed(3, 0) != process_seed(3, 1)
+    with pytest.raises(ValueError, match="each needs its own slice"):
+        shards[0].train_batches(32, seed=3, epoch=0, process_count=1)
+
+
+def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
+    _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
+    config = _run_config(tmp_path, num_epochs=1)
+    own = train.ensure_prepared(config, str(tmp_path / "run"))
+    assert own == str(tmp_path / "data" / "process_0_of_1")
+    with open(os.path.join(own, "feature_map.json")) as f:
+        assert json.load(f)["split"]["train_days"] == list(range(23))
+    shard = run_data.open_dataset(config, str(tmp_path / "run"))
+    assert isinstance(shard, ProcessShard) and shard.process_train_rows == [_process_rows(0, 1)]
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["steps"] == _process_rows(0, 1) // 32
+    assert {"deepfm", "dcn", "ensemble"} <= set(results["test"])
+
+    # Shards of another process count are refused, in one line, never mixed in.
+    os.makedirs(tmp_path / "data" / "process_1_of_2")
+    for call in (train.ensure_prepared, run_data.open_dataset):
+        with pytest.raises(train.RunError) as error:
+            call(config, str(tmp_path / "run"))
+        assert "\n" not in str(error.value)
+        assert "prepared for 2 processes (process_*_of_2/), but this run has 1" in str(error.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_from_their_own_days(tmp_path):
+    _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
+    workdir = str(tmp_path / "run")
+    flags = ["--config=mlctr/configs/tiny.py", "--config.mode=train",
+             "--config.peers=deepfm,dcn", "--config.data.dataset=criteo_1tb",
+             f"--config.data.raw={tmp_path / 'raw'}", f"--config.data.data_dir={tmp_path / 'data'}",
+             "--config.vocab.mode=hash", "--config.vocab.hash_buckets=64",
+             "--config.train.batch_size=32", "--config.train.num_epochs=2",
+             f"--workdir={workdir}"]
+
+    def launch():
+        env = {**os.environ, "MLCTR_NO_VENV": "1", "PYTHON": sys.executable,
+               "MLCTR_PORT": str(_free_port())}
+        proc = subprocess.run(["bash", "launch.sh", "multiprocess", "2", *flags], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        with open(os.path.join(workdir, "results.json")) as f:
+            return json.load(f), proc.stderr
+
+    results, log = launch()
+    rows = [_process_rows(p, 2) for p in range(2)]
+    for p in range(2):  # each process prepared exactly its own days, and all of day 23
+        with open(tmp_path / "data" / f"process_{p}_of_2" / "feature_map.json") as f:
+            feature_map = json.load(f)
+        assert feature_map["split"]["train_days"] == criteo_1tb.train_days(p, 2)
+        assert feature_map["splits"]["train"]["num_examples"] == rows[p]
+        assert feature_map["splits"]["valid"]["num_examples"] == EVAL_ROWS // 2
+    steps_per_epoch = min(rows) // 16  # 15: each process reads 16 rows of every batch
+    left_out = [n - steps_per_epoch * 16 for n in rows]
+    assert (f"criteo_1tb: train rows by process {rows}; 16 rows of every batch each, "
+            f"{steps_per_epoch} steps per epoch (the smallest process's); rows left out per "
+            f"epoch by process {left_out}") in log, log[-3000:]
+    # Every step is one collective of both processes, and so is the final checkpoint: the
+    # checkpoint at the end step says both ran exactly that many.
+    assert results["steps"] == 2 * steps_per_epoch
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(2 * steps_per_epoch)]
+    # The same command resumes: both processes agree with the checkpoint's dataset.
+    again, _ = launch()
+    assert again["resumed_from"] == 2 * steps_per_epoch
+    assert again["test"] == results["test"]
