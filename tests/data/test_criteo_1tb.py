@@ -278,21 +278,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_train_from_their_own_days(tmp_path):
-    _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
-    workdir = str(tmp_path / "run")
+def _launch_two(tmp_path) -> subprocess.CompletedProcess:
+    """`bash launch.sh multiprocess 2`: the tiny config on the day files in tmp_path/raw."""
     flags = ["--config=mlctr/configs/tiny.py", "--config.mode=train",
              "--config.peers=deepfm,dcn", "--config.data.dataset=criteo_1tb",
              f"--config.data.raw={tmp_path / 'raw'}", f"--config.data.data_dir={tmp_path / 'data'}",
              "--config.vocab.mode=hash", "--config.vocab.hash_buckets=64",
              "--config.train.batch_size=32", "--config.train.num_epochs=2",
-             f"--workdir={workdir}"]
+             f"--workdir={tmp_path / 'run'}"]
+    env = {**os.environ, "MLCTR_NO_VENV": "1", "PYTHON": sys.executable,
+           "MLCTR_PORT": str(_free_port())}
+    return subprocess.run(["bash", "launch.sh", "multiprocess", "2", *flags], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_train_from_their_own_days(tmp_path):
+    _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
+    workdir = str(tmp_path / "run")
 
     def launch():
-        env = {**os.environ, "MLCTR_NO_VENV": "1", "PYTHON": sys.executable,
-               "MLCTR_PORT": str(_free_port())}
-        proc = subprocess.run(["bash", "launch.sh", "multiprocess", "2", *flags], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=600)
+        proc = _launch_two(tmp_path)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
         with open(os.path.join(workdir, "results.json")) as f:
             return json.load(f), proc.stderr
@@ -318,3 +323,20 @@ def test_two_processes_train_from_their_own_days(tmp_path):
     again, _ = launch()
     assert again["resumed_from"] == 2 * steps_per_epoch
     assert again["test"] == results["test"]
+
+
+def test_two_processes_one_bad_day_stops_both_in_one_line(tmp_path):
+    lines = _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
+    bad = lines[5][:]  # day 5 is process 1's alone
+    bad[2] = bad[2].rsplit("\t", 1)[0] + "\n"
+    (tmp_path / "raw" / "day_5").write_text("".join(bad))
+    proc = _launch_two(tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-6000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mlctr: error:")]
+    assert f"mlctr: error: {tmp_path / 'raw' / 'day_5'}:3: expected 40 columns, found 39" in errors
+    # Process 0 prepared its days, learnt that process 1 could not, and stopped too
+    # (jax.distributed owns SIGTERM, so the launcher's stop does not cut it short).
+    assert ("mlctr: error: process(es) [1] could not prepare their datasets (each says why "
+            "in its own log); process 0 stops with them") in errors, errors
+    assert os.path.exists(tmp_path / "data" / "process_0_of_2" / "feature_map.json")
+    assert not os.path.exists(tmp_path / "data" / "process_1_of_2" / "feature_map.json")
