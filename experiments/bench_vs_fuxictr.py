@@ -9,10 +9,10 @@ same rows. Measured, each library in its own process:
    floor(ln(x)^2), min count 10): mlctr's `mlctr.data.prepare.prepare` on the raw file,
    FuxiCTR's `build_dataset` with its Criteo `CustomizedFeatureProcessor` on the csv
    files. Rows/s (timed around that call inside the worker) and peak memory, both
-   measured by this script for each worker process: the summed proportional set size
-   (PSS) of the process and all its descendants (FuxiCTR's Ray workers), sampled every
-   0.1 s, and the kernel's peak RSS of the largest single one of them (`os.wait4`);
-   both include the library's imports.
+   measured by this script for each worker process: the kernel's peak RSS of the largest
+   single process (`os.wait4`; mlctr prepares in one process), and for FuxiCTR's Ray
+   workers also the summed proportional set size (PSS) of the process and all its
+   descendants, sampled every 0.1 s; both include the library's imports.
 2. Training, for DeepFM, DCN and IPNN (FiBiNET too, with --models, best at fewer --rows:
    its DNN input is 23,712 wide): embedding 16, DNN 400x3, dropout 0.1, embedding L2 1e-5
    (l2/2 sum w^2 on both), DCN 3 cross layers, FiBiNET reduction 3 and field-interaction
@@ -40,18 +40,27 @@ FuxiCTR runs in its own virtual environment (--fuxictr_python, default
 mlctr runs in this one. The runs go one at a time, the order of the two libraries
 alternating from model to model.
 
+3. The DNN tower alone, per model: each library's MLP (its input width, 400x3, dropout,
+   BCE, Adam, gradient clipping) stepping on one fixed random batch of 4096, median of 20
+   steps, against that library's whole training step (4096 / its training examples/s).
+   The tower is most of a step's arithmetic, so FuxiCTR's step over mlctr's tower
+   (`train_ratio_ceiling`) is the most `train_ratio` could be with mlctr's matmuls as
+   they are on this CPU.
+
 The last printed line is one JSON object: `prepare_ratio` (mlctr / FuxiCTR rows/s),
 `peak_memory_ratio` (mlctr / FuxiCTR peak, each the larger of the sampled PSS and the
-largest process's RSS; `peak_pss_ratio` and `peak_rss_ratio` of each alone),
+largest process's RSS; `peak_rss_ratio` of the RSS alone),
 and per model `train_ratio` (mlctr / FuxiCTR training examples/s over all seeds),
 `wall_ratio`, both libraries' test AUCs per seed, `auc_gap` (mlctr's mean less FuxiCTR's)
-and `fuxictr_auc_spread` (max - min over its seeds).
+`fuxictr_auc_spread` (max - min over its seeds), and the tower figures
+(`*_tower_ms`, `*_step_ms`, `*_step_over_tower`, `train_ratio_ceiling`).
 
   python experiments/bench_vs_fuxictr.py                 # 1M train rows, ~30 min on 2 cores
   python experiments/bench_vs_fuxictr.py --rows=100000 --models=fibinet
   python experiments/bench_vs_fuxictr.py --rows=200000 --seeds=2019   # a quick look
 """
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -67,6 +76,8 @@ SPLIT_SEED = 2018
 MIN_COUNT = 10  # BARS Criteo_x4_001
 INT_COLUMNS = [f"I{i}" for i in range(1, 14)]
 STR_COLUMNS = [f"C{i}" for i in range(1, 27)]
+NUM_FIELDS = len(INT_COLUMNS) + len(STR_COLUMNS)
+TOWER_STEPS = 20  # timed steps of the DNN tower alone (after 3 untimed ones)
 # The hyperparameters both sides train with (mlctr's names; the FuxiCTR worker maps them).
 HYPER = dict(embedding_dim=16, dnn_hidden_units=(400, 400, 400), net_dropout=0.1,
              batch_norm=False, embedding_regularizer=1e-5, net_regularizer=0.0,
@@ -215,8 +226,102 @@ def fuxictr_train(job: dict) -> dict:
             "test_logloss": float(test["logloss"]), "wall_seconds": time.perf_counter() - start}
 
 
+def tower_input_width(model: str, embedding_dim: int) -> int:
+    """Width of a model's DNN input: the flat field embeddings, plus IPNN's inner products;
+    FiBiNET's DNN reads its two bilinear layers' F(F-1)/2 field pairs each."""
+    flat = NUM_FIELDS * embedding_dim
+    pairs = NUM_FIELDS * (NUM_FIELDS - 1) // 2
+    return {"deepfm": flat, "dcn": flat, "ipnn": flat + pairs,
+            "fibinet": 2 * pairs * embedding_dim}[model]
+
+
+def _tower_timing(step, steps: int) -> dict:
+    """Median and mean seconds of `steps` calls of `step()` (each waits for its result)."""
+    for _ in range(3):  # compilation / warm-up
+        step()
+    times = []
+    for _ in range(steps):
+        begin = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - begin)
+    times.sort()
+    return {"tower_step_seconds": times[len(times) // 2],
+            "tower_mean_seconds": sum(times) / len(times), "tower_steps": steps}
+
+
+def fuxictr_tower(job: dict) -> dict:
+    """FuxiCTR's MLP_Block alone (the model's DNN tower): forward, backward and Adam on one
+    fixed random batch, as its training step runs it (BCE on the logit, gradient clipping)."""
+    import torch
+    from fuxictr.pytorch import layers
+
+    torch.manual_seed(job["seed"])
+    hyper = job["hyper"]
+    tower = layers.MLP_Block(input_dim=job["width"], output_dim=1, output_activation=None,
+                             hidden_units=list(hyper["dnn_hidden_units"]),
+                             hidden_activations="ReLU", dropout_rates=hyper["net_dropout"],
+                             batch_norm=hyper["batch_norm"])
+    optimizer = torch.optim.Adam(tower.parameters(), lr=hyper["learning_rate"])
+    x = torch.randn(BATCH_SIZE, job["width"])
+    y = torch.randint(0, 2, (BATCH_SIZE, 1)).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(tower(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tower.parameters(), hyper["grad_clip_norm"])
+        optimizer.step()
+
+    tower.train()
+    return _tower_timing(step, job["steps"])
+
+
 # ---------------------------------------------------------------------------
 # mlctr workers (run in this environment).
+
+
+def mlctr_tower(job: dict) -> dict:
+    """mlctr's MLPBlock alone (the model's DNN tower): forward, backward and Adam jitted into
+    one step, on one fixed random batch, as the trainer's step runs it (BCE on the logit,
+    gradient clipping, dropout bits drawn each step)."""
+    sys.path.insert(0, REPO)
+    from mlctr import xla_cpu
+    xla_cpu.configure_process()
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from mlctr.models.layers.mlp import MLPBlock
+
+    hyper = job["hyper"]
+    tower = MLPBlock(tuple(hyper["dnn_hidden_units"]), hyper["net_dropout"],
+                     hyper["batch_norm"], output_dim=1)
+    key = jax.random.key(job["seed"])
+    x = jax.random.normal(key, (BATCH_SIZE, job["width"]))
+    y = jax.random.bernoulli(key, 0.5, (BATCH_SIZE,)).astype(jnp.float32)
+    params = tower.init(key, x, train=False)["params"]
+    optimizer = optax.chain(optax.clip_by_global_norm(hyper["grad_clip_norm"]),
+                            optax.adam(hyper["learning_rate"]))
+
+    def loss(params, dropout_key):
+        logits = tower.apply({"params": params}, x, train=True,
+                             rngs={"dropout": dropout_key})[:, 0]
+        return optax.sigmoid_binary_cross_entropy(logits, y).mean()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, opt_state, step):
+        grads = jax.grad(loss)(params, jax.random.fold_in(key, step))
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    state = [params, optimizer.init(params), 0]
+
+    def step():
+        state[0], state[1] = train_step(state[0], state[1], state[2])
+        state[2] += 1
+        jax.block_until_ready(state[0])
+
+    return _tower_timing(step, job["steps"])
 
 
 def mlctr_prepare(job: dict) -> dict:
@@ -272,7 +377,8 @@ def mlctr_train(job: dict) -> dict:
             "wall_seconds": time.perf_counter() - start}
 
 
-WORKERS = {f.__name__: f for f in (fuxictr_prepare, fuxictr_train, mlctr_prepare, mlctr_train)}
+WORKERS = {f.__name__: f for f in (fuxictr_prepare, fuxictr_train, fuxictr_tower, mlctr_prepare,
+                                   mlctr_train, mlctr_tower)}
 
 
 # ---------------------------------------------------------------------------
@@ -455,7 +561,34 @@ def train_both(name: str, mlctr_first: bool, out: dict, args, logs: str) -> dict
             print(f"train {name:7s} {lib:8s} seed {seed}  {result['examples_per_sec']:9.0f} "
                   f"examples/s  wall {result['wall_seconds']:6.1f} s  test AUC "
                   f"{result['test_auc']:.5f}", flush=True)
-    return training_comparison(got["mlctr"], got["fuxictr"])
+    comparison = training_comparison(got["mlctr"], got["fuxictr"])
+    return {**comparison, **tower_comparison(name, comparison, args, logs)}
+
+
+def tower_comparison(name: str, comparison: dict, args, logs: str) -> dict:
+    """Each library's DNN tower alone against its whole training step (`*_tower` workers).
+
+    The tower (forward, backward, Adam) is the bulk of a step's arithmetic, so
+    `train_ratio_ceiling` (FuxiCTR's step time over mlctr's tower time) is the
+    `train_ratio` mlctr would reach if its step cost no more than its tower;
+    `*_step_over_tower` says how far each library's step is above its own tower.
+    """
+    width = tower_input_width(name, HYPER["embedding_dim"])
+    job = {"model": name, "width": width, "seed": args.seeds[0], "hyper": HYPER,
+           "steps": TOWER_STEPS}
+    tower = {"mlctr": run_worker(sys.executable, "mlctr_tower", job, logs),
+             "fuxictr": run_worker(args.fuxictr_python, "fuxictr_tower", job, logs)}
+    out = {"tower_input_width": width}
+    for lib, t in tower.items():
+        step = BATCH_SIZE / comparison[f"{lib}_examples_per_sec"]
+        out.update({f"{lib}_step_ms": 1e3 * step,
+                    f"{lib}_tower_ms": 1e3 * t["tower_step_seconds"],
+                    f"{lib}_step_over_tower": step / t["tower_step_seconds"]})
+        print(f"tower {name:7s} {lib:8s} {width}-{'-'.join(map(str, HYPER['dnn_hidden_units']))}"
+              f"-1  {1e3 * t['tower_step_seconds']:7.1f} ms per step (median of "
+              f"{t['tower_steps']}); the whole step {1e3 * step:7.1f} ms", flush=True)
+    out["train_ratio_ceiling"] = out["fuxictr_step_ms"] / out["mlctr_tower_ms"]
+    return out
 
 
 def training_comparison(mlctr_runs: list[dict], fuxictr_runs: list[dict]) -> dict:

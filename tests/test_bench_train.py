@@ -132,3 +132,21 @@ def test_bench_profile_names_the_kind_of_each_compiled_op():
     kinds = bench_profile.op_kinds(text)
     assert {"matmul", "sort", "scatter"} <= set(kinds.values())
     assert set(kinds.values()) <= {kind for kind, _ in bench_profile.KINDS} | {"elementwise"}
+
+
+def test_tower_widths_are_the_models_dnn_inputs():
+    bench = _load_bench_vs_fuxictr()
+    # 39 fields x 16: DeepFM/DCN read the flat embeddings; IPNN adds 741 inner products;
+    # FiBiNET's DNN reads two bilinear layers of 741 field pairs x 16 (FuxiCTR's
+    # fields * (fields - 1) * dim).
+    assert [bench.tower_input_width(m, 16) for m in ("deepfm", "dcn", "ipnn", "fibinet")] == [
+        624, 624, 624 + 741, 39 * 38 * 16]
+
+
+def test_mlctr_tower_worker_times_its_steps(tmp_path):
+    bench = _load_bench_vs_fuxictr()
+    hyper = dict(bench.HYPER, dnn_hidden_units=(8, 8))
+    got = bench.run_worker(sys.executable, "mlctr_tower",
+                           {"model": "deepfm", "width": 12, "seed": 0, "hyper": hyper,
+                            "steps": 2}, str(tmp_path))
+    assert got["tower_steps"] == 2 and got["tower_step_seconds"] > 0 and got["cpu_seconds"] > 0
