@@ -4,7 +4,8 @@ Every model is a ``flax.linen.Module`` built on the bases in ``base.py``: fields
 ``vocab_size``, ``num_fields``, BARS/FuxiCTR-named hyperparameters and ``dtype`` (compute
 dtype; params stay float32).
 ``model.apply(variables, ids, train=...)`` takes int32 global ids [B, F] and returns float32
-logits [B].
+logits [B]; with ``qr_combiner`` set it takes quotient-remainder table rows [B, 2F] instead
+(``mlctr.data.qr``, ``base.CTRModel``).
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from mlctr.data import qr
 from mlctr.models.autoint import AutoInt
 from mlctr.models.dcn import DCN
 from mlctr.models.dcnv2 import DCNv2
@@ -39,7 +41,7 @@ MODELS: dict[str, type] = {
 }
 
 # Fields every model has that are not hyperparameters.
-_STRUCTURAL_FIELDS = ('vocab_size', 'num_fields', 'parent', 'name')
+_STRUCTURAL_FIELDS = ('vocab_size', 'num_fields', 'qr_combiner', 'parent', 'name')
 
 
 def _model_class(name: str) -> type:
@@ -50,18 +52,22 @@ def _model_class(name: str) -> type:
 
 
 def model_hparam_names(name: str) -> list[str]:
-    """Hyperparameter names accepted by model ``name`` (everything but vocab_size/num_fields)."""
+    """Hyperparameter names accepted by model ``name`` (all but vocab_size, num_fields and
+    qr_combiner)."""
     return [f.name for f in dataclasses.fields(_model_class(name))
             if f.init and f.name not in _STRUCTURAL_FIELDS]
 
 
-def create_model(name: str, *, vocab_size: int, num_fields: int, **hparams: Any) -> nn.Module:
+def create_model(name: str, *, vocab_size: int, num_fields: int, qr_combiner: str = '',
+                 **hparams: Any) -> nn.Module:
     """Builds a registered model, rejecting unknown hyperparameters.
 
     Args:
       name: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``/``opnn``, ...).
       vocab_size: rows of the concatenated embedding table (all fields).
       num_fields: number of feature fields F.
+      qr_combiner: '' or, for quotient-remainder table rows [B, 2F] as ids, how each
+        field's two embeddings combine ('product' or 'sum'; ``mlctr.data.qr``).
       **hparams: hyperparameters with BARS/FuxiCTR names; lists become tuples.
 
     Returns:
@@ -71,6 +77,8 @@ def create_model(name: str, *, vocab_size: int, num_fields: int, **hparams: Any)
       ValueError: unknown model name or unknown hyperparameter(s).
     """
     cls = _model_class(name)
+    if qr_combiner and qr_combiner not in qr.COMBINERS:
+        raise ValueError(f'unknown qr combiner {qr_combiner!r}; expected one of {qr.COMBINERS}')
     valid = model_hparam_names(name)
     unknown = sorted(set(hparams) - set(valid))
     if unknown:
@@ -81,4 +89,4 @@ def create_model(name: str, *, vocab_size: int, num_fields: int, **hparams: Any)
         raise ValueError(f'Model {name!r} fixes product_type={fixed_product!r}; '
                          f'use "pnn" to choose product_type={hparams["product_type"]!r}')
     hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in hparams.items()}
-    return cls(vocab_size=vocab_size, num_fields=num_fields, **hparams)
+    return cls(vocab_size=vocab_size, num_fields=num_fields, qr_combiner=qr_combiner, **hparams)

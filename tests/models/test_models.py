@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mlctr.data import qr
 from mlctr.models import MODELS, create_model, model_hparam_names
 from mlctr.models.layers.senet import senet_reduced_size
 
@@ -234,3 +235,116 @@ def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
     with pytest.raises(ValueError):
         jax.eval_shape(lambda: model.init(jax.random.key(0), _ids(), train=False))
+
+
+# ---------------------------------------------------------------------------
+# Quotient-remainder embeddings (mlctr/data/qr.py): the models take [B, 2F] table rows.
+
+QR_SIZES = (50, 7, 3, 60)    # per-field ids, V in all; m = 7 splits the large fields only
+QR_M = 7
+
+
+def _qr_layout(combiner, collisions=QR_M):
+    offsets = np.concatenate([[0], np.cumsum(QR_SIZES)[:-1]])
+    fields = [{'vocab_size': s, 'offset': int(o)} for s, o in zip(QR_SIZES, offsets)]
+    return qr.QRLayout.from_fields(fields, collisions, combiner)
+
+
+def _qr_ids(seed=0):
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(QR_SIZES)[:-1]])
+    return (offsets + rng.integers(0, QR_SIZES, (BATCH, F))).astype(np.int32)
+
+
+def _qr_pairs(layout):
+    """(quotient row, remainder row) of every dataset id 0..V-1, written out per id."""
+    field = np.repeat(np.arange(F), QR_SIZES)
+    local = np.arange(V) - layout.offsets[field]
+    return (layout.quotient_offsets[field] + local // QR_M,
+            layout.remainder_offsets[field] + local % QR_M)
+
+
+def test_qr_fm_matches_numpy_reference():
+    """FM on QR rows: each field's two embeddings combined, its two weights summed."""
+    assert sum(QR_SIZES) == V and len(QR_SIZES) == F
+    for combiner in ('product', 'sum'):
+        layout = _qr_layout(combiner)
+        model = create_model('fm', vocab_size=layout.num_rows, num_fields=F, embedding_dim=D,
+                             qr_combiner=combiner)
+        ids = _qr_ids()
+        rows = layout.rows(ids)
+        variables = model.init(jax.random.key(0), rows, train=False)
+        params = jax.tree_util.tree_map(
+            lambda x: np.asarray(jax.random.normal(jax.random.key(5), x.shape)), variables['params'])
+        table = params['embedding']['embedding_table']
+        weights = params['linear']['embedding']['embedding_table'][:, 0]
+        local = ids - layout.offsets
+        q = local // QR_M + layout.quotient_offsets
+        r = local % QR_M + layout.remainder_offsets
+        emb = table[q] * table[r] if combiner == 'product' else table[q] + table[r]
+        fm = 0.5 * np.sum(np.sum(emb, 1) ** 2 - np.sum(emb ** 2, 1), -1)
+        expected = params['linear']['bias'] + np.sum(weights[q] + weights[r], 1) + fm
+        got = model.apply({'params': params}, rows, train=False)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('case', sorted(set(CASES) - set(COUNT_ONLY)))
+def test_qr_model_equals_the_plain_model_on_its_combined_table(case):
+    """Every model runs unchanged above embed(): on QR rows it gives the logits of the plain
+    model whose table rows are the combined pairs (first-order weights: the summed pairs),
+    trains (a gradient for every leaf) and holds tables of layout.num_rows rows."""
+    # Two cases with 'sum', so both combiners run through whole models.
+    combiner = 'sum' if case in ('dcn', 'autoint') else 'product'
+    layout = _qr_layout(combiner)
+    hparams = dict(CASES[case][0])
+    name = _registry_name(case)
+    qr_model = create_model(name, vocab_size=layout.num_rows, num_fields=F,
+                            qr_combiner=combiner, **hparams)
+    plain = create_model(name, vocab_size=V, num_fields=F, **hparams)
+    ids = _qr_ids()
+    rows = layout.rows(ids)
+    quotient, remainder = _qr_pairs(layout)
+
+    def plain_table(path, leaf):
+        if getattr(path[-1], 'key', None) != 'embedding_table':
+            return leaf
+        assert leaf.shape[0] == layout.num_rows < V
+        if 'linear' in jax.tree_util.keystr(path):
+            return leaf[quotient] + leaf[remainder]
+        pairs = jnp.stack([leaf[quotient], leaf[remainder]], 1).reshape(1, 2 * V, -1)
+        return qr.combine(pairs, combiner)[0]
+
+    @jax.jit
+    def run(rows, ids):
+        variables = qr_model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)},
+                                  rows, train=False)
+        # Away from the std-1e-4 init, so the combined products are not ~1e-8.
+        variables = {**variables, 'params': jax.tree_util.tree_map(
+            lambda x: jax.random.normal(jax.random.key(7), x.shape) * 0.3 + x,
+            variables['params'])}
+        plain_vars = jax.tree_util.tree_map_with_path(plain_table, variables)
+
+        def loss_fn(params):
+            logits = qr_model.apply({**variables, 'params': params}, rows, train=True,
+                                    rngs={'dropout': jax.random.key(4)})
+            return jnp.mean(jax.nn.softplus(-logits))
+
+        grads = jax.grad(loss_fn)(variables['params'])
+        return (qr_model.apply(variables, rows, train=False),
+                plain.apply(plain_vars, ids, train=False), grads)
+
+    qr_logits, plain_logits, grads = run(rows, ids)
+    np.testing.assert_allclose(np.asarray(qr_logits), np.asarray(plain_logits),
+                               rtol=2e-5, atol=2e-5)
+    for path, grad in jax.tree_util.tree_leaves_with_path(grads):
+        assert bool(jnp.all(jnp.isfinite(grad))) and bool(jnp.any(grad != 0)), path
+
+
+def test_qr_model_refuses_dataset_ids_in_one_line():
+    layout = _qr_layout('product')
+    model = create_model('deepfm', vocab_size=layout.num_rows, num_fields=F, embedding_dim=D,
+                         dnn_hidden_units=H, qr_combiner='product')
+    with pytest.raises(ValueError, match=r'takes 2 x 4 table rows per example.*\(16, 4\)'):
+        model.init(jax.random.key(0), _qr_ids(), train=False)
+    with pytest.raises(ValueError, match="unknown qr combiner 'mean'"):
+        create_model('deepfm', vocab_size=V, num_fields=F, qr_combiner='mean')
