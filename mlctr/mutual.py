@@ -40,12 +40,20 @@ multiple of mesh.table. No id reaches a padding row: the lookups read ids < voca
 the sparse step's padding slots start at table_rows, and with dense Adam a padding row's
 gradient (0 from the loss, L2 of a zero row) is 0, so it stays 0. Exported per-peer
 weights (`peer_variables`) drop the padding, so they fit the unpadded models.
+
+With quotient-remainder embeddings (`config.vocab.qr_collisions` = m >= 2,
+mlctr/data/qr.py) `Peers.qr_layout` holds the layout, the tables have its `num_rows` rows
+(then the padding above) and the models take table rows [B, 2F]. The state, the batches
+and the checkpoints keep dataset ids [B, F]: `Peers.table_ids` maps them to table rows in
+one place, inside the jitted functions (the train step, before the sparse step gathers
+its rows, so lazy Adam updates the quotient and remainder rows the batch touches; the
+predict function; `init_state`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -55,6 +63,7 @@ import optax
 from mlctr import models as model_zoo
 from mlctr import sharding
 from mlctr import sparse
+from mlctr.data import qr
 from mlctr.models import regularization
 
 DIVERGENCES = ("mse", "kl", "ektf")
@@ -87,6 +96,13 @@ class Peers:
     groups: tuple[PeerGroup, ...]
     # Rows of the embedding tables held in the state; 0: the models' vocab_size (no padding).
     table_rows: int = 0
+    # Quotient-remainder embeddings: the layout of the table rows; None: one row per id.
+    qr_layout: Optional[qr.QRLayout] = None
+
+    def table_ids(self, ids: jax.Array) -> jax.Array:
+        """The table rows the models look up for dataset ids [B, F]: the ids themselves,
+        or with QR the [B, 2F] quotient and remainder rows (`QRLayout.jnp_rows`)."""
+        return ids if self.qr_layout is None else self.qr_layout.jnp_rows(ids)
 
     @property
     def vocab_size(self) -> int:
@@ -137,8 +153,25 @@ def parse_peer_spec(spec: str | Sequence[str]) -> list[str]:
     return keys
 
 
+def qr_layout(config, dataset) -> Optional[qr.QRLayout]:
+    """The run's quotient-remainder layout: None unless `config.vocab.qr_collisions` >= 2.
+
+    Args:
+      config: the run config; a saved config without the `vocab.qr_*` keys (a run that
+        predates them) has QR off.
+      dataset: the prepared dataset (its feature map's `fields`, in column order).
+    """
+    vocab = config.get("vocab") or {}
+    collisions = int(vocab.get("qr_collisions", 0))
+    if not collisions:
+        return None
+    return qr.QRLayout.from_fields(dataset.feature_map["fields"], collisions,
+                                   vocab.get("qr_combiner", "product"))
+
+
 def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
-                dtype: Any = jnp.float32, table_row_multiple: int = 1) -> Peers:
+                dtype: Any = jnp.float32, table_row_multiple: int = 1,
+                qr_layout: Optional[qr.QRLayout] = None) -> Peers:
     """Builds the peer groups named by `spec` from hyperparameter sets.
 
     Args:
@@ -152,6 +185,8 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
       dtype: compute dtype of the models (a dtype or its name, e.g. 'bfloat16').
       table_row_multiple: the state's tables get rows padded to a multiple of this
         (`sharding.table_row_multiple(mesh)`: rows split over mesh.table must divide).
+      qr_layout: quotient-remainder embeddings (`qr_layout(config, dataset)`) of the
+        `vocab_size` dataset ids: tables of `qr_layout.num_rows` rows; None: one row per id.
 
     Returns:
       Peers whose groups follow the first appearance of each key in `spec`.
@@ -160,6 +195,13 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
     """
     keys = parse_peer_spec(spec)
     counts = {key: keys.count(key) for key in keys}
+    model_fields = dict(vocab_size=vocab_size, num_fields=num_fields, dtype=jnp.dtype(dtype))
+    if qr_layout is not None:
+        if (qr_layout.vocab_size, len(qr_layout.sizes)) != (vocab_size, num_fields):
+            raise ValueError(f"the qr layout covers {qr_layout.vocab_size} ids in "
+                             f"{len(qr_layout.sizes)} fields, not the dataset's {vocab_size} "
+                             f"in {num_fields}")
+        model_fields.update(vocab_size=qr_layout.num_rows, qr_combiner=qr_layout.combiner)
     groups = []
     for key in dict.fromkeys(keys):
         if key not in models_config:
@@ -168,15 +210,16 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
                 f"(known: {sorted(models_config)})")
         hparams = dict(models_config[key])
         arch = hparams.pop("model", key)
-        model = model_zoo.create_model(
-            arch, vocab_size=vocab_size, num_fields=num_fields, dtype=jnp.dtype(dtype), **hparams)
+        model = model_zoo.create_model(arch, **model_fields, **hparams)
         n = counts[key]
         names = (key,) if n == 1 else tuple(f"{key}_{k}" for k in range(n))
         groups.append(PeerGroup(config_key=key, model=model, names=names))
     if table_row_multiple < 1:
         raise ValueError(f"table_row_multiple must be >= 1, got {table_row_multiple}")
-    table_rows = sharding.padded_table_rows(vocab_size, table_row_multiple)
-    return Peers(groups=tuple(groups), table_rows=table_rows if table_rows != vocab_size else 0)
+    rows = model_fields["vocab_size"]
+    table_rows = sharding.padded_table_rows(rows, table_row_multiple)
+    return Peers(groups=tuple(groups), table_rows=table_rows if table_rows != rows else 0,
+                 qr_layout=qr_layout)
 
 
 def tables_with_rows(tree, rows: int, axis: int):
@@ -231,7 +274,7 @@ def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
     Args:
       peers: the peer groups.
       key: the run's init key.
-      sample_ids: an int32 [B, F] batch used to trace shapes.
+      sample_ids: an int32 [B, F] batch of dataset ids used to trace shapes.
       optimizer: from `make_optimizer`.
       learning_rate: the initial learning rate of every peer.
       same_init: if True, every peer of a group starts from the same weights.
@@ -244,7 +287,8 @@ def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
     params, batch_stats, opt_state = [], [], []
     for group, sl in zip(peers.groups, peers.group_slices()):
         def init_one(k, model=group.model):
-            variables = model.init({"params": k, "dropout": k}, sample_ids, train=False)
+            variables = model.init({"params": k, "dropout": k}, peers.table_ids(sample_ids),
+                                   train=False)
             return variables["params"], variables.get("batch_stats", {})
         group_params, group_stats = jax.jit(jax.vmap(init_one))(all_keys[sl])
         # Padding rows (mesh.table) are zeros appended to the initialised table.
@@ -465,8 +509,8 @@ def _with_vocab_size(peers: Peers, vocab_size: int) -> Peers:
     the state's padded tables)."""
     if all(group.model.vocab_size == vocab_size for group in peers.groups):
         return peers
-    return Peers(groups=tuple(dataclasses.replace(g, model=g.model.clone(vocab_size=vocab_size))
-                              for g in peers.groups))
+    return dataclasses.replace(peers, groups=tuple(
+        dataclasses.replace(g, model=g.model.clone(vocab_size=vocab_size)) for g in peers.groups))
 
 
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
@@ -502,15 +546,17 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
         step_key = jax.random.fold_in(state["rng"], state["step"])
         dropout_keys = jax.vmap(lambda k: jax.random.fold_in(step_key, k))(jnp.arange(peers.size))
         alpha_now = effective_alpha(state["step"], alpha_value, warmup_steps)
-        params, opt_state, step_batch, step_loss_fn = (
-            state["params"], state["opt_state"], batch, loss_fn)
+        # The models look up table rows (with QR, two per field), and so do the sparse
+        # step's gathers and scatters.
+        step_batch = dict(batch, ids=peers.table_ids(batch["ids"]))
+        params, opt_state, step_loss_fn = state["params"], state["opt_state"], loss_fn
         if row_sparse:
             # Only the rows of this batch are read, differentiated and written
             # (mlctr/sparse.py). One batch_rows serves every peer: they share the batch.
-            rows = sparse.batch_rows(batch["ids"], vocab_size)
+            rows = sparse.batch_rows(step_batch["ids"], vocab_size)
             params = tuple(sparse.take_table_rows(p, rows.rows, axis=1) for p in params)
             opt_state = tuple(optimizer.take_state_rows(o, rows.rows, axis=1) for o in opt_state)
-            step_batch = dict(batch, ids=rows.inverse)
+            step_batch = dict(step_batch, ids=rows.inverse)
             step_loss_fn = make_loss_fn(_with_vocab_size(peers, rows.size), **loss_kwargs)
         grads, aux = jax.grad(step_loss_fn, has_aux=True)(
             params, state["batch_stats"], step_batch, dropout_keys, alpha_now)
@@ -554,11 +600,13 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
 
 
 def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):
-    """jitted predict(params, batch_stats, ids) -> float32 logits [N, B] (eval mode)."""
+    """jitted predict(params, batch_stats, ids) -> float32 logits [N, B] (eval mode) of
+    dataset ids [B, F]."""
     execution = resolve_peer_execution(peer_execution)
     peers = _with_vocab_size(peers, peers.stored_rows)
 
     def predict(params, batch_stats, ids):
+        ids = peers.table_ids(ids)
         logits = []
         for group, p, s in zip(peers.groups, params, batch_stats):
             keys = jax.random.split(jax.random.PRNGKey(0), group.size)  # unused in eval

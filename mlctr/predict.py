@@ -125,7 +125,8 @@ def load_run(workdir: str):
     dataset = PreparedDataset(data_dir)
     check_dataset(workdir, dataset, data_dir)
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
-                               num_fields=dataset.num_fields)
+                               num_fields=dataset.num_fields,
+                               qr_layout=mutual.qr_layout(config, dataset))
     weights = checkpoint.load_peer_weights(workdir, list(peers.names))
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
                                                  mutual.stack_peer_variables(peers, weights))

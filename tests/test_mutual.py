@@ -3,11 +3,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from mlctr import mutual
+from mlctr import sharding
+from mlctr import sparse
+from mlctr.data import qr
 from mlctr.models import regularization
 
 VOCAB, FIELDS, BATCH = 300, 5, 64
@@ -294,3 +298,126 @@ def test_peer_variables_round_trip():
     assert set(per_peer) == {"deepfm_0", "deepfm_1", "dcn"}
     params, stats = mutual.stack_peer_variables(peers, per_peer)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, state["params"])
+
+
+# ---------------------------------------------------------------------------
+# Quotient-remainder embeddings: the step and predict function take dataset ids and look
+# up each field's quotient and remainder rows (mlctr/data/qr.py).
+
+QR_SIZES = (100, 60, 3, 100, 37)  # VOCAB ids over FIELDS fields
+QR_FIELDS = [{"vocab_size": s, "offset": int(o)}
+             for s, o in zip(QR_SIZES, np.cumsum((0,) + QR_SIZES[:-1]))]
+
+
+def qr_batch(seed=0, size=BATCH):
+    """A batch of dataset ids, each column inside its own field."""
+    rng = np.random.default_rng(seed)
+    offsets = np.array([f["offset"] for f in QR_FIELDS])
+    return {"ids": jnp.asarray(offsets + rng.integers(0, QR_SIZES, (size, FIELDS)), jnp.int32),
+            "label": jnp.asarray(rng.integers(0, 2, size), jnp.float32)}
+
+
+def qr_setup(spec, *, combiner="product", lr=1e-2, table_row_multiple=1, **optimizer_kw):
+    layout = qr.QRLayout.from_fields(QR_FIELDS, 8, combiner)
+    peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
+                               table_row_multiple=table_row_multiple, qr_layout=layout)
+    optimizer = mutual.make_optimizer(**optimizer_kw)
+    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+                              optimizer, lr)
+    return layout, peers, optimizer, state
+
+
+def with_rows(layout, batch):
+    """`batch` with the table rows the host-side (numpy) layout gives."""
+    return dict(batch, ids=jnp.asarray(layout.rows(np.asarray(batch["ids"]))))
+
+
+@pytest.mark.parametrize("combiner", ["product", "sum"])
+def test_qr_step_equals_per_peer_updates_on_numpy_rows(combiner):
+    layout, peers, optimizer, state = qr_setup("deepfm*2,dcn", combiner=combiner,
+                                               grad_clip_norm=10.0)
+    assert layout.num_rows == (13 + 8) + (8 + 8) + (1 + 3) + (13 + 8) + (5 + 8) < VOCAB
+    assert state["params"][0]["embedding"]["embedding_table"].shape == (2, layout.num_rows, 4)
+    warm = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution="vmap",
+                                  donate=False)
+    state, _ = warm(state, qr_batch(0))
+    expected = reference_step(peers, optimizer, state, with_rows(layout, qr_batch(1)),
+                              alpha=0.7, divergence="mse")
+    step = mutual.make_train_step(peers, optimizer, alpha=0.7, peer_execution="vmap",
+                                  donate=False)
+    new_state, m = step(state, qr_batch(1))
+    assert np.all(np.asarray(m["mutual"]) > 0)
+    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
+    for name in peers.names:
+        assert_trees_close(got[name]["params"], expected[name])
+
+
+def test_qr_lazy_adam_updates_exactly_the_batch_quotient_and_remainder_rows():
+    """First lazy-Adam step by hand: every parameter, and every QR row of the batch, moves
+    by -lr * g / (|g| + eps) (bias-corrected first moments); every other row stays."""
+    lr, eps = 1e-3, 1e-8
+    layout, peers, optimizer, state = qr_setup("deepfm", lr=lr, grad_clip_norm=0.0, eps=eps,
+                                               embedding_optimizer="lazy_adam")
+    batch = qr_batch(2, size=6)  # touches some of the rows only
+    model = peers.groups[0].model
+    params = mutual.peer_variables(peers, state["params"], state["batch_stats"])["deepfm"]["params"]
+    key = jax.random.fold_in(jax.random.fold_in(state["rng"], state["step"]), 0)
+    rows = with_rows(layout, batch)["ids"]
+
+    def loss(p):
+        z = model.apply({"params": p}, rows, train=True, rngs={"dropout": key})
+        return (jnp.mean(optax.sigmoid_binary_cross_entropy(z, batch["label"]))
+                + regularization.l2_penalty(model, p))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    touched = np.zeros(layout.num_rows, bool)
+    touched[np.unique(np.asarray(rows))] = True
+    assert 0 < touched.sum() < layout.num_rows
+
+    def expected_leaf(path, p, g):
+        moved = p - lr * g / (jnp.abs(g) + eps)
+        if not sparse.is_table(path):
+            return moved
+        return jnp.where(touched[:, None], moved, p)
+
+    expected = jax.tree_util.tree_map_with_path(expected_leaf, params, grads)
+    step = mutual.make_train_step(peers, optimizer, alpha=1.0, donate=False)
+    new_state, _ = step(state, batch)
+    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])["deepfm"]
+    assert_trees_close(got["params"], expected, atol=1e-6)
+    table = np.asarray(new_state["params"][0]["embedding"]["embedding_table"][0])
+    before = np.asarray(state["params"][0]["embedding"]["embedding_table"][0])
+    np.testing.assert_array_equal(table[~touched], before[~touched])  # bitwise
+
+
+def test_qr_predict_fn_maps_dataset_ids_on_padded_tables():
+    layout, peers, _, state = qr_setup("deepfm,dcn", combiner="sum", table_row_multiple=7)
+    assert peers.stored_rows == sharding.padded_table_rows(layout.num_rows, 7) > layout.num_rows
+    assert state["params"][1]["embedding"]["embedding_table"].shape[1] == peers.stored_rows
+    batch = qr_batch(3)
+    logits = mutual.make_predict_fn(peers)(state["params"], state["batch_stats"], batch["ids"])
+    per_peer = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    rows = with_rows(layout, batch)["ids"]
+    for k, group in enumerate(peers.groups):
+        name = group.names[0]
+        assert per_peer[name]["params"]["embedding"]["embedding_table"].shape[0] == layout.num_rows
+        expected = group.model.apply({"params": per_peer[name]["params"]}, rows, train=False)
+        np.testing.assert_allclose(np.asarray(logits[k]), np.asarray(expected), rtol=1e-6)
+
+
+def test_qr_layout_from_config_and_a_layout_of_another_dataset():
+    from mlctr.configs import tiny
+
+    class Dataset:
+        feature_map = {"fields": QR_FIELDS}
+
+    config = tiny.get_config()
+    assert mutual.qr_layout(config, Dataset()) is None
+    config.vocab.qr_collisions, config.vocab.qr_combiner = 8, "sum"
+    layout = mutual.qr_layout(config, Dataset())
+    assert (layout.collisions, layout.combiner, layout.vocab_size) == (8, "sum", VOCAB)
+    old_run = ml_collections.ConfigDict({"peers": "deepfm", "vocab": {"mode": "fit"}})
+    assert mutual.qr_layout(old_run, Dataset()) is None  # config.json of an older run
+    with pytest.raises(ValueError, match="covers 300 ids in 5 fields, not the dataset's 301"):
+        mutual.build_peers("deepfm", MODELS, vocab_size=VOCAB + 1, num_fields=FIELDS,
+                           qr_layout=layout)
