@@ -189,9 +189,12 @@ def main():
     bare.run(args.bare_steps)
     before = list(bare.times)
     cpu_clock = TrainerCpuClock(run_dir)
+    faults, releases = xla_cpu.minor_page_faults(), xla_cpu.host_memory_releases()
     start = time.perf_counter()
     results = train.train_and_evaluate(config, run_dir)
     trainer_wall = time.perf_counter() - start
+    faults = xla_cpu.minor_page_faults() - faults
+    releases = xla_cpu.host_memory_releases() - releases
     trainer_cpu_per_step = cpu_clock.stop()
     bare.run(args.bare_steps)
     after = bare.times[len(before):]
@@ -217,6 +220,12 @@ def main():
                                   if trainer_cpu_per_step else None),
         "step_cpu_seconds": bare_cpu_per_step,
         "trainer_cpu_seconds_per_step": trainer_cpu_per_step,
+        # Minor page faults per step (bare: median; trainer: the whole run, evaluation and
+        # test included, over its steps) and the host allocator's returns of free pages.
+        "step_page_faults_per_step": bare.faults_per_step,
+        "trainer_page_faults_per_step": faults / max(results["steps"], 1),
+        "trainer_host_memory_releases": releases,
+        "host_allocator": xla_cpu.host_allocator(),
         "step_examples_per_sec_before": batch / float(np.mean(before)),
         "step_examples_per_sec_after": batch / float(np.mean(after)),
         "step_examples_per_sec_median": batch / float(np.median(before + after)),

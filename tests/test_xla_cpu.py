@@ -140,3 +140,33 @@ def test_bounded_returns_the_memory_keep_strands():
     kept, bounded = growth_mib("keep"), growth_mib("bounded")
     assert kept > 850, kept  # the hole stays resident beside the new block: the peaks stack
     assert bounded < 650, bounded  # the hole returned once memory passed the limit
+
+
+
+def test_bounded_limit_rises_past_the_level_that_set_a_return_off(monkeypatch):
+    """A step cycling between 1000 MB live and a 1400 MB peak (freed temporaries stay
+    resident until returned), with a 256 MB allowance: one return, then the limit sits
+    above the peak. A limit 256 MB above the live level after a return (1256) would be
+    passed again by every step, and every step would fault its temporaries back in."""
+    mb = 1 << 20
+    state = {"level": 1000 * mb, "polls": 0, "releases": 0}
+
+    class Clock:
+        @staticmethod
+        def sleep(_seconds):
+            state["polls"] += 1
+            if state["polls"] > 40:
+                raise StopIteration  # ends the thread's loop for the test
+            state["level"] = 1400 * mb  # a step ran: its temporaries are resident again
+
+    def release():
+        state["releases"] += 1
+        state["level"] = 1000 * mb  # the temporaries went back to the OS
+        return True
+
+    monkeypatch.setattr(xla_cpu, "time", Clock)
+    monkeypatch.setattr(xla_cpu, "resident_bytes", lambda: state["level"])
+    monkeypatch.setattr(xla_cpu, "release_host_memory", release)
+    with pytest.raises(StopIteration):
+        xla_cpu._release_on_growth(256 * mb, 0.0)
+    assert state["releases"] == 1, state
