@@ -499,6 +499,9 @@ def main():
                         default=os.path.join(REPO, ".venv-fuxictr", "bin", "python"))
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_vs_fuxictr"),
                         help="the generated files are kept here between runs")
+    parser.add_argument("--tower_only", action="store_true",
+                        help="only the tower step of each model, set against the training "
+                             "results an earlier run of the same --rows left in its logs")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -653,6 +656,16 @@ def summary(prep: dict, per_model: dict, **extra) -> dict:
         "models": per_model, **extra}
 
 
+def _result(logs: str, tag: str) -> dict:
+    """A worker's result file left by an earlier run; one line if it is missing."""
+    path = os.path.join(logs, f"{tag}.result.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"bench_vs_fuxictr: --tower_only needs {path}; run without "
+                         "--tower_only first")
+    with open(path) as f:
+        return json.load(f)
+
+
 def compare(args, models):
     """Stages the files, runs both libraries' preprocessing and training, prints the lines."""
     workdir = os.path.abspath(args.workdir)
@@ -661,6 +674,16 @@ def compare(args, models):
     out = {lib: os.path.join(folder, lib) for lib in ("mlctr", "fuxictr")}
     logs = os.path.join(folder, "logs")
     load_before = os.getloadavg()
+    if args.tower_only:
+        for name in models:
+            comparison = training_comparison(*(
+                [_result(logs, f"{lib}_train_{name}_{seed}") for seed in args.seeds]
+                for lib in ("mlctr", "fuxictr")))
+            print(json.dumps({name: {**comparison, **tower_comparison(name, comparison, args,
+                                                                      logs)},
+                              "load_average_before": list(load_before),
+                              "load_average_after": list(os.getloadavg())}), flush=True)
+        return
     prep = prepare_both(raw, csv, raw_rows, out, args, logs)
     per_model = {name: train_both(name, k % 2 == 0, out, args, logs)
                  for k, name in enumerate(models)}
