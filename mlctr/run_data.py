@@ -29,7 +29,6 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
-
 import numpy as np
 
 from mlctr import sharding
