@@ -250,6 +250,25 @@ def test_process_shard_batches_agree_and_resume(tmp_path):
         shards[0].train_batches(32, seed=3, epoch=0, process_count=1)
 
 
+def test_shard_summaries_agree_only_on_the_same_eval_rows_and_options(tmp_path):
+    lines = _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
+    summaries = {}
+    for name, p, buckets in (("p0", 0, 64), ("p1", 1, 64), ("p1_128", 1, 128)):
+        prepare("criteo_1tb", str(tmp_path / "raw"), str(tmp_path / name), vocab_mode="hash",
+                hash_buckets=buckets, process_index=p, process_count=2)
+        summaries[name] = run_data._shard_summary(PreparedDataset(str(tmp_path / name)))
+    (tmp_path / "raw" / "day_23").write_text("".join(lines[23][1:] + lines[23][:1]))
+    prepare("criteo_1tb", str(tmp_path / "raw"), str(tmp_path / "p1_moved"),
+            vocab_mode="hash", hash_buckets=64, process_index=1, process_count=2)
+    summaries["p1_moved"] = run_data._shard_summary(PreparedDataset(str(tmp_path / "p1_moved")))
+    # Bytes 0-8: train rows; 8-40: the source digest; 40-72: what all processes share.
+    assert int.from_bytes(summaries["p1"][:8].tobytes(), "little") == _process_rows(1, 2)
+    assert summaries["p0"][8:40].tobytes() != summaries["p1"][8:40].tobytes()
+    assert summaries["p0"][40:].tobytes() == summaries["p1"][40:].tobytes()
+    for other in ("p1_128", "p1_moved"):  # other buckets; day 23's rows in another order
+        assert summaries[other][40:].tobytes() != summaries["p1"][40:].tobytes()
+
+
 def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
     _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
     config = _run_config(tmp_path, num_epochs=1)
