@@ -13,16 +13,16 @@ evaluations are such steps). The settings:
 - `bounded` (the default of the entry point): `keep`'s malloc settings, so freed blocks
   stay in the process and the next step reuses them, plus a daemon thread that returns
   the heap's free pages to the OS (`release_host_memory`) when resident memory reaches a
-  limit: `RELEASE_GROWTH_BYTES` (256 MiB) above the level at start, and after each
-  return 256 MiB above the level that set it off. So memory that phases strand in the
-  heap (what makes `keep`'s peak the sum of the phases' peaks) goes back once it has
-  grown 256 MiB past the last such level, and the returns are few: each needs 256 MiB
-  of new growth. The limit never drops: once the blocks that training and evaluation
-  take in turn fit under it they stay resident and are reused, so the steady state has
-  no returns and no page faults. (A limit 256 MiB above the level a return left, i.e.
-  the live memory, returned a step's temporaries on every step once they exceeded
-  256 MiB, and the step faulted them in again: 4 stacked DeepFM at batch 4096 made 73
-  returns and 71k page faults per step over 78 steps, 12% of the step's CPU time.)
+  limit: `RELEASE_GROWTH_BYTES` (256 MiB) above the level at start, and after a return
+  256 MiB above the level it left, the live memory. So the peak stays within 256 MiB of
+  the live peak instead of the sum of the phases' peaks (`keep`). The limit never drops:
+  once the blocks that training and evaluation take in turn fit under it they stay
+  resident and are reused, so the steady state has no returns and no page faults. One
+  exception: memory back at the limit within `RELEASE_REPEAT_SECONDS` of a return is a
+  step's working set (a step whose temporaries exceed 256 MiB), and the limit then rises
+  256 MiB above the level that set the return off; without it such a step was returned
+  and faulted in on every step (4 stacked DeepFM at batch 4096: 73 returns and 71k page
+  faults per step over 78 steps, 12% of the step's CPU time).
 - `keep` (opt-in): one arena, no mmap, no trimming, and nothing else: nothing freed is
   returned to the OS, so the process's peak is the sum of every phase's peaks
   (compilation, evaluation, training) and the heap fragments. For a process that runs
@@ -67,6 +67,9 @@ DEFAULT_HOST_ALLOCATOR = "bounded"
 # highest level a return has left it at (the peak's allowance over live memory for
 # reused blocks), checked this often (one read of /proc/self/statm).
 RELEASE_GROWTH_BYTES = 256 << 20
+# `bounded`: memory back at the limit this soon after a return is a step's working set
+# (a training step takes seconds at most), so the limit rises above it.
+RELEASE_REPEAT_SECONDS = 10.0
 RELEASE_POLL_SECONDS = 0.2
 
 # glibc mallopt parameters (malloc.h).
@@ -185,25 +188,33 @@ def _keep_settings() -> bool:
     return _mallopt((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 
 
-def _release_on_growth(growth_bytes: int, poll_seconds: float):
+def _release_on_growth(growth_bytes: int, poll_seconds: float,
+                       repeat_seconds: float = RELEASE_REPEAT_SECONDS):
     """Runs forever (a daemon thread): `release_host_memory` whenever resident memory
-    reaches the limit, which starts `growth_bytes` above the level at start and after
-    each release becomes `growth_bytes` above the level that set the release off.
+    reaches the limit, which starts `growth_bytes` above the level at start.
 
-    Raising the limit above the level that set a release off (not the lower level the
-    release left) is what keeps releases rare: a step whose temporaries exceed
-    `growth_bytes` comes back to that level every step, and a limit just above the live
-    memory would return (and the step fault in again) its temporaries every time.
+    After a release the limit is `growth_bytes` above the level the release left (the
+    live memory), so what a finished phase stranded goes back to the OS. When memory
+    comes back to the limit within `repeat_seconds` of the last release, what was
+    returned is a step's working set (its temporaries are freed, stay resident, and the
+    next step takes them again): the limit then rises `growth_bytes` above the level
+    that set this release off, so the steps stop returning and faulting in their
+    temporaries.
     """
     global _releases
     limit = (resident_bytes() or 0) + growth_bytes
+    last_release = None
     while True:
         time.sleep(poll_seconds)
         level = resident_bytes() or 0
         if level >= limit:
             release_host_memory()
             _releases += 1
-            limit = max(limit, level, resident_bytes() or 0) + growth_bytes
+            now = time.monotonic()
+            repeated = last_release is not None and now - last_release < repeat_seconds
+            floor = level if repeated else (resident_bytes() or 0)
+            limit = max(limit, floor + growth_bytes)
+            last_release = now
 
 
 def host_memory_releases() -> int:

@@ -143,30 +143,53 @@ def test_bounded_returns_the_memory_keep_strands():
 
 
 
-def test_bounded_limit_rises_past_the_level_that_set_a_return_off(monkeypatch):
-    """A step cycling between 1000 MB live and a 1400 MB peak (freed temporaries stay
-    resident until returned), with a 256 MB allowance: one return, then the limit sits
-    above the peak. A limit 256 MB above the live level after a return (1256) would be
-    passed again by every step, and every step would fault its temporaries back in."""
+def _scripted_release_thread(monkeypatch, levels_mb, poll_seconds=0.2):
+    """Runs `_release_on_growth` (256 MB allowance) against a scripted resident memory:
+    poll k sees `levels_mb(k)` unless a release lowered it since (to `levels_mb`'s live
+    level, its second value). Returns the polls at which it released."""
     mb = 1 << 20
-    state = {"level": 1000 * mb, "polls": 0, "releases": 0}
+    state = {"poll": 0, "level": levels_mb(0)[0] * mb, "released_at": []}
 
     class Clock:
         @staticmethod
         def sleep(_seconds):
-            state["polls"] += 1
-            if state["polls"] > 40:
+            state["poll"] += 1
+            if state["poll"] > 60:
                 raise StopIteration  # ends the thread's loop for the test
-            state["level"] = 1400 * mb  # a step ran: its temporaries are resident again
+            state["level"] = levels_mb(state["poll"])[0] * mb
+
+        @staticmethod
+        def monotonic():
+            return state["poll"] * poll_seconds
 
     def release():
-        state["releases"] += 1
-        state["level"] = 1000 * mb  # the temporaries went back to the OS
+        state["released_at"].append(state["poll"])
+        state["level"] = levels_mb(state["poll"])[1] * mb
         return True
 
     monkeypatch.setattr(xla_cpu, "time", Clock)
     monkeypatch.setattr(xla_cpu, "resident_bytes", lambda: state["level"])
     monkeypatch.setattr(xla_cpu, "release_host_memory", release)
     with pytest.raises(StopIteration):
-        xla_cpu._release_on_growth(256 * mb, 0.0)
-    assert state["releases"] == 1, state
+        xla_cpu._release_on_growth(256 * mb, poll_seconds)
+    return state["released_at"]
+
+
+def test_bounded_stops_returning_a_steps_temporaries(monkeypatch):
+    """Steps cycling between 1000 MB live and a 1400 MB peak (their freed temporaries stay
+    resident until returned): memory back at the limit right after a return is the steps'
+    working set, so the limit rises above the 1400 MB peak and they stop being returned
+    (a limit above the live level alone: returned, and faulted in, at every step)."""
+    released = _scripted_release_thread(
+        monkeypatch, lambda poll: (1400 if poll else 1000, 1000))
+    assert len(released) == 2, released
+
+
+def test_bounded_returns_what_a_finished_phase_left(monkeypatch):
+    """A phase leaves 500 MB stranded above 1000 MB live: it goes back and the limit stays
+    256 MB above the live level, so a later phase's leftovers, long after, go back too."""
+    def levels(poll):
+        stranded = poll in (5, 58)  # two phases' leftovers, 10.6 s apart
+        return (1500 if stranded else 1000), 1000
+    released = _scripted_release_thread(monkeypatch, levels)
+    assert released == [5, 58], released
