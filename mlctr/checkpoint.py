@@ -400,7 +400,8 @@ class RunCheckpoints:
         return CheckpointError(f"saving the checkpoint of step {step} in {self.directory} "
                                f"failed: {why}; {kept}")
 
-    def restore(self, abstract_state, abstract_best, *, config: dict, dataset: dict):
+    def restore(self, abstract_state, abstract_best, *, config: dict, dataset: dict,
+                table_rows: int | None = None):
         """Restores the newest intact checkpoint onto the given shapes and shardings.
 
         A checkpoint that fails its checksums or cannot be read is moved to
@@ -412,6 +413,9 @@ class RunCheckpoints:
             shardings) that the restored arrays take.
           config: the current config as a dict (`json.loads(config.to_json())`).
           dataset: the current dataset fingerprint (see `progress['dataset']`).
+          table_rows: rows of the embedding tables before padding to `mesh.table`
+            (`Peers.vocab_size`: the quotient-remainder layout's rows with QR on); None:
+            the dataset's vocab_size.
 
         Returns:
           (state, best, progress).
@@ -430,7 +434,7 @@ class RunCheckpoints:
             except CheckpointError as e:
                 bad.append((step, str(e)))
                 continue
-            self._check_matches(step, progress, config, dataset)
+            self._check_matches(step, progress, config, dataset, table_rows)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
@@ -466,12 +470,13 @@ class RunCheckpoints:
             raise CheckpointError(self._unreadable(step, e)) from e
         return progress
 
-    def _check_matches(self, step: int, progress: dict, config: dict, dataset: dict):
+    def _check_matches(self, step: int, progress: dict, config: dict, dataset: dict,
+                       table_rows: int | None = None):
         differences = config_differences(progress.get("config", {}), config)
         if progress.get("dataset") != dataset:
             differences.append(f"dataset: checkpoint {progress.get('dataset')}, now {dataset}")
-        differences += _table_padding_difference(progress.get("config", {}), config,
-                                                 (dataset or {}).get("vocab_size"))
+        differences += _table_padding_difference(
+            progress.get("config", {}), config, table_rows or (dataset or {}).get("vocab_size"))
         if differences:
             raise CheckpointError(
                 f"the checkpoint at {self.directory}/{step} was written by a different run; it "

@@ -333,7 +333,7 @@ def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
     state, best, progress = checkpoints.restore(
         as_target(run.shapes, run.state_shardings),
         as_target(_variables(run.shapes), run.best_shardings),
-        config=run.config_dict, dataset=run.fingerprint)
+        config=run.config_dict, dataset=run.fingerprint, table_rows=run.peers.vocab_size)
     start_step = int(progress["step"])
     logging.info("Resumed from the checkpoint at step %d (epoch %d, batch %d)", start_step,
                  *divmod(start_step, run.steps_per_epoch))

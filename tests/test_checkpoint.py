@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -310,3 +311,12 @@ def test_a_table_split_that_changes_the_padding_is_refused_on_resume():
     current["mesh"]["table"] = 4
     assert checkpoint._table_padding_difference(saved, current, 994) == [
         "mesh.table: checkpoint 1, config 4 (embedding tables of 994 vs 996 padded rows)"]
+    # The tables' own rows decide, not the vocabulary's: with quotient-remainder
+    # embeddings 2106 ids sit in 697 rows (a multiple of neither 2 nor 4; 2106 is of 2).
+    progress = {"config": saved, "dataset": {"vocab_size": 2106}}
+    current["mesh"]["table"] = 2
+    checks = types.SimpleNamespace(directory="ckpt")
+    with pytest.raises(checkpoint.CheckpointError, match="697 vs 698 padded rows"):
+        checkpoint.RunCheckpoints._check_matches(checks, 5, progress, current,
+                                                 {"vocab_size": 2106}, table_rows=697)
+    checkpoint.RunCheckpoints._check_matches(checks, 5, progress, current, {"vocab_size": 2106})
