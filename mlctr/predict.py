@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -101,13 +102,31 @@ def check_dataset(workdir: str, dataset, data_dir: str) -> None:
     except (OSError, ValueError) as e:
         raise PredictError(f"{path}: unreadable dataset record ({e})") from None
     now = run_data.dataset_fingerprint(dataset)
+    # A per-process run records every process's train rows and sources (lists); one
+    # process's copy, which predict opens, is checked on what all copies share.
     differences = [f"{key} {trained[key]} at training, {now[key]} now"
-                   for key in sorted(now) if key in trained and trained[key] != now[key]]
+                   for key in sorted(now) if key in trained
+                   and not isinstance(trained[key], list) and trained[key] != now[key]]
     if differences:
         raise PredictError(
             f"the dataset at {data_dir} is not the one run {workdir} was trained on "
             f"({'; '.join(differences)}): it was prepared again since; score with the run's "
             "own dataset or train on this one")
+
+
+def _scoring_dataset_dir(config, data_dir: str) -> str:
+    """The prepared dataset that scores a run's rows: `data_dir`, or for a run whose
+    processes each prepared their own rows (`run_data.is_per_process`) process 0's
+    copy, whose hashed ids, fields and eval rows every process's copy shares."""
+    if not run_data.is_per_process(config):
+        return data_dir
+    found = sorted(glob.glob(os.path.join(glob.escape(data_dir), "process_0_of_*")))
+    if len(found) != 1:
+        raise PredictError(
+            f"{data_dir}: a {config.data.dataset} run with hashed ids keeps one dataset per "
+            f"process (process_<i>_of_<P>/); found {len(found)} of process 0 "
+            f"({', '.join(os.path.basename(f) for f in found) or 'none'})")
+    return found[0]
 
 
 def load_run(workdir: str):
@@ -121,7 +140,7 @@ def load_run(workdir: str):
     from mlctr.data.reader import PreparedDataset
 
     config = _read_config(workdir)
-    data_dir = run_data.dataset_dir(config, workdir)
+    data_dir = _scoring_dataset_dir(config, run_data.dataset_dir(config, workdir))
     dataset = PreparedDataset(data_dir)
     check_dataset(workdir, dataset, data_dir)
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from mlctr import run_data, train
+from mlctr import predict, run_data, train
 from mlctr.configs import tiny
 from mlctr.data import DataError, criteo_1tb, encode_raw
 from mlctr.data.prepare import prepare
@@ -281,6 +281,9 @@ def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["steps"] == _process_rows(0, 1) // 32
     assert {"deepfm", "dcn", "ensemble"} <= set(results["test"])
+    # predict scores the run's rows from process 0's copy of the hashed dataset.
+    *_, scoring_dir = predict.load_run(str(tmp_path / "run"))
+    assert scoring_dir == own
 
     # Shards of another process count are refused, in one line, never mixed in.
     os.makedirs(tmp_path / "data" / "process_1_of_2")
