@@ -100,14 +100,23 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 def test_step_equals_per_peer_updates(divergence, execution):
     peers, optimizer, state = setup("deepfm*2,dcn")
     assert peers.names == ("deepfm_0", "deepfm_1", "dcn")
-    batch = make_batch()
-    # Take one step first so the peers disagree and the mutual term is non-zero.
+    assert_mutual_step_matches_reference(peers, optimizer, state, make_batch(), make_batch(1),
+                                         divergence=divergence, execution=execution)
+
+
+def assert_mutual_step_matches_reference(peers, optimizer, state, warm_batch, batch, *,
+                                         divergence, execution, reference_batch=None):
+    """After one step at alpha 0 (so the peers disagree and the mutual term is non-zero),
+    the jitted step at alpha 0.7 on `batch` equals `reference_step` on `reference_batch`
+    (default `batch`)."""
     warm = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution=execution, donate=False)
-    state, _ = warm(state, batch)
-    expected = reference_step(peers, optimizer, state, make_batch(1), alpha=0.7, divergence=divergence)
+    state, _ = warm(state, warm_batch)
+    expected = reference_step(peers, optimizer, state,
+                              batch if reference_batch is None else reference_batch,
+                              alpha=0.7, divergence=divergence)
     step = mutual.make_train_step(peers, optimizer, alpha=0.7, divergence=divergence,
                                   peer_execution=execution, donate=False)
-    new_state, m = step(state, make_batch(1))
+    new_state, m = step(state, batch)
     assert np.all(np.asarray(m["mutual"]) > 0)
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
@@ -338,18 +347,9 @@ def test_qr_step_equals_per_peer_updates_on_numpy_rows(combiner):
                                                grad_clip_norm=10.0)
     assert layout.num_rows == (13 + 8) + (8 + 8) + (1 + 3) + (13 + 8) + (5 + 8) < VOCAB
     assert state["params"][0]["embedding"]["embedding_table"].shape == (2, layout.num_rows, 4)
-    warm = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution="vmap",
-                                  donate=False)
-    state, _ = warm(state, qr_batch(0))
-    expected = reference_step(peers, optimizer, state, with_rows(layout, qr_batch(1)),
-                              alpha=0.7, divergence="mse")
-    step = mutual.make_train_step(peers, optimizer, alpha=0.7, peer_execution="vmap",
-                                  donate=False)
-    new_state, m = step(state, qr_batch(1))
-    assert np.all(np.asarray(m["mutual"]) > 0)
-    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
-    for name in peers.names:
-        assert_trees_close(got[name]["params"], expected[name])
+    assert_mutual_step_matches_reference(peers, optimizer, state, qr_batch(0), qr_batch(1),
+                                         divergence="mse", execution="vmap",
+                                         reference_batch=with_rows(layout, qr_batch(1)))
 
 
 def test_qr_lazy_adam_updates_exactly_the_batch_quotient_and_remainder_rows():
