@@ -513,6 +513,24 @@ def _with_vocab_size(peers: Peers, vocab_size: int) -> Peers:
         dataclasses.replace(g, model=g.model.clone(vocab_size=vocab_size)) for g in peers.groups))
 
 
+def _apply_updates(peers: Peers, optimizer, params, grads, opt_state, learning_rate):
+    """Each group's optimizer step, vmapped over its peers, at each peer's learning rate
+    [N]: (new params, new optimizer state, gradient norms), one entry per group."""
+    new_params, new_opt_state, grad_norms = [], [], []
+    for sl, p, g, o in zip(peers.group_slices(), params, grads, opt_state):
+
+        def update_one(p_i, g_i, o_i, lr_i):
+            direction, o_i = optimizer.update(g_i, o_i, p_i)
+            p_i = jax.tree_util.tree_map(lambda w, d: w - (lr_i * d).astype(w.dtype), p_i, direction)
+            return p_i, o_i, optax.tree.norm(g_i)
+
+        p, o, gn = jax.vmap(update_one)(p, g, o, learning_rate[sl])
+        new_params.append(p)
+        new_opt_state.append(o)
+        grad_norms.append(gn)
+    return new_params, new_opt_state, grad_norms
+
+
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
                     alpha: float = 1.0, divergence: str = "mse", stop_gradient: bool = True,
                     warmup_steps: int = 0, peer_execution: str = "auto", donate: bool = True):
@@ -560,19 +578,8 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
             step_loss_fn = make_loss_fn(_with_vocab_size(peers, rows.size), **loss_kwargs)
         grads, aux = jax.grad(step_loss_fn, has_aux=True)(
             params, state["batch_stats"], step_batch, dropout_keys, alpha_now)
-        new_params, new_opt_state, grad_norms = [], [], []
-        for sl, p, g, o in zip(peers.group_slices(), params, grads, opt_state):
-            lr = state["learning_rate"][sl]
-
-            def update_one(p_i, g_i, o_i, lr_i):
-                direction, o_i = optimizer.update(g_i, o_i, p_i)
-                p_i = jax.tree_util.tree_map(lambda w, d: w - (lr_i * d).astype(w.dtype), p_i, direction)
-                return p_i, o_i, optax.tree.norm(g_i)
-
-            p, o, gn = jax.vmap(update_one)(p, g, o, lr)
-            new_params.append(p)
-            new_opt_state.append(o)
-            grad_norms.append(gn)
+        new_params, new_opt_state, grad_norms = _apply_updates(
+            peers, optimizer, params, grads, opt_state, state["learning_rate"])
         if row_sparse:
             new_params = [sparse.put_table_rows(full, new, rows.rows, axis=1)
                           for full, new in zip(state["params"], new_params)]
