@@ -162,8 +162,9 @@ def keep_host_allocations() -> bool:
 def keep_host_allocations_bounded(growth_bytes: int = RELEASE_GROWTH_BYTES,
                                   poll_seconds: float = RELEASE_POLL_SECONDS) -> bool:
     """The `bounded` setting: `keep`'s malloc settings and a thread that returns free
-    pages once resident memory is `growth_bytes` above the highest level a return left
-    (see the module docstring).
+    pages once resident memory is `growth_bytes` above the highest level a return left,
+    or above the level that set off a return memory came straight back from (see the
+    module docstring and `_release_on_growth`).
 
     Process-wide and idempotent; run it before JAX starts its CPU client's threads. Where
     `keep` is in effect the thread is added. Returns whether `bounded` is in effect
