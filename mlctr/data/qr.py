@@ -84,12 +84,7 @@ class QRLayout:
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """int32 [B, 2F] table rows of dataset ids [B, F]: (quotient, remainder) per field."""
-        local = np.asarray(ids, np.int64) - self.offsets
-        quotient, remainder = np.divmod(local, self.collisions)
-        rows = np.empty(local.shape[:-1] + (local.shape[-1], 2), np.int64)
-        rows[..., 0] = quotient + self.quotient_offsets
-        rows[..., 1] = remainder + self.remainder_offsets
-        return rows.reshape(local.shape[:-1] + (-1,)).astype(np.int32)
+        return self._rows(np, np.int64, ids).astype(np.int32)
 
     def jnp_rows(self, ids):
         """`rows` in jax.numpy, for use inside jit: int32 [..., F] ids -> int32 [..., 2F].
@@ -101,11 +96,14 @@ class QRLayout:
         """
         import jax.numpy as jnp  # here: the numpy side stays importable without jax
 
-        local = jnp.asarray(ids, jnp.int32) - jnp.asarray(self.offsets, jnp.int32)
-        quotient = local // self.collisions + jnp.asarray(self.quotient_offsets, jnp.int32)
-        remainder = local % self.collisions + jnp.asarray(self.remainder_offsets, jnp.int32)
-        rows = jnp.stack([quotient, remainder], axis=-1)
-        return rows.reshape(local.shape[:-1] + (-1,))
+        return self._rows(jnp, jnp.int32, ids)
+
+    def _rows(self, xp, dtype, ids):
+        """`rows` in array module `xp` (numpy or jax.numpy), computed in `dtype`."""
+        local = xp.asarray(ids, dtype) - xp.asarray(self.offsets, dtype)
+        quotient = local // self.collisions + xp.asarray(self.quotient_offsets, dtype)
+        remainder = local % self.collisions + xp.asarray(self.remainder_offsets, dtype)
+        return xp.stack([quotient, remainder], axis=-1).reshape(local.shape[:-1] + (-1,))
 
 
 def combine(embeddings, combiner: str = "product"):
