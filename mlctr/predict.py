@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -120,13 +119,15 @@ def _scoring_dataset_dir(config, data_dir: str) -> str:
     copy, whose hashed ids, fields and eval rows every process's copy shares."""
     if not run_data.is_per_process(config):
         return data_dir
-    found = sorted(glob.glob(os.path.join(glob.escape(data_dir), "process_0_of_*")))
-    if len(found) != 1:
+    counts = [c for c in run_data.process_counts(data_dir)
+              if os.path.isdir(run_data.process_dir(data_dir, 0, c))]
+    if len(counts) != 1:
+        found = [os.path.basename(run_data.process_dir(data_dir, 0, c)) for c in counts]
         raise PredictError(
             f"{data_dir}: a {config.data.dataset} run with hashed ids keeps one dataset per "
             f"process (process_<i>_of_<P>/); found {len(found)} of process 0 "
-            f"({', '.join(os.path.basename(f) for f in found) or 'none'})")
-    return found[0]
+            f"({', '.join(found) or 'none'})")
+    return run_data.process_dir(data_dir, 0, counts[0])
 
 
 def load_run(workdir: str):

@@ -61,15 +61,19 @@ def process_dir(data_dir: str, process_index: int, process_count: int) -> str:
     return os.path.join(data_dir, f"process_{process_index}_of_{process_count}")
 
 
+def process_counts(data_dir: str) -> list[int]:
+    """The process counts P of the `process_<i>_of_<P>` directories in `data_dir`."""
+    names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
+    return sorted({int(m.group(2)) for m in map(_PROCESS_DIR.match, names) if m})
+
+
 def check_process_count(data_dir: str, process_count: int) -> None:
     """RunError when `data_dir` holds per-process datasets of another process count.
 
     The train days are dealt out by process count, so shards of two counts would
     share or miss days: never mixed, never silently replaced.
     """
-    names = os.listdir(data_dir) if os.path.isdir(data_dir) else []
-    counts = sorted({int(m.group(2)) for m in map(_PROCESS_DIR.match, names) if m}
-                    - {process_count})
+    counts = [c for c in process_counts(data_dir) if c != process_count]
     if counts:
         raise RunError(
             f"{data_dir} holds a dataset prepared for {counts[0]} processes "
