@@ -76,7 +76,7 @@ def main(argv):
         else:
             study.run_finetune_study(config, FLAGS.workdir)
     except train.Preempted as e:
-        print(f"mlctr: {e}", file=sys.stderr, flush=True)
+        _say(f"mlctr: {e}")
         _exit_now(PREEMPTED_EXIT_CODE)
     except CLEAR_ERRORS as e:
         _fail(e)
@@ -84,8 +84,18 @@ def main(argv):
 
 def _fail(error: Exception):
     """One line on stderr, exit status 1."""
-    print(f"mlctr: error: {error}", file=sys.stderr, flush=True)
+    _say(f"mlctr: error: {error}")
     _exit_now(1)
+
+
+def _say(line: str):
+    """`line` on stderr in one write, so that the processes of a multi-process run, which
+    share a stderr, never splice their lines into one another's."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (AttributeError, OSError, ValueError):  # a stderr without a file (captured)
+        print(line, file=sys.stderr, flush=True)
 
 
 def _exit_now(code: int):
