@@ -44,7 +44,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
-from mlctr import mutual, sharding, sparse, train  # noqa: E402
+from mlctr import mutual, sharding, sparse  # noqa: E402
+from mlctr.run import train  # noqa: E402
 
 FIELDS, BATCH, DIM = 4, 1024, 8
 MODELS = {"deepfm": dict(model="deepfm", embedding_dim=DIM, dnn_hidden_units=(256, 256),

@@ -1,6 +1,6 @@
 """Benchmark (not a test): does the whole trainer train as fast as its bare jitted step?
 
-The trainer (`mlctr.train.train_and_evaluate`: memory-mapped reader -> shuffled host
+The trainer (`mlctr.run.train.train_and_evaluate`: memory-mapped reader -> shuffled host
 batches -> prefetch thread -> device -> jitted step -> metrics.jsonl / TensorBoard
 logging) runs one epoch on a synthetic Criteo-format dataset of --rows raw rows (8:1:1
 split, so 80% of them train), with four peers (DeepFM, DCN, IPNN, FiBiNET; embedding 16,
@@ -41,7 +41,8 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mlctr import sharding, train, xla_cpu  # noqa: E402
+from mlctr import sharding, xla_cpu  # noqa: E402
+from mlctr.run import train  # noqa: E402
 from mlctr.configs import default  # noqa: E402
 
 PEERS = "deepfm,dcn,ipnn,fibinet"

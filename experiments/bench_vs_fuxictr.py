@@ -343,7 +343,7 @@ def mlctr_train(job: dict) -> dict:
     from mlctr import xla_cpu
     xla_cpu.configure_process()
     import ml_collections
-    from mlctr import train
+    from mlctr.run import train
     from mlctr.configs import default
 
     start = time.perf_counter()

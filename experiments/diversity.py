@@ -1,6 +1,6 @@
 """How the mutual-finetune gain grows with the diversity of the peers.
 
-Per `diversity` setting of the synthetic generator (mlctr/data/synthetic_hidden.py:
+Per `diversity` setting of the synthetic generator (mlctr/data/synthetic/hidden.py:
 the share of the click function in parts that favour DCN, IPNN, FiBiNET or a deep
 MLP) and seed: the four peers pretrained independently, then finetuned from the same
 weights independently (control) and mutually. Per setting, over seeds: each peer's

@@ -29,9 +29,9 @@ from typing import Any
 from absl import logging
 import ml_collections
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import study
-from mlctr import train
+from mlctr.run import train
 # Each peer's test probabilities from a run's best weights (for DeLong's test).
 from mlctr.study import split_probabilities  # noqa: F401
 

@@ -23,11 +23,11 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import distributed
 from mlctr import locking
 from mlctr import study
-from mlctr import train
+from mlctr.run import train
 from mlctr import xla_cpu
 from mlctr.data.errors import DataError
 

@@ -42,7 +42,7 @@ gradient (0 from the loss, L2 of a zero row) is 0, so it stays 0. Exported per-p
 weights (`peer_variables`) drop the padding, so they fit the unpadded models.
 
 With quotient-remainder embeddings (`config.vocab.qr_collisions` = m >= 2,
-mlctr/data/qr.py) `Peers.qr_layout` holds the layout, the tables have its `num_rows` rows
+mlctr/models/qr.py) `Peers.qr_layout` holds the layout, the tables have its `num_rows` rows
 (then the padding above) and the models take table rows [B, 2F]. The state, the batches
 and the checkpoints keep dataset ids [B, F]: `Peers.table_ids` maps them to table rows in
 one place, inside the jitted functions (the train step, before the sparse step gathers
@@ -63,7 +63,7 @@ import optax
 from mlctr import models as model_zoo
 from mlctr import sharding
 from mlctr import sparse
-from mlctr.data import qr
+from mlctr.models import qr
 from mlctr.models import regularization
 
 DIVERGENCES = ("mse", "kl", "ektf")

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import mutual
-from mlctr import run_data
+from mlctr.run import inputs
 from mlctr.data.errors import DataError
 
 FLAGS = flags.FLAGS
@@ -92,7 +92,7 @@ def check_dataset(workdir: str, dataset, data_dir: str) -> None:
     Runs written before dataset.json existed are not compared here; a dataset of other
     shapes still fails when the weights are applied (`predict_file`).
     """
-    path = os.path.join(workdir, run_data.DATASET_RECORD)
+    path = os.path.join(workdir, inputs.DATASET_RECORD)
     if not os.path.exists(path):
         return
     try:
@@ -100,7 +100,7 @@ def check_dataset(workdir: str, dataset, data_dir: str) -> None:
             trained = json.load(f)
     except (OSError, ValueError) as e:
         raise PredictError(f"{path}: unreadable dataset record ({e})") from None
-    now = run_data.dataset_fingerprint(dataset)
+    now = inputs.dataset_fingerprint(dataset)
     # A per-process run records every process's train rows and sources (lists); one
     # process's copy, which predict opens, is checked on what all copies share.
     differences = [f"{key} {trained[key]} at training, {now[key]} now"
@@ -115,19 +115,19 @@ def check_dataset(workdir: str, dataset, data_dir: str) -> None:
 
 def _scoring_dataset_dir(config, data_dir: str) -> str:
     """The prepared dataset that scores a run's rows: `data_dir`, or for a run whose
-    processes each prepared their own rows (`run_data.is_per_process`) process 0's
+    processes each prepared their own rows (`inputs.is_per_process`) process 0's
     copy, whose hashed ids, fields and eval rows every process's copy shares."""
-    if not run_data.is_per_process(config):
+    if not inputs.is_per_process(config):
         return data_dir
-    counts = [c for c in run_data.process_counts(data_dir)
-              if os.path.isdir(run_data.process_dir(data_dir, 0, c))]
+    counts = [c for c in inputs.process_counts(data_dir)
+              if os.path.isdir(inputs.process_dir(data_dir, 0, c))]
     if len(counts) != 1:
-        found = [os.path.basename(run_data.process_dir(data_dir, 0, c)) for c in counts]
+        found = [os.path.basename(inputs.process_dir(data_dir, 0, c)) for c in counts]
         raise PredictError(
             f"{data_dir}: a {config.data.dataset} run with hashed ids keeps one dataset per "
             f"process (process_<i>_of_<P>/); found {len(found)} of process 0 "
             f"({', '.join(found) or 'none'})")
-    return run_data.process_dir(data_dir, 0, counts[0])
+    return inputs.process_dir(data_dir, 0, counts[0])
 
 
 def load_run(workdir: str):
@@ -141,7 +141,7 @@ def load_run(workdir: str):
     from mlctr.data.reader import PreparedDataset
 
     config = _read_config(workdir)
-    data_dir = _scoring_dataset_dir(config, run_data.dataset_dir(config, workdir))
+    data_dir = _scoring_dataset_dir(config, inputs.dataset_dir(config, workdir))
     dataset = PreparedDataset(data_dir)
     check_dataset(workdir, dataset, data_dir)
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,

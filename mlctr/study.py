@@ -31,7 +31,7 @@ import numpy as np
 from mlctr import predict
 from mlctr import report
 from mlctr import stats
-from mlctr import train
+from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
 # The paper's best relative AUC gains of mutual finetuning (arXiv 2406.12087), the

@@ -60,8 +60,8 @@ def tiny_config(tiny_data_dir):
     return lambda **kw: make_tiny_config(tiny_data_dir, **kw)
 
 
-# The run that the resume and multi-process tests interrupt or split (mlctr/train.py,
-# mlctr/checkpoint.py): 60 steps of 64 over 50-step epochs, so it crosses an epoch
+# The run that the resume and multi-process tests interrupt or split (mlctr/run/train.py,
+# mlctr/run/checkpoint.py): 60 steps of 64 over 50-step epochs, so it crosses an epoch
 # boundary; evaluations at 20, 40, 60; checkpoints every 15 steps.
 class ResumableRun:
     TRAIN = dict(num_epochs=2, max_steps=60, eval_steps=20)
@@ -95,7 +95,7 @@ def resumable(tiny_data_dir):
 @pytest.fixture(scope="package")
 def reference_run(resumable, tmp_path_factory):
     """Work dir of one uninterrupted single-process run of `resumable.config()`."""
-    from mlctr import train
+    from mlctr.run import train
 
     workdir = str(tmp_path_factory.mktemp("reference") / "run")
     train.train_and_evaluate(resumable.config(), workdir)

@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 
-from mlctr import checkpoint  # noqa: E402
+from mlctr.run import checkpoint  # noqa: E402
 from mlctr import main  # noqa: E402
-from mlctr import train  # noqa: E402
+from mlctr.run import train  # noqa: E402
 
 KIND, _, AT_STEP = os.environ["MLCTR_TEST_INTERRUPT"].partition(":")
 AT_STEP = int(AT_STEP)

@@ -1,4 +1,4 @@
-"""Checkpoints and resume (mlctr/checkpoint.py and the trainer's use of it).
+"""Checkpoints and resume (mlctr/run/checkpoint.py and the trainer's use of it).
 
 A run that is killed (SIGKILL) or preempted (SIGTERM) and then rerun ends bitwise
 identical to the run that went through: same final parameters, optimizer state, best
@@ -20,8 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mlctr import checkpoint
-from mlctr import train
+from mlctr.run import checkpoint
+from mlctr.run import train
 from mlctr.configs import default as default_config
 
 

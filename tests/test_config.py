@@ -141,7 +141,7 @@ def test_validate_synthetic_needs_rows():
 def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
     import json
 
-    from mlctr import checkpoint
+    from mlctr.run import checkpoint
 
     config = tiny.get_config()
     for collisions, combiner in [(0, "product"), (2, "sum"), (1000, "product")]:

@@ -14,8 +14,8 @@ import sys
 import jax
 import numpy as np
 
-from mlctr import checkpoint
-from mlctr import train
+from mlctr.run import checkpoint
+from mlctr.run import train
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ import pytest
 from mlctr import mutual
 from mlctr import sharding
 from mlctr import sparse
-from mlctr.data import qr
+from mlctr.models import qr
 from mlctr.models import regularization
 
 VOCAB, FIELDS, BATCH = 300, 5, 64
@@ -311,7 +311,7 @@ def test_peer_variables_round_trip():
 
 # ---------------------------------------------------------------------------
 # Quotient-remainder embeddings: the step and predict function take dataset ids and look
-# up each field's quotient and remainder rows (mlctr/data/qr.py).
+# up each field's quotient and remainder rows (mlctr/models/qr.py).
 
 QR_SIZES = (100, 60, 3, 100, 37)  # VOCAB ids over FIELDS fields
 QR_FIELDS = [{"vocab_size": s, "offset": int(o)}

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import predict
-from mlctr import train
+from mlctr.run import train
 from mlctr.configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,8 +14,8 @@ import pytest
 
 from mlctr import mutual
 from mlctr import sharding
-from mlctr import train
-from mlctr.data import qr
+from mlctr.run import train
+from mlctr.models import qr
 
 four_devices = pytest.mark.skipif(
     os.environ.get("MLCTR_TEST_FOUR_DEVICES") != "1",

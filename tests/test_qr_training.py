@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import mutual
 from mlctr import predict
-from mlctr import train
+from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from mlctr import mutual
 from mlctr import sharding
-from mlctr import train
+from mlctr.run import train
 
 FOUR_DEVICES = os.environ.get("MLCTR_TEST_FOUR_DEVICES") == "1"
 four_devices = pytest.mark.skipif(

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import mutual
 from mlctr import sharding
-from mlctr import train
+from mlctr.run import train
 
 FOUR_DEVICES = os.environ.get("MLCTR_TEST_FOUR_DEVICES") == "1"
 four_devices = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""TensorBoard event files (mlctr/tensorboard.py), read back with TensorBoard's own reader.
+"""TensorBoard event files (mlctr/run/tensorboard.py), read back with TensorBoard's own reader.
 
 The reader is tensorboard's EventAccumulator, which TensorBoard uses to serve a run (no
 TensorFlow needed): what it shows after a resume is what a user sees.
@@ -11,7 +11,7 @@ import sys
 
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
-from mlctr import tensorboard
+from mlctr.run import tensorboard
 
 
 def read_scalars(logdir):
@@ -109,6 +109,6 @@ def test_a_resumed_run_shows_each_step_once(reference_run, tmp_path):
 
 
 def test_the_writer_does_not_import_tensorflow():
-    code = "import sys, mlctr.tensorboard; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, mlctr.run.tensorboard; sys.exit('tensorflow' in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

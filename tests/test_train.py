@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import locking
 from mlctr import mutual
-from mlctr import run_log
+from mlctr.run import logs
 from mlctr import study
-from mlctr import train
+from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,22 +190,22 @@ def test_validate_main_start_faults_print_one_line(case, tiny_data_dir, tmp_path
 
 
 def test_torn_metrics_last_line_is_dropped_with_one_warning(tmp_path, caplog):
-    path = tmp_path / run_log.METRICS_FILE
+    path = tmp_path / logs.METRICS_FILE
     records = [{"kind": "train", "step": s, "loss": {"deepfm": 0.5}} for s in (10, 20, 30)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"kind": "train", "st')
     with caplog.at_level(logging.WARNING):
-        run_log.MetricsWriter(str(tmp_path), start_step=20).close()
+        logs.MetricsWriter(str(tmp_path), start_step=20).close()
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:2]
     warnings = [r for r in caplog.records if "half-written last line" in r.getMessage()]
     assert len(warnings) == 1 and f"{path}:4" in warnings[0].getMessage()
 
 
 def test_torn_metrics_line_before_the_last_is_a_clear_error(tmp_path):
-    path = tmp_path / run_log.METRICS_FILE
+    path = tmp_path / logs.METRICS_FILE
     original = '{"kind": "train", "step": 10}\n{"kind": "tr\n{"kind": "train", "step": 20}\n'
     path.write_text(original)
     with pytest.raises(train.RunError, match=rf"^{path}:2: not a JSON record"):
-        run_log.MetricsWriter(str(tmp_path), start_step=20)
+        logs.MetricsWriter(str(tmp_path), start_step=20)
     assert path.read_text() == original  # nothing dropped
 
 
@@ -227,31 +227,31 @@ def test_torn_metrics_resume_finishes_and_records_the_dataset(resumable, referen
 
 
 def test_log_lines_name_and_round_each_peer(caplog):
-    assert run_log.peer_values({"deepfm": 0.50888, "dcn": 0.53221}) == "deepfm 0.5089  dcn 0.5322"
+    assert logs.peer_values({"deepfm": 0.50888, "dcn": 0.53221}) == "deepfm 0.5089  dcn 0.5322"
     valid = {"deepfm": {"auc": 0.712344, "logloss": 0.5}, "dcn": {"auc": 0.7, "logloss": 0.6}}
     with caplog.at_level(logging.INFO):
-        run_log.log_eval(20, valid, {"deepfm": True, "dcn": False}, {"dcn": True})
+        logs.log_eval(20, valid, {"deepfm": True, "dcn": False}, {"dcn": True})
     assert "step 20  valid auc deepfm 0.71234*  dcn 0.70000 (stopped)" in caplog.text
-    clock = run_log.Throughput(batch_size=64)
+    clock = logs.Throughput(batch_size=64)
     assert clock.eta(100) == 0.0  # nothing timed yet
     clock.timed_steps, clock.timed_seconds = 10, 2.0
     assert clock.eta(100) == 20.0 and clock.examples_per_sec == 320.0
-    assert run_log.format_seconds(3725) == "1:02:05"
+    assert logs.format_seconds(3725) == "1:02:05"
 
 
 def test_hash_vocab_run_prepares_trains_and_refuses_a_fit_mode_config(tiny_config, tmp_path):
     """config.vocab reaches prepare: a hash-mode run trains on hashed ids (no vocab
     pass), and a fit-mode config pointed at that dataset is one clear error."""
-    from mlctr import run_data
-    from mlctr.run_errors import RunError
+    from mlctr.run import inputs
+    from mlctr.run.errors import RunError
     config = tiny_config(max_steps=5, eval_steps=0)
     with config.unlocked():
         config.data.data_dir = str(tmp_path / "data")
         config.data.num_rows = 2000
         config.vocab.mode = "hash"
         config.vocab.hash_buckets = 64
-    run_data.ensure_prepared(config, str(tmp_path / "run"))
-    dataset = run_data.open_dataset(config, str(tmp_path / "run"))
+    inputs.ensure_prepared(config, str(tmp_path / "run"))
+    dataset = inputs.open_dataset(config, str(tmp_path / "run"))
     assert dataset.feature_map["vocab"]["mode"] == "hash"
     assert dataset.vocab_size == dataset.num_fields * 65  # 64 buckets + the missing id
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -259,4 +259,4 @@ def test_hash_vocab_run_prepares_trains_and_refuses_a_fit_mode_config(tiny_confi
     with config.unlocked():
         config.vocab.mode = "fit"
     with pytest.raises(RunError, match="prepared with vocab mode 'hash'.*config.vocab.mode"):
-        run_data.open_dataset(config, str(tmp_path / "other"))
+        inputs.open_dataset(config, str(tmp_path / "other"))

@@ -39,7 +39,7 @@ def _probe(setup: str, **overrides) -> list[str]:
 def test_importing_mlctr_changes_nothing():
     """The library, the step and the entry point's module, imported and a step built."""
     setup = """
-import mlctr, mlctr.mutual, mlctr.train, mlctr.main
+import mlctr, mlctr.mutual, mlctr.run.train, mlctr.main
 import jax.numpy as jnp, optax
 peers = mlctr.mutual.build_peers("deepfm", {"deepfm": dict(model="deepfm", embedding_dim=2,
     dnn_hidden_units=(4,), net_dropout=0.1, batch_norm=False, embedding_regularizer=0.0,

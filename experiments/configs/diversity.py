@@ -4,7 +4,7 @@
       --workdir=runs/diversity --seeds=0,1,2,3,4 --diversities=0,1,4 \
       --results_dir=experiments/results
 
-For each `diversity` (mlctr/data/synthetic_hidden.py: the variance of the DCN / IPNN /
+For each `diversity` (mlctr/data/synthetic/hidden.py: the variance of the DCN / IPNN /
 FiBiNET / deep-MLP parts over that of the shared parts) a synthetic Criteo-format file
 of 40k rows (32k train, 4k valid, 4k test), generated with seed 2018: the same rows at
 every setting, its own labels. Per seed: the four paper peers pretrained independently

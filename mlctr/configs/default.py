@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         hash_buckets=1 << 20,     # hash: buckets per field (+1 id reserved for missing)
         field_buckets="",         # hash: per-field overrides, e.g. "I1=64,C3=100000"
         max_rows=0,               # > 0: cap on every field's table rows (MLPerf 1TB: 40000000)
-        # Quotient-remainder embeddings (mlctr/data/qr.py): m >= 2 ids per quotient row, a
+        # Quotient-remainder embeddings (mlctr/models/qr.py): m >= 2 ids per quotient row, a
         # field's V ids in ceil(V/m) + m rows instead of V; 0: one row per id.
         qr_collisions=0,
         qr_combiner="product",    # product | sum: how a field's two embeddings combine

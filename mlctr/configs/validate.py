@@ -59,7 +59,7 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(key, is_legal, what a legal value is) for every field with a value constraint."""
     from mlctr import mutual
     from mlctr import sparse
-    from mlctr.data import qr
+    from mlctr.models import qr
     from mlctr.data.prepare import DATASETS, PROTOCOLS, VOCAB_MODES
 
     return [

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from mlctr import locking, xla_cpu
-from mlctr.data import avazu, bars_csv, criteo, criteo_1tb, format as fmt, hashing, parsing
+from mlctr.data import avazu, bars_csv, criteo, criteo_1tb, layout, hashing, parsing
 from mlctr.data import split as split_lib, synthetic
 from mlctr.data import vocab as vocab_lib
 from mlctr.data.errors import DataError, DatasetError
@@ -259,7 +259,7 @@ def _check_output(out: str, overwrite: bool) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise DatasetError(out, "exists and is not a directory; choose another --out",
                            reason="output_not_directory")
-    if os.path.exists(fmt.feature_map_path(out)) and not overwrite:
+    if os.path.exists(layout.feature_map_path(out)) and not overwrite:
         raise DatasetError(out, "already holds a prepared dataset; pass --overwrite "
                            "(overwrite=True) to replace it, or choose another --out",
                            reason="output_exists")
@@ -310,11 +310,11 @@ def _build_and_swap(out: str, build) -> dict:
     xla_cpu.keep_freed_blocks()
     _remove_stale_builds(out)
     directory = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=_build_prefix(out))
-    writers: list[fmt.NpyWriter] = []
+    writers: list[layout.NpyWriter] = []
     try:
         feature_map = build(directory, writers)
-        feature_map["checksums"] = fmt.compute_checksums(directory, feature_map)
-        fmt.write_json_atomic(fmt.feature_map_path(directory), feature_map)
+        feature_map["checksums"] = layout.compute_checksums(directory, feature_map)
+        layout.write_json_atomic(layout.feature_map_path(directory), feature_map)
         _make_readable(directory)
         _swap_into(directory, out)
     finally:
@@ -346,10 +346,10 @@ def _make_readable(build: str) -> None:
 
 def _dataset_entries() -> set[str]:
     """The names in a dataset directory that prepare writes (all else in `out` is kept)."""
-    names = {fmt.FEATURE_MAP, "vocab"}
-    for split in fmt.SPLITS:
+    names = {layout.FEATURE_MAP, "vocab"}
+    for split in layout.SPLITS:
         names |= {os.path.basename(path("", split))
-                  for path in (fmt.ids_path, fmt.label_path, fmt.true_prob_path)}
+                  for path in (layout.ids_path, layout.label_path, layout.true_prob_path)}
     return names
 
 
@@ -463,13 +463,13 @@ class _Encoder:
         self.num_rows = 0
 
         def writer(path, dtype, row_shape=()):
-            writers.append(fmt.NpyWriter(path, dtype, row_shape))
+            writers.append(layout.NpyWriter(path, dtype, row_shape))
             return writers[-1]
 
-        self.ids_out = [writer(fmt.ids_path(out, s), np.int32, (len(self.field_names),))
-                        for s in fmt.SPLITS]
-        self.label_out = [writer(fmt.label_path(out, s), np.uint8) for s in fmt.SPLITS]
-        self.prob_out = ([writer(fmt.true_prob_path(out, s), np.float32) for s in fmt.SPLITS]
+        self.ids_out = [writer(layout.ids_path(out, s), np.int32, (len(self.field_names),))
+                        for s in layout.SPLITS]
+        self.label_out = [writer(layout.label_path(out, s), np.uint8) for s in layout.SPLITS]
+        self.prob_out = ([writer(layout.true_prob_path(out, s), np.float32) for s in layout.SPLITS]
                          if with_true_prob else None)
 
     def add(self, keys: np.ndarray, labels: np.ndarray, splits: np.ndarray,
@@ -507,7 +507,7 @@ class _Encoder:
     def _split_entries(self) -> dict:
         """The feature map's per-split entries."""
         splits = {}
-        for s, name in enumerate(fmt.SPLITS):
+        for s, name in enumerate(layout.SPLITS):
             n = self.ids_out[s].num_rows
             splits[name] = {"num_examples": n,
                             "positive_rate": float(self.positives[s] / n) if n else None}
@@ -538,8 +538,8 @@ class _Encoder:
         lookup = np.concatenate(code_to_global).astype(np.int32)
         self.coders = self.counts = code_to_global = None
         _release_freed_memory()
-        for name in fmt.SPLITS:
-            fmt.update_rows(fmt.ids_path(self.out, name),
+        for name in layout.SPLITS:
+            layout.update_rows(layout.ids_path(self.out, name),
                             lambda codes: lookup.take(codes + code_offsets),
                             block_rows=_REMAP_ROWS, num_threads=PARSE_THREADS)
         return fields, self._split_entries()
@@ -582,7 +582,7 @@ def _prepare(dataset, raw, out, module, vocab, *, protocol, skip_bad_rows, seed,
     true_prob = None
     if synthetic_description is not None:
         true_prob = synthetic.true_prob_path(raw)
-        num_true_probs = fmt.npy_layout(true_prob)[1][0]
+        num_true_probs = layout.npy_layout(true_prob)[1][0]
     header_lines = 1 if module is avazu else 0
     encoder = vocab.encoder(out, module, true_prob is not None, writers)
     skipped: collections.Counter = collections.Counter()
@@ -604,7 +604,7 @@ def _prepare(dataset, raw, out, module, vocab, *, protocol, skip_bad_rows, seed,
     min_count = vocab.min_count(module.MIN_COUNT[protocol])
     fields, splits = encoder.finish(module, min_count)
     feature_map = {
-        "format_version": fmt.FORMAT_VERSION, "dataset": dataset, "raw_format": module.NAME,
+        "format_version": layout.FORMAT_VERSION, "dataset": dataset, "raw_format": module.NAME,
         "protocol": protocol, "min_count": min_count, "seed": seed,
         "split": {"method": "seeded blocks of 10 rows: 8 train, 1 valid, 1 test "
                             "(mlctr.data.split)", "ratios": [8, 1, 1]},
@@ -617,9 +617,9 @@ def _prepare(dataset, raw, out, module, vocab, *, protocol, skip_bad_rows, seed,
     if synthetic_description is not None:
         feature_map["synthetic"] = synthetic_description
         feature_map["bayes"] = _bayes_metrics(out)
-        for name in fmt.SPLITS:
+        for name in layout.SPLITS:
             feature_map["files"][name]["true_prob"] = os.path.basename(
-                fmt.true_prob_path(out, name))
+                layout.true_prob_path(out, name))
     _log(f"{raw}: prepared {num_rows} rows in {time.time() - started:.1f}s")
     return feature_map
 
@@ -652,7 +652,7 @@ def _prepare_csv(dataset, raw_dir, out, csv_format, vocab, *, writers, skip_bad_
     fields, splits = encoder.finish(csv_format, csv_format.min_count)
     combined = hashlib.sha256("".join(v["sha256"] for v in sources.values()).encode())
     feature_map = {
-        "format_version": fmt.FORMAT_VERSION, "dataset": dataset, "raw_format": "csv",
+        "format_version": layout.FORMAT_VERSION, "dataset": dataset, "raw_format": "csv",
         "protocol": "x1" if dataset in bars_csv.FORMATS else "csv",
         "min_count": vocab.min_count(csv_format.min_count), "seed": None,
         "split": {"method": "given: train.csv, valid.csv, test.csv"},
@@ -702,7 +702,7 @@ def _prepare_days(raw_dir, sources, out, vocab, *, protocol, processes, skip_bad
     combined = hashlib.sha256("".join(v["sha256"] for v in files.values()).encode())
     process_index, process_count = processes
     feature_map = {
-        "format_version": fmt.FORMAT_VERSION, "dataset": module.NAME,
+        "format_version": layout.FORMAT_VERSION, "dataset": module.NAME,
         "raw_format": module.NAME, "protocol": protocol, "min_count": min_count, "seed": None,
         "split": {"method": "MLPerf DLRM: days 0-22 train; day 23 halved "
                             "(np.array_split): first half test, second half valid",
@@ -746,7 +746,7 @@ def _chunk_true_probs(true_prob: str, raw_rows: np.ndarray) -> np.ndarray:
     """The true probabilities of the given 0-based data rows of the raw file."""
     if not len(raw_rows):
         return np.zeros(0, np.float32)
-    return fmt.read_rows(true_prob, int(raw_rows[0]),
+    return layout.read_rows(true_prob, int(raw_rows[0]),
                          int(raw_rows[-1]) + 1)[raw_rows - raw_rows[0]]
 
 
@@ -760,9 +760,9 @@ def _feature_map_tail(out: str, fields: list[dict], splits: dict,
         "vocab_size": sum(f["vocab_size"] for f in fields),
         "fields": fields,
         "splits": splits,
-        "files": {name: {"ids": os.path.basename(fmt.ids_path(out, name)),
-                         "label": os.path.basename(fmt.label_path(out, name))}
-                  for name in fmt.SPLITS},
+        "files": {name: {"ids": os.path.basename(layout.ids_path(out, name)),
+                         "label": os.path.basename(layout.label_path(out, name))}
+                  for name in layout.SPLITS},
     }
 
 
@@ -771,9 +771,9 @@ def _bayes_metrics(out: str) -> dict:
     from mlctr import metrics
 
     result = {}
-    for name in fmt.SPLITS:
-        labels = np.load(fmt.label_path(out, name), mmap_mode="r")
-        probs = np.load(fmt.true_prob_path(out, name), mmap_mode="r")
+    for name in layout.SPLITS:
+        labels = np.load(layout.label_path(out, name), mmap_mode="r")
+        probs = np.load(layout.true_prob_path(out, name), mmap_mode="r")
         entry = {"auc": None, "logloss": None}
         if len(labels):
             entry["logloss"] = float(metrics.logloss(labels, probs))
@@ -812,7 +812,7 @@ def encode_raw(data_dir: str, raw_path: str, *, dataset: str | None = None,
     Raises:
         DataError: bad input.
     """
-    feature_map = fmt.read_feature_map(data_dir)
+    feature_map = layout.read_feature_map(data_dir)
     raw_format = feature_map["raw_format"] if dataset in (None, "synthetic") else dataset
     csv_reader = None
     if raw_format == "csv" or dataset in CSV_DATASETS:
@@ -852,7 +852,7 @@ def _id_encoder(data_dir: str, feature_map: dict, missing_keys: list):
     """keys int64 [n, F] -> global ids int32 [n, F] under a dataset's vocabularies."""
     fields = feature_map["fields"]
     offsets = np.array([f["offset"] for f in fields], np.int32)
-    if fmt.is_hashed(feature_map):
+    if layout.is_hashed(feature_map):
         buckets = [f["hash_buckets"] for f in fields]
         return lambda keys: hashing.hash_ids(keys, buckets, missing_keys,
                                              offsets.astype(np.int64))

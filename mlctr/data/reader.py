@@ -1,6 +1,6 @@
 """Batches from a prepared dataset: seeded shuffled training batches, padded eval batches.
 
-The split files are memory-mapped int32 [n, F] id matrices (see mlctr.data.format), so
+The split files are memory-mapped int32 [n, F] id matrices (see mlctr.data.layout), so
 a batch is one vectorised gather and nothing is loaded before it is needed.
 
 Training order. Epoch e visits the train rows in the order of a seeded permutation of
@@ -35,7 +35,7 @@ header, dtype, shape (against num_fields and each split's num_examples) and byte
 each vocabulary's length against its field's vocab_size; every id against its field's
 range [offset, offset + vocab_size) and every label against {0, 1}, in one chunked,
 multi-threaded pass over the memory maps; and the CRC-32 of the first, the last and a
-few random 16 MiB blocks of every file (mlctr.data.format). The id pass must read every
+few random 16 MiB blocks of every file (mlctr.data.layout). The id pass must read every
 id (an out-of-range id anywhere is a silent error), so it is the cost of an open: a
 Criteo-sized split (45M rows x 39 ids, 7 GB) takes a few seconds from the page cache. A
 full checksum would read everything a second time and cost as much again, so it is left
@@ -54,7 +54,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mlctr.data import format as fmt
+from mlctr.data import layout
 from mlctr.data.errors import DatasetError
 
 SAMPLED_BLOCKS = 4  # checksummed blocks per file on open, besides the first and last
@@ -63,7 +63,7 @@ _SCAN_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class PreparedDataset:
-    """A prepared dataset directory (see mlctr.data.format).
+    """A prepared dataset directory (see mlctr.data.layout).
 
     Args:
         data_dir: the directory written by `mlctr.data.prepare.prepare`.
@@ -84,7 +84,7 @@ class PreparedDataset:
 
     def __init__(self, data_dir: str, expected_dataset: str | None = None):
         self.data_dir = str(data_dir)
-        self.feature_map = fmt.read_feature_map(self.data_dir)
+        self.feature_map = layout.read_feature_map(self.data_dir)
         validate(self.data_dir, self.feature_map, expected_dataset=expected_dataset)
         self.vocab_size = int(self.feature_map["vocab_size"])
         self.num_fields = int(self.feature_map["num_fields"])
@@ -93,7 +93,7 @@ class PreparedDataset:
         self._labels = {}
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{s}={self.num_examples(s)}" for s in fmt.SPLITS)
+        sizes = ", ".join(f"{s}={self.num_examples(s)}" for s in layout.SPLITS)
         return (f"PreparedDataset({self.data_dir!r}, {self.feature_map['dataset']}, "
                 f"{self.num_fields} fields, vocab_size={self.vocab_size}, {sizes})")
 
@@ -106,15 +106,15 @@ class PreparedDataset:
         _check_checksums(self.data_dir, self.feature_map, sample=None)
 
     def _check_split(self, split: str) -> None:
-        if split not in fmt.SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {fmt.SPLITS}")
+        if split not in layout.SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {layout.SPLITS}")
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped (ids int32 [n, F], labels uint8 [n]) of a split."""
         self._check_split(split)
         if split not in self._ids:
-            self._ids[split] = fmt.open_rows(fmt.ids_path(self.data_dir, split))
-            self._labels[split] = fmt.open_rows(fmt.label_path(self.data_dir, split))
+            self._ids[split] = layout.open_rows(layout.ids_path(self.data_dir, split))
+            self._labels[split] = layout.open_rows(layout.label_path(self.data_dir, split))
         return self._ids[split], self._labels[split]
 
     def num_examples(self, split: str) -> int:
@@ -206,7 +206,7 @@ class PreparedDataset:
         """float32 [n]: each row's true click probability in evaluation order (synthetic
         data), or None when unknown."""
         self._check_split(split)
-        path = fmt.true_prob_path(self.data_dir, split)
+        path = layout.true_prob_path(self.data_dir, split)
         if "bayes" not in self.feature_map:
             return None
         return np.load(path, allow_pickle=False)
@@ -335,14 +335,14 @@ def validate(data_dir: str, feature_map: dict, *, expected_dataset: str | None =
     _check_feature_map(data_dir, feature_map, expected_dataset)
     _check_vocabularies(data_dir, feature_map)
     _check_offsets(data_dir, feature_map)
-    for split in fmt.SPLITS:
+    for split in layout.SPLITS:
         _check_split_files(data_dir, feature_map, split)
     recorded = feature_map.get("checksums", {}).get("feature_map")
-    if recorded is not None and recorded != fmt.feature_map_checksum(feature_map):
-        raise DatasetError(fmt.feature_map_path(data_dir), "edited after prepare: its "
+    if recorded is not None and recorded != layout.feature_map_checksum(feature_map):
+        raise DatasetError(layout.feature_map_path(data_dir), "edited after prepare: its "
                            "checksum does not match its contents; prepare the dataset again",
                            reason="checksum")
-    for split in fmt.SPLITS:
+    for split in layout.SPLITS:
         _scan_split(data_dir, feature_map, split)
     _check_checksums(data_dir, feature_map, sample=SAMPLED_BLOCKS)
 
@@ -365,7 +365,7 @@ def _entry(feature_map: dict, path: str, key: str, kind=int):
 
 def _check_feature_map(data_dir: str, feature_map: dict, expected_dataset: str | None) -> None:
     """The keys a dataset needs, of the right types, and the dataset kind."""
-    path = fmt.feature_map_path(data_dir)
+    path = layout.feature_map_path(data_dir)
     dataset = _entry(feature_map, path, "dataset", str)
     if expected_dataset is not None and dataset != expected_dataset:
         raise DatasetError(path, f"holds a {dataset!r} dataset, not {expected_dataset!r}: "
@@ -374,7 +374,7 @@ def _check_feature_map(data_dir: str, feature_map: dict, expected_dataset: str |
     num_fields = _entry(feature_map, path, "num_fields")
     fields = _entry(feature_map, path, "fields", list)
     _entry(feature_map, path, "vocab_size")
-    for split in fmt.SPLITS:
+    for split in layout.SPLITS:
         _entry(feature_map, path, f"splits.{split}.num_examples")
     if len(fields) != num_fields:
         raise DatasetError(path, f"num_fields is {num_fields} but {len(fields)} fields are "
@@ -389,7 +389,7 @@ def _check_feature_map(data_dir: str, feature_map: dict, expected_dataset: str |
 
 def _check_offsets(data_dir: str, feature_map: dict) -> None:
     """Consecutive field offsets adding up to vocab_size."""
-    path = fmt.feature_map_path(data_dir)
+    path = layout.feature_map_path(data_dir)
     offset = 0
     for field in feature_map["fields"]:
         if field["offset"] != offset:
@@ -408,7 +408,7 @@ def _npy_layout(path: str, what: str):
         raise DatasetError(path, f"missing ({what}); prepare the dataset again",
                            reason="missing_file")
     try:
-        return fmt.npy_layout(path)
+        return layout.npy_layout(path)
     except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as e:
         # numpy parses the header as a Python literal: a garbled one can fail in tokenize.
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -434,14 +434,14 @@ def _check_npy(path: str, what: str, dtype, shape: tuple[int, ...], source: str)
 
 
 def _check_vocabularies(data_dir: str, feature_map: dict) -> None:
-    if fmt.is_hashed(feature_map):  # no vocabulary files: ids are bucket numbers
+    if layout.is_hashed(feature_map):  # no vocabulary files: ids are bucket numbers
         return
     for field in feature_map["fields"]:
         path = os.path.join(data_dir, "vocab", f"{field['name']}.npy")
         dtype, shape, _ = _npy_layout(path, f"the vocabulary of field {field['name']}")
         if len(shape) != 1 or shape[0] + 1 != field["vocab_size"]:
             raise DatasetError(
-                fmt.feature_map_path(data_dir), f"vocab_size is {field['vocab_size']} but "
+                layout.feature_map_path(data_dir), f"vocab_size is {field['vocab_size']} but "
                 f"{path} holds {shape[0] if len(shape) == 1 else shape} keys (vocab_size = keys "
                 "+ 1 for OOV)", field=field["name"], reason="vocab_size")
         _check_npy(path, f"the vocabulary of field {field['name']}", np.int64, shape,
@@ -451,11 +451,11 @@ def _check_vocabularies(data_dir: str, feature_map: dict) -> None:
 def _check_split_files(data_dir: str, feature_map: dict, split: str) -> None:
     n = feature_map["splits"][split]["num_examples"]
     source = f"splits.{split}.num_examples"
-    _check_npy(fmt.ids_path(data_dir, split), f"the {split} ids", np.int32,
+    _check_npy(layout.ids_path(data_dir, split), f"the {split} ids", np.int32,
                (n, feature_map["num_fields"]), f"{source} and num_fields")
-    _check_npy(fmt.label_path(data_dir, split), f"the {split} labels", np.uint8, (n,), source)
+    _check_npy(layout.label_path(data_dir, split), f"the {split} labels", np.uint8, (n,), source)
     if "true_prob" in feature_map.get("files", {}).get(split, {}):
-        _check_npy(fmt.true_prob_path(data_dir, split), f"the {split} true probabilities",
+        _check_npy(layout.true_prob_path(data_dir, split), f"the {split} true probabilities",
                    np.float32, (n,), source)
 
 
@@ -470,8 +470,8 @@ def _scan_split(data_dir: str, feature_map: dict, split: str) -> None:
     n = feature_map["splits"][split]["num_examples"]
     if n == 0:
         return
-    ids = fmt.open_rows(fmt.ids_path(data_dir, split))
-    labels = fmt.open_rows(fmt.label_path(data_dir, split))
+    ids = layout.open_rows(layout.ids_path(data_dir, split))
+    labels = layout.open_rows(layout.label_path(data_dir, split))
     low = np.array([f["offset"] for f in feature_map["fields"]], np.int64)
     high = low + [f["vocab_size"] for f in feature_map["fields"]]
     with concurrent.futures.ThreadPoolExecutor(_SCAN_THREADS) as pool:
@@ -482,7 +482,7 @@ def _scan_split(data_dir: str, feature_map: dict, split: str) -> None:
                 _report_id(data_dir, feature_map, split, ids, start, low, high)
             if top_label > 1:
                 rows = np.flatnonzero(labels[start:start + _SCAN_ROWS] > 1)
-                raise DatasetError(fmt.label_path(data_dir, split),
+                raise DatasetError(layout.label_path(data_dir, split),
                                    f"row {start + rows[0]}: label "
                                    f"{labels[start + rows[0]]}, expected 0 or 1",
                                    reason="bad_label")
@@ -493,7 +493,7 @@ def _report_id(data_dir, feature_map, split, ids, start, low, high) -> None:
     bad = (block < low) | (block >= high)
     row, f = (int(i) for i in np.argwhere(bad)[0])
     field = feature_map["fields"][f]
-    raise DatasetError(fmt.ids_path(data_dir, split),
+    raise DatasetError(layout.ids_path(data_dir, split),
                        f"row {start + row}: id {block[row, f]} outside the field's range "
                        f"[{low[f]}, {high[f]}) in feature_map.json", field=field["name"],
                        reason="id_out_of_range")
@@ -522,7 +522,7 @@ def _check_checksums(data_dir: str, feature_map: dict, sample: int | None) -> No
         blocks = range(count)
         if sample is not None and count > sample + 2:
             blocks = sorted({0, count - 1} | set(random.sample(range(1, count - 1), sample)))
-        for block, crc in fmt.block_checksums(path, block_bytes, blocks).items():
+        for block, crc in layout.block_checksums(path, block_bytes, blocks).items():
             if crc != recorded["crc32"][block]:
                 raise DatasetError(path, f"content changed after prepare: CRC-32 of bytes "
                                    f"{block * block_bytes}..{(block + 1) * block_bytes} is "

@@ -5,7 +5,7 @@ Every model is a ``flax.linen.Module`` built on the bases in ``base.py``: fields
 dtype; params stay float32).
 ``model.apply(variables, ids, train=...)`` takes int32 global ids [B, F] and returns float32
 logits [B]; with ``qr_combiner`` set it takes quotient-remainder table rows [B, 2F] instead
-(``mlctr.data.qr``, ``base.CTRModel``).
+(``mlctr.models.qr``, ``base.CTRModel``).
 """
 
 import dataclasses
@@ -13,7 +13,7 @@ from typing import Any
 
 import flax.linen as nn
 
-from mlctr.data import qr
+from mlctr.models import qr
 from mlctr.models.autoint import AutoInt
 from mlctr.models.dcn import DCN
 from mlctr.models.dcnv2 import DCNv2
@@ -67,7 +67,7 @@ def create_model(name: str, *, vocab_size: int, num_fields: int, qr_combiner: st
       vocab_size: rows of the concatenated embedding table (all fields).
       num_fields: number of feature fields F.
       qr_combiner: '' or, for quotient-remainder table rows [B, 2F] as ids, how each
-        field's two embeddings combine ('product' or 'sum'; ``mlctr.data.qr``).
+        field's two embeddings combine ('product' or 'sum'; ``mlctr.models.qr``).
       **hparams: hyperparameters with BARS/FuxiCTR names; lists become tuples.
 
     Returns:

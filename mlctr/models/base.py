@@ -6,7 +6,7 @@ hyperparameters). The submodules are always named ``linear``, ``embedding`` and 
 parameter paths, and so checkpoints, agree across models. Defaults are the BARS
 Criteo_x4_001 values most models share; a model redeclares a field to change its default.
 
-Quotient-remainder embeddings (mlctr/data/qr.py) are a matter of these two steps alone:
+Quotient-remainder embeddings (mlctr/models/qr.py) are a matter of these two steps alone:
 with ``qr_combiner`` set, a model takes the table rows ``QRLayout.rows`` gives, [B, 2F]
 (each field's quotient and remainder row), ``embed`` combines each field's two embeddings
 into the usual [B, F, D] and ``first_order`` sums each field's two weights, so every model
@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mlctr.data import qr
+from mlctr.models import qr
 from mlctr.models.layers.embedding import FeatureEmbedding, LinearTerm
 from mlctr.models.layers.mlp import MLPBlock
 
@@ -38,7 +38,7 @@ class CTRModel(nn.Module):
       net_regularizer: L2 weight of every other parameter.
       dtype: compute dtype; parameters stay float32.
       qr_combiner: '' (ids are dataset ids [B, F]), or 'product' / 'sum': ids are
-        quotient-remainder table rows [B, 2F] (``mlctr.data.qr.QRLayout.rows``) and
+        quotient-remainder table rows [B, 2F] (``mlctr.models.qr.QRLayout.rows``) and
         ``vocab_size`` is the layout's ``num_rows``. Set from ``config.vocab``, not a
         hyperparameter of ``config.models``.
     """
@@ -55,7 +55,7 @@ class CTRModel(nn.Module):
         if self.qr_combiner and ids.shape[-1] != 2 * self.num_fields:
             raise ValueError(f'{type(self).__name__} with qr_combiner={self.qr_combiner!r} '
                              f'takes 2 x {self.num_fields} table rows per example '
-                             f'(mlctr.data.qr.QRLayout.rows), got ids of shape {ids.shape}')
+                             f'(mlctr.models.qr.QRLayout.rows), got ids of shape {ids.shape}')
         return ids
 
     def first_order(self, ids: jnp.ndarray, *, use_bias: bool) -> jnp.ndarray:

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from mlctr import predict, run_data, train
+from mlctr import predict
+from mlctr.run import inputs, train
 from mlctr.configs import tiny
 from mlctr.data import DataError, criteo_1tb, encode_raw
 from mlctr.data.prepare import prepare
@@ -192,7 +193,7 @@ def test_cli_flags_and_one_line_errors(tmp_path):
         f"error: {tmp_path / 'raw' / 'day_0'}: missing day file")
 
 
-# Per-process training (mlctr.run_data): day d is process d mod P's, so with rows_per_day
+# Per-process training (mlctr.run.inputs): day d is process d mod P's, so with rows_per_day
 # alternating (21, 30) process 0 of 2 holds 12 x 21 = 252 train rows and process 1
 # 11 x 30 = 330.
 ROWS_PER_DAY = (21, 30)
@@ -256,11 +257,11 @@ def test_shard_summaries_agree_only_on_the_same_eval_rows_and_options(tmp_path):
     for name, p, buckets in (("p0", 0, 64), ("p1", 1, 64), ("p1_128", 1, 128)):
         prepare("criteo_1tb", str(tmp_path / "raw"), str(tmp_path / name), vocab_mode="hash",
                 hash_buckets=buckets, process_index=p, process_count=2)
-        summaries[name] = run_data._shard_summary(PreparedDataset(str(tmp_path / name)))
+        summaries[name] = inputs._shard_summary(PreparedDataset(str(tmp_path / name)))
     (tmp_path / "raw" / "day_23").write_text("".join(lines[23][1:] + lines[23][:1]))
     prepare("criteo_1tb", str(tmp_path / "raw"), str(tmp_path / "p1_moved"),
             vocab_mode="hash", hash_buckets=64, process_index=1, process_count=2)
-    summaries["p1_moved"] = run_data._shard_summary(PreparedDataset(str(tmp_path / "p1_moved")))
+    summaries["p1_moved"] = inputs._shard_summary(PreparedDataset(str(tmp_path / "p1_moved")))
     # Bytes 0-8: train rows; 8-40: the source digest; 40-72: what all processes share.
     assert int.from_bytes(summaries["p1"][:8].tobytes(), "little") == _process_rows(1, 2)
     assert summaries["p0"][8:40].tobytes() != summaries["p1"][8:40].tobytes()
@@ -276,7 +277,7 @@ def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
     assert own == str(tmp_path / "data" / "process_0_of_1")
     with open(os.path.join(own, "feature_map.json")) as f:
         assert json.load(f)["split"]["train_days"] == list(range(23))
-    shard = run_data.open_dataset(config, str(tmp_path / "run"))
+    shard = inputs.open_dataset(config, str(tmp_path / "run"))
     assert isinstance(shard, ProcessShard) and shard.process_train_rows == [_process_rows(0, 1)]
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["steps"] == _process_rows(0, 1) // 32
@@ -287,7 +288,7 @@ def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
 
     # Shards of another process count are refused, in one line, never mixed in.
     os.makedirs(tmp_path / "data" / "process_1_of_2")
-    for call in (train.ensure_prepared, run_data.open_dataset):
+    for call in (train.ensure_prepared, inputs.open_dataset):
         with pytest.raises(train.RunError) as error:
             call(config, str(tmp_path / "run"))
         assert "\n" not in str(error.value)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mlctr.data import qr
+from mlctr.models import qr
 
 FIELDS = [{"name": "a", "vocab_size": 10, "offset": 0},
           {"name": "b", "vocab_size": 3, "offset": 10},

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from mlctr.data import avazu, criteo, parsing, synthetic
-from mlctr.data import synthetic_marginals as marginals
-from mlctr.data import synthetic_text
+from mlctr.data.synthetic import marginals
+from mlctr.data.synthetic import text
 
 
 def _parse(module, path):
@@ -64,10 +64,10 @@ def test_hidden_function_needs_interactions():
 
 def test_token_formatting_round_trips():
     values = np.array([0, 7, 10, 9999, 10000, 123456, 99_999_999, -1, -3, -9_999_999])
-    words, lengths = synthetic_text.int_tokens(values)
+    words, lengths = text.int_tokens(values)
     texts = [int(w).to_bytes(8, "little")[:n].decode() for w, n in zip(words, lengths)]
     assert texts == [str(v) for v in values]
-    hexes = synthetic_text.hex_words(np.array([0, 0xDEADBEEF, 0x0123ABCD], np.uint64))
+    hexes = text.hex_words(np.array([0, 0xDEADBEEF, 0x0123ABCD], np.uint64))
     assert [int(w).to_bytes(8, "little").decode() for w in hexes] == [
         "00000000", "deadbeef", "0123abcd"]
 

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mlctr.data import DataError, format as fmt, reader
+from mlctr.data import DataError, layout, reader
 from mlctr.data.errors import DatasetError
 from mlctr.data.prepare import prepare
 from mlctr.data.reader import PreparedDataset
@@ -29,7 +29,7 @@ def data_dir(prepared_once, tmp_path):
 
 
 def _edit_map(data_dir, edit):
-    path = fmt.feature_map_path(data_dir)
+    path = layout.feature_map_path(data_dir)
     with open(path) as f:
         feature_map = json.load(f)
     edit(feature_map)
@@ -88,13 +88,13 @@ def test_validate_checksum_of_an_edited_feature_map(data_dir):
 
 @pytest.mark.parametrize("value", ["past_end", -1])
 def test_validate_id_out_of_range_names_file_field_and_row(data_dir, value):
-    feature_map = fmt.read_feature_map(data_dir)
+    feature_map = layout.read_feature_map(data_dir)
     field = feature_map["fields"][20]
     bad = field["offset"] + field["vocab_size"] if value == "past_end" else value
 
     def damage(ids):
         ids[123, 20] = bad
-    _edit_array(fmt.ids_path(data_dir, "valid"), damage)
+    _edit_array(layout.ids_path(data_dir, "valid"), damage)
     error = _open_error(data_dir, "valid_ids.npy", field=field["name"])
     assert error.reason == "id_out_of_range"
     assert f"row 123: id {bad} outside" in str(error)
@@ -103,7 +103,7 @@ def test_validate_id_out_of_range_names_file_field_and_row(data_dir, value):
 def test_validate_label_not_0_or_1(data_dir):
     def damage(labels):
         labels[17] = 7
-    _edit_array(fmt.label_path(data_dir, "test"), damage)
+    _edit_array(layout.label_path(data_dir, "test"), damage)
     error = _open_error(data_dir, "test_label.npy")
     assert "row 17: label 7, expected 0 or 1" in str(error)
 
@@ -121,13 +121,13 @@ def test_validate_truncated_file(data_dir, split, file_name):
                                        ("[1, 2]", "not an object"),
                                        ('{"format_version": 2}', "missing key 'dataset'")])
 def test_validate_empty_or_garbage_feature_map(data_dir, text, says):
-    with open(fmt.feature_map_path(data_dir), "w") as f:
+    with open(layout.feature_map_path(data_dir), "w") as f:
         f.write(text)
     assert says in str(_open_error(data_dir, "feature_map.json"))
 
 
 def test_validate_missing_feature_map(data_dir):
-    os.remove(fmt.feature_map_path(data_dir))
+    os.remove(layout.feature_map_path(data_dir))
     assert "not a complete prepared dataset" in str(_open_error(data_dir, "feature_map.json"))
 
 
@@ -143,19 +143,19 @@ def test_validate_wrong_num_examples(data_dir):
 
 
 def test_validate_missing_valid_split(data_dir):
-    os.remove(fmt.ids_path(data_dir, "valid"))
+    os.remove(layout.ids_path(data_dir, "valid"))
     assert _open_error(data_dir, "valid_ids.npy").reason == "missing_file"
 
 
 def test_validate_garbled_npy_header(data_dir):
-    with open(fmt.ids_path(data_dir, "train"), "r+b") as f:
+    with open(layout.ids_path(data_dir, "train"), "r+b") as f:
         f.seek(12)
         f.write(b"\x00garbage}{((")
     assert _open_error(data_dir, "train_ids.npy").reason == "bad_npy"
 
 
 def test_validate_float_ids(data_dir):
-    path = fmt.ids_path(data_dir, "train")
+    path = layout.ids_path(data_dir, "train")
     np.save(path, np.load(path).astype(np.float32))
     error = _open_error(data_dir, "train_ids.npy")
     assert "dtype float32, expected int32" in str(error)
@@ -167,23 +167,23 @@ def test_validate_dataset_kind(data_dir):
 
 
 def test_dataset_checksum_catches_in_range_damage(data_dir):
-    feature_map = fmt.read_feature_map(data_dir)
+    feature_map = layout.read_feature_map(data_dir)
     field = feature_map["fields"][30]
 
     def damage(ids):  # another valid id of the same field: only a checksum sees it
         ids[1000, 30] = field["offset"] + (ids[1000, 30] - field["offset"] + 1) % \
             field["vocab_size"]
-    _edit_array(fmt.ids_path(data_dir, "train"), damage)
+    _edit_array(layout.ids_path(data_dir, "train"), damage)
     error = _open_error(data_dir, "train_ids.npy")
     assert error.reason == "checksum" and "content changed after prepare" in str(error)
 
 
 def test_dataset_checksum_full_verify_reads_every_block(synthetic_criteo, tmp_path,
                                                          monkeypatch):
-    monkeypatch.setattr(fmt, "CHECKSUM_BLOCK_BYTES", 4096)
+    monkeypatch.setattr(layout, "CHECKSUM_BLOCK_BYTES", 4096)
     out = str(tmp_path / "data")
     prepare("criteo", synthetic_criteo, out)
-    path = fmt.ids_path(out, "train")
+    path = layout.ids_path(out, "train")
     assert os.path.getsize(path) > 10 * 4096
     ids = np.load(path, mmap_mode="r+")
     rows = np.arange(5 * 4096 // ids[0].nbytes + 1, 6 * 4096 // ids[0].nbytes - 1)

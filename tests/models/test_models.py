@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlctr.data import qr
+from mlctr.models import qr
 from mlctr.models import MODELS, create_model, model_hparam_names
 from mlctr.models.layers.senet import senet_reduced_size
 
@@ -238,7 +238,7 @@ def test_bad_choice_values_raise(name, bad):
 
 
 # ---------------------------------------------------------------------------
-# Quotient-remainder embeddings (mlctr/data/qr.py): the models take [B, 2F] table rows.
+# Quotient-remainder embeddings (mlctr/models/qr.py): the models take [B, 2F] table rows.
 
 QR_SIZES = (50, 7, 3, 60)    # per-field ids, V in all; m = 7 splits the large fields only
 QR_M = 7

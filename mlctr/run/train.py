@@ -13,7 +13,7 @@ prepared before (`ensure_prepared`, which `mlctr.main` calls).
 
 Training protocol (BARS/FuxiCTR, each a config field): Adam; evaluation every
 epoch or every `train.eval_steps`; per-peer learning-rate decay and early stopping
-(mlctr/schedule.py). A stopped peer's best weights are restored into the live state
+(mlctr/run/schedule.py). A stopped peer's best weights are restored into the live state
 and its learning rate set to 0, so it keeps teaching its companions with its best
 predictions while it no longer changes. The run ends when every peer has stopped or
 the epochs run out; the best weights of each peer are evaluated.
@@ -21,9 +21,9 @@ the epochs run out; the best weights of each peer are evaluated.
 Scale and restarts. The state and batches live on the `config.mesh` device mesh
 (mlctr/sharding.py); in a multi-process run each process reads its slice of every
 batch (of a per-process dataset such as hash-mode criteo_1tb: from its own train rows,
-every process stopping at the smallest shard's steps per epoch; mlctr/run_data.py) and
+every process stopping at the smallest shard's steps per epoch; mlctr/run/inputs.py) and
 evaluation gathers every example's predictions once. Checkpoints
-(mlctr/checkpoint.py) are written every `checkpoint.ckpt_steps` updates, at the
+(mlctr/run/checkpoint.py) are written every `checkpoint.ckpt_steps` updates, at the
 end and on SIGTERM (then the run raises `Preempted`); the same command resumes
 from the newest one and ends bitwise identical to an uninterrupted run on CPU. A
 NaN/inf loss raises `NonFiniteLossError` before any later checkpoint is written.
@@ -50,21 +50,21 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mlctr import checkpoint
+from mlctr.run import checkpoint
 from mlctr import locking
 from mlctr import metrics as metrics_lib
 from mlctr import mutual
-from mlctr import run_log
+from mlctr.run import logs
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
 # Re-exported: the trainer's public names, wherever they are defined.
-from mlctr.evaluation import predict_split, split_metrics  # noqa: F401
-from mlctr.run_data import (dataset_dir, dataset_fingerprint, ensure_prepared,  # noqa: F401
+from mlctr.run.evaluation import predict_split, split_metrics  # noqa: F401
+from mlctr.run.inputs import (dataset_dir, dataset_fingerprint, ensure_prepared,  # noqa: F401
                             open_dataset, prefetch)
-from mlctr.run_errors import NonFiniteLossError, Preempted, RunError  # noqa: F401
-from mlctr.run_log import MetricsWriter, results_markdown  # noqa: F401
-from mlctr.schedule import PeerSchedule
-from mlctr import run_data
+from mlctr.run.errors import NonFiniteLossError, Preempted, RunError  # noqa: F401
+from mlctr.run.logs import MetricsWriter, results_markdown  # noqa: F401
+from mlctr.run.schedule import PeerSchedule
+from mlctr.run import inputs
 
 
 # ---------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
     # Fail early when a batch does not divide over the processes.
-    run_data.check_batch_slices(dataset, mesh, config.train.batch_size)
+    inputs.check_batch_slices(dataset, mesh, config.train.batch_size)
     sharding.process_batch_slice(mesh, config.train.eval_batch_size)
     steps_per_epoch, total_steps = run_length(config.train, dataset)
     shapes = abstract_state(config, peers, optimizer, dataset)
@@ -363,7 +363,7 @@ def write_run_files(run: Run) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(run.config.to_json_best_effort(indent=1))
-    run_data.write_dataset_record(run.workdir, run.config.data.dataset, run.fingerprint)
+    inputs.write_dataset_record(run.workdir, run.config.data.dataset, run.fingerprint)
 
 
 # ---------------------------------------------------------------------------
@@ -427,7 +427,7 @@ class TrainLoop:
         self.alpha = sharding.put(np.float32(run.config.mutual.alpha), rep)
         self.non_finite = sharding.put((np.full(run.peers.size, -1, np.int32),
                                         np.zeros(run.peers.size, np.float32)), rep)
-        self.clock = run_log.Throughput(run.config.train.batch_size)
+        self.clock = logs.Throughput(run.config.train.batch_size)
         self.writer: MetricsWriter | None = None
 
     def train(self) -> None:
@@ -463,7 +463,7 @@ class TrainLoop:
                 break
         if live.step == step_before:
             raise RuntimeError(f"epoch {epoch} yielded no training batch from batch {start_batch}")
-        run_log.log_epoch(epoch, -(-run.total_steps // run.steps_per_epoch), live.step,
+        logs.log_epoch(epoch, -(-run.total_steps // run.steps_per_epoch), live.step,
                           run.total_steps, self.clock)
 
     def step(self, batch, epoch: int) -> bool:
@@ -512,7 +512,7 @@ class TrainLoop:
         scalars.update({"train/steps_per_sec": steps_per_sec,
                         "train/examples_per_sec": record["examples_per_sec"]})
         self.writer.write(record, scalars)
-        run_log.log_train(step, self.run.total_steps, record["loss"], record["examples_per_sec"])
+        logs.log_train(step, self.run.total_steps, record["loss"], record["examples_per_sec"])
 
     def evaluate(self, step: int, epoch: int) -> None:
         """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
@@ -538,10 +538,10 @@ class TrainLoop:
         self.writer.write(
             {"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
              "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped},
-            {**run_log.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
-             **run_log.per_peer_scalars("valid/logloss",
+            {**logs.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
+             **logs.per_peer_scalars("valid/logloss",
                                         {n: m["logloss"] for n, m in valid.items()})})
-        run_log.log_eval(step, valid, dict(zip(names, improved)), stopped)
+        logs.log_eval(step, valid, dict(zip(names, improved)), stopped)
 
     def save(self, step: int) -> None:
         """Starts writing checkpoint `step`, never one of a state that went non-finite."""
@@ -567,7 +567,7 @@ class TrainLoop:
 # Test: the best weights on valid and test, exported.
 
 
-def test_and_export(run: Run, live: Live, clock: run_log.Throughput) -> dict[str, Any]:
+def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, Any]:
     """Evaluates each peer's best weights; writes best/, results.json and results.md."""
     tc = run.config.train
     results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
@@ -588,7 +588,7 @@ def test_and_export(run: Run, live: Live, clock: run_log.Throughput) -> dict[str
             json.dump(results, f, indent=1)
         with open(os.path.join(run.workdir, "results.md"), "w") as f:
             f.write(results_markdown(results))
-    run_log.log_results(results, run.workdir)
+    logs.log_results(results, run.workdir)
     return results
 
 

@@ -27,7 +27,7 @@ import datetime
 import numpy as np
 
 from mlctr.data import criteo
-from mlctr.data import synthetic_text as text
+from mlctr.data.synthetic import text
 
 FULL_ROWS = 45_840_617  # rows of the Criteo Kaggle train.txt
 MAX_CARDINALITY = 1_000_000

@@ -14,8 +14,8 @@ import time
 from absl import logging
 import jax
 
-from mlctr import tensorboard
-from mlctr.run_errors import RunError
+from mlctr.run import tensorboard
+from mlctr.run.errors import RunError
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -32,10 +32,10 @@ import ml_collections
 import numpy as np
 
 from mlctr import sharding
-from mlctr.data import format as fmt
+from mlctr.data import layout
 from mlctr.data.errors import DataError
 from mlctr.locking import LockedError
-from mlctr.run_errors import RunError
+from mlctr.run.errors import RunError
 
 # The dataset a run was trained on (process 0 writes it at the start of the run), so
 # `mlctr.predict` can compare it with the dataset it is given.
@@ -100,7 +100,7 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
     data_dir = dataset_dir(config, workdir)
     if is_per_process(config):
         return _ensure_process_prepared(config, data_dir)
-    feature_map = os.path.join(data_dir, fmt.FEATURE_MAP)
+    feature_map = os.path.join(data_dir, layout.FEATURE_MAP)
     if jax.process_index() == 0 and not os.path.exists(feature_map):
         _prepare(config, data_dir)
     if jax.process_count() > 1:
@@ -142,7 +142,7 @@ def _ensure_process_prepared(config: ml_collections.ConfigDict, data_dir: str) -
     error = None
     try:
         check_process_count(data_dir, count)
-        if not os.path.exists(os.path.join(own, fmt.FEATURE_MAP)):
+        if not os.path.exists(os.path.join(own, layout.FEATURE_MAP)):
             _prepare(config, own, process_index=index, process_count=count)
     except ValueError as e:  # prepare's one-line argument errors (e.g. too many processes)
         error = RunError(f"config.data.dataset={config.data.dataset!r}: {e}")
@@ -194,9 +194,9 @@ def _open(config: ml_collections.ConfigDict, data_dir: str):
     """The PreparedDataset at `data_dir`, of config's dataset kind and vocab mode."""
     from mlctr.data.reader import PreparedDataset
 
-    if not os.path.exists(os.path.join(data_dir, fmt.FEATURE_MAP)):
+    if not os.path.exists(os.path.join(data_dir, layout.FEATURE_MAP)):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
-                       "it first (mlctr.train.ensure_prepared(config, workdir), or "
+                       "it first (mlctr.run.train.ensure_prepared(config, workdir), or "
                        "python -m mlctr.data.prepare ...)")
     dataset = PreparedDataset(data_dir, expected_dataset=config.data.dataset)
     mode = dataset.feature_map.get("vocab", {}).get("mode", "fit")
@@ -219,7 +219,7 @@ def _open_process_shard(config: ml_collections.ConfigDict, data_dir: str):
         split = dataset.feature_map.get("split", {})
         prepared_as = (split.get("process_index"), split.get("process_count"))
         if prepared_as != (index, count):
-            raise RunError(f"{fmt.feature_map_path(own)}: prepared as process "
+            raise RunError(f"{layout.feature_map_path(own)}: prepared as process "
                            f"{prepared_as[0]} of {prepared_as[1]}, but {own} is process "
                            f"{index} of {count}'s: prepare it again with --process_index="
                            f"{index} --process_count={count} --overwrite")

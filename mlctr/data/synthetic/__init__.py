@@ -5,11 +5,11 @@ each row's true click probability (`<raw>.true_prob.npy`) and a description
 (`<raw>.json`), so every model can be judged against the Bayes-optimal AUC and logloss.
 The generator has three parts, one module each:
 
-* mlctr/data/synthetic_marginals.py: the fields, their cardinalities and value
+* mlctr/data/synthetic/marginals.py: the fields, their cardinalities and value
   distributions (Zipf-like categoricals, log-normal counts, Criteo's missing shares);
-* mlctr/data/synthetic_hidden.py (and synthetic_parts.py): the hidden click function
+* mlctr/data/synthetic/hidden.py (and synthetic_parts.py): the hidden click function
   of the value ids, with the `diversity` knob that adds architecture-specific parts;
-* mlctr/data/synthetic_text.py: the raw text writer (Criteo tab-separated, Avazu csv).
+* mlctr/data/synthetic/text.py: the raw text writer (Criteo tab-separated, Avazu csv).
 
 Everything is deterministic in (format, rows, seed, signal, diversity): rows are
 generated in chunks of CHUNK_ROWS from per-chunk random streams (so also independent
@@ -30,15 +30,15 @@ import numpy as np
 
 from mlctr import xla_cpu
 from mlctr.data import avazu
-from mlctr.data import synthetic_hidden as hidden_lib
-from mlctr.data import synthetic_marginals as marginals
-from mlctr.data import synthetic_text as text_lib
-from mlctr.data.synthetic_hidden import HiddenFunction, LATENT_DIM, HIDDEN_UNITS  # noqa: F401
+from mlctr.data.synthetic import hidden as hidden_lib
+from mlctr.data.synthetic import marginals
+from mlctr.data.synthetic import text as text_lib
+from mlctr.data.synthetic.hidden import HiddenFunction, LATENT_DIM, HIDDEN_UNITS  # noqa: F401
 
 GENERATOR_VERSION = 2
 CHUNK_ROWS = 1 << 13
 CALIBRATION_ROWS = 1 << 15
-# Standard deviations of the three shared logit parts (mlctr/data/synthetic_hidden.py).
+# Standard deviations of the three shared logit parts (mlctr/data/synthetic/hidden.py).
 # With these, on 500k Criteo-format rows (x4_001): Bayes AUC 0.819 (valid), logistic
 # regression 0.762, DeepFM (16-dim embeddings, DNN 200x3, batch 1024, 2 epochs) 0.788:
 # models differ, and there is headroom below Bayes.

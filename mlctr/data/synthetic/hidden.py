@@ -15,7 +15,7 @@ model learns the first-order part and the main effects hidden in the others, not
 interactions; values from the long tail are seen too rarely to learn (or fall below
 min_count into OOV), so good models stay below Bayes.
 
-With `diversity` d > 0, four architecture-specific parts (mlctr/data/synthetic_parts.py:
+With `diversity` d > 0, four architecture-specific parts (mlctr/data/synthetic/parts.py:
 DCN's crosses, IPNN's inner products, FiBiNET's bilinear field weighting, a deeper MLP)
 are added, and the variance is shared out so that the logit's total variance stays that
 of the shared function: the shared parts' standard deviations are multiplied by
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlctr.data import synthetic_parts
+from mlctr.data.synthetic import parts
 
 LATENT_DIM = 4
 HIDDEN_UNITS = 16
@@ -53,7 +53,7 @@ def target_stds(signal: dict[str, float], diversity: float) -> np.ndarray:
     if not diversity:
         return shared
     total = float(np.sum(shared.astype(np.float64) ** 2))
-    specific = np.full(len(synthetic_parts.PART_NAMES),
+    specific = np.full(len(parts.PART_NAMES),
                        np.sqrt(total * diversity / (1.0 + diversity) / 4.0))
     return np.concatenate([shared * np.sqrt(1.0 / (1.0 + diversity)), specific]
                           ).astype(np.float32)
@@ -111,9 +111,9 @@ class HiddenFunction:
         self.hidden_b = (0.5 * rng.standard_normal(HIDDEN_UNITS)).astype(np.float32)
         self.out_w = rng.standard_normal(HIDDEN_UNITS).astype(np.float32)
         self.diversity = float(diversity)
-        self.specific = (synthetic_parts.ArchitectureParts(fields, offsets, parts_rng)
+        self.specific = (parts.ArchitectureParts(fields, offsets, parts_rng)
                          if self.diversity else None)
-        self.part_names = SHARED_PARTS + (synthetic_parts.PART_NAMES if self.specific else ())
+        self.part_names = SHARED_PARTS + (parts.PART_NAMES if self.specific else ())
         self.scales = np.ones(len(self.part_names), np.float32)
         self.bias = np.float32(0.0)
 
