@@ -20,6 +20,7 @@ from mlctr.models.dcnv2 import DCNv2
 from mlctr.models.deepfm import DeepFM
 from mlctr.models.fibinet import FiBiNET
 from mlctr.models.fm import FM
+from mlctr.models.gdcn import GDCN
 from mlctr.models.lr import LR
 from mlctr.models.pnn import IPNN, OPNN, PNN
 from mlctr.models.wide_deep import WideDeep
@@ -38,6 +39,7 @@ MODELS: dict[str, type] = {
     'wide_deep': WideDeep,
     'xdeepfm': xDeepFM,
     'autoint': AutoInt,
+    'gdcn': GDCN,  # model_structure 'parallel' (GDCN-P) or 'stacked' (GDCN-S).
 }
 
 # Fields every model has that are not hyperparameters.

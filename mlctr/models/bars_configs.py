@@ -102,6 +102,10 @@ _BARS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# Registry models BARS never ran: they train with their class defaults (docs/models.md says
+# where those come from) and ``bars_hparams`` refuses them.
+NO_BARS_RUN = ('opnn', 'gdcn')
+
 # Registry aliases share their base model's BARS settings.
 _ALIASES = {'ipnn': 'pnn'}
 

@@ -41,6 +41,12 @@ CASES = {
                           V * D + 2 * F * D  # gating, shared by layers
                           + 2 * (2 * 2 * F * D * 3 + 2 * 3 * 3 + F * D)  # U, V, C, bias
                           + mlp_params(F * D, H) + H[-1] + 1),
+    'gdcn': (dict(embedding_dim=D, dnn_hidden_units=H, num_cross_layers=2),
+             V * D + 2 * (2 * F * D * F * D + F * D) + mlp_params(F * D, H)
+             + (F * D + H[-1]) + 1),
+    'gdcn_stacked': (dict(embedding_dim=D, dnn_hidden_units=H, num_cross_layers=2,
+                          model_structure='stacked'),
+                     V * D + 2 * (2 * F * D * F * D + F * D) + mlp_params(F * D, H, 1)),
     'ipnn': (dict(embedding_dim=D, dnn_hidden_units=H),
              V * D + mlp_params(F * D + P, H, 1)),
     'opnn': (dict(embedding_dim=D, dnn_hidden_units=H),
@@ -75,7 +81,7 @@ COUNT_ONLY = ('fibinet_each', 'fibinet_all')
 
 def _registry_name(case):
     return {'dcnv2_mix_stacked': 'dcnv2', 'fibinet_each': 'fibinet', 'fibinet_all': 'fibinet',
-            'autoint_plus_wide': 'autoint'}.get(case, case)
+            'autoint_plus_wide': 'autoint', 'gdcn_stacked': 'gdcn'}.get(case, case)
 
 
 def _build(case, **extra):
@@ -230,7 +236,8 @@ def test_first_fields_are_vocab_size_and_num_fields(name):
 
 @pytest.mark.parametrize('name,bad', [('pnn', dict(product_type='kernel')),
                                       ('dcnv2', dict(model_structure='serial')),
-                                      ('fibinet', dict(bilinear_type='all'))])
+                                      ('fibinet', dict(bilinear_type='all')),
+                                      ('gdcn', dict(model_structure='serial'))])
 def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
     with pytest.raises(ValueError):

@@ -3,7 +3,7 @@
 from mlctr.models.layers.attention import MultiHeadSelfAttention
 from mlctr.models.layers.bilinear import BilinearInteraction
 from mlctr.models.layers.cin import CompressedInteractionNet
-from mlctr.models.layers.cross import CrossNet, CrossNetMix, CrossNetV2
+from mlctr.models.layers.cross import CrossNet, CrossNetMix, CrossNetV2, GatedCrossNet
 from mlctr.models.layers.embedding import FeatureEmbedding, LinearTerm, field_offsets
 from mlctr.models.layers.fm import FMInteraction, fm_product_sum
 from mlctr.models.layers.mlp import Linear, MLPBlock

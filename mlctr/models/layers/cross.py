@@ -1,4 +1,4 @@
-"""Cross networks: DCN (Wang et al. 2017) and DCN-V2 (Wang et al. 2021).
+"""Cross networks: DCN (Wang et al. 2017), DCN-V2 (Wang et al. 2021) and GDCN (Wang et al. 2023).
 
 Follows FuxiCTR ``fuxictr/pytorch/layers/interactions/cross_net.py``:
   * ``CrossNet`` (DCN): ``x_{l+1} = x0 * (x_l . w_l) + b_l + x_l``; ``w_l`` is an
@@ -11,6 +11,11 @@ Follows FuxiCTR ``fuxictr/pytorch/layers/interactions/cross_net.py``:
     gates ``g_e = w_e . x_l`` (``nn.Linear(dim, 1, bias=False)``, xavier_normal), softmax over
     experts; ``x_{l+1} = sum_e softmax(g)_e E_e(x_l) + x_l``. ``U, V`` [E, dim, r] and ``C``
     [E, r, r] are xavier_normal with torch's fans for 3-D tensors; ``b_l`` zeros.
+  * ``GatedCrossNet`` (GDCN, CIKM 2023, eq. 1 of "Towards Deeper, Lighter and Interpretable
+    Cross Network"): ``x_{l+1} = x0 * (W_l x_l + b_l) * sigmoid(W^g_l x_l) + x_l``: DCN-V2's
+    layer with an information gate per element. ``W_l``, ``W^g_l`` are
+    ``nn.Linear(dim, dim, bias=False)`` (xavier_normal); ``b_l`` is uniform(0, 1), as the
+    authors' code (FuxiCTR ``GateCorssLayer``) initialises it.
 """
 
 from typing import Any
@@ -92,4 +97,25 @@ class CrossNetMix(nn.Module):
             gate_logits = jnp.einsum('bd,ed->be', x, gating[..., 0].astype(self.dtype))
             gates = jax.nn.softmax(gate_logits, axis=-1)
             x = jnp.einsum('bed,be->bd', experts, gates) + x
+        return x
+
+
+class GatedCrossNet(nn.Module):
+    """GDCN gated cross network. Input/Output [B, dim]."""
+
+    num_layers: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x0: jnp.ndarray) -> jnp.ndarray:
+        x0 = x0.astype(self.dtype)
+        dim = x0.shape[-1]
+        x = x0
+        for i in range(self.num_layers):
+            cross = Linear(dim, use_bias=False, dtype=self.dtype, name=f'cross_weight_{i}')(x)
+            gate = nn.sigmoid(Linear(dim, use_bias=False, dtype=self.dtype,
+                                     name=f'gate_weight_{i}')(x))
+            bias = self.param(f'cross_bias_{i}', nn.initializers.uniform(1.0), (dim,),
+                              jnp.float32)
+            x = x0 * (cross + bias.astype(self.dtype)) * gate + x
         return x
