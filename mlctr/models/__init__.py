@@ -19,6 +19,8 @@ from mlctr.models.dcn import DCN
 from mlctr.models.dcnv2 import DCNv2
 from mlctr.models.deepfm import DeepFM
 from mlctr.models.fibinet import FiBiNET
+from mlctr.models.finalmlp import FinalMLP
+from mlctr.models.finalnet import FinalNet
 from mlctr.models.fm import FM
 from mlctr.models.gdcn import GDCN
 from mlctr.models.lr import LR
@@ -39,6 +41,8 @@ MODELS: dict[str, type] = {
     'wide_deep': WideDeep,
     'xdeepfm': xDeepFM,
     'autoint': AutoInt,
+    'finalmlp': FinalMLP,
+    'finalnet': FinalNet,  # block_type '2B' (two blocks) or '1B'.
     'gdcn': GDCN,  # model_structure 'parallel' (GDCN-P) or 'stacked' (GDCN-S).
 }
 

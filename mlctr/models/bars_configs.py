@@ -100,6 +100,31 @@ _BARS: dict[str, dict[str, dict[str, Any]]] = {
                              layer_norm=False, use_wide=True, embedding_regularizer=1e-6,
                              net_regularizer=0.0),
     },
+    # FuxiCTR v2.2.0 runs; FinalMLP: batch 10000, FinalNet: batch 8192 (the trainer's).
+    'finalmlp': {
+        'criteo_x4_001': dict(embedding_dim=16, mlp1_hidden_units=(1000,) * 5, mlp1_dropout=0.2,
+                              mlp1_batch_norm=False, mlp2_hidden_units=(500,), mlp2_dropout=0.1,
+                              mlp2_batch_norm=False, use_fs=False, fs_hidden_units=(1000,),
+                              num_heads=50, embedding_regularizer=1e-5, net_regularizer=0.0),
+        'avazu_x4_001': dict(embedding_dim=16, mlp1_hidden_units=(2000,) * 3, mlp1_dropout=0.0,
+                             mlp1_batch_norm=True, mlp2_hidden_units=(500,), mlp2_dropout=0.0,
+                             mlp2_batch_norm=False, use_fs=False, fs_hidden_units=(1000,),
+                             num_heads=20, embedding_regularizer=1e-9, net_regularizer=0.0),
+    },
+    'finalnet': {
+        'criteo_x4_001': dict(embedding_dim=16, block_type='2B', batch_norm=True,
+                              use_feature_gating=True, block1_hidden_units=(1000,) * 3,
+                              block1_hidden_activations='relu', block1_dropout=0.4,
+                              block2_hidden_units=(512,), block2_hidden_activations='relu',
+                              block2_dropout=0.4, residual_type='concat',
+                              embedding_regularizer=1e-5, net_regularizer=0.0),
+        'avazu_x4_001': dict(embedding_dim=16, block_type='2B', batch_norm=True,
+                             use_feature_gating=True, block1_hidden_units=(2000,) * 3,
+                             block1_hidden_activations='relu', block1_dropout=0.0,
+                             block2_hidden_units=(500,), block2_hidden_activations='relu',
+                             block2_dropout=0.1, residual_type='concat',
+                             embedding_regularizer=0.0, net_regularizer=0.0),
+    },
 }
 
 # Registry models BARS never ran: they train with their class defaults (docs/models.md says

@@ -57,3 +57,106 @@ def test_gated_cross_net_initialisation():
     assert abs(float(np.std(p['gate_weight_0']['kernel'])) / np.sqrt(2 / (2 * dim)) - 1) < 0.02
     bias = np.asarray(p['cross_bias_0'])
     assert bias.min() >= 0 and bias.max() < 1 and abs(bias.mean() - 0.5) < 0.1
+
+
+# ----------------------------------------------------------------------------- FinalMLP
+def _mlp(x, p, hidden):
+    for i in range(hidden):
+        x = np.maximum(x @ p[f'dense_{i}']['kernel'] + p[f'dense_{i}']['bias'], 0)
+    return x
+
+
+def test_feature_selection_gate_matches_numpy():
+    width, context_dim = F * D, D
+    gate = layers.FeatureSelectionGate(width, context_dim, hidden_units=(5,))
+    out, p = _init_apply(gate, param_shift=0.3)  # a non-zero context: the hidden layer lives
+    hidden = _mlp(p['context'], p['mlp'], 1)
+    expected = 2 * _sigmoid(hidden @ p['mlp']['output']['kernel'] + p['mlp']['output']['bias'])
+    assert out.shape == (width,)
+    np.testing.assert_allclose(out, expected[0], rtol=RTOL, atol=ATOL)
+
+
+def test_feature_selection_gate_zero_context_trains_only_the_output_bias():
+    """As FuxiCTR's (zero context vector, ReLU hidden layer at exactly 0): at initialisation
+    every gate is 1 and only the output bias gets a gradient."""
+    gate = layers.FeatureSelectionGate(F * D, D, hidden_units=(5,))
+    params = gate.init(jax.random.key(0))['params']
+    np.testing.assert_array_equal(np.asarray(gate.apply({'params': params})), 1.0)
+    grads = jax.grad(lambda p: jax.numpy.sum(gate.apply({'params': p}) ** 2))(params)
+    nonzero = {jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
+               if np.any(np.asarray(g) != 0)}
+    assert nonzero == {"['mlp']['output']['bias']"}
+
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_interaction_aggregation_matches_numpy(num_heads):
+    x, y = _x(2, (B, 6)), _x(3, (B, 4))
+    out, p = _init_apply(layers.InteractionAggregation(num_heads), x, y, param_shift=0.1)
+    expected = (x @ p['w_x']['kernel'] + p['w_x']['bias']
+                + y @ p['w_y']['kernel'] + p['w_y']['bias'])[:, 0]
+    dx, dy = 6 // num_heads, 4 // num_heads
+    for b in range(B):
+        for h in range(num_heads):
+            xh, yh = x[b, h * dx:(h + 1) * dx], y[b, h * dy:(h + 1) * dy]
+            expected[b] += xh @ p['w_xy'][h] @ yh
+    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_interaction_aggregation_init_and_head_check():
+    x, y = np.zeros((2, 40), np.float32), np.zeros((2, 60), np.float32)
+    p = layers.InteractionAggregation(4).init(jax.random.key(0), x, y)['params']
+    assert p['w_xy'].shape == (4, 10, 15)
+    # torch's xavier fans for FuxiCTR's [H*dx*dy, 1] tensor.
+    assert abs(float(np.std(p['w_xy'])) / np.sqrt(2 / (1 + 600)) - 1) < 0.1
+    with pytest.raises(ValueError, match='num_heads=7'):
+        layers.InteractionAggregation(7).init(jax.random.key(0), x, y)
+
+
+# ----------------------------------------------------------------------------- FinalNet
+@pytest.mark.parametrize('residual_type', ['concat', 'sum'])
+def test_factorized_interaction_matches_numpy(residual_type):
+    x = _x(4)
+    out, p = _init_apply(layers.FactorizedInteraction(6, residual_type), x, param_shift=0.1)
+    h = x @ p['linear']['kernel'] + p['linear']['bias']
+    half = h.shape[-1] // 2
+    h2, h1 = h[:, :half], h[:, half:]
+    expected = np.concatenate([h2, h1 * h2], -1) if residual_type == 'concat' else h2 + h1 * h2
+    assert out.shape == (B, 6)
+    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_final_block_matches_numpy_in_train_mode():
+    x = _x(5)
+    block = layers.FinalBlock((6, 4), batch_norm=True)
+    variables = block.init(jax.random.key(0), x, train=False)
+    out, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
+    p = jax.tree_util.tree_map(np.asarray, variables['params'])
+    h = x
+    for i in range(2):
+        h = h @ p[f'layer_{i}']['linear']['kernel'] + p[f'layer_{i}']['linear']['bias']
+        half = h.shape[-1] // 2
+        h = np.concatenate([h[:, :half], h[:, half:] * h[:, :half]], -1)
+        h = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)  # batch statistics, scale 1, bias 0
+        h = np.maximum(h, 0)
+    np.testing.assert_allclose(np.asarray(out), h, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('gate_residual', ['concat', 'sum'])
+def test_field_gate_matches_numpy(gate_residual):
+    e = _x(6, (B, F, D))
+    out, p = _init_apply(layers.FieldGate(gate_residual), e, param_shift=0.2)
+    gates = np.einsum('bfd,fg->bgd', e, p['kernel']) + p['bias'][None, :, None]
+    for g in range(F):  # gate g of coordinate d: sum_f e[b, f, d] W[f, g] + bias[g]
+        np.testing.assert_allclose(gates[:, g], (e * p['kernel'][None, :, g, None]).sum(1)
+                                   + p['bias'][g], rtol=RTOL, atol=ATOL)
+    expected = (np.concatenate([e, e * gates], 1) if gate_residual == 'concat'
+                else e + e * gates)
+    np.testing.assert_allclose(out, expected, rtol=RTOL, atol=ATOL)
+
+
+def test_field_gate_starts_as_identity_gates():
+    e = _x(7, (B, F, D))
+    out, p = _init_apply(layers.FieldGate('concat'), e)
+    np.testing.assert_array_equal(p['kernel'], 0.0)
+    np.testing.assert_array_equal(p['bias'], 1.0)
+    np.testing.assert_allclose(out, np.concatenate([e, e], 1), rtol=RTOL)

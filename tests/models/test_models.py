@@ -41,6 +41,24 @@ CASES = {
                           V * D + 2 * F * D  # gating, shared by layers
                           + 2 * (2 * 2 * F * D * 3 + 2 * 3 * 3 + F * D)  # U, V, C, bias
                           + mlp_params(F * D, H) + H[-1] + 1),
+    'finalmlp': (dict(embedding_dim=D, mlp1_hidden_units=H, mlp2_hidden_units=(4,),
+                      num_heads=2),
+                 V * D + mlp_params(F * D, H) + mlp_params(F * D, (4,))
+                 + (H[-1] + 1) + (4 + 1) + 2 * (H[-1] // 2) * (4 // 2)),
+    'finalmlp_fs': (dict(embedding_dim=D, mlp1_hidden_units=H, mlp2_hidden_units=(4,),
+                         num_heads=2, use_fs=True, fs_hidden_units=(5,)),
+                    V * D + mlp_params(F * D, H) + mlp_params(F * D, (4,))
+                    + (H[-1] + 1) + (4 + 1) + 2 * (H[-1] // 2) * (4 // 2)
+                    + 2 * (D + mlp_params(D, (5,), F * D))),  # two gates
+    'finalnet': (dict(embedding_dim=D, batch_norm=False, block1_hidden_units=(6, 4),
+                      block2_hidden_units=(4,)),
+                 V * D + (F * F + F)  # field gate
+                 + (2 * F * D * 6 + 6) + (6 * 4 + 4) + (4 + 1)  # block 1 on [e, e * gates]
+                 + (F * D * 4 + 4) + (4 + 1)),  # block 2
+    'finalnet_1b_sum': (dict(embedding_dim=D, batch_norm=False, block_type='1B',
+                             use_feature_gating=False, residual_type='sum',
+                             block1_hidden_units=(6, 4)),
+                        V * D + (F * D * 12 + 12) + (6 * 8 + 8) + (4 + 1)),
     'gdcn': (dict(embedding_dim=D, dnn_hidden_units=H, num_cross_layers=2),
              V * D + 2 * (2 * F * D * F * D + F * D) + mlp_params(F * D, H)
              + (F * D + H[-1]) + 1),
@@ -76,12 +94,15 @@ CASES = {
 
 
 # Variants only checked for their parameter count (their layers have numpy-reference tests).
-COUNT_ONLY = ('fibinet_each', 'fibinet_all')
+# finalmlp_fs: its gates' hidden layers get no gradient at initialisation, as FuxiCTR's
+# (test_layers_final_cross.py shows it).
+COUNT_ONLY = ('fibinet_each', 'fibinet_all', 'finalmlp_fs')
 
 
 def _registry_name(case):
     return {'dcnv2_mix_stacked': 'dcnv2', 'fibinet_each': 'fibinet', 'fibinet_all': 'fibinet',
-            'autoint_plus_wide': 'autoint', 'gdcn_stacked': 'gdcn'}.get(case, case)
+            'autoint_plus_wide': 'autoint', 'gdcn_stacked': 'gdcn',
+            'finalmlp_fs': 'finalmlp', 'finalnet_1b_sum': 'finalnet'}.get(case, case)
 
 
 def _build(case, **extra):
@@ -237,7 +258,10 @@ def test_first_fields_are_vocab_size_and_num_fields(name):
 @pytest.mark.parametrize('name,bad', [('pnn', dict(product_type='kernel')),
                                       ('dcnv2', dict(model_structure='serial')),
                                       ('fibinet', dict(bilinear_type='all')),
-                                      ('gdcn', dict(model_structure='serial'))])
+                                      ('gdcn', dict(model_structure='serial')),
+                                      ('finalnet', dict(block_type='3B')),
+                                      ('finalnet', dict(residual_type='product')),
+                                      ('finalmlp', dict(num_heads=7))])
 def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
     with pytest.raises(ValueError):
