@@ -17,6 +17,7 @@ from mlctr.models import qr
 from mlctr.models.autoint import AutoInt
 from mlctr.models.dcn import DCN
 from mlctr.models.dcnv2 import DCNv2
+from mlctr.models.dcnv3 import DCNv3
 from mlctr.models.deepfm import DeepFM
 from mlctr.models.fibinet import FiBiNET
 from mlctr.models.finalmlp import FinalMLP
@@ -41,6 +42,7 @@ MODELS: dict[str, type] = {
     'wide_deep': WideDeep,
     'xdeepfm': xDeepFM,
     'autoint': AutoInt,
+    'dcnv3': DCNv3,  # Tri-BCE through models.auxiliary.
     'finalmlp': FinalMLP,
     'finalnet': FinalNet,  # block_type '2B' (two blocks) or '1B'.
     'gdcn': GDCN,  # model_structure 'parallel' (GDCN-P) or 'stacked' (GDCN-S).

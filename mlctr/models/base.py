@@ -77,11 +77,12 @@ class EmbeddingModel(CTRModel):
 
     embedding_dim: int = 16
 
-    def embed(self, ids: jnp.ndarray) -> jnp.ndarray:
+    def embed(self, ids: jnp.ndarray, width: Optional[int] = None) -> jnp.ndarray:
         """Field embeddings [B, F, embedding_dim] of ``ids`` [B, F] (with QR: of table rows
-        [B, 2F], each field's two rows combined by ``qr.combine``): module ``embedding``."""
-        embeddings = FeatureEmbedding(self.vocab_size, self.embedding_dim, dtype=self.dtype,
-                                      name='embedding')(self._checked_ids(ids))
+        [B, 2F], each field's two rows combined by ``qr.combine``): module ``embedding``.
+        ``width``: the table's width when not ``embedding_dim`` (DCNv3's multi-head table)."""
+        embeddings = FeatureEmbedding(self.vocab_size, width or self.embedding_dim,
+                                      dtype=self.dtype, name='embedding')(self._checked_ids(ids))
         return qr.combine(embeddings, self.qr_combiner) if self.qr_combiner else embeddings
 
 

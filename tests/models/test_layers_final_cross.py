@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mlctr.models import layers
+from mlctr.models.dcnv3 import multihead_inputs
 
 B, F, D = 6, 4, 4
 RTOL, ATOL = 1e-4, 1e-5
@@ -160,3 +161,51 @@ def test_field_gate_starts_as_identity_gates():
     np.testing.assert_array_equal(p['kernel'], 0.0)
     np.testing.assert_array_equal(p['bias'], 1.0)
     np.testing.assert_allclose(out, np.concatenate([e, e], 1), rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------- DCNv3
+def _layer_norm(h, scale, bias, eps=1e-5):
+    return (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + eps) * scale + bias
+
+
+@pytest.mark.parametrize('exponential,layer_norm', [(True, True), (False, True), (True, False)])
+def test_self_mask_cross_net_matches_numpy(exponential, layer_norm):
+    x0 = _x(8, (B, 2, 6))  # two heads of width 6
+    num_layers = 3
+    module = layers.SelfMaskCrossNet(num_layers, exponential, layer_norm=layer_norm)
+    out, p = _init_apply(module, x0, train=False, param_shift=0.05)
+    x = x0
+    for l in range(num_layers):
+        h = x @ p[f'cross_weight_{l}']['kernel']                        # W_l x_l, [B, H, 3]
+        masked = (_layer_norm(h, p[f'layer_norm_{l}']['scale'], p[f'layer_norm_{l}']['bias'])
+                  if layer_norm else h)
+        c = np.concatenate([h, h * np.maximum(masked, 0)], -1)           # [h, h * Mask(h)]
+        base = x if exponential else x0                                  # ECN: x_l, LCN: x0
+        x = base * (c + p[f'cross_bias_{l}']) + x
+    np.testing.assert_allclose(out, x, rtol=RTOL, atol=ATOL)
+
+
+def test_self_mask_cross_net_batch_norm_over_heads():
+    x0 = _x(9, (B, 3, 4))
+    module = layers.SelfMaskCrossNet(1, exponential=False, layer_norm=False, batch_norm=True)
+    variables = module.init(jax.random.key(0), x0, train=False)
+    out, _ = module.apply(variables, x0, train=True, mutable=['batch_stats'])
+    p = jax.tree_util.tree_map(np.asarray, variables['params'])
+    h = x0 @ p['cross_weight_0']['kernel']
+    mean, var = h.mean((0, 2), keepdims=True), h.var((0, 2), keepdims=True)  # per head
+    h = (h - mean) / np.sqrt(var + 1e-5)
+    c = np.concatenate([h, h * np.maximum(h, 0)], -1)
+    np.testing.assert_allclose(np.asarray(out), x0 * (c + p['cross_bias_0']) + x0,
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_multihead_inputs_layout():
+    num_heads, dim = 2, 4
+    emb = _x(10, (B, F, dim * num_heads))
+    out = np.asarray(multihead_inputs(emb, num_heads))
+    assert out.shape == (B, num_heads, F * dim)
+    for h in range(num_heads):
+        piece = emb[:, :, h * dim:(h + 1) * dim]                         # [B, F, D]
+        expected = np.concatenate([piece[:, :, :dim // 2].reshape(B, -1),
+                                   piece[:, :, dim // 2:].reshape(B, -1)], -1)
+        np.testing.assert_array_equal(out[:, h], expected)

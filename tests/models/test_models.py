@@ -41,6 +41,10 @@ CASES = {
                           V * D + 2 * F * D  # gating, shared by layers
                           + 2 * (2 * 2 * F * D * 3 + 2 * 3 * 3 + F * D)  # U, V, C, bias
                           + mlp_params(F * D, H) + H[-1] + 1),
+    # Per cross layer: W [FD, FD/2], layer norm [FD/2] x 2, bias [FD]; a Linear per network.
+    'dcnv3': (dict(embedding_dim=D, num_heads=2, num_deep_cross_layers=2,
+                   num_shallow_cross_layers=1),
+              V * D * 2 + 3 * (F * D * F * D // 2 + F * D + F * D) + 2 * (F * D + 1)),
     'finalmlp': (dict(embedding_dim=D, mlp1_hidden_units=H, mlp2_hidden_units=(4,),
                       num_heads=2),
                  V * D + mlp_params(F * D, H) + mlp_params(F * D, (4,))
@@ -265,6 +269,12 @@ def test_first_fields_are_vocab_size_and_num_fields(name):
 def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
     with pytest.raises(ValueError):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), _ids(), train=False))
+
+
+def test_dcnv3_refuses_an_odd_embedding_dim():
+    model = create_model('dcnv3', vocab_size=V, num_fields=F, embedding_dim=3)
+    with pytest.raises(ValueError, match='embedding_dim must be even, got 3'):
         jax.eval_shape(lambda: model.init(jax.random.key(0), _ids(), train=False))
 
 

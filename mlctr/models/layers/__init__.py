@@ -3,7 +3,8 @@
 from mlctr.models.layers.attention import MultiHeadSelfAttention
 from mlctr.models.layers.bilinear import BilinearInteraction
 from mlctr.models.layers.cin import CompressedInteractionNet
-from mlctr.models.layers.cross import CrossNet, CrossNetMix, CrossNetV2, GatedCrossNet
+from mlctr.models.layers.cross import (CrossNet, CrossNetMix, CrossNetV2, GatedCrossNet,
+                                       SelfMaskCrossNet)
 from mlctr.models.layers.embedding import FeatureEmbedding, LinearTerm, field_offsets
 from mlctr.models.layers.final import (FactorizedInteraction, FeatureSelectionGate, FieldGate,
                                        FinalBlock, InteractionAggregation)

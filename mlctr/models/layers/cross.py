@@ -1,4 +1,5 @@
-"""Cross networks: DCN (Wang et al. 2017), DCN-V2 (Wang et al. 2021) and GDCN (Wang et al. 2023).
+"""Cross networks: DCN (Wang et al. 2017), DCN-V2 (Wang et al. 2021), GDCN (Wang et al. 2023)
+and DCNv3's (Li et al. 2024).
 
 Follows FuxiCTR ``fuxictr/pytorch/layers/interactions/cross_net.py``:
   * ``CrossNet`` (DCN): ``x_{l+1} = x0 * (x_l . w_l) + b_l + x_l``; ``w_l`` is an
@@ -16,6 +17,14 @@ Follows FuxiCTR ``fuxictr/pytorch/layers/interactions/cross_net.py``:
     layer with an information gate per element. ``W_l``, ``W^g_l`` are
     ``nn.Linear(dim, dim, bias=False)`` (xavier_normal); ``b_l`` is uniform(0, 1), as the
     authors' code (FuxiCTR ``GateCorssLayer``) initialises it.
+  * ``SelfMaskCrossNet`` (DCNv3, "Towards Next Generation Deep Cross Network", eqs. of LCN
+    and ECN): per layer ``h = W_l x_l`` (``nn.Linear(dim, dim // 2, bias=False)``), the
+    self-mask ``m = relu(LayerNorm(h))`` (without ``layer_norm``: ``relu(h)``), ``c = [h, h * m]``
+    and ``x_{l+1} = x0 * (c + b_l) + x_l`` (linear cross network, LCN: order l + 1) or
+    ``x_{l+1} = x_l * (c + b_l) + x_l`` (exponential cross network, ECN: order 2^l), then
+    dropout. ``b_l`` is uniform(0, 1) (the authors' code); with ``batch_norm``, ``h`` is
+    batch-normalised with the heads as channels (FuxiCTR's ``BatchNorm1d(num_heads)``).
+    Inputs are per-head vectors [B, H, dim].
 """
 
 from typing import Any
@@ -25,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from mlctr.models.layers import initializers
+from mlctr.models.layers.dropout import Dropout
 from mlctr.models.layers.mlp import Linear
 
 
@@ -118,4 +128,42 @@ class GatedCrossNet(nn.Module):
             bias = self.param(f'cross_bias_{i}', nn.initializers.uniform(1.0), (dim,),
                               jnp.float32)
             x = x0 * (cross + bias.astype(self.dtype)) * gate + x
+        return x
+
+
+class SelfMaskCrossNet(nn.Module):
+    """DCNv3 linear (LCN) or exponential (ECN) cross network with self-mask.
+    Input/Output [B, H, dim] (dim even)."""
+
+    num_layers: int
+    exponential: bool
+    dropout_rate: float = 0.0
+    layer_norm: bool = True
+    batch_norm: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x0: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+        x0 = x0.astype(self.dtype)
+        dim = x0.shape[-1]
+        if dim % 2:
+            raise ValueError(f'the cross input width must be even, got {dim}')
+        x = x0
+        for i in range(self.num_layers):
+            h = Linear(dim // 2, use_bias=False, dtype=self.dtype, name=f'cross_weight_{i}')(x)
+            if self.batch_norm:
+                h = nn.BatchNorm(use_running_average=not train, axis=1,
+                                 momentum=initializers.BATCH_NORM_MOMENTUM,
+                                 epsilon=initializers.BATCH_NORM_EPSILON, dtype=self.dtype,
+                                 param_dtype=jnp.float32, name=f'batch_norm_{i}')(h)
+            masked = h
+            if self.layer_norm:
+                masked = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
+                                      name=f'layer_norm_{i}')(h)
+            cross = jnp.concatenate([h, h * nn.relu(masked)], axis=-1)
+            bias = self.param(f'cross_bias_{i}', nn.initializers.uniform(1.0), (dim,),
+                              jnp.float32).astype(self.dtype)
+            x = (x if self.exponential else x0) * (cross + bias) + x
+            if self.dropout_rate > 0:
+                x = Dropout(self.dropout_rate)(x, deterministic=not train)
         return x
