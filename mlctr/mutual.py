@@ -10,6 +10,10 @@ Loss of peer n (N peers, logits z_n, probabilities p_n = sigmoid(z_n)):
 
     loss_n = BCE(y, z_n) + alpha / (N - 1) * sum_{i != n} D(p_i, p_n) + L2_n
 
+  * A model with auxiliary losses on its sub-networks (DCNv3's Tri-BCE, FinalNet's two
+    blocks; mlctr/models/auxiliary.py) adds its `auxiliary_loss` to its BCE term (and to
+    the 'bce' measurement); the mutual term stays on the final logits z_n.
+
   * D = 'mse': mean_b (p_i - p_n)^2 on probabilities (Yilmaz & Aldemir 2024).
   * D = 'kl':  mean_b KL(Bernoulli(p_i) || Bernoulli(p_n)) (Deep Mutual
     Learning, Zhang et al. 2018); computed from logits for stability.
@@ -63,6 +67,7 @@ import optax
 from mlctr import models as model_zoo
 from mlctr import sharding
 from mlctr import sparse
+from mlctr.models import auxiliary
 from mlctr.models import qr
 from mlctr.models import regularization
 
@@ -446,20 +451,29 @@ def group_forward(group: PeerGroup, params, batch_stats, ids, dropout_keys, *,
       execution: 'vmap' or 'unroll' (a Python loop traced into the same jit).
 
     Returns:
-      (logits [n_g, B], new stacked batch_stats).
+      (logits [n_g, B], new stacked batch_stats, auxiliary logits): the last is
+      {name: [n_g, B]} the model records for its `auxiliary_loss` when training
+      (mlctr/models/auxiliary.py), {} for a model without one or in eval mode.
     """
     has_stats = bool(jax.tree_util.tree_leaves(batch_stats))
+    with_aux = train and auxiliary.has_auxiliary_loss(group.model)
 
     def one(p, s, k):
         variables = {"params": p}
         if has_stats:
             variables["batch_stats"] = s
+        if with_aux:
+            mutable = [auxiliary.COLLECTION] + (["batch_stats"] if has_stats else [])
+            logits, updated = group.model.apply(variables, ids, train=True, rngs={"dropout": k},
+                                                mutable=mutable)
+            return (logits, updated["batch_stats"] if has_stats else s,
+                    dict(updated.get(auxiliary.COLLECTION, {})))
         if train and has_stats:
             logits, updated = group.model.apply(
                 variables, ids, train=True, rngs={"dropout": k}, mutable=["batch_stats"])
-            return logits, updated["batch_stats"]
+            return logits, updated["batch_stats"], {}
         logits = group.model.apply(variables, ids, train=train, rngs={"dropout": k})
-        return logits, s
+        return logits, s, {}
 
     if execution == "vmap":
         return jax.vmap(one)(params, batch_stats, dropout_keys)
@@ -467,7 +481,14 @@ def group_forward(group: PeerGroup, params, batch_stats, ids, dropout_keys, *,
                for i in range(group.size)]
     logits = jnp.stack([out[0] for out in outputs])
     new_stats = _tree_stack([out[1] for out in outputs]) if has_stats else batch_stats
-    return logits, new_stats
+    return logits, new_stats, _tree_stack([out[2] for out in outputs]) if with_aux else {}
+
+
+def group_auxiliary_loss(group: PeerGroup, logits, aux_logits, labels) -> jax.Array:
+    """[n_g] `auxiliary_loss` of each peer of a group (mlctr/models/auxiliary.py) from its
+    final logits [n_g, B], recorded auxiliary logits {name: [n_g, B]} and the labels [B]."""
+    return jax.vmap(lambda z, aux: group.model.auxiliary_loss(z, aux, labels))(
+        logits.astype(jnp.float32), aux_logits)
 
 
 def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool = True,
@@ -475,22 +496,30 @@ def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool =
     """Returns loss_fn(params, batch_stats, batch, dropout_keys, alpha).
 
     loss_fn returns (sum_n loss_n, aux) where aux holds per-peer [N] arrays
-    'loss', 'bce', 'mutual', 'l2', the [N, B] 'logits' and the new batch stats.
+    'loss', 'bce' (with a model's auxiliary terms), 'mutual', 'l2', the [N, B] final
+    'logits' and the new batch stats.
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
 
+    with_aux = any(auxiliary.has_auxiliary_loss(group.model) for group in peers.groups)
+
     def loss_fn(params, batch_stats, batch, dropout_keys, alpha):
-        logits, new_stats, l2 = [], [], []
+        logits, new_stats, l2, aux_terms = [], [], [], []
         for group, sl, p, s in zip(peers.groups, peers.group_slices(), params, batch_stats):
-            group_logits, group_stats = group_forward(
+            group_logits, group_stats, group_aux = group_forward(
                 group, p, s, batch["ids"], dropout_keys[sl], train=True, execution=execution)
             logits.append(group_logits)
             new_stats.append(group_stats)
             l2.append(jax.vmap(functools.partial(regularization.l2_penalty, group.model))(p))
+            aux_terms.append(group_auxiliary_loss(group, group_logits, group_aux,
+                                                  batch["label"].astype(jnp.float32))
+                             if group_aux else jnp.zeros((group.size,), jnp.float32))
         logits = jnp.concatenate(logits).astype(jnp.float32)
         labels = jnp.broadcast_to(batch["label"].astype(jnp.float32), logits.shape)
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
+        if with_aux:  # only then: the other runs keep their exact arithmetic
+            bce = bce + jnp.concatenate(aux_terms)
         if divergence == "ektf":  # its own weights; targets are always constants
             mutual = ektf_terms(logits, labels[0])
         else:
@@ -617,7 +646,8 @@ def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):
         logits = []
         for group, p, s in zip(peers.groups, params, batch_stats):
             keys = jax.random.split(jax.random.PRNGKey(0), group.size)  # unused in eval
-            group_logits, _ = group_forward(group, p, s, ids, keys, train=False, execution=execution)
+            group_logits, _, _ = group_forward(group, p, s, ids, keys, train=False,
+                                               execution=execution)
             logits.append(group_logits)
         return jnp.concatenate(logits).astype(jnp.float32)
 
