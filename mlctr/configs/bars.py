@@ -19,7 +19,8 @@ from mlctr.models import bars_configs
 
 _MODELS = {"lr": "lr", "fm": "fm", "deepfm": "deepfm", "dcn": "dcn", "ipnn": "pnn",
            "fibinet": "fibinet", "wide_deep": "wide_deep", "dcnv2": "dcnv2",
-           "xdeepfm": "xdeepfm", "autoint": "autoint"}
+           "xdeepfm": "xdeepfm", "autoint": "autoint", "finalmlp": "finalmlp",
+           "finalnet": "finalnet", "dcnv3": "dcnv3"}
 
 
 def get_config(arg: str = "criteo") -> ml_collections.ConfigDict:

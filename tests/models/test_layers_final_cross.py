@@ -209,3 +209,17 @@ def test_multihead_inputs_layout():
         expected = np.concatenate([piece[:, :, :dim // 2].reshape(B, -1),
                                    piece[:, :, dim // 2:].reshape(B, -1)], -1)
         np.testing.assert_array_equal(out[:, h], expected)
+
+
+def test_self_mask_cross_net_initialisation():
+    """W xavier_normal [dim, dim/2] without bias, the bias uniform(0, 1), layer norm 1 / 0."""
+    dim = 300
+    p = jax.jit(lambda x: layers.SelfMaskCrossNet(1, exponential=True).init(
+        jax.random.key(0), x, train=False))(np.zeros((1, 1, dim), np.float32))['params']
+    assert set(p['cross_weight_0']) == {'kernel'} and p['cross_weight_0']['kernel'].shape == (
+        dim, dim // 2)
+    assert abs(float(np.std(p['cross_weight_0']['kernel'])) / np.sqrt(2 / (1.5 * dim)) - 1) < 0.02
+    bias = np.asarray(p['cross_bias_0'])
+    assert bias.min() >= 0 and bias.max() < 1 and abs(bias.mean() - 0.5) < 0.1
+    np.testing.assert_array_equal(p['layer_norm_0']['scale'], 1.0)
+    np.testing.assert_array_equal(p['layer_norm_0']['bias'], 0.0)
