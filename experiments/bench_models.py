@@ -1,6 +1,7 @@
 """Benchmark (not a test): forward + backward examples/s of every model in the zoo.
 
-Each model runs in its BARS Criteo_x4_001 configuration (``bars_hparams``) over a 1M-row
+Each model runs in its BARS Criteo_x4_001 configuration (``bars_hparams``; a model BARS
+never ran, ``NO_BARS_RUN``, in its class defaults) over a 1M-row
 vocabulary split evenly across 39 fields, at batch 4096, in training mode (dropout and batch
 norm active). One step = BCE loss + gradient w.r.t. all parameters (no optimizer update: that
 belongs to the trainer's benchmark). Compilation and two warm-up steps are excluded; then
@@ -24,15 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlctr.models import MODELS, create_model
-from mlctr.configs.bars_table import bars_hparams
+from mlctr.configs.bars_table import NO_BARS_RUN, bars_hparams
 
 DEFAULT_MODELS = ('lr', 'fm', 'deepfm', 'dcn', 'dcnv2', 'ipnn', 'opnn', 'fibinet', 'wide_deep',
-                  'xdeepfm', 'autoint')
+                  'xdeepfm', 'autoint', 'finalmlp', 'finalnet', 'gdcn', 'dcnv3')
 
 
 def _hparams(name: str, dataset: str) -> dict:
   if name == 'opnn':  # BARS has no OPNN: IPNN's setting with outer products.
     return {**bars_hparams('pnn', dataset), 'product_type': 'outer'}
+  if name in NO_BARS_RUN:  # its class defaults (docs/models.md says where they come from)
+    return {}
   return bars_hparams(name, dataset)
 
 
