@@ -33,6 +33,17 @@ def model_sets() -> ml_collections.ConfigDict:
                         attention_dim=4, use_residual=True, dnn_hidden_units=(),
                         net_dropout=0.0, batch_norm=False, embedding_regularizer=1e-5,
                         net_regularizer=0.0),
+        "finalmlp": dict(model="finalmlp", embedding_dim=4, mlp1_hidden_units=(16, 16),
+                         mlp2_hidden_units=(8,), mlp1_dropout=0.0, mlp2_dropout=0.0,
+                         num_heads=2, embedding_regularizer=1e-5, net_regularizer=0.0),
+        "finalnet": dict(model="finalnet", embedding_dim=4, batch_norm=False,
+                         block1_hidden_units=(16, 16), block2_hidden_units=(8,),
+                         block1_dropout=0.0, block2_dropout=0.0, embedding_regularizer=1e-5,
+                         net_regularizer=0.0),
+        "gdcn": dict(model="gdcn", num_cross_layers=2, **_DNN),
+        "dcnv3": dict(model="dcnv3", embedding_dim=4, num_deep_cross_layers=2,
+                      num_shallow_cross_layers=2, deep_net_dropout=0.0, shallow_net_dropout=0.0,
+                      embedding_regularizer=1e-5, net_regularizer=0.0),
         "deepfm_small": dict(model="deepfm", **_DNN),
     })
 
