@@ -182,7 +182,7 @@ def test_model_forward_gradients_and_gathered_rows(case):
     np.testing.assert_allclose(np.asarray(small_logits), np.asarray(eval_logits), rtol=1e-6)
 
 
-@pytest.mark.parametrize('case', ['deepfm', 'autoint'])
+@pytest.mark.parametrize('case', ['deepfm', 'autoint', 'finalmlp', 'finalnet', 'gdcn', 'dcnv3'])
 def test_bfloat16_compute_keeps_float32_params_and_logits(case):
     model = _build(case, dtype=jnp.bfloat16)
     f32_model = model.clone(dtype=jnp.float32)
