@@ -52,7 +52,3 @@ def setup():
     effect_pct, _ = analysis.paper_effect(FLAGS.dataset)
     return config, workdir, seeds, pretrain_root, effect_pct
 
-
-def peer_list(peers: str) -> list[str]:
-    """config.peers ('a,b' or 'a+b') as a list of names."""
-    return [p.strip() for p in peers.replace("+", ",").split(",") if p.strip()]

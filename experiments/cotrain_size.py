@@ -48,7 +48,7 @@ def run_seed(config, workdir, pretrain_root, seed, order, effect_pct) -> dict:
 def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
-    order = common.peer_list(FLAGS.order)
+    order = paper.name_peers(config, FLAGS.order)
     target = order[0]
     per_seed = [run_seed(config, workdir, pretrain_root, s, order, effect_pct) for s in seeds]
     rows, gains, lines = [], [], []
