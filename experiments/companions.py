@@ -21,6 +21,7 @@ from experiments import common
 from experiments import paper
 from mlctr import mutual
 from mlctr import report
+from mlctr import study
 
 flags.DEFINE_string("fractions", "0.05,0.2,1.0",
                     "Companion pretraining length as fractions of the full pretraining.")
@@ -38,7 +39,7 @@ def run_seed(config, workdir, pretrain_root, seed, fractions, effect_pct) -> lis
     full_dir, full = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
     control_dir = os.path.join(workdir, f"seed{seed}", "control")
     control = paper.run(config, control_dir, seed=seed, init_from=full_dir, peers=target)
-    control_p, labels = paper.split_probabilities(control_dir)
+    control_p, labels = study.split_probabilities(control_dir)
     records = []
     for fraction in fractions:
         steps = max(1, int(round(fraction * full["steps"]))) if fraction < 1 else 0
@@ -49,13 +50,13 @@ def run_seed(config, workdir, pretrain_root, seed, fractions, effect_pct) -> lis
         mutual_dir = os.path.join(workdir, f"seed{seed}", f"mutual_f{fraction}")
         mutual_run = paper.run(config, mutual_dir, seed=seed, init_from=init_dir,
                            peers=",".join(peers), alpha=config.mutual.alpha)
-        mutual_p, _ = paper.split_probabilities(mutual_dir)
+        mutual_p, _ = study.split_probabilities(mutual_dir)
         records.append({
             "seed": seed, "fraction": fraction, "companion_steps": steps or full["steps"],
             "companion_auc": sum(weak["test"][c]["auc"] for c in companions) / len(companions),
             "control_auc": control["test"][target]["auc"],
             "mutual_auc": mutual_run["test"][target]["auc"], "bayes": full.get("bayes"),
-            "delong": analysis.delong(mutual_p, control_p, labels, [target], effect_pct)})
+            "delong": study.delong(mutual_p, control_p, labels, [target], effect_pct)})
     return records
 
 

@@ -36,6 +36,7 @@ from experiments import common
 from experiments import paper
 from mlctr import mutual
 from mlctr import report
+from mlctr import study
 from mlctr.data import prepare as prepare_lib
 from mlctr.data import synthetic
 
@@ -88,7 +89,7 @@ def run_cell(config, workdir: str, pretrain_root: str, diversity: float, seed: i
     setting = setting_config(config, os.path.dirname(pretrain_root), diversity)
     names = mutual.parse_peer_spec(config.peers)
     pretrain_dir, pretrained = paper.pretrain(setting, pretrain_root, seed, config.peers)
-    probs, _ = paper.split_probabilities(pretrain_dir, "test")
+    probs, _ = study.split_probabilities(pretrain_dir, "test")
     arms = {}
     for arm, alpha in (("control", 0.0), ("mutual", config.mutual.alpha)):
         run_dir = os.path.join(workdir, f"d{diversity:g}", f"seed{seed}", arm)

@@ -32,9 +32,9 @@ import ml_collections
 from mlctr.run import checkpoint
 from mlctr import mutual
 from mlctr import study
+from mlctr.run import inputs
 from mlctr.run import train
 # Each peer's test probabilities from a run's best weights (for DeLong's test).
-from mlctr.study import split_probabilities  # noqa: F401
 
 DATASET_CHOICES = ("synthetic", "shared_criteo", "shared_avazu", "criteo", "avazu")
 
@@ -137,7 +137,7 @@ def run_cached(config: ml_collections.ConfigDict, run_dir: str) -> dict:
         return done
     if os.path.isdir(run_dir):
         logging.info("Resuming unfinished run %s", run_dir)
-    train.ensure_prepared(config, run_dir)
+    inputs.ensure_prepared(config, run_dir)
     return train.train_and_evaluate(config, run_dir)
 
 
