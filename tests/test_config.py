@@ -82,7 +82,8 @@ def test_validate_accepts_the_shipped_configs(get_config):
     ("finetune.num_epochs", 0, "> 0"),
     ("mode", "pretrain", "must be one of"),
     ("data.dataset", "kdd12", "must be one of"),
-    ("data.protocol", "x1", "must be one of"),
+    ("data.protocol", "x9", "must be one of"),
+    ("data.protocol", "x1", "is that of the csv datasets"),
     ("mesh.data", 0, "-1"),
     ("compute_dtype", "int8", "must be one of"),
     ("vocab.qr_collisions", 1, "0 (off) or an integer >= 2"),
@@ -156,3 +157,19 @@ def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
     current["vocab"]["qr_collisions"] = 4
     assert checkpoint.config_differences(saved, current) == [
         "vocab.qr_collisions: checkpoint '<absent>', config 4"]
+
+
+@pytest.mark.parametrize("dataset,protocol,ok", [
+    ("frappe_x1", "x1", True), ("frappe_x1", "x4_001", True), ("csv", "csv", True),
+    ("criteo", "x4_002", True), ("frappe_x1", "x4_002", False), ("csv", "x1", False),
+    ("movielens_x1", "csv", False), ("avazu", "x1", False)])
+def test_protocol_fits_the_dataset_kind(dataset, protocol, ok):
+    """x1 is accepted for the BARS x1 sets (their feature map records it), refused elsewhere."""
+    config = tiny.get_config()
+    config.data.dataset = dataset
+    config.data.protocol = protocol
+    if ok:
+        validate.validate(config)
+    else:
+        with pytest.raises(ValueError, match=r"^config\.data\.protocol: .*\(got '"):
+            validate.validate(config)

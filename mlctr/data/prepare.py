@@ -65,7 +65,10 @@ from mlctr.data.errors import DataError, DatasetError
 
 CSV_DATASETS = tuple(bars_csv.FORMATS) + ("csv",)
 DATASETS = ("criteo", "avazu", "synthetic", "criteo_1tb") + CSV_DATASETS
-PROTOCOLS = ("x4_001", "x4_002")
+PROTOCOLS = ("x4_001", "x4_002")  # of the raw formats: they set min_count (criteo.MIN_COUNT)
+# The csv datasets keep their given split and min_count; their feature map records these.
+OWN_PROTOCOLS = {**{name: "x1" for name in bars_csv.FORMATS}, "csv": "csv"}
+ALL_PROTOCOLS = PROTOCOLS + ("x1", "csv")
 VOCAB_MODES = hashing.MODES
 RAW_FORMATS = {"criteo": criteo, "avazu": avazu, "criteo_1tb": criteo_1tb}
 _REMAP_ROWS = 1 << 15
@@ -191,12 +194,32 @@ def _check_arguments(dataset, *, protocol, num_rows, feature_spec) -> None:
     """ValueError (one line) for a dataset, protocol or option that does not apply."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    problem = protocol_problem(dataset, protocol)
+    if problem:
+        raise ValueError(problem)
     if num_rows is not None and dataset != "synthetic":
         raise ValueError("num_rows is only for dataset='synthetic'")
     if (feature_spec is None) == (dataset == "csv"):
         raise ValueError("feature_spec is for dataset='csv', which needs one")
+
+
+def protocol_problem(dataset: str, protocol: str) -> str | None:
+    """Why `protocol` does not apply to `dataset` (one line), or None when it does.
+
+    The raw formats take x4_001 / x4_002; a csv dataset takes its own protocol (x1 for
+    the BARS x1 sets, csv for a user's own), which its feature map records, and also
+    x4_001, the default, standing for "unset" (it changes nothing there).
+    """
+    if protocol not in ALL_PROTOCOLS:
+        return f"unknown protocol {protocol!r}; expected one of {ALL_PROTOCOLS}"
+    own = OWN_PROTOCOLS.get(dataset)
+    if own is None and protocol not in PROTOCOLS:
+        return (f"protocol {protocol!r} is that of the csv datasets "
+                f"({', '.join(OWN_PROTOCOLS)}); {dataset} takes one of {PROTOCOLS}")
+    if own is not None and protocol not in (own, "x4_001"):
+        return (f"protocol {protocol!r} does not apply to {dataset}: it keeps its given "
+                f"split and min_count (protocol {own!r})")
+    return None
 
 
 def _check_processes(dataset, vocab, process_index: int, process_count: int) -> None:
@@ -917,7 +940,9 @@ def _define_flags() -> None:
                         "datasets: the directory of train.csv, valid.csv, test.csv; "
                         "criteo_1tb: the directory of day_0 .. day_23).")
     flags.DEFINE_string("out", None, "Output directory of the prepared dataset.")
-    flags.DEFINE_enum("protocol", "x4_001", list(PROTOCOLS), "BARS x4 variant (min_count).")
+    flags.DEFINE_enum("protocol", "x4_001", list(ALL_PROTOCOLS),
+                      "BARS x4 variant (min_count) of a raw file; x1 (BARS x1) or csv for "
+                      "the csv datasets, which record it.")
     flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows instead of failing.")
     flags.DEFINE_bool("overwrite", False, "Replace a prepared dataset already in --out.")
     flags.DEFINE_string("feature_spec", None, "--dataset=csv: JSON file naming the label and "
