@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlctr.data.prepare.options import ALL_PROTOCOLS, DATASETS, VOCAB_MODES, protocol_problem
+
 _MISSING = object()
 
 # Legal names that no module holds as a constant (the others come from their modules).
@@ -60,7 +62,6 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     from mlctr import mutual
     from mlctr import sparse
     from mlctr.models import qr
-    from mlctr.data.prepare import ALL_PROTOCOLS, DATASETS, VOCAB_MODES
 
     return [
         ("mode", _one_of(MODES), f"must be one of {MODES}"),
@@ -168,8 +169,6 @@ def _validate_peers(config) -> None:
 
 def _validate_data(config) -> None:
     """The protocol fits the dataset kind; a feature spec is for dataset 'csv' only."""
-    from mlctr.data.prepare import protocol_problem
-
     dataset, protocol = _get(config, "data.dataset"), _get(config, "data.protocol")
     if dataset is not _MISSING and protocol is not _MISSING:
         problem = protocol_problem(dataset, protocol)
