@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mlctr import mutual
-from mlctr.configs import bars, default, tiny, validate
+from mlctr.configs import bars, bars_datasets, bars_table, default, tiny, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +37,33 @@ def test_config_arguments_share_one_convention():
     for bad in ("peers=a:peers=b", "colour=red", "peers="):
         with pytest.raises(ValueError, match="default.py: bad config argument"):
             default.get_config(bad)
-    with pytest.raises(ValueError, match="bars.py: dataset must be 'criteo' or 'avazu'"):
+    with pytest.raises(ValueError, match="bars.py: dataset must be one of criteo_x4_001"):
         bars.get_config("frappe")
+
+
+@pytest.mark.parametrize("name", list(bars_datasets.DATASETS))
+def test_bars_config_for_every_bars_dataset(name):
+    """bars.py:<dataset> runs for every BARS dataset; each model set says its source."""
+    config = bars.get_config(f"{name}:peers=deepfm+dcn")
+    kind, protocol, monitor = bars_datasets.DATASETS[name]
+    assert (config.data.dataset, config.data.protocol, config.train.monitor) == (
+        kind, protocol, monitor)
+    validate.validate(config)
+    for key in bars_datasets.MODELS:
+        values, source = bars_datasets.hparams(key, name)
+        assert {k: v for k, v in config.models[key].items() if k != "model"} == values
+        tuned = name in bars_table.DATASETS
+        assert source.startswith("BARS " if tuned else "stand-in: ")
+        if name.endswith("x4_002") and "embedding_dim" in values:
+            assert values["embedding_dim"] == 40  # BARS.md: x4_002 embeds in 40 dims
+    if name in bars_table.DATASETS:  # the tuned sets are BARS's, value for value
+        assert dict(config.models.fibinet) == dict(
+            model="fibinet", **bars_table.bars_hparams("fibinet", name))
+
+
+def test_readme_has_the_bars_table():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        assert bars_datasets.markdown_table() in f.read()
 
 
 def test_tiny_has_a_set_for_every_default_model_set():
