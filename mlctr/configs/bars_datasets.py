@@ -6,11 +6,11 @@ Sources (cited as "BARS": the reczoo/BARS benchmark, ``ranking/ctr/<Model>/<Mode
 * hyperparameters of Criteo_x4_001 / Avazu_x4_001: mlctr/configs/bars_table.py, read from
   the BARS run logs (every model mlctr has but OPNN, which BARS lacks);
 * published test AUCs: x4_001 of every model as quoted in README.md (BARS's logs);
-  Criteo_x1 / Avazu_x1 of DeepFM, DCN, IPNN, FiBiNET from the BARS reference notes' results
-  table (../shared/BARS.md) ("BARS test results"); Frappe_x1 / MovielensLatest_x1 of DeepFM as README.md
-  quoted them before this table existed;
-* the x4_002 protocol (min_count 2 Criteo / 1 Avazu, embedding 40) from BARS.md's
-  "BARS x4 protocol"; the x1 monitor (AUC, where x4 monitors AUC - logloss) from its
+  Criteo_x1 / Avazu_x1 of DeepFM, DCN, IPNN, FiBiNET from the project's BARS reference
+  notes (../shared/BARS.md, "BARS test results"); Frappe_x1 / MovielensLatest_x1 of
+  DeepFM as README.md quoted them before this table existed;
+* the x4_002 protocol (min_count 2 Criteo / 1 Avazu, embedding 40) from those notes'
+  "BARS x4 protocol"; the x1 monitor (AUC, where x4 monitors AUC - logloss) from their
   "BARS training protocol".
 
 What these sources do not give is NOT filled in from memory: BARS's tuned
@@ -18,7 +18,7 @@ hyperparameters of the x1 datasets and of x4_002, the x1 batch size, and most x1
 x4_002 test AUCs. For those datasets a config still runs, with a declared stand-in
 (`STAND_INS`: the x4_001 set of the nearest dataset, with x4_002's embedding size 40),
 and every table built from here says "stand-in" and "—" where the source is silent.
-Add a value (and its source) to `TUNED` / `PUBLISHED_AUC` to replace one.
+Add a value (and its source) to bars_table.BARS / `PUBLISHED_AUC` to replace one.
 """
 from __future__ import annotations
 
