@@ -51,13 +51,21 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"
                     "Persistent XLA compilation cache ('' disables).")
 
 
-def setup():
+# Config keys every runner sets itself, with what sets them instead.
+OWNED = {"seed": "from --seeds", "mode": "per phase", "init_from": "from its own pretraining "
+         "(--pretrain_root)"}
+
+
+def setup(owned: dict[str, str] | None = None, synthetic_only: bool = False):
     """Returns (config, workdir, seeds, pretrain_root, effect_pct) from the flags.
 
     The dataset is the one the flags and the config name (experiments/datasets.py: a
     value the user gave is never replaced; a conflict ends the runner with one line).
-    effect_pct is --effect_pct or the paper's relative AUC effect for the dataset; the
-    power lines say which (analysis.describe_effect).
+    A config key the runner sets itself (OWNED, plus the runner's `owned`: key -> what
+    sets it) given as an override ends it with one line naming the key, as does another
+    dataset than synthetic where `synthetic_only`. effect_pct is --effect_pct or the
+    paper's relative AUC effect for the dataset; the power lines say which
+    (analysis.describe_effect).
     """
     distributed.configure_runtime(FLAGS.compilation_cache)
     config = FLAGS.config
@@ -66,12 +74,19 @@ def setup():
     if not seeds:
         _fail("--seeds is empty")
     pretrain_root = os.path.abspath(FLAGS.pretrain_root or os.path.join(workdir, "pretrain"))
-    given = datasets.given_keys(config, config_flags.get_override_values(FLAGS["config"]))
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    for key, how in {**OWNED, **(owned or {})}.items():
+        if key in overrides:
+            _fail(f"config.{key}: {_name()} sets it itself ({how}); drop the override")
+    given = datasets.given_keys(config, overrides)
     try:
         with config.unlocked():
             datasets.configure(config, os.path.dirname(pretrain_root), choice=FLAGS.dataset,
                                raw=FLAGS.raw, data_dir=FLAGS.data_dir,
                                feature_spec=FLAGS.feature_spec, given=given)
+        if synthetic_only and config.data.dataset != "synthetic":
+            raise ValueError(f"{_name()} varies the synthetic generator: it runs on synthetic "
+                             f"rows only, not {config.data.dataset}")
         config_validation.validate(config)  # config.<key>: ... (ValueError)
         # Prepared once, before any seed: bad rows end here in one line, not mid-study.
         inputs.ensure_prepared(config, workdir)
@@ -92,10 +107,14 @@ def dataset_label() -> str:
     return FLAGS.dataset or FLAGS.config.data.dataset
 
 
+def _name() -> str:
+    """experiments.<runner>, the module the command ran."""
+    return "experiments." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
+
+
 def _fail(message: str):
     """One line on stderr, exit status 1 (a bad flag or config, not a bug)."""
-    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-    sys.stderr.write(f"experiments.{name}: error: {message}\n")
+    sys.stderr.write(f"{_name()}: error: {message}\n")
     sys.exit(1)
 
 

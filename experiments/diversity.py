@@ -145,7 +145,7 @@ def table_text(rows, lines, names, seeds, config) -> str:
 
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(synthetic_only=True)
     diversities = [float(d) for d in FLAGS.diversities.split(",") if d.strip()]
     names = common.peer_list(config.peers)
     cells = []

@@ -269,9 +269,13 @@ def table_text(rows, lines, sets, cells, config, dataset: str) -> str:
             + analysis.statistics_block(lines))
 
 
+# Config keys this runner sets itself (an override of one is refused, naming it).
+OWNED = {"peers": "from --peer_sets"}
+
+
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(owned=OWNED)
     sets = parse_peer_sets(FLAGS.peer_sets, config.models)
     cells = []
     for seed in seeds:

@@ -226,3 +226,19 @@ def test_runner_stops_with_one_line_when_flag_and_override_disagree(frappe, tmp_
     assert lines == ["experiments.finetune: error: config.data.dataset='frappe_x1' and "
                      "--dataset='criteo_x1' disagree: give one of them"]
     assert not (tmp_path / "finetune" / "seed0").exists()
+
+
+@pytest.mark.parametrize("entry,flags,says", [
+    ("finetune", ["--config.seed=5"], "config.seed: experiments.finetune sets it itself "
+     "(from --seeds); drop the override"),
+    ("cotrain_size", ["--config.peers=deepfm,fm"], "config.peers: experiments.cotrain_size "
+     "sets it itself (from --order)"),
+    ("precision", ["--config.compute_dtype=bfloat16"], "config.compute_dtype: "
+     "experiments.precision sets it itself"),
+    ("diversity", ["--dataset=frappe_x1", "--raw=/nowhere"], "experiments.diversity varies the "
+     "synthetic generator: it runs on synthetic rows only, not frappe_x1"),
+])
+def test_a_key_the_runner_sets_itself_is_refused_by_name(tmp_path, entry, flags, says):
+    proc = _run(entry, tmp_path / entry, *flags)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and says in lines[0], proc.stderr[-2000:]
