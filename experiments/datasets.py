@@ -151,10 +151,11 @@ def configure(config: ml_collections.ConfigDict, root: str, *, choice: str = "",
     else:
         _check_source(recorded, raw, data_dir)
         _check_synthetic_rows(recorded, config, data_dir)
-    _adopt(config, "vocab.mode", recorded and recorded.get("vocab", {}).get("mode", "fit"),
-           given, data_dir)
-    _adopt(config, "data.protocol", recorded.get("protocol") if recorded else
-           _own_protocol(kind), given, data_dir)
+    if recorded is not None:
+        _adopt(config, "vocab.mode", recorded.get("vocab", {}).get("mode", "fit"), given,
+               data_dir)
+    _adopt(config, "data.protocol", _own_protocol(kind) if recorded is None else
+           recorded.get("protocol"), given, data_dir)
     config.data.dataset = kind
     config.data.raw = raw
     config.data.data_dir = data_dir
