@@ -133,11 +133,11 @@ def delong_lines(per_seed: Sequence[dict[str, dict]], label: str) -> list[str]:
         null = [t["equivalence_pct"] for t in tests if t["p"] >= SIGNIFICANCE_LEVEL]
         tost = (f"; where p ≥ {SIGNIFICANCE_LEVEL:g} (TOST) the effect lies within "
                 f"±{np.median(null):.3f}% at 95% (median of {len(null)} runs)" if null else "")
+        se, mde = np.median([t["se"] for t in tests]), np.median([t["mde_pct"] for t in tests])
         lines.append(f"- DeLong, {label}, {name}: p < {SIGNIFICANCE_LEVEL:g} in {significant} of "
                      f"{len(ps)} runs (median p {np.median(ps):.3g}); se of the AUC difference "
-                     f"{np.median([t['se'] for t in tests]):.2g} on {tests[0]['rows']:,} test rows, "
-                     f"so one run detects ±{np.median([t['mde_pct'] for t in tests]):.3f}% "
-                     f"(power {TARGET_POWER:g}){tost}.")
+                     f"{se:.2g} on {tests[0]['rows']:,} test rows, so one run detects "
+                     f"±{mde:.3f}% (power {TARGET_POWER:g}){tost}.")
     return lines
 
 
