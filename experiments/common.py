@@ -117,7 +117,3 @@ def _fail(message: str):
     sys.stderr.write(f"{_name()}: error: {message}\n")
     sys.exit(1)
 
-
-def peer_list(peers: str) -> list[str]:
-    """config.peers ('a,b' or 'a+b') as a list of names."""
-    return [p.strip() for p in peers.replace("+", ",").split(",") if p.strip()]

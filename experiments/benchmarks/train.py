@@ -43,6 +43,8 @@ import numpy as np
 from experiments.benchmarks import lib
 from mlctr import sharding, xla_cpu
 from mlctr.configs import default
+from mlctr.run import errors
+from mlctr.run import inputs
 from mlctr.run import train
 
 PEERS = "deepfm,dcn,ipnn,fibinet"
@@ -180,7 +182,7 @@ def main(argv):
     run_dir = os.path.join(os.path.abspath(args.workdir), "run")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
     start = time.perf_counter()
-    train.ensure_prepared(config, run_dir)
+    inputs.ensure_prepared(config, run_dir)
     print(f"dataset ready in {time.perf_counter() - start:.1f} s", flush=True)
     print("machine:", lib.machine(), flush=True)
     load_before = os.getloadavg()
@@ -253,9 +255,9 @@ def main(argv):
 def _main(argv):
     try:
         main(argv)
-    except train.Preempted as e:  # SIGTERM: the run saved a checkpoint; one line, no traceback
+    except errors.Preempted as e:  # SIGTERM: the run saved a checkpoint; one line, no traceback
         sys.exit(f"bench_train: {e}")
-    except (train.RunError, train.NonFiniteLossError) as e:
+    except (errors.RunError, errors.NonFiniteLossError) as e:
         sys.exit(f"bench_train: error: {e}")
 
 
