@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import datasets
+from mlctr.configs import bars
 from mlctr.configs import default
 from mlctr.configs import tiny
 from mlctr.data import bars_csv
@@ -242,3 +243,18 @@ def test_a_key_the_runner_sets_itself_is_refused_by_name(tmp_path, entry, flags,
     proc = _run(entry, tmp_path / entry, *flags)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and says in lines[0], proc.stderr[-2000:]
+
+
+def test_a_bars_config_names_the_dataset_for_the_runner(frappe, tmp_path):
+    """--config=mlctr/configs/bars.py:frappe_x1 --data_dir=...: kind and protocol agree."""
+    _, prepared = frappe
+    config = bars.get_config("frappe_x1:peers=deepfm+dcn")
+    given = datasets.given_keys(config, [])
+    assert {"data.dataset", "data.protocol"} <= given
+    datasets.configure(config, str(tmp_path), data_dir=prepared, given=given)
+    assert (config.data.dataset, config.data.protocol, config.data.data_dir) == (
+        "frappe_x1", "x1", prepared)
+    with pytest.raises(datasets.DatasetChoiceError, match="config.data.dataset='criteo' and "
+                       "--dataset='frappe_x1' disagree"):
+        datasets.configure(bars.get_config("criteo"), str(tmp_path), choice="frappe_x1",
+                           given=datasets.given_keys(bars.get_config("criteo"), []))
