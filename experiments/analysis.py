@@ -3,12 +3,15 @@
 Every comparison of two arms paired by seed (same init keys, data order and
 dropout rngs) is summarised by `compare`: mean ± sd of both arms, the relative
 gain, the paired t-test and Wilcoxon signed-rank test over the per-seed gains,
+the minimum detectable effect of that t-test at the seeds run (power 0.8), where
+the gain is not significant the TOST equivalence margin ("within +-X% at 95%"),
 and the power line: from the seed-to-seed sd of those gains, how many seeds a
-paired t-test needs to detect the paper's effect (+0.37% relative AUC on
-Criteo, +0.66% on Avazu; the Criteo figure on synthetic data) at p < 0.05 with
-power 0.8. `delong` (mlctr/study.py) adds, per run, DeLong's test of the two
-arms' AUCs on the same test rows and the rows it would need for the paper's
-effect; `delong_lines` summarises it over seeds. The numerics
+paired t-test needs to detect an effect. That effect is --effect_pct, else the
+paper's (+0.37% relative AUC on Criteo, +0.66% on Avazu; the Criteo figure as a
+stand-in elsewhere); every power line says which (`describe_effect`). `delong`
+(mlctr/study.py) adds, per run, DeLong's test of the two arms' AUCs on the same
+test rows, its minimum detectable effect on those rows and its TOST margin;
+`delong_lines` summarises them over seeds. The numerics
 are mlctr/stats.py (scipy); the tables are mlctr/report.py; matplotlib is
 imported only to draw the figures.
 """
@@ -25,7 +28,13 @@ from mlctr import study
 
 SIGNIFICANCE_LEVEL = study.SIGNIFICANCE_LEVEL
 TARGET_POWER = study.TARGET_POWER
-# The paper's effect per dataset, and DeLong per peer of two runs: the library's.
+# What the power lines' effect is (relative AUC % -> words), set by the runner's setup.
+_EFFECT_NOTES: dict[float, str] = {}
+
+
+def describe_effect(effect_pct: float, note: str) -> None:
+    """Records the words for `effect_pct` that every power line about it prints."""
+    _EFFECT_NOTES[float(effect_pct)] = note
 
 
 def compare(metric: str, treated: Sequence[float], control: Sequence[float],
@@ -43,11 +52,18 @@ def compare(metric: str, treated: Sequence[float], control: Sequence[float],
            "treated": report.mean_std(treated), "control": report.mean_std(control),
            "gain_pct": report.relative_improvement(metric, float(control.mean()),
                                                    float(treated.mean())),
-           "effect_pct": effect_pct, "p_t": math.nan, "p_wilcoxon": math.nan, "sd": math.nan,
-           "seeds_needed": None, "power": math.nan}
+           "effect_pct": effect_pct,
+           "effect_note": _EFFECT_NOTES.get(float(effect_pct), f"{effect_pct:+.2f}% relative AUC"),
+           "p_t": math.nan, "p_wilcoxon": math.nan, "sd": math.nan,
+           "seeds_needed": None, "power": math.nan, "mde_pct": math.nan,
+           "equivalence_pct": math.nan}
     if len(gains) >= 2:
         tests = stats.paired_tests(gains)
-        out.update(p_t=tests["p_t"], p_wilcoxon=tests["p_wilcoxon"], sd=tests["sd"])
+        out.update(p_t=tests["p_t"], p_wilcoxon=tests["p_wilcoxon"], sd=tests["sd"],
+                   mde_pct=stats.mde_paired_t(tests["sd"], len(gains), alpha=SIGNIFICANCE_LEVEL,
+                                              power=TARGET_POWER),
+                   equivalence_pct=stats.equivalence_margin_paired(
+                       gains, alpha=SIGNIFICANCE_LEVEL)["margin"])
         if tests["sd"] > 0:
             try:
                 out["seeds_needed"] = stats.seeds_needed(
@@ -58,6 +74,24 @@ def compare(metric: str, treated: Sequence[float], control: Sequence[float],
                                        alpha=SIGNIFICANCE_LEVEL)
     out["verdict"] = verdict(out["p_t"])
     return out
+
+
+def equivalence(s: dict[str, Any]) -> str:
+    """TOST in words for a compare() summary that is not significant ('' otherwise)."""
+    if math.isnan(s["p_t"]) or s["p_t"] < SIGNIFICANCE_LEVEL:
+        return ""
+    return (f"TOST: the {s['metric'].upper()} effect lies within ±{s['equivalence_pct']:.3f}% "
+            f"at 95%. ")
+
+
+def mde_text(s: dict[str, Any]) -> str:
+    """The t-test's minimum detectable effect at the seeds run, for a table cell."""
+    return "-" if math.isnan(s["mde_pct"]) else f"±{s['mde_pct']:.3f}"
+
+
+def tost_text(s: dict[str, Any]) -> str:
+    """'within ±X%' where the paired t-test is not significant (TOST at 95%), else '-'."""
+    return study.equivalence_text(s["p_t"], s["equivalence_pct"])
 
 
 def verdict(p: float) -> str:
@@ -73,30 +107,34 @@ def _p(value: float) -> str:
 
 
 def tests_line(label: str, s: dict[str, Any]) -> str:
-    """'label: gain ..., paired t p, Wilcoxon p; power line' for one compare() summary."""
+    """One compare() summary: gain, both tests, MDE, TOST where n.s., and the power line."""
     line = (f"- {label}: {s['metric'].upper()} gain {s['gain_pct']:+.3f}% over {s['seeds']} seeds; "
             f"paired t-test p = {_p(s['p_t'])}, Wilcoxon p = {_p(s['p_wilcoxon'])}. ")
     if s["seeds_needed"] is None:
         return line + "Power: no seed-to-seed spread to estimate it from."
-    return line + (f"Power: seed-to-seed sd of the gain {s['sd']:.3f}%, so detecting "
-                   f"{s['effect_pct']:+.2f}% at p < {SIGNIFICANCE_LEVEL:g} with power "
+    return line + (f"Minimum detectable effect of the t-test at {s['seeds']} seeds (power "
+                   f"{TARGET_POWER:g}): ±{s['mde_pct']:.3f}%. {equivalence(s)}"
+                   f"Power for {s['effect_note']}: seed-to-seed sd of the gain "
+                   f"{s['sd']:.3f}%, so detecting it at p < {SIGNIFICANCE_LEVEL:g} with power "
                    f"{TARGET_POWER:g} needs {s['seeds_needed']} seeds "
                    f"(power with {s['seeds']}: {s['power']:.2f}).")
 
 
 def delong_lines(per_seed: Sequence[dict[str, dict]], label: str) -> list[str]:
-    """Per peer: how many seeds' runs DeLong finds significant, the se and the rows needed."""
+    """Per peer: DeLong's significant runs, its MDE on the test rows and its TOST margin."""
     lines = []
     for name in per_seed[0]:
         tests = [d[name] for d in per_seed]
         ps = [t["p"] for t in tests]
         significant = sum(p < SIGNIFICANCE_LEVEL for p in ps)
-        needed = [t["rows_needed"] for t in tests if t["rows_needed"]]
-        rows = f"~{int(np.median(needed)):,}" if needed else "-"
+        null = [t["equivalence_pct"] for t in tests if t["p"] >= SIGNIFICANCE_LEVEL]
+        tost = (f"; where p ≥ {SIGNIFICANCE_LEVEL:g} (TOST) the effect lies within "
+                f"±{np.median(null):.3f}% at 95% (median of {len(null)} runs)" if null else "")
+        se, mde = np.median([t["se"] for t in tests]), np.median([t["mde_pct"] for t in tests])
         lines.append(f"- DeLong, {label}, {name}: p < {SIGNIFICANCE_LEVEL:g} in {significant} of "
                      f"{len(ps)} runs (median p {np.median(ps):.3g}); se of the AUC difference "
-                     f"{np.median([t['se'] for t in tests]):.2g} on {tests[0]['rows']:,} test rows; "
-                     f"rows needed for the paper's effect: {rows}.")
+                     f"{se:.2g} on {tests[0]['rows']:,} test rows, so one run detects "
+                     f"±{mde:.3f}% (power {TARGET_POWER:g}){tost}.")
     return lines
 
 

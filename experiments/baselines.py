@@ -112,9 +112,13 @@ def ektf_from_scratch(config, workdir, pretrain_root, seeds, effect_pct) -> tupl
     return table, {"students": students, "per_seed": per_seed, "rows": rows}
 
 
+# Config keys this runner sets itself (an override of one is refused, naming it).
+OWNED = {"mutual.frozen_peers": "the frozen teacher of the KD arm"}
+
+
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(owned=OWNED)
     config.peers = ",".join(paper.name_peers(config, config.peers))
     peers = mutual.parse_peer_spec(config.peers)
     per_seed = [run_seed(config, workdir, pretrain_root, s, peers) for s in seeds]

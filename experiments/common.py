@@ -5,21 +5,33 @@ Every runner takes:
   --config         base config file (default mlctr/configs/default.py), with
                    field overrides, e.g. --config.data.num_rows=200000
   --seeds          comma-separated seeds (default 0,1,2); each seed pairs the arms
-  --dataset        synthetic | shared_criteo | shared_avazu | criteo | avazu
-  --raw            the Kaggle file for criteo / avazu
+  --dataset        any kind mlctr.data.prepare knows (experiments/datasets.py): synthetic,
+                   shared_criteo, shared_avazu, criteo, avazu, criteo_1tb, frappe_x1,
+                   movielens_x1, criteo_x1, avazu_x1, csv ('' : the config's, else synthetic)
+  --raw            its raw file, or the directory of its csv splits / day files
+  --data_dir       an already prepared dataset (its feature map says the kind)
+  --feature_spec   --dataset=csv: the JSON file naming the label and feature columns
+  --effect_pct     the relative AUC effect (%) the power lines are about (default: the
+                   paper's figure for Criteo / Avazu, Criteo's elsewhere, said so)
   --pretrain_root  where pretrained peers are cached (default <workdir>/pretrain);
                    point several runners at one root to share pretraining
   --compilation_cache  JAX's persistent compilation cache, so that seeds and
                    arms reuse the compiled steps ('' disables)
 """
 import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import paper
+from experiments import analysis
+from experiments import datasets
 from mlctr import distributed
 from mlctr import study
+from mlctr.configs import validate as config_validation
+from mlctr.data.errors import DataError
+from mlctr.run import inputs
+from mlctr.run.errors import RunError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -27,28 +39,81 @@ config_flags.DEFINE_config_file("config", os.path.join(REPO, "mlctr/configs/defa
                                 "Base config file.", lock_config=False)
 flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
-flags.DEFINE_enum("dataset", "synthetic", paper.DATASET_CHOICES, "Dataset.")
-flags.DEFINE_string("raw", "", "Raw Kaggle file (criteo / avazu).")
+flags.DEFINE_enum("dataset", "", ("",) + datasets.CHOICES,
+                  "Dataset kind ('': the config's, else synthetic).")
+flags.DEFINE_string("raw", "", "Raw file, or the directory of csv splits / day files.")
+flags.DEFINE_string("data_dir", "", "An already prepared dataset directory.")
+flags.DEFINE_string("feature_spec", "", "--dataset=csv: its feature spec (JSON).")
+flags.DEFINE_float("effect_pct", None, "Relative AUC effect (%) of the power lines "
+                   "(default: the paper's Criteo / Avazu figure).")
 flags.DEFINE_string("pretrain_root", "", "Pretrained-peer cache (default <workdir>/pretrain).")
 flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"),
                     "Persistent XLA compilation cache ('' disables).")
 
 
-def setup():
+# Config keys every runner sets itself, with what sets them instead.
+OWNED = {"seed": "from --seeds", "mode": "per phase", "init_from": "from its own pretraining "
+         "(--pretrain_root)"}
+
+
+def setup(owned: dict[str, str] | None = None, synthetic_only: bool = False):
     """Returns (config, workdir, seeds, pretrain_root, effect_pct) from the flags.
 
-    effect_pct is the paper's relative AUC effect the power lines use for this
-    dataset (study.paper_effect).
+    The dataset is the one the flags and the config name (experiments/datasets.py: a
+    value the user gave is never replaced; a conflict ends the runner with one line).
+    A config key the runner sets itself (OWNED, plus the runner's `owned`: key -> what
+    sets it) given as an override ends it with one line naming the key, as does another
+    dataset than synthetic where `synthetic_only`. effect_pct is --effect_pct or the
+    paper's relative AUC effect for the dataset; the power lines say which
+    (analysis.describe_effect).
     """
     distributed.configure_runtime(FLAGS.compilation_cache)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
-    os.makedirs(workdir, exist_ok=True)
     seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
     if not seeds:
-        raise ValueError("--seeds is empty")
+        _fail("--seeds is empty")
     pretrain_root = os.path.abspath(FLAGS.pretrain_root or os.path.join(workdir, "pretrain"))
-    paper.configure_dataset(config, FLAGS.dataset, os.path.dirname(pretrain_root), FLAGS.raw)
-    effect_pct, _ = study.paper_effect(FLAGS.dataset)
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    for key, how in {**OWNED, **(owned or {})}.items():
+        if key in overrides:
+            _fail(f"config.{key}: {_name()} sets it itself ({how}); drop the override")
+    given = datasets.given_keys(config, overrides)
+    try:
+        with config.unlocked():
+            datasets.configure(config, os.path.dirname(pretrain_root), choice=FLAGS.dataset,
+                               raw=FLAGS.raw, data_dir=FLAGS.data_dir,
+                               feature_spec=FLAGS.feature_spec, given=given)
+        if synthetic_only and config.data.dataset != "synthetic":
+            raise ValueError(f"{_name()} varies the synthetic generator: it runs on synthetic "
+                             f"rows only, not {config.data.dataset}")
+        config_validation.validate(config)  # config.<key>: ... (ValueError)
+        # Prepared once, before any seed: bad rows end here in one line, not mid-study.
+        inputs.ensure_prepared(config, workdir)
+    except (ValueError, DataError, RunError) as e:  # DatasetChoiceError is a ValueError
+        _fail(str(e))
+    if FLAGS.effect_pct is not None and not FLAGS.effect_pct > 0:
+        _fail(f"--effect_pct={FLAGS.effect_pct}: must be > 0 (a relative AUC effect in %)")
+    effect_pct, source = study.paper_effect(config.data.dataset)
+    if FLAGS.effect_pct is not None:
+        effect_pct, source = FLAGS.effect_pct, "--effect_pct"
+    analysis.describe_effect(effect_pct, study.effect_note(config.data.dataset, effect_pct, source))
+    os.makedirs(workdir, exist_ok=True)
     return config, workdir, seeds, pretrain_root, effect_pct
+
+
+def dataset_label() -> str:
+    """The dataset a runner ran on, for titles and file names (--dataset, else the kind)."""
+    return FLAGS.dataset or FLAGS.config.data.dataset
+
+
+def _name() -> str:
+    """experiments.<runner>, the module the command ran."""
+    return "experiments." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
+
+
+def _fail(message: str):
+    """One line on stderr, exit status 1 (a bad flag or config, not a bug)."""
+    sys.stderr.write(f"{_name()}: error: {message}\n")
+    sys.exit(1)
 

@@ -46,9 +46,13 @@ def run_seed(config, workdir, pretrain_root, seed, order, effect_pct) -> dict:
     return {"seed": seed, "target_auc": aucs, "delong": delong, "bayes": pretrained.get("bayes")}
 
 
+# Config keys this runner sets itself (an override of one is refused, naming it).
+OWNED = {"peers": "from --order"}
+
+
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(owned=OWNED)
     order = paper.name_peers(config, FLAGS.order)
     target = order[0]
     per_seed = [run_seed(config, workdir, pretrain_root, s, order, effect_pct) for s in seeds]

@@ -147,7 +147,7 @@ def table_text(rows, lines, names, seeds, config) -> str:
 
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(synthetic_only=True)
     config.peers = ",".join(paper.name_peers(config, config.peers))
     diversities = [float(d) for d in FLAGS.diversities.split(",") if d.strip()]
     names = mutual.parse_peer_spec(config.peers)

@@ -24,6 +24,7 @@ from mlctr import study
 
 COLUMNS = [("peer", "peer"), ("pretrain", "pretrain AUC"), ("control", "control AUC"),
            ("mutual", "mutual AUC"), ("auc_gain", "AUC gain %"), ("auc_verdict", "AUC paired t"),
+           ("auc_mde", "AUC MDE %"), ("auc_tost", "AUC TOST 95%"),
            ("logloss_gain", "logloss gain %"), ("logloss_verdict", "logloss paired t")]
 
 
@@ -57,6 +58,8 @@ def summarise(per_seed: list[dict], effect_pct: float) -> tuple[list[dict], list
             row[f"{metric}_gain"] = f"{s['gain_pct']:+.3f}"
             row[f"{metric}_verdict"] = s["verdict"]
             row[f"{metric}_stats"] = s
+            row[f"{metric}_mde"] = analysis.mde_text(s)
+            row[f"{metric}_tost"] = analysis.tost_text(s)
             if metric == "auc":
                 lines.append(analysis.tests_line(f"{name}, mutual vs control", s))
         rows.append(row)

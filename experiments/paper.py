@@ -36,59 +36,6 @@ from mlctr.run import inputs
 from mlctr.run import train
 # Each peer's test probabilities from a run's best weights (for DeLong's test).
 
-DATASET_CHOICES = ("synthetic", "shared_criteo", "shared_avazu", "criteo", "avazu")
-
-
-def shared_data_dir() -> str:
-    """<repo>/../shared/data, where the real Criteo/Avazu sample rows live."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(os.path.dirname(repo), "shared", "data")
-
-
-def _concatenate_shared(name: str, source: str, raw: str):
-    """Concatenates the shared raw files of `name` into `raw` (Avazu: one header)."""
-    os.makedirs(os.path.dirname(raw), exist_ok=True)
-    files = sorted(f for f in os.listdir(source) if f.endswith((".txt", ".csv")))
-    with open(raw + ".tmp", "wb") as out:
-        for k, fname in enumerate(files):
-            with open(os.path.join(source, fname), "rb") as f:
-                lines = f.read().splitlines(keepends=True)
-            if name == "avazu" and k > 0:
-                lines = lines[1:]
-            out.writelines(lines)
-    os.replace(raw + ".tmp", raw)
-
-
-def configure_dataset(config: ml_collections.ConfigDict, choice: str, root: str, raw: str = ""):
-    """Points config.data at a dataset choice (one prepared dir per experiment root).
-
-    Args:
-      config: the (unlocked) config.
-      choice: synthetic (generated), shared_criteo / shared_avazu (the real
-        rows in ../shared/data, concatenated into <root>/data/raw), or criteo /
-        avazu with `raw` the Kaggle file.
-      root: experiment root directory.
-      raw: the raw file for criteo / avazu.
-    """
-    if choice not in DATASET_CHOICES:
-        raise ValueError(f"unknown dataset {choice!r}; expected one of {DATASET_CHOICES}")
-    data_dir = os.path.join(root, "data", choice)
-    if choice.startswith("shared_"):
-        name = choice.split("_", 1)[1]
-        source = os.path.join(shared_data_dir(), name)
-        if not os.path.isdir(source):
-            raise FileNotFoundError(f"the real {name} rows are not at {source}")
-        raw = os.path.join(root, "data", "raw", f"{choice}.{'txt' if name == 'criteo' else 'csv'}")
-        if not os.path.exists(raw):
-            _concatenate_shared(name, source, raw)
-        choice = name
-    elif choice in ("criteo", "avazu") and not raw:
-        raise ValueError(f"--raw must name the Kaggle {choice} file")
-    config.data.dataset = choice
-    config.data.raw = raw
-    config.data.data_dir = data_dir
-
-
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -176,7 +123,10 @@ def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, pee
              max_steps: int = 0) -> tuple[str, dict]:
     """Independent training of `peers` from scratch (cached); returns (run dir, results)."""
     config = study.pretrain_config(base)
-    keyed = {"data": config.data.to_dict(), "models": config.models.to_dict(),
+    data = config.data.to_dict()
+    if not data.get("feature_spec"):  # (runs without a csv spec keep the keys they had)
+        data.pop("feature_spec", None)
+    keyed = {"data": data, "models": config.models.to_dict(),
              "optimizer": config.optimizer.to_dict(),
              "train": {**config.train.to_dict(), "max_steps": max_steps or base.train.max_steps},
              "peers": peers}

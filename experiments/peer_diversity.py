@@ -270,24 +270,28 @@ def table_text(rows, lines, sets, cells, config, dataset: str) -> str:
             + analysis.statistics_block(lines))
 
 
+# Config keys this runner sets itself (an override of one is refused, naming it).
+OWNED = {"peers": "from --peer_sets"}
+
+
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(owned=OWNED)
     sets = parse_peer_sets(FLAGS.peer_sets, config.models)
     cells = []
     for seed in seeds:
         cells.append(run_seed(config, workdir, pretrain_root, seed, sets, effect_pct))
         rows, lines, fit = summarise(cells, sets, effect_pct)
         results = {"claim": "peer_diversity", "date": datetime.date.today().isoformat(),
-                   "dataset": FLAGS.dataset, "sets": sets, "seeds": [c["seed"] for c in cells],
+                   "dataset": common.dataset_label(), "sets": sets, "seeds": [c["seed"] for c in cells],
                    "config": config.to_dict(), "cells": cells, "rows": rows, "fit": fit}
         paper.write_outputs(workdir, results,
-                            table_text(rows, lines, sets, cells, config, FLAGS.dataset))
+                            table_text(rows, lines, sets, cells, config, common.dataset_label()))
         plot(rows, fit, os.path.join(workdir, "gain_vs_disagreement.png"),
-             f"mutual gain vs peer disagreement ({FLAGS.dataset}, {len(cells)} seeds)")
+             f"mutual gain vs peer disagreement ({common.dataset_label()}, {len(cells)} seeds)")
     if FLAGS.results_dir:
         os.makedirs(FLAGS.results_dir, exist_ok=True)
-        prefix = os.path.join(FLAGS.results_dir, f"peer_diversity_{FLAGS.dataset}")
+        prefix = os.path.join(FLAGS.results_dir, f"peer_diversity_{common.dataset_label()}")
         for name, suffix in (("table.md", "_table.md"), ("results.json", "_results.json"),
                              ("gain_vs_disagreement.png", "_gain.png")):
             shutil.copyfile(os.path.join(workdir, name), prefix + suffix)

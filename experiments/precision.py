@@ -25,9 +25,13 @@ COLUMNS = [("peer", "peer"), ("metric", "metric"), ("float32", "float32"),
            ("bfloat16", "bfloat16"), ("change_pct", "change %"), ("verdict", "paired t")]
 
 
+# Config keys this runner sets itself (an override of one is refused, naming it).
+OWNED = {"compute_dtype": "float32 and bfloat16, one arm each"}
+
+
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(owned=OWNED)
     bf16 = config.copy_and_resolve_references()
     with bf16.unlocked():
         bf16.compute_dtype = "bfloat16"

@@ -20,7 +20,8 @@ from mlctr import report
 from mlctr import study
 
 COLUMNS = [("peer", "peer"), ("metric", "metric"), ("independent", "independent"),
-           ("mutual", "mutual"), ("gain_pct", "gain %"), ("verdict", "paired t")]
+           ("mutual", "mutual"), ("gain_pct", "gain %"), ("verdict", "paired t"),
+           ("mde", "MDE %"), ("tost", "TOST 95%")]
 
 
 def run_seed(config, workdir: str, pretrain_root: str, seed: int, effect_pct: float) -> dict:
@@ -49,7 +50,8 @@ def main(argv):
                                  [r["independent"][name][metric] for r in per_seed], effect_pct)
             rows.append({"peer": name, "metric": metric, "independent": s["control"],
                          "mutual": s["treated"], "gain_pct": f"{s['gain_pct']:+.3f}",
-                         "verdict": s["verdict"], "stats": s})
+                         "verdict": s["verdict"], "mde": analysis.mde_text(s),
+                         "tost": analysis.tost_text(s), "stats": s})
             if metric == "auc":
                 lines.append(analysis.tests_line(f"{name}, mutual vs independent", s))
     lines += analysis.delong_lines([r["delong"] for r in per_seed], "mutual vs independent")

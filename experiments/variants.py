@@ -34,9 +34,14 @@ def variants_of(alpha: float, alphas: list[float]) -> list[tuple[str, dict]]:
     return variants
 
 
+# Config keys this runner sets itself (an override of one is refused, naming it).
+OWNED = {"mutual.divergence": "mse and kl, one arm each",
+         "mutual.stop_gradient": "both, one arm each"}
+
+
 def main(argv):
     del argv
-    config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config, workdir, seeds, pretrain_root, effect_pct = common.setup(owned=OWNED)
     alphas = [float(a) for a in FLAGS.alphas.split(",")]
     variants = variants_of(config.mutual.alpha, alphas)
     scores, pretrained = {"control": []}, None

@@ -13,12 +13,21 @@ Two questions come up under every results table:
   algorithm of Sun & Xu (2014), "Fast implementation of DeLong's algorithm for
   comparing the areas under correlated receiver operating characteristic curves".
   `rows_needed` scales its standard error to the rows needed to detect an effect.
+* What a null or small result rules out. `mde_paired_t` (over the seeds run) and
+  `mde_normal` (DeLong's z-test at one run's test rows) are the minimum detectable
+  effect: the smallest true difference the test would find with the given power.
+  Where a difference is not significant, the two one-sided tests (TOST; Schuirmann
+  1987) say how close to zero it is: `equivalence_margin_paired` /
+  `equivalence_margin_normal` are the smallest margin X for which both one-sided tests
+  reject at alpha, i.e. "the effect lies within +-X at 1 - alpha" (X is the larger
+  absolute end of the 1 - 2 alpha confidence interval).
 """
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 from mlctr import metrics
@@ -286,3 +295,102 @@ def rows_needed(se: float, rows: int, effect: float, alpha: float = 0.05,
         else:
             low = mid
     return high
+
+
+def _check_alpha_power(alpha: float, power: float) -> None:
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}")
+
+
+def z_power(effect: float, se: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided z-test (e.g. DeLong's) of a true difference `effect` with
+    standard error se > 0, both tails counted."""
+    z_alpha = scipy_stats.norm.isf(alpha / 2)
+    shift = effect / se
+    return float(scipy_stats.norm.cdf(shift - z_alpha) + scipy_stats.norm.cdf(-shift - z_alpha))
+
+
+def mde_normal(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable difference of a two-sided z-test (e.g. DeLong's) with this se.
+
+    The smallest |true difference| whose test at level alpha rejects with probability
+    `power` (both tails counted); about (z_{1-alpha/2} + z_power) * se. 0 when se == 0.
+
+    Raises:
+        ValueError: on a negative or non-finite se, or alpha / power outside (0, 1).
+    """
+    _check_power_args(se, 0.0, alpha, sd_name="se")
+    _check_alpha_power(alpha, power)
+    if se == 0:
+        return 0.0
+    if power <= alpha:  # a zero difference already rejects with probability alpha
+        return 0.0
+    high = se * (scipy_stats.norm.isf(alpha / 2) + scipy_stats.norm.ppf(power))
+    return float(optimize.brentq(lambda e: z_power(e, se, alpha) - power, 0.0, high,
+                                 xtol=1e-15 * max(1.0, high), rtol=1e-12))
+
+
+def mde_paired_t(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable mean difference of a two-sided paired t-test over n pairs.
+
+    The smallest |true mean difference| at which the test (n - 1 degrees of freedom,
+    noncentral t, `power(sd, effect, n)`) rejects at level alpha with probability
+    `power`. 0 when sd == 0.
+
+    Raises:
+        ValueError: n < 2, a negative or non-finite sd, alpha / power outside (0, 1).
+    """
+    _check_power_args(sd, 0.0, alpha)
+    _check_alpha_power(alpha, power)
+    if n < 2:
+        raise ValueError(f"a paired t-test needs n >= 2 pairs, got n={n}")
+    if sd == 0 or power <= alpha:
+        return 0.0
+    high = sd
+    while _paired_t_power(sd, high, n, alpha) < power:
+        high *= 2
+    return float(optimize.brentq(lambda e: _paired_t_power(sd, e, n, alpha) - power,
+                                 0.0, high, xtol=1e-15 * max(1.0, high), rtol=1e-12))
+
+
+def equivalence_margin_paired(differences, alpha: float = 0.05) -> dict:
+    """TOST over paired differences: the smallest margin X with mean within +-X at 1 - alpha.
+
+    Both one-sided t-tests (H0: mean <= -X, H0: mean >= +X) reject at level alpha for
+    every margin above X = |mean| + t_{1-alpha, n-1} * sd / sqrt(n).
+
+    Returns:
+        {'margin', 'ci_low', 'ci_high'} (the 1 - 2 alpha confidence interval of the mean).
+
+    Raises:
+        ValueError: fewer than 2 differences, or a non-finite one.
+    """
+    diffs = np.asarray(differences, dtype=np.float64).reshape(-1)
+    if diffs.size < 2 or not np.all(np.isfinite(diffs)):
+        raise ValueError(f"equivalence_margin_paired needs >= 2 finite differences, got "
+                         f"{diffs.tolist()}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+    half = (scipy_stats.t.ppf(1 - alpha, diffs.size - 1) * diffs.std(ddof=1)
+            / math.sqrt(diffs.size))
+    mean = float(diffs.mean())
+    return {"margin": abs(mean) + float(half), "ci_low": mean - float(half),
+            "ci_high": mean + float(half)}
+
+
+def equivalence_margin_normal(difference: float, se: float, alpha: float = 0.05) -> dict:
+    """TOST of one normally distributed difference (e.g. DeLong's AUC difference).
+
+    X = |difference| + z_{1-alpha} * se: both one-sided z-tests reject above it.
+
+    Returns:
+        {'margin', 'ci_low', 'ci_high'} (the 1 - 2 alpha confidence interval).
+    """
+    _check_power_args(se, difference, alpha, sd_name="se")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+    half = float(scipy_stats.norm.isf(alpha) * se)
+    return {"margin": abs(float(difference)) + half, "ci_low": difference - half,
+            "ci_high": difference + half}

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mlctr import mutual
-from mlctr.configs import bars, default, tiny, validate
+from mlctr.configs import bars, bars_datasets, bars_table, default, tiny, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +37,33 @@ def test_config_arguments_share_one_convention():
     for bad in ("peers=a:peers=b", "colour=red", "peers="):
         with pytest.raises(ValueError, match="default.py: bad config argument"):
             default.get_config(bad)
-    with pytest.raises(ValueError, match="bars.py: dataset must be 'criteo' or 'avazu'"):
+    with pytest.raises(ValueError, match="bars.py: dataset must be one of criteo_x4_001"):
         bars.get_config("frappe")
+
+
+@pytest.mark.parametrize("name", list(bars_datasets.DATASETS))
+def test_bars_config_for_every_bars_dataset(name):
+    """bars.py:<dataset> runs for every BARS dataset; each model set says its source."""
+    config = bars.get_config(f"{name}:peers=deepfm+dcn")
+    kind, protocol, monitor = bars_datasets.DATASETS[name]
+    assert (config.data.dataset, config.data.protocol, config.train.monitor) == (
+        kind, protocol, monitor)
+    validate.validate(config)
+    for key in bars_datasets.MODELS:
+        values, source = bars_datasets.hparams(key, name)
+        assert {k: v for k, v in config.models[key].items() if k != "model"} == values
+        tuned = name in bars_table.DATASETS
+        assert source.startswith("BARS " if tuned else "stand-in: ")
+        if name.endswith("x4_002") and "embedding_dim" in values:
+            assert values["embedding_dim"] == 40  # BARS.md: x4_002 embeds in 40 dims
+    if name in bars_table.DATASETS:  # the tuned sets are BARS's, value for value
+        assert dict(config.models.fibinet) == dict(
+            model="fibinet", **bars_table.bars_hparams("fibinet", name))
+
+
+def test_readme_has_the_bars_table():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        assert bars_datasets.markdown_table() in f.read()
 
 
 def test_tiny_has_a_set_for_every_default_model_set():
@@ -101,7 +126,8 @@ def test_validate_accepts_the_shipped_configs(get_config):
     ("finetune.num_epochs", 0, "> 0"),
     ("mode", "pretrain", "must be one of"),
     ("data.dataset", "kdd12", "must be one of"),
-    ("data.protocol", "x1", "must be one of"),
+    ("data.protocol", "x9", "must be one of"),
+    ("data.protocol", "x1", "is that of the csv datasets"),
     ("mesh.data", 0, "-1"),
     ("compute_dtype", "int8", "must be one of"),
     ("vocab.qr_collisions", 1, "0 (off) or an integer >= 2"),
@@ -175,3 +201,19 @@ def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
     current["vocab"]["qr_collisions"] = 4
     assert checkpoint.config_differences(saved, current) == [
         "vocab.qr_collisions: checkpoint '<absent>', config 4"]
+
+
+@pytest.mark.parametrize("dataset,protocol,ok", [
+    ("frappe_x1", "x1", True), ("frappe_x1", "x4_001", True), ("csv", "csv", True),
+    ("criteo", "x4_002", True), ("frappe_x1", "x4_002", False), ("csv", "x1", False),
+    ("movielens_x1", "csv", False), ("avazu", "x1", False)])
+def test_protocol_fits_the_dataset_kind(dataset, protocol, ok):
+    """x1 is accepted for the BARS x1 sets (their feature map records it), refused elsewhere."""
+    config = tiny.get_config()
+    config.data.dataset = dataset
+    config.data.protocol = protocol
+    if ok:
+        validate.validate(config)
+    else:
+        with pytest.raises(ValueError, match=r"^config\.data\.protocol: .*\(got '"):
+            validate.validate(config)

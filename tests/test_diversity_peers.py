@@ -82,7 +82,7 @@ def _cell(seed, sets, gain):
                          "companion_auc": 0.7, "ensemble_gain_pct": 0.1,
                          "mutual": {p: {"auc": up if p == keys[0] else 0.7} for p in keys},
                          "delong": {keys[0]: {"p": 0.5, "se": 1e-3, "rows": 100,
-                                              "rows_needed": 1000}}}
+                                              "mde_pct": 0.4, "equivalence_pct": 0.3}}}
     return {"seed": seed, "bayes": None, "per_set": per_set,
             "control": {p: {"auc": 0.7} for p in pd.all_peers(sets)}}
 

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from experiments import analysis
 from mlctr import report
@@ -61,6 +62,28 @@ def test_compare_runs_both_paired_tests_and_the_power_line():
     assert f"needs {s['seeds_needed']} seeds" in line
 
 
+def test_compare_gives_the_mde_and_a_tost_verdict_where_not_significant():
+    control = [0.70] * 5
+    treated = [0.70 * (1 + g / 100) for g in (0.02, -0.01, 0.03, -0.02, 0.01)]
+    analysis.describe_effect(0.5, "+0.50% relative AUC, set by --effect_pct")
+    s = analysis.compare("auc", treated, control, effect_pct=0.5)
+    gains = np.asarray(s["gains_pct"])
+    assert s["p_t"] >= 0.05
+    # TOST reference: at the margin both one-sided t-tests sit exactly at alpha (scipy).
+    x = s["equivalence_pct"]
+
+    def tost_p(margin):  # the larger p of the two one-sided tests
+        return max(scipy_stats.ttest_1samp(gains, -margin, alternative="greater").pvalue,
+                   scipy_stats.ttest_1samp(gains, margin, alternative="less").pvalue)
+    assert tost_p(x) == pytest.approx(0.05) and tost_p(0.99 * x) > 0.05
+    line = analysis.tests_line("toy", s)
+    assert f"lies within ±{x:.3f}% at 95%" in line
+    assert f"at 5 seeds (power 0.8): ±{s['mde_pct']:.3f}%" in line
+    assert "Power for +0.50% relative AUC, set by --effect_pct" in line
+    significant = analysis.compare("auc", [0.71] * 4 + [0.7101], [0.70] * 5, effect_pct=0.5)
+    assert "TOST" not in analysis.tests_line("big", significant)
+
+
 def test_compare_with_one_seed_has_no_test():
     s = analysis.compare("auc", [0.71], [0.70], effect_pct=0.37)
     assert math.isnan(s["p_t"]) and s["seeds_needed"] is None
@@ -81,9 +104,20 @@ def test_delong_lines_count_significant_runs():
     bad = labels + rng.normal(0, 3.0, 4000)
     per_run = [study.delong({"m": good}, {"m": bad}, labels, ["m"], effect_pct=0.37)]
     assert per_run[0]["m"]["p"] < 1e-6 and per_run[0]["m"]["rows"] == 4000
-    assert per_run[0]["m"]["rows_needed"] >= 1
+    test = per_run[0]["m"]
+    # MDE: the relative difference DeLong detects with power 0.8 at this se (numpy/scipy).
+    mde = (scipy_stats.norm.isf(0.025) + scipy_stats.norm.ppf(0.8)) * test["se"]
+    assert test["mde_pct"] == pytest.approx(100 * mde / test["auc_b"], rel=1e-3)
     (line,) = analysis.delong_lines(per_run, "good vs bad")
     assert "p < 0.05 in 1 of 1 runs" in line and "4,000 test rows" in line
+    assert f"one run detects ±{test['mde_pct']:.3f}%" in line and "TOST" not in line
+    same = study.delong({"m": good}, {"m": good + 1e-3 * rng.normal(size=4000)}, labels,
+                        ["m"], effect_pct=0.37)
+    (null_line,) = analysis.delong_lines([same], "near-identical")
+    assert same["m"]["p"] >= 0.05
+    margin = abs(same["m"]["difference"]) + scipy_stats.norm.isf(0.05) * same["m"]["se"]
+    assert same["m"]["equivalence_pct"] == pytest.approx(100 * margin / same["m"]["auc_b"])
+    assert f"within ±{same['m']['equivalence_pct']:.3f}% at 95%" in null_line
 
 
 def test_figures_are_written(tmp_path):

@@ -237,3 +237,56 @@ def test_rows_needed_edges():
         stats.rows_needed(0.01, 0, 0.01)
     with pytest.raises(ValueError, match="se must be finite"):
         stats.rows_needed(math.nan, 1000, 0.01)
+
+
+@pytest.mark.parametrize("sd,n", [(0.1, 3), (1.0, 10), (0.05, 40)])
+def test_mde_paired_t_has_exactly_the_target_power(sd, n):
+    mde = stats.mde_paired_t(sd, n)
+    # Reference: the noncentral t's two tails written out with scipy (not stats.power).
+    df, nc = n - 1, mde * math.sqrt(n) / sd
+    t_crit = scipy_stats.t.ppf(0.975, df)
+    reference = 1 - scipy_stats.nct.cdf(t_crit, df, nc) + scipy_stats.nct.cdf(-t_crit, df, nc)
+    assert reference == pytest.approx(0.8, abs=1e-6)
+    assert stats.mde_paired_t(sd, n, power=0.9) > mde
+    assert stats.mde_paired_t(0.0, n) == 0.0
+    with pytest.raises(ValueError, match="n >= 2"):
+        stats.mde_paired_t(sd, 1)
+
+
+def test_mde_paired_t_by_simulation():
+    """At the MDE, the t-test rejects in ~80% of simulated experiments (numpy draws)."""
+    rng = np.random.default_rng(0)
+    sd, n = 0.2, 6
+    mde = stats.mde_paired_t(sd, n)
+    draws = rng.normal(mde, sd, size=(20000, n))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / math.sqrt(n))
+    rejected = np.mean(np.abs(t) > scipy_stats.t.ppf(0.975, n - 1))
+    assert rejected == pytest.approx(0.8, abs=0.01)
+
+
+def test_mde_normal_is_the_z_tests_detectable_difference():
+    se = 0.0012
+    mde = stats.mde_normal(se)
+    z = scipy_stats.norm.isf(0.025)
+    reference = scipy_stats.norm.cdf(mde / se - z) + scipy_stats.norm.cdf(-mde / se - z)
+    assert reference == pytest.approx(0.8, abs=1e-9)
+    assert mde == pytest.approx((z + scipy_stats.norm.ppf(0.8)) * se, rel=1e-4)  # far tail ~0
+    assert stats.mde_normal(0.0) == 0.0
+    with pytest.raises(ValueError):
+        stats.mde_normal(-1.0)
+
+
+def test_equivalence_margins_are_where_tost_sits_at_alpha():
+    diffs = np.array([0.03, -0.01, 0.02, 0.0, 0.05, -0.02])
+    out = stats.equivalence_margin_paired(diffs)
+    x = out["margin"]
+    p_lower = scipy_stats.ttest_1samp(diffs, -x, alternative="greater").pvalue
+    p_upper = scipy_stats.ttest_1samp(diffs, x, alternative="less").pvalue
+    assert max(p_lower, p_upper) == pytest.approx(0.05) and min(p_lower, p_upper) < 0.05
+    assert out["ci_low"] < diffs.mean() < out["ci_high"] == pytest.approx(x)
+    normal = stats.equivalence_margin_normal(-0.002, 0.001)
+    p_lower = scipy_stats.norm.sf((-0.002 + normal["margin"]) / 0.001)
+    p_upper = scipy_stats.norm.cdf((-0.002 - normal["margin"]) / 0.001)
+    assert max(p_lower, p_upper) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match=">= 2"):
+        stats.equivalence_margin_paired([0.1])

@@ -116,10 +116,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
     """config.data: which dataset, where, its split."""
     return ml_collections.ConfigDict(dict(
-        dataset="synthetic",      # criteo | avazu | synthetic | criteo_1tb (raw: its day_* dir)
+        # criteo | avazu | synthetic | criteo_1tb (raw: its day_* dir) | frappe_x1 |
+        # movielens_x1 | criteo_x1 | avazu_x1 | csv (raw: the dir of train/valid/test.csv)
+        dataset="synthetic",
         raw="",                   # raw file (criteo/avazu); synthetic: generated there if empty
         data_dir="",              # prepared dataset dir; default <workdir>/data (prepared there when missing)
-        protocol="x4_001",        # BARS x4_001 (min_count 10/2) or x4_002 (2/1)
+        # BARS x4_001 (min_count 10/2) or x4_002 (2/1) of a raw file; a csv dataset keeps its
+        # split and min_count: x1 (BARS x1 sets) or csv, and x4_001 stands for those there.
+        protocol="x4_001",
+        feature_spec="",          # dataset csv: JSON file of its label and feature columns
         split_seed=2018,          # BARS split seed
         num_rows=100_000,         # synthetic only (overfits in a few epochs: early stop)
         skip_bad_rows=False,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from mlctr.data.prepare.options import DATASETS, PROTOCOLS, VOCAB_MODES
+from mlctr.data.prepare.options import ALL_PROTOCOLS, DATASETS, VOCAB_MODES, protocol_problem
 
 _MISSING = object()
 
@@ -67,7 +67,9 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("mode", _one_of(MODES), f"must be one of {MODES}"),
         ("seed", _is_int, "must be an integer"),
         ("data.dataset", _one_of(DATASETS), f"must be one of {DATASETS}"),
-        ("data.protocol", _one_of(PROTOCOLS), f"must be one of {PROTOCOLS}"),
+        ("data.protocol", _one_of(ALL_PROTOCOLS), f"must be one of {ALL_PROTOCOLS}"),
+        ("data.feature_spec", lambda v: isinstance(v, str), "must be a string (the JSON "
+         "file of a csv dataset's columns; empty: none)"),
         ("data.num_rows", _non_negative_int, "must be an integer >= 0"),
         ("vocab.mode", _one_of(VOCAB_MODES), f"must be one of {VOCAB_MODES}"),
         ("vocab.hash_buckets", _positive_int, "must be an integer >= 1"),
@@ -165,6 +167,18 @@ def _validate_peers(config) -> None:
                   "train", frozen)
 
 
+def _validate_data(config) -> None:
+    """The protocol fits the dataset kind; a feature spec is for dataset 'csv' only."""
+    dataset, protocol = _get(config, "data.dataset"), _get(config, "data.protocol")
+    if dataset is not _MISSING and protocol is not _MISSING:
+        problem = protocol_problem(dataset, protocol)
+        if problem:
+            _fail("data.protocol", problem, protocol)
+    spec = _get(config, "data.feature_spec")
+    if spec not in (_MISSING, "") and dataset != "csv":
+        _fail("data.feature_spec", "is for data.dataset='csv'", spec)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every setting's value; returns None when the config makes sense.
 
@@ -182,6 +196,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_peers(config)
     if _get(config, "data.dataset") == "synthetic" and _get(config, "data.num_rows") == 0:
         _fail("data.num_rows", "must be > 0 for the synthetic dataset (rows generated)", 0)
+    _validate_data(config)
     field_buckets = _get(config, "vocab.field_buckets")
     hashed = _get(config, "vocab.mode") == "hash"
     if isinstance(field_buckets, str) and field_buckets and not hashed:

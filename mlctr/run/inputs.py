@@ -130,7 +130,7 @@ def _prepare(config: ml_collections.ConfigDict, out: str, **processes) -> None:
         num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None,
         vocab_mode=config.vocab.mode, hash_buckets=config.vocab.hash_buckets,
         field_buckets=config.vocab.field_buckets or None, max_rows=config.vocab.max_rows,
-        **processes)
+        feature_spec=config.data.get("feature_spec") or None, **processes)
 
 
 def _ensure_process_prepared(config: ml_collections.ConfigDict, data_dir: str) -> str:

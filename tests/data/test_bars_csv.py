@@ -3,6 +3,8 @@
 import gzip
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -144,3 +146,42 @@ def test_bars_csv_missing_column_file_or_spec(tmp_path):
         prepare("csv", str(tmp_path / "raw"), str(tmp_path / "out"), feature_spec={"x": 1})
     with pytest.raises(ValueError, match="feature_spec"):
         prepare("csv", str(tmp_path / "raw"), str(tmp_path / "out"))
+
+
+def test_distinct_value_counts_name_the_split_they_cover(tmp_path):
+    """vocab_size is fit on train; the two distinct counts say train vs all splits (issue 25)."""
+    csv_format = bars_csv.FORMATS["movielens_x1"]
+    columns = ["label"] + list(csv_format.field_names)
+    rows = _write_split_files(tmp_path / "raw", columns, "label", seed=4)
+    unseen = {"label": "1", **{c: f"{c}_valid_only" for c in csv_format.field_names}}
+    with open(tmp_path / "raw" / "valid.csv", "a") as f:  # values train never holds
+        f.write(",".join(unseen[c] for c in columns) + "\n")
+    rows["valid"].append(unseen)
+    prepare("movielens_x1", str(tmp_path / "raw"), str(tmp_path / "out"))
+    fields = PreparedDataset(str(tmp_path / "out")).feature_map["fields"]
+    for field in fields:
+        name = field["name"]
+        train = {r[name] for r in rows["train"]}
+        every = {r[name] for split in rows.values() for r in split}
+        assert field["distinct_values_train"] == len(train)
+        assert field["distinct_values_all_splits"] == len(every) > len(train)
+        assert field["vocab_size"] == len(train - {""}) + 1  # min_count 1: + the OOV id
+        assert "num_distinct_values" not in field
+
+
+def test_protocol_x1_is_accepted_where_the_feature_map_records_it(tmp_path):
+    """`--protocol=x1` prepares a BARS x1 set (issue 25); it is refused for a raw format."""
+    columns = ["label"] + list(bars_csv.FORMATS["frappe_x1"].field_names)
+    _write_split_files(tmp_path / "raw", columns, "label")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "mlctr.data.prepare", "--dataset=frappe_x1",
+                           f"--raw={tmp_path / 'raw'}", f"--out={tmp_path / 'out'}",
+                           "--protocol=x1"], capture_output=True, text=True, cwd=repo,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert PreparedDataset(str(tmp_path / "out")).feature_map["protocol"] == "x1"
+    with pytest.raises(ValueError, match="does not apply to frappe_x1"):
+        prepare("frappe_x1", str(tmp_path / "raw"), str(tmp_path / "o2"), protocol="x4_002")
+    with pytest.raises(ValueError, match="is that of the csv datasets"):
+        prepare("criteo", str(tmp_path / "raw" / "train.csv"), str(tmp_path / "o3"),
+                protocol="x1")

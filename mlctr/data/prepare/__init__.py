@@ -54,8 +54,8 @@ from mlctr import locking
 from mlctr.data import bars_csv, criteo_1tb, hashing, parsing, synthetic
 from mlctr.data.errors import DataError
 from mlctr.data.prepare import sources, swap
-from mlctr.data.prepare.options import (CSV_DATASETS, DATASETS, PROTOCOLS, VocabOptions,
-                                        raw_format_module)
+from mlctr.data.prepare.options import (CSV_DATASETS, DATASETS, VocabOptions,
+                                        protocol_problem, raw_format_module)
 
 
 def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
@@ -82,7 +82,9 @@ def prepare(dataset: str, raw: str, out: str, *, protocol: str = "x4_001",
             For the csv datasets: the directory holding train.csv, valid.csv, test.csv;
             for "criteo_1tb" the one holding day_0 .. day_23 (mlctr.data.criteo_1tb).
         out: the output directory (created).
-        protocol: "x4_001" (min_count Criteo 10 / Avazu 2) or "x4_002" (2 / 1).
+        protocol: "x4_001" (min_count Criteo 10 / Avazu 2) or "x4_002" (2 / 1) for a raw
+            file; a csv dataset records its own ("x1" for the BARS x1 sets, "csv") and
+            takes that or the default (options.protocol_problem).
         skip_bad_rows: skip and count bad rows instead of failing on the first.
         seed: seed of the 8:1:1 split (BARS: 2018); for "synthetic" also the generator's.
         num_rows: "synthetic" only: rows to generate. None uses an existing generated
@@ -141,8 +143,9 @@ def _check_arguments(dataset, *, protocol, num_rows, feature_spec) -> None:
     """ValueError (one line) for a dataset, protocol or option that does not apply."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+    problem = protocol_problem(dataset, protocol)
+    if problem:
+        raise ValueError(problem)
     if num_rows is not None and dataset != "synthetic":
         raise ValueError("num_rows is only for dataset='synthetic'")
     if (feature_spec is None) == (dataset == "csv"):

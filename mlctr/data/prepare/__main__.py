@@ -8,7 +8,7 @@ from mlctr import locking
 from mlctr.data import hashing
 from mlctr.data.errors import DataError
 from mlctr.data.prepare import prepare
-from mlctr.data.prepare.options import DATASETS, PROTOCOLS, VOCAB_MODES
+from mlctr.data.prepare.options import ALL_PROTOCOLS, DATASETS, VOCAB_MODES
 
 
 def main(argv) -> None:
@@ -46,7 +46,9 @@ def _define_flags() -> None:
                         "datasets: the directory of train.csv, valid.csv, test.csv; "
                         "criteo_1tb: the directory of day_0 .. day_23).")
     flags.DEFINE_string("out", None, "Output directory of the prepared dataset.")
-    flags.DEFINE_enum("protocol", "x4_001", list(PROTOCOLS), "BARS x4 variant (min_count).")
+    flags.DEFINE_enum("protocol", "x4_001", list(ALL_PROTOCOLS),
+                      "BARS x4 variant (min_count) of a raw file; x1 (BARS x1) or csv for "
+                      "the csv datasets, which record it.")
     flags.DEFINE_bool("skip_bad_rows", False, "Skip and count bad rows instead of failing.")
     flags.DEFINE_bool("overwrite", False, "Replace a prepared dataset already in --out.")
     flags.DEFINE_string("feature_spec", None, "--dataset=csv: JSON file naming the label and "

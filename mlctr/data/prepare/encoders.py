@@ -100,9 +100,13 @@ class Encoder:
                 missing_key=module.MISSING_KEYS[f], max_rows=self.max_rows)
             vocab_lib.save_vocabulary(self.out, name, vocab_keys)
             size = len(vocab_keys) + 1
+            # vocab_size counts the train split's values kept (>= min_count) plus the OOV
+            # id; the two counts of distinct values say which split they cover, so that
+            # the gap (values only valid / test hold) is read as what it is.
             fields.append({"name": name, "kind": module.FIELD_KINDS[f], "vocab_size": size,
                            "offset": offset, "oov_id": offset,
-                           "num_distinct_values": len(self.coders[f])})
+                           "distinct_values_train": int(np.count_nonzero(self.counts[f].counts)),
+                           "distinct_values_all_splits": len(self.coders[f])})
             code_to_global.append(local_ids + offset)
             offset += size
         # int64 offsets: the sums are int64, the indices `take` wants (int32 ones it

@@ -10,9 +10,31 @@ from mlctr.data.prepare.encoders import Encoder, HashEncoder
 
 CSV_DATASETS = tuple(bars_csv.FORMATS) + ("csv",)
 DATASETS = ("criteo", "avazu", "synthetic", "criteo_1tb") + CSV_DATASETS
-PROTOCOLS = ("x4_001", "x4_002")
+PROTOCOLS = ("x4_001", "x4_002")  # of the raw formats: they set min_count (criteo.MIN_COUNT)
+# The csv datasets keep their given split and min_count; their feature map records these.
+OWN_PROTOCOLS = {**{name: "x1" for name in bars_csv.FORMATS}, "csv": "csv"}
+ALL_PROTOCOLS = PROTOCOLS + ("x1", "csv")
 VOCAB_MODES = hashing.MODES
 RAW_FORMATS = {"criteo": criteo, "avazu": avazu, "criteo_1tb": criteo_1tb}
+
+
+def protocol_problem(dataset: str, protocol: str) -> str | None:
+    """Why `protocol` does not apply to `dataset` (one line), or None when it does.
+
+    The raw formats take x4_001 / x4_002; a csv dataset takes its own protocol (x1 for
+    the BARS x1 sets, csv for a user's own), which its feature map records, and also
+    x4_001, the default, standing for "unset" (it changes nothing there).
+    """
+    if protocol not in ALL_PROTOCOLS:
+        return f"unknown protocol {protocol!r}; expected one of {ALL_PROTOCOLS}"
+    own = OWN_PROTOCOLS.get(dataset)
+    if own is None and protocol not in PROTOCOLS:
+        return (f"protocol {protocol!r} is that of the csv datasets "
+                f"({', '.join(OWN_PROTOCOLS)}); {dataset} takes one of {PROTOCOLS}")
+    if own is not None and protocol not in (own, "x4_001"):
+        return (f"protocol {protocol!r} does not apply to {dataset}: it keeps its given "
+                f"split and min_count (protocol {own!r})")
+    return None
 
 
 def raw_format_module(name: str):
