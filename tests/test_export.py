@@ -55,21 +55,23 @@ def registry_run(tiny_data_dir, tmp_path_factory):
     return run, ids, expected
 
 
+@pytest.mark.parametrize("fmt", ["stablehlo", "onnx"])
 @pytest.mark.parametrize("peer", REGISTRY + ["ensemble"])
-def test_export_matches_predict_stablehlo_and_onnx(registry_run, peer, tmp_path):
-    pytest.importorskip("jax2onnx", reason="the onnx format needs pip install 'mlctr[onnx]'")
+def test_export_matches_predict(registry_run, peer, fmt, tmp_path):
+    """Read back through jax.export.deserialize (stablehlo) or onnxruntime (onnx)."""
+    if fmt == "onnx":
+        pytest.importorskip("jax2onnx", reason="the onnx format needs pip install 'mlctr[onnx]'")
     run, ids, expected = registry_run
-    for fmt in ("stablehlo", "onnx"):
-        out = str(tmp_path / fmt)
-        written = exporter.export_run(run, out, fmt, peer="" if peer == "ensemble" else peer)
-        assert written["scored_with"] == peer and written["input"]["shape"] == ["batch", 39]
-        loaded, model = exporter.load(out)
-        assert loaded == written
-        for rows in (ids, ids[:1], ids[:37]):  # one artefact, any batch size
-            probs = model(rows)
-            assert probs.dtype == np.float32 and probs.shape == (len(rows),)
-            np.testing.assert_allclose(probs, expected[peer][:len(rows)], rtol=0, atol=1e-6,
-                                       err_msg=f"{fmt} export of {peer}")
+    out = str(tmp_path / fmt)
+    written = exporter.export_run(run, out, fmt, peer="" if peer == "ensemble" else peer)
+    assert written["scored_with"] == peer and written["input"]["shape"] == ["batch", 39]
+    loaded, model = exporter.load(out)
+    assert loaded == written
+    for rows in (ids, ids[:1], ids[:37]):  # one artefact, any batch size
+        probs = model(rows)
+        assert probs.dtype == np.float32 and probs.shape == (len(rows),)
+        np.testing.assert_allclose(probs, expected[peer][:len(rows)], rtol=0, atol=1e-6,
+                                   err_msg=f"{fmt} export of {peer}")
 
 
 def test_export_savedmodel_matches_predict(registry_run, tmp_path):
