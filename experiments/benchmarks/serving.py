@@ -63,16 +63,17 @@ def _time_alternately(runners: dict, inputs: list, budget: float, min_calls: int
 
 
 def _raw_lines(data_dir: str, count: int) -> list[str]:
-    """Up to `count` raw rows of the run's dataset (its generated raw file), for the
-    preprocessor; [] where the raw file is not beside the dataset."""
-    raw_dir = os.path.join(os.path.dirname(os.path.abspath(data_dir)), "raw")
-    names = sorted(n for n in os.listdir(raw_dir) if n.endswith((".txt", ".csv"))) \
-        if os.path.isdir(raw_dir) else []
-    if not names:
-        return []
-    with open(os.path.join(raw_dir, names[0])) as f:
-        lines = [line for _, line in zip(range(count + 1), f)]
-    return lines[1:] if names[0].endswith(".csv") else lines[:count]
+    """Up to `count` raw rows of the run's dataset (a synthetic dataset's generated raw
+    file, in `raw/` inside or beside the dataset), for the preprocessor; [] if none."""
+    for raw_dir in (os.path.join(data_dir, "raw"),
+                    os.path.join(os.path.dirname(os.path.abspath(data_dir)), "raw")):
+        names = sorted(n for n in os.listdir(raw_dir) if n.endswith((".txt", ".csv"))) \
+            if os.path.isdir(raw_dir) else []
+        if names:
+            with open(os.path.join(raw_dir, names[0])) as f:
+                lines = [line for _, line in zip(range(count + 1), f)]
+            return lines[1:] if names[0].endswith(".csv") else lines[:count]
+    return []
 
 
 def _benchmark_model(out_dir: str, ids: np.ndarray, lines: list[str]) -> dict:
