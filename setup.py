@@ -31,5 +31,13 @@ setuptools.setup(
         "cuda12": ["jax[cuda12]>=0.4.35,<0.12"],
         "cuda13": ["jax[cuda13]>=0.7.0,<0.12"],  # CUDA 13 drivers (e.g. driver 580+)
         "tpu": ["jax[tpu]>=0.4.35,<0.12"],
+        # `python -m mlctr.export --format=onnx` (jax2onnx converts, onnxruntime checks and
+        # serves). jax2onnx pins orbax-checkpoint<0.11.37 (mlctr uses 0.12): install it with
+        # `pip install --no-deps jax2onnx` (README.md, dependencies), then this extra: its
+        # other requirements bar orbax-export (which the conversion does not import).
+        "onnx": ["onnx>=1.20", "onnx-ir>=0.2", "onnxruntime>=1.24", "einops>=0.8",
+                 "equinox>=0.13", "dm-pix>=0.4.4"],
+        # `--format=savedmodel`: TensorFlow for jax2tf and tf.saved_model (~600 MB).
+        "savedmodel": ["tensorflow>=2.16"],
     },
 )
