@@ -146,9 +146,10 @@ def _validate_peers(config) -> None:
             _fail("peers", f"peer {key!r} has no hyperparameter set in config.models "
                   f"(known: {', '.join(sorted(models))})", spec)
         arch = models[key].get("model", key)
-        if str(arch).lower() not in model_zoo.MODELS:
-            _fail(f"models.{key}.model", f"unknown model; known: {', '.join(sorted(model_zoo.MODELS))}",
-                  arch)
+        try:  # a registry name, or a user's MODULE:CLASS (imported here)
+            model_zoo.model_class(str(arch))
+        except ValueError as e:
+            _fail(f"models.{key}.model", str(e), arch)
     counts = {key: keys.count(key) for key in keys}
     names = [name for key, n in counts.items()
              for name in ([key] if n == 1 else [f"{key}_{k}" for k in range(n)])]
