@@ -34,6 +34,7 @@ import numpy as np
 from mlctr import sharding
 from mlctr.data import layout
 from mlctr.data.errors import DataError
+from mlctr.data.prepare import prepare
 from mlctr.locking import LockedError
 from mlctr.run.errors import RunError
 
@@ -116,8 +117,6 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def _prepare(config: ml_collections.ConfigDict, out: str, **processes) -> None:
     """Prepares the dataset of `config` into `out` (`processes`: its process options)."""
-    from mlctr.data.prepare import prepare
-
     raw = config.data.raw
     if config.data.dataset == "synthetic":
         raw = raw or os.path.join(out, "raw", "synthetic_criteo.txt")
