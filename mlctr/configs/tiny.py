@@ -18,7 +18,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         for key in config.models:
             arch = config.models[key].get("model", key)
             if "dnn_hidden_units" in config.models[key] and arch != "autoint":
-                config.models[key].update(TINY_MODEL)
+                # Only the fields the set has (MaskNet has no batch_norm).
+                config.models[key].update({k: v for k, v in TINY_MODEL.items()
+                                           if k in config.models[key]})
             if arch == "dcnv2":
                 config.models[key].parallel_dnn_hidden_units = (16,)
             if "embedding_dim" in config.models[key]:
@@ -27,6 +29,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 config.models[key].num_cross_layers = 2
             if "cin_hidden_units" in config.models[key]:
                 config.models[key].cin_hidden_units = (8,)
+            if arch == "masknet":
+                config.models[key].parallel_block_dim = 8
             if arch == "autoint":
                 config.models[key].attention_dim = 4
         config.train.batch_size = 64

@@ -25,6 +25,7 @@ from mlctr.models.deepfm import DeepFM
 from mlctr.models.fibinet import FiBiNET
 from mlctr.models.fm import FM
 from mlctr.models.lr import LR
+from mlctr.models.masknet import MaskNet
 from mlctr.models.pnn import IPNN, OPNN, PNN
 from mlctr.models.wide_deep import WideDeep
 from mlctr.models.xdeepfm import xDeepFM
@@ -42,6 +43,7 @@ MODELS: dict[str, type] = {
     'wide_deep': WideDeep,
     'xdeepfm': xDeepFM,
     'autoint': AutoInt,
+    'masknet': MaskNet,  # serial or parallel: model_type
 }
 
 # Fields every model has that are not hyperparameters.

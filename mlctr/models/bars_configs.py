@@ -100,6 +100,18 @@ _BARS: dict[str, dict[str, dict[str, Any]]] = {
                              layer_norm=False, use_wide=True, embedding_regularizer=1e-6,
                              net_regularizer=0.0),
     },
+    'masknet': {  # FuxiCTR v2.2.0 runs (MaskNet_<dataset>/README.md, 2024).
+        'criteo_x4_001': dict(embedding_dim=16, dnn_hidden_units=(1000,) * 5, net_dropout=0.3,
+                              model_type='ParallelMaskNet', parallel_num_blocks=2,
+                              parallel_block_dim=500, reduction_ratio=0.1,
+                              emb_layernorm=False, net_layernorm=False,
+                              embedding_regularizer=1e-5, net_regularizer=0.0),
+        'avazu_x4_001': dict(embedding_dim=16, dnn_hidden_units=(2000,) * 3, net_dropout=0.0,
+                             model_type='ParallelMaskNet', parallel_num_blocks=6,
+                             parallel_block_dim=500, reduction_ratio=0.8,
+                             emb_layernorm=False, net_layernorm=False,
+                             embedding_regularizer=1e-9, net_regularizer=0.0),
+    },
 }
 
 # Registry aliases share their base model's BARS settings.

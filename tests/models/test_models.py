@@ -23,6 +23,13 @@ def mlp_params(in_dim, hidden, out_dim=None):
     return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
 
 
+def mask_block_params(emb_dim, in_dim, out_dim, ratio, layer_norm):
+    """MaskNet's MaskBlock: the mask's two Linears, the bias-free Linear, the layer norm."""
+    units = int(in_dim * ratio)
+    return (emb_dim * units + units + units * in_dim + in_dim + in_dim * out_dim
+            + (2 * out_dim if layer_norm else 0))
+
+
 # Tiny configuration per case, and its parameter count written out by hand.
 CASES = {
     'lr': ({}, V + 1),
@@ -66,6 +73,15 @@ CASES = {
     'autoint_plus_wide': (dict(embedding_dim=D, attention_layers=1, attention_dim=D,
                                dnn_hidden_units=H, use_wide=True),
                           V * D + 3 * D * D + F * D + 1 + mlp_params(F * D, H, 1) + V),
+    'masknet': (dict(embedding_dim=D, dnn_hidden_units=H, parallel_num_blocks=2,
+                     parallel_block_dim=5, reduction_ratio=0.5, emb_layernorm=True,
+                     net_layernorm=True),
+                V * D + 2 * F * D + 2 * mask_block_params(F * D, F * D, 5, 0.5, True)
+                + mlp_params(2 * 5, H, 1)),
+    'masknet_serial': (dict(embedding_dim=D, dnn_hidden_units=H, model_type='SerialMaskNet',
+                            reduction_ratio=0.5, emb_layernorm=False, net_layernorm=False),
+                       V * D + mask_block_params(F * D, F * D, H[0], 0.5, False)
+                       + mask_block_params(F * D, H[0], H[1], 0.5, False) + H[1] + 1),
 }
 
 
@@ -75,7 +91,7 @@ COUNT_ONLY = ('fibinet_each', 'fibinet_all')
 
 def _registry_name(case):
     return {'dcnv2_mix_stacked': 'dcnv2', 'fibinet_each': 'fibinet', 'fibinet_all': 'fibinet',
-            'autoint_plus_wide': 'autoint'}.get(case, case)
+            'autoint_plus_wide': 'autoint', 'masknet_serial': 'masknet'}.get(case, case)
 
 
 def _build(case, **extra):
@@ -230,7 +246,8 @@ def test_first_fields_are_vocab_size_and_num_fields(name):
 
 @pytest.mark.parametrize('name,bad', [('pnn', dict(product_type='kernel')),
                                       ('dcnv2', dict(model_structure='serial')),
-                                      ('fibinet', dict(bilinear_type='all'))])
+                                      ('fibinet', dict(bilinear_type='all')),
+                                      ('masknet', dict(model_type='Serial'))])
 def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
     with pytest.raises(ValueError):
