@@ -27,7 +27,7 @@ from mlctr.models import MODELS, create_model
 from mlctr.models.bars_configs import bars_hparams
 
 DEFAULT_MODELS = ('lr', 'fm', 'deepfm', 'dcn', 'dcnv2', 'ipnn', 'opnn', 'fibinet', 'wide_deep',
-                  'xdeepfm', 'autoint', 'masknet')
+                  'xdeepfm', 'autoint', 'masknet', 'onn')
 
 
 def _hparams(name: str, dataset: str) -> dict:

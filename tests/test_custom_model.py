@@ -186,3 +186,14 @@ def test_the_docs_worked_example_is_the_module_tested_here():
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "class GatedMLP(EmbeddingModel)" in example
     assert example.strip() in USER_MODULE
+
+
+def test_a_misspelled_hyperparameter_of_a_user_model_is_one_config_line(user_module_dir,
+                                                                         tiny_config):
+    config = tiny_config(peers="gated,deepfm")
+    with config.unlocked():
+        config.models.gated = dict(model="my_ctr_models:GatedMLP", hiden_units=8)
+    with pytest.raises(ValueError, match=r"^config\.models\.gated: unknown hyperparameter\(s\) "
+                                         r"for model 'my_ctr_models:GatedMLP'; valid: .*"
+                                         r"'hidden_units'.* \(got \['hiden_units'\]\)$"):
+        validate.validate(config)

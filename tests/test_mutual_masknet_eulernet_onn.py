@@ -15,10 +15,13 @@ MODELS = {
     "masknet_serial": dict(model="masknet", embedding_dim=4, dnn_hidden_units=(6, 4),
                            net_dropout=0.1, model_type="SerialMaskNet", reduction_ratio=0.5,
                            emb_layernorm=True, net_layernorm=True, embedding_regularizer=1e-3),
+    "onn": dict(model="onn", embedding_dim=3, dnn_hidden_units=(8,), net_dropout=0.1,
+                batch_norm=False, embedding_regularizer=1e-3, net_regularizer=1e-4),
 }
 
 
-@pytest.mark.parametrize("spec, execution", [("masknet*2,masknet_serial", "vmap")])
+@pytest.mark.parametrize("spec, execution", [("masknet*2,masknet_serial", "vmap"),
+                                                ("onn*2", "vmap")])
 def test_stacked_new_peers_step_equals_per_peer_updates(spec, execution):
     peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
     optimizer = mutual.make_optimizer(grad_clip_norm=10.0)

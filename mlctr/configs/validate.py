@@ -148,9 +148,13 @@ def _validate_peers(config) -> None:
                   f"(known: {', '.join(sorted(models))})", spec)
         arch = models[key].get("model", key)
         try:  # a registry name, or a user's MODULE:CLASS (imported here)
-            model_zoo.model_class(str(arch))
+            valid = model_zoo.model_hparam_names(str(arch))
         except ValueError as e:
             _fail(f"models.{key}.model", str(e), arch)
+        unknown = sorted(set(models[key]) - set(valid) - {"model"})
+        if unknown:
+            _fail(f"models.{key}", f"unknown hyperparameter(s) for model {arch!r}; valid: "
+                  f"{valid}", unknown)
     counts = {key: keys.count(key) for key in keys}
     names = [name for key, n in counts.items()
              for name in ([key] if n == 1 else [f"{key}_{k}" for k in range(n)])]

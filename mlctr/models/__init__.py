@@ -26,6 +26,7 @@ from mlctr.models.fibinet import FiBiNET
 from mlctr.models.fm import FM
 from mlctr.models.lr import LR
 from mlctr.models.masknet import MaskNet
+from mlctr.models.onn import ONN
 from mlctr.models.pnn import IPNN, OPNN, PNN
 from mlctr.models.wide_deep import WideDeep
 from mlctr.models.xdeepfm import xDeepFM
@@ -44,6 +45,7 @@ MODELS: dict[str, type] = {
     'xdeepfm': xDeepFM,
     'autoint': AutoInt,
     'masknet': MaskNet,  # serial or parallel: model_type
+    'onn': ONN,
 }
 
 # Fields every model has that are not hyperparameters.

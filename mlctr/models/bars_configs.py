@@ -112,6 +112,13 @@ _BARS: dict[str, dict[str, dict[str, Any]]] = {
                              emb_layernorm=False, net_layernorm=False,
                              embedding_regularizer=1e-9, net_regularizer=0.0),
     },
+    'onn': {  # FuxiCTR v1.0.2 runs; BARS ran ONN at embedding 8, not 16.
+        'criteo_x4_001': dict(embedding_dim=8, dnn_hidden_units=(1000,) * 3, net_dropout=0.4,
+                              batch_norm=False, embedding_regularizer=1e-5,
+                              net_regularizer=0.0),
+        'avazu_x4_001': dict(embedding_dim=8, dnn_hidden_units=(1000,) * 4, net_dropout=0.0,
+                             batch_norm=False, embedding_regularizer=0.0, net_regularizer=0.0),
+    },
 }
 
 # Registry aliases share their base model's BARS settings.

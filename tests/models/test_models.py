@@ -82,6 +82,8 @@ CASES = {
                             reduction_ratio=0.5, emb_layernorm=False, net_layernorm=False),
                        V * D + mask_block_params(F * D, F * D, H[0], 0.5, False)
                        + mask_block_params(F * D, H[0], H[1], 0.5, False) + H[1] + 1),
+    'onn': (dict(embedding_dim=D, dnn_hidden_units=H),
+            V * F * D + mlp_params(F * D + P, H, 1)),
 }
 
 
