@@ -27,12 +27,14 @@ from mlctr.models import MODELS, create_model
 from mlctr.models.bars_configs import bars_hparams
 
 DEFAULT_MODELS = ('lr', 'fm', 'deepfm', 'dcn', 'dcnv2', 'ipnn', 'opnn', 'fibinet', 'wide_deep',
-                  'xdeepfm', 'autoint', 'masknet', 'onn')
+                  'xdeepfm', 'autoint', 'masknet', 'onn', 'eulernet')
 
 
 def _hparams(name: str, dataset: str) -> dict:
   if name == 'opnn':  # BARS has no OPNN: IPNN's setting with outer products.
     return {**bars_hparams('pnn', dataset), 'product_type': 'outer'}
+  if name == 'eulernet':  # BARS has no EulerNet: the class defaults, the authors' Criteo run.
+    return {}
   return bars_hparams(name, dataset)
 
 

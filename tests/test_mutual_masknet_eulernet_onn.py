@@ -17,11 +17,14 @@ MODELS = {
                            emb_layernorm=True, net_layernorm=True, embedding_regularizer=1e-3),
     "onn": dict(model="onn", embedding_dim=3, dnn_hidden_units=(8,), net_dropout=0.1,
                 batch_norm=False, embedding_regularizer=1e-3, net_regularizer=1e-4),
+    "eulernet": dict(model="eulernet", embedding_dim=3, shape=(4, 2), net_ex_dropout=0.1,
+                     net_im_dropout=0.1, layer_norm=True, embedding_regularizer=1e-3,
+                     net_regularizer=1e-4),
 }
 
 
 @pytest.mark.parametrize("spec, execution", [("masknet*2,masknet_serial", "vmap"),
-                                                ("onn*2", "vmap")])
+                                                ("onn*2,eulernet*2", "vmap")])
 def test_stacked_new_peers_step_equals_per_peer_updates(spec, execution):
     peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
     optimizer = mutual.make_optimizer(grad_clip_norm=10.0)

@@ -64,6 +64,9 @@ def model_sets() -> ml_collections.ConfigDict:
                         net_layernorm=False, embedding_dim=8, dnn_hidden_units=(128, 128),
                         net_dropout=0.0, embedding_regularizer=1e-5, net_regularizer=0.0),
         "onn": dict(model="onn", **{**common, "embedding_dim": 4}),
+        "eulernet": dict(model="eulernet", embedding_dim=8, shape=(8, 8), net_ex_dropout=0.0,
+                         net_im_dropout=0.0, layer_norm=True, embedding_regularizer=1e-5,
+                         net_regularizer=0.0),
         # Small-capacity variant, e.g. for weaker companions.
         "deepfm_small": dict(model="deepfm", embedding_dim=4, dnn_hidden_units=(32,),
                              net_dropout=0.0, batch_norm=False, embedding_regularizer=1e-5,

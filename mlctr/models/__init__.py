@@ -23,6 +23,7 @@ from mlctr.models.dcn import DCN
 from mlctr.models.dcnv2 import DCNv2
 from mlctr.models.deepfm import DeepFM
 from mlctr.models.fibinet import FiBiNET
+from mlctr.models.eulernet import EulerNet
 from mlctr.models.fm import FM
 from mlctr.models.lr import LR
 from mlctr.models.masknet import MaskNet
@@ -46,6 +47,7 @@ MODELS: dict[str, type] = {
     'autoint': AutoInt,
     'masknet': MaskNet,  # serial or parallel: model_type
     'onn': ONN,
+    'eulernet': EulerNet,
 }
 
 # Fields every model has that are not hyperparameters.

@@ -30,6 +30,12 @@ def mask_block_params(emb_dim, in_dim, out_dim, ratio, layer_norm):
             + (2 * out_dim if layer_norm else 0))
 
 
+def euler_params(num_in, num_out, dim, layer_norm):
+    """EulerNet's layer: orders, the implicit Linear, two phase biases, two layer norms."""
+    return (num_in * num_out + num_in * dim * num_out * dim + num_out * dim
+            + 2 * num_out * dim + (4 * dim if layer_norm else 0))
+
+
 # Tiny configuration per case, and its parameter count written out by hand.
 CASES = {
     'lr': ({}, V + 1),
@@ -84,6 +90,9 @@ CASES = {
                        + mask_block_params(F * D, H[0], H[1], 0.5, False) + H[1] + 1),
     'onn': (dict(embedding_dim=D, dnn_hidden_units=H),
             V * F * D + mlp_params(F * D + P, H, 1)),
+    'eulernet': (dict(embedding_dim=D, shape=(3, 2), layer_norm=True),
+                 V * D + F + euler_params(F, 3, D, True) + euler_params(3, 2, D, True)
+                 + 2 * D + 1),
 }
 
 
