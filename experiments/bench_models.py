@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlctr.models import MODELS, create_model
-from mlctr.models.bars_configs import bars_hparams
+from mlctr.configs.bars_table import bars_hparams
 
 DEFAULT_MODELS = ('lr', 'fm', 'deepfm', 'dcn', 'dcnv2', 'ipnn', 'opnn', 'fibinet', 'wide_deep',
                   'xdeepfm', 'autoint', 'masknet', 'onn', 'eulernet')
