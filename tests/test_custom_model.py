@@ -18,6 +18,7 @@ import pytest
 
 from mlctr import models
 from mlctr import predict
+from mlctr import study
 from mlctr.configs import validate
 from mlctr.models import regularization
 from mlctr.run import train
@@ -120,6 +121,19 @@ def test_user_module_trains_beside_deepfm_resumes_and_predicts(user_module_dir, 
     assert proc.returncode == 0, proc.stderr[-2000:]
     probs = [float(line.split(",")[2]) for line in out.read_text().splitlines()[1:]]
     np.testing.assert_allclose(probs, in_process.probs, atol=1e-6)
+
+
+def test_user_module_in_a_finetune_study(user_module_dir, tiny_config, tmp_path):
+    """Pretrain, control and mutual finetune each rebuild the user's peer from its config."""
+    config = _config(tiny_config, max_steps=3)
+    with config.unlocked():
+        config.mode = "finetune_study"
+        config.finetune.max_steps = 2
+    summary = study.run_finetune_study(config, str(tmp_path / "study"))
+    rows = {row["peer"]: row for row in summary["rows"]}
+    assert set(rows) == {"gated", "deepfm", "ensemble"}
+    assert all(np.isfinite(rows["gated"][key]) for key in ("pretrain_auc", "control_auc",
+                                                            "mutual_auc", "auc_gain_pct"))
 
 
 def test_register_builds_validates_and_refuses(user_module_dir):

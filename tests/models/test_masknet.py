@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mlctr.configs.bars_table import bars_hparams
 from mlctr.models import create_model
 from mlctr.models.layers import mask
 
@@ -111,3 +112,17 @@ def test_masknet_model_matches_numpy(model_type):
         expected = h @ p['dnn']['output']['kernel'][:, 0] + p['dnn']['output']['bias'][0]
     got = model.apply(variables, jnp.asarray(ids), train=False)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('dataset, vocab_size, num_fields, logged', [
+    ('criteo_x4_001', 910_747, 39, 20_358_077),
+    ('avazu_x4_001', 3_750_999, 24, 76_594_787)])
+def test_bars_settings_have_the_parameter_count_bars_logged(dataset, vocab_size, num_fields,
+                                                            logged):
+    """BARS's MaskNet logs ('Total number of parameters') at their feature maps' vocabularies
+    (the sum of the logged vocab_size of every field): the same blocks, widths and biases."""
+    model = create_model('masknet', vocab_size=vocab_size, num_fields=num_fields,
+                         **bars_hparams('masknet', dataset))
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.key(0), jnp.zeros((2, num_fields), jnp.int32), train=False))
+    assert sum(x.size for x in jax.tree_util.tree_leaves(shapes['params'])) == logged
