@@ -22,8 +22,8 @@ from mlctr.models.autoint import AutoInt
 from mlctr.models.dcn import DCN
 from mlctr.models.dcnv2 import DCNv2
 from mlctr.models.deepfm import DeepFM
-from mlctr.models.fibinet import FiBiNET
 from mlctr.models.eulernet import EulerNet
+from mlctr.models.fibinet import FiBiNET
 from mlctr.models.fm import FM
 from mlctr.models.lr import LR
 from mlctr.models.masknet import MaskNet
