@@ -2,7 +2,7 @@
 
 Preparing a dataset is a step of its own, done before training starts: `mlctr.main`
 calls `ensure_prepared(config, workdir)` and then the trainer, which only opens what is
-there (`open_dataset`). A library caller does the same two calls.
+there (`open_run_dataset`). A library caller does the same two calls.
 
 Per-process datasets. The Criteo 1TB logs with hashed ids (`PER_PROCESS_DATASETS`,
 `vocab.mode='hash'`) are prepared by every process for itself: process i of P prepares
@@ -173,7 +173,7 @@ def _gather_outcome(what: str, error: Exception | None, payload: np.ndarray) -> 
     return gathered[:, 1:]
 
 
-def open_dataset(config: ml_collections.ConfigDict, workdir: str):
+def open_run_dataset(config: ml_collections.ConfigDict, workdir: str):
     """Opens the prepared dataset of a run (checked against `config.data.dataset`).
 
     A per-process dataset (`is_per_process`) opens as a `reader.ProcessShard` of this
@@ -195,7 +195,7 @@ def _open(config: ml_collections.ConfigDict, data_dir: str):
 
     if not os.path.exists(os.path.join(data_dir, layout.FEATURE_MAP)):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
-                       "it first (mlctr.run.train.ensure_prepared(config, workdir), or "
+                       "it first (mlctr.run.inputs.ensure_prepared(config, workdir), or "
                        "python -m mlctr.data.prepare ...)")
     dataset = PreparedDataset(data_dir, expected_dataset=config.data.dataset)
     mode = dataset.feature_map.get("vocab", {}).get("mode", "fit")
