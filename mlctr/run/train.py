@@ -81,7 +81,7 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
                                    table_row_multiple=sharding.table_row_multiple(mesh),
                                    qr_layout=mutual.qr_layout(config, dataset))
     except ValueError as e:
-        raise RunError(f"config.models: {e}") from None
+        raise errors.RunError(f"config.models: {e}") from None
     optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)

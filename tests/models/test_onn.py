@@ -10,6 +10,7 @@ from mlctr.data.reader import PreparedDataset
 from mlctr.models import create_model
 from mlctr.models import onn
 from mlctr.models.layers.field_aware import operation_aware_products
+from mlctr.run import errors
 from mlctr.run import train
 
 B, F, D, V = 5, 4, 3, 50
@@ -74,5 +75,5 @@ def test_onn_too_large_for_the_device_is_refused_in_one_line(monkeypatch):
 def test_a_run_with_an_onn_too_large_stops_with_one_run_error(monkeypatch, tiny_config):
     monkeypatch.setattr(onn, 'device_memory_bytes', lambda: 1000)
     config = tiny_config(peers='onn,deepfm')
-    with pytest.raises(train.RunError, match=r'^config\.models: ONN: .* over the 0\.0 GiB'):
+    with pytest.raises(errors.RunError, match=r'^config\.models: ONN: .* over the 0\.0 GiB'):
         train.build_run(config, PreparedDataset(config.data.data_dir))
