@@ -261,3 +261,25 @@ def test_hash_vocab_run_prepares_trains_and_refuses_a_fit_mode_config(tiny_confi
         config.vocab.mode = "fit"
     with pytest.raises(RunError, match="prepared with vocab mode 'hash'.*config.vocab.mode"):
         inputs.open_run_dataset(config, str(tmp_path / "other"))
+
+
+def test_prefetch_places_in_order_reraises_and_closes_its_iterator():
+    closed = []
+
+    def batches():
+        try:
+            yield from ({"x": i} for i in range(10))
+        finally:
+            closed.append(True)
+
+    placed = inputs.prefetch(batches(), place=lambda batch: batch["x"] * 2, size=2)
+    assert [next(placed) for _ in range(3)] == [0, 2, 4]
+    placed.close()  # the consumer leaves early: the thread ends and closes the batches
+    assert closed == [True]
+
+    def failing():
+        yield {"x": 1}
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(inputs.prefetch(failing(), place=lambda batch: batch))
