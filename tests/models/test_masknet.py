@@ -126,3 +126,18 @@ def test_bars_settings_have_the_parameter_count_bars_logged(dataset, vocab_size,
     shapes = jax.eval_shape(lambda: model.init(
         jax.random.key(0), jnp.zeros((2, num_fields), jnp.int32), train=False))
     assert sum(x.size for x in jax.tree_util.tree_leaves(shapes['params'])) == logged
+
+
+def test_initialisation_as_fuxictr():
+    """Embeddings normal(1e-4); Linears xavier normal, zero biases; layer norms 1 and 0."""
+    model = create_model('masknet', vocab_size=2000, num_fields=8, embedding_dim=8,
+                         dnn_hidden_units=(64,), model_type='SerialMaskNet', reduction_ratio=1.0,
+                         emb_layernorm=True, net_layernorm=True)
+    p = model.init(jax.random.key(0), jnp.zeros((2, 8), jnp.int32), train=False)['params']
+    assert abs(float(jnp.std(p['embedding']['embedding_table'])) - 1e-4) < 1e-5
+    block = p['mask_block_0']
+    assert abs(float(jnp.std(block['mask_aggregation']['kernel'])) - np.sqrt(2 / 128)) < 0.01
+    assert not jnp.any(block['mask_aggregation']['bias'])
+    assert abs(float(jnp.std(block['hidden']['kernel'])) - np.sqrt(2 / (64 + 64))) < 0.01
+    for norm in (block['layer_norm'], p['emb_norm']):
+        assert jnp.all(norm['scale'] == 1) and not jnp.any(norm['bias'])

@@ -77,3 +77,11 @@ def test_a_run_with_an_onn_too_large_stops_with_one_run_error(monkeypatch, tiny_
     config = tiny_config(peers='onn,deepfm')
     with pytest.raises(errors.RunError, match=r'^config\.models: ONN: .* over the 0\.0 GiB'):
         train.build_run(config, PreparedDataset(config.data.data_dir))
+
+
+def test_onn_table_initialised_as_fuxictrs_tables():
+    model = create_model('onn', vocab_size=3000, num_fields=6, embedding_dim=4,
+                         dnn_hidden_units=(8,))
+    p = model.init(jax.random.key(0), jnp.zeros((2, 6), jnp.int32), train=False)['params']
+    table = p['embedding']['embedding_table']
+    assert table.shape == (3000, 24) and abs(float(jnp.std(table)) - 1e-4) < 1e-6
