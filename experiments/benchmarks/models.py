@@ -29,7 +29,8 @@ from mlctr.models import MODELS, create_model
 from mlctr.configs.bars_table import NO_BARS_RUN, bars_hparams
 
 DEFAULT_MODELS = ('lr', 'fm', 'deepfm', 'dcn', 'dcnv2', 'ipnn', 'opnn', 'fibinet', 'wide_deep',
-                  'xdeepfm', 'autoint', 'finalmlp', 'finalnet', 'gdcn', 'dcnv3')
+                  'xdeepfm', 'autoint', 'finalmlp', 'finalnet', 'gdcn', 'dcnv3', 'masknet',
+                  'onn', 'eulernet')
 
 
 def _hparams(name: str, dataset: str) -> dict:

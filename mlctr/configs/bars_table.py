@@ -143,11 +143,30 @@ BARS: dict[str, dict[str, dict[str, Any]]] = {
                              shallow_net_dropout=0.0, layer_norm=True, batch_norm=True,
                              num_heads=4, embedding_regularizer=0.0, net_regularizer=0.0),
     },
+    'masknet': {  # FuxiCTR v2.2.0 runs (MaskNet_<dataset>/README.md, 2024).
+        'criteo_x4_001': dict(embedding_dim=16, dnn_hidden_units=(1000,) * 5, net_dropout=0.3,
+                              model_type='ParallelMaskNet', parallel_num_blocks=2,
+                              parallel_block_dim=500, reduction_ratio=0.1,
+                              emb_layernorm=False, net_layernorm=False,
+                              embedding_regularizer=1e-5, net_regularizer=0.0),
+        'avazu_x4_001': dict(embedding_dim=16, dnn_hidden_units=(2000,) * 3, net_dropout=0.0,
+                             model_type='ParallelMaskNet', parallel_num_blocks=6,
+                             parallel_block_dim=500, reduction_ratio=0.8,
+                             emb_layernorm=False, net_layernorm=False,
+                             embedding_regularizer=1e-9, net_regularizer=0.0),
+    },
+    'onn': {  # FuxiCTR v1.0.2 runs; BARS ran ONN at embedding 8, not 16.
+        'criteo_x4_001': dict(embedding_dim=8, dnn_hidden_units=(1000,) * 3, net_dropout=0.4,
+                              batch_norm=False, embedding_regularizer=1e-5,
+                              net_regularizer=0.0),
+        'avazu_x4_001': dict(embedding_dim=8, dnn_hidden_units=(1000,) * 4, net_dropout=0.0,
+                             batch_norm=False, embedding_regularizer=0.0, net_regularizer=0.0),
+    },
 }
 
 # Registry models BARS never ran: they train with their class defaults (docs/models.md says
 # where those come from) and ``bars_hparams`` refuses them.
-NO_BARS_RUN = ('opnn', 'gdcn')
+NO_BARS_RUN = ('opnn', 'gdcn', 'eulernet')
 
 # Registry aliases share their base model's BARS settings.
 _ALIASES = {'ipnn': 'pnn'}

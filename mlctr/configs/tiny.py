@@ -44,6 +44,14 @@ def model_sets() -> ml_collections.ConfigDict:
         "dcnv3": dict(model="dcnv3", embedding_dim=4, num_deep_cross_layers=2,
                       num_shallow_cross_layers=2, deep_net_dropout=0.0, shallow_net_dropout=0.0,
                       embedding_regularizer=1e-5, net_regularizer=0.0),
+        "masknet": dict(model="masknet", model_type="ParallelMaskNet", parallel_num_blocks=2,
+                        parallel_block_dim=8, reduction_ratio=0.5, emb_layernorm=False,
+                        net_layernorm=False, embedding_dim=4, dnn_hidden_units=(16, 16),
+                        net_dropout=0.0, embedding_regularizer=1e-5, net_regularizer=0.0),
+        "onn": dict(model="onn", **_DNN),
+        "eulernet": dict(model="eulernet", embedding_dim=4, shape=(4, 4), net_ex_dropout=0.0,
+                         net_im_dropout=0.0, layer_norm=True, embedding_regularizer=1e-5,
+                         net_regularizer=0.0),
         "deepfm_small": dict(model="deepfm", **_DNN),
     })
 

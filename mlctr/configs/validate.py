@@ -149,9 +149,14 @@ def _validate_peers(config) -> None:
             _fail("peers", f"peer {key!r} has no hyperparameter set in config.models "
                   f"(known: {', '.join(sorted(models))})", spec)
         arch = models[key].get("model", key)
-        if str(arch).lower() not in model_zoo.MODELS:
-            _fail(f"models.{key}.model", f"unknown model; known: {', '.join(sorted(model_zoo.MODELS))}",
-                  arch)
+        try:  # a registry name, or a user's MODULE:CLASS (imported here)
+            valid = model_zoo.model_hparam_names(str(arch))
+        except ValueError as e:
+            _fail(f"models.{key}.model", str(e), arch)
+        unknown = sorted(set(models[key]) - set(valid) - {"model"})
+        if unknown:
+            _fail(f"models.{key}", f"unknown hyperparameter(s) for model {arch!r}; valid: "
+                  f"{valid}", unknown)
     counts = {key: keys.count(key) for key in keys}
     names = [name for key, n in counts.items()
              for name in ([key] if n == 1 else [f"{key}_{k}" for k in range(n)])]

@@ -19,7 +19,8 @@ def l2_penalty(model: nn.Module, params) -> jnp.ndarray:
     """FuxiCTR-style L2 penalty of one model's parameters.
 
     Args:
-      model: the model (reads ``embedding_regularizer`` and ``net_regularizer``).
+      model: the model (reads ``embedding_regularizer`` and ``net_regularizer``; 0 when
+        a user's model lacks the field).
       params: its ``params`` collection (with or without a top-level ``'params'`` key).
 
     Returns:
@@ -37,8 +38,11 @@ def l2_penalty(model: nn.Module, params) -> jnp.ndarray:
         else:
             net_sq = net_sq + sq
     penalty = jnp.zeros((), jnp.float32)
-    if model.embedding_regularizer:
-        penalty = penalty + model.embedding_regularizer / 2 * embedding_sq
-    if model.net_regularizer:
-        penalty = penalty + model.net_regularizer / 2 * net_sq
+    # A user's model without these fields (mlctr/models/custom.py) has no L2 penalty.
+    embedding_regularizer = getattr(model, 'embedding_regularizer', 0.0)
+    net_regularizer = getattr(model, 'net_regularizer', 0.0)
+    if embedding_regularizer:
+        penalty = penalty + embedding_regularizer / 2 * embedding_sq
+    if net_regularizer:
+        penalty = penalty + net_regularizer / 2 * net_sq
     return penalty

@@ -75,10 +75,13 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
     """
     peer_execution = (config.mutual.peer_execution if mesh is None
                       else sharding.peer_execution(mesh, config.mutual.peer_execution))
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
-                               num_fields=dataset.num_fields, dtype=config.compute_dtype,
-                               table_row_multiple=sharding.table_row_multiple(mesh),
-                               qr_layout=mutual.qr_layout(config, dataset))
+    try:  # a model the dataset makes too large (ONN's tables), or one that cannot be built
+        peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+                                   num_fields=dataset.num_fields, dtype=config.compute_dtype,
+                                   table_row_multiple=sharding.table_row_multiple(mesh),
+                                   qr_layout=mutual.qr_layout(config, dataset))
+    except ValueError as e:
+        raise errors.RunError(f"config.models: {e}") from None
     optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)

@@ -23,6 +23,19 @@ def mlp_params(in_dim, hidden, out_dim=None):
     return sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
 
 
+def mask_block_params(emb_dim, in_dim, out_dim, ratio, layer_norm):
+    """MaskNet's MaskBlock: the mask's two Linears, the bias-free Linear, the layer norm."""
+    units = int(in_dim * ratio)
+    return (emb_dim * units + units + units * in_dim + in_dim + in_dim * out_dim
+            + (2 * out_dim if layer_norm else 0))
+
+
+def euler_params(num_in, num_out, dim, layer_norm):
+    """EulerNet's layer: orders, the implicit Linear, two phase biases, two layer norms."""
+    return (num_in * num_out + num_in * dim * num_out * dim + num_out * dim
+            + 2 * num_out * dim + (4 * dim if layer_norm else 0))
+
+
 # Tiny configuration per case, and its parameter count written out by hand.
 CASES = {
     'lr': ({}, V + 1),
@@ -94,6 +107,20 @@ CASES = {
     'autoint_plus_wide': (dict(embedding_dim=D, attention_layers=1, attention_dim=D,
                                dnn_hidden_units=H, use_wide=True),
                           V * D + 3 * D * D + F * D + 1 + mlp_params(F * D, H, 1) + V),
+    'masknet': (dict(embedding_dim=D, dnn_hidden_units=H, parallel_num_blocks=2,
+                     parallel_block_dim=5, reduction_ratio=0.5, emb_layernorm=True,
+                     net_layernorm=True),
+                V * D + 2 * F * D + 2 * mask_block_params(F * D, F * D, 5, 0.5, True)
+                + mlp_params(2 * 5, H, 1)),
+    'masknet_serial': (dict(embedding_dim=D, dnn_hidden_units=H, model_type='SerialMaskNet',
+                            reduction_ratio=0.5, emb_layernorm=False, net_layernorm=False),
+                       V * D + mask_block_params(F * D, F * D, H[0], 0.5, False)
+                       + mask_block_params(F * D, H[0], H[1], 0.5, False) + H[1] + 1),
+    'onn': (dict(embedding_dim=D, dnn_hidden_units=H),
+            V * F * D + mlp_params(F * D + P, H, 1)),
+    'eulernet': (dict(embedding_dim=D, shape=(3, 2), layer_norm=True),
+                 V * D + F + euler_params(F, 3, D, True) + euler_params(3, 2, D, True)
+                 + 2 * D + 1),
 }
 
 
@@ -107,6 +134,7 @@ def _registry_name(case):
     return {'dcnv2_mix_stacked': 'dcnv2', 'fibinet_each': 'fibinet', 'fibinet_all': 'fibinet',
             'autoint_plus_wide': 'autoint', 'gdcn_stacked': 'gdcn',
             'finalmlp_fs': 'finalmlp', 'finalnet_1b_sum': 'finalnet'}.get(case, case)
+            'autoint_plus_wide': 'autoint', 'masknet_serial': 'masknet'}.get(case, case)
 
 
 def _build(case, **extra):
@@ -266,6 +294,7 @@ def test_first_fields_are_vocab_size_and_num_fields(name):
                                       ('finalnet', dict(block_type='3B')),
                                       ('finalnet', dict(residual_type='product')),
                                       ('finalmlp', dict(num_heads=7))])
+                                      ('masknet', dict(model_type='Serial'))])
 def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
     with pytest.raises(ValueError):
