@@ -133,8 +133,8 @@ COUNT_ONLY = ('fibinet_each', 'fibinet_all', 'finalmlp_fs')
 def _registry_name(case):
     return {'dcnv2_mix_stacked': 'dcnv2', 'fibinet_each': 'fibinet', 'fibinet_all': 'fibinet',
             'autoint_plus_wide': 'autoint', 'gdcn_stacked': 'gdcn',
-            'finalmlp_fs': 'finalmlp', 'finalnet_1b_sum': 'finalnet'}.get(case, case)
-            'autoint_plus_wide': 'autoint', 'masknet_serial': 'masknet'}.get(case, case)
+            'finalmlp_fs': 'finalmlp', 'finalnet_1b_sum': 'finalnet',
+            'masknet_serial': 'masknet'}.get(case, case)
 
 
 def _build(case, **extra):
@@ -293,7 +293,7 @@ def test_first_fields_are_vocab_size_and_num_fields(name):
                                       ('gdcn', dict(model_structure='serial')),
                                       ('finalnet', dict(block_type='3B')),
                                       ('finalnet', dict(residual_type='product')),
-                                      ('finalmlp', dict(num_heads=7))])
+                                      ('finalmlp', dict(num_heads=7)),
                                       ('masknet', dict(model_type='Serial'))])
 def test_bad_choice_values_raise(name, bad):
     model = create_model(name, vocab_size=V, num_fields=F, embedding_dim=D, **bad)
