@@ -1,6 +1,6 @@
-"""BARS hyperparameters (x4_001 settings: embedding 16, batch 10000) per model and dataset:
-the table `BARS` (model -> dataset -> hyperparameters), a plain dict to extend with a
-model or a dataset, and `bars_hparams` to read it.
+"""BARS hyperparameters per model and dataset: the x4_001 table `BARS` (model -> dataset ->
+hyperparameters; embedding 16, batch 10000), a plain dict to extend with a model or a
+dataset, the x1 and x4_002 runs in bars_other_splits.py, and `bars_hparams` to read both.
 
 Source: the reczoo/BARS benchmark, ``ranking/ctr/<Model>/<Model>_<dataset>/README.md`` -- the
 parameter block logged by the run whose test result BARS reports. Every value below was read
@@ -15,6 +15,8 @@ batch 10000, lr x0.1 on plateau, patience 2) lives in the trainer config, not he
 """
 
 from typing import Any
+
+from mlctr.configs import bars_other_splits
 
 BARS_BATCH_SIZE = 10000
 DATASETS = ('criteo_x4_001', 'avazu_x4_001')
@@ -172,23 +174,54 @@ NO_BARS_RUN = ('opnn', 'gdcn', 'eulernet')
 _ALIASES = {'ipnn': 'pnn'}
 
 
+def _key(model: str) -> str:
+    return _ALIASES.get(model.lower(), model.lower())
+
+
+def has_run(model: str, dataset: str) -> bool:
+    """Whether BARS published a tuned run of ``model`` on ``dataset``."""
+    key = _key(model)
+    return dataset in BARS.get(key, {}) or dataset in bars_other_splits.SETS.get(key, {})
+
+
+def batch_size(model: str, dataset: str) -> int:
+    """The batch size of BARS's run of ``model`` on ``dataset`` (x1: 4096)."""
+    key = _key(model)
+    if dataset in DATASETS:
+        return BARS_BATCH_SIZE
+    return bars_other_splits.BATCH_SIZES[key][dataset]
+
+
+def source(model: str, dataset: str) -> str:
+    """The reczoo/BARS README the values of ``model`` on ``dataset`` were read from."""
+    key = _key(model)
+    if dataset in DATASETS:
+        folder = bars_other_splits.source(key, 'criteo_x1').split('/')[2]
+        run = {'pnn': 'IPNN'}.get(key, folder)
+        return f'ranking/ctr/{folder}/{run}_{dataset}/README.md'
+    return bars_other_splits.source(key, dataset)
+
+
 def bars_hparams(model: str, dataset: str) -> dict[str, Any]:
     """BARS hyperparameters of ``model`` on ``dataset``, ready for ``create_model(**...)``.
 
     Args:
       model: registry name (``deepfm``, ``dcn``, ``pnn``/``ipnn``, ``fibinet``, ...).
-      dataset: ``criteo_x4_001`` or ``avazu_x4_001``.
+      dataset: a BARS dataset (``criteo_x4_001``, ``frappe_x1``, ...; bars_datasets.DATASETS).
 
     Returns:
       A fresh dict of hyperparameters (tuples for layer widths).
 
     Raises:
-      ValueError: no BARS setting for this model or dataset (e.g. ``opnn``: BARS has no OPNN).
+      ValueError: no BARS run of this model on this dataset (e.g. ``opnn``: BARS has no OPNN).
     """
-    key = _ALIASES.get(model.lower(), model.lower())
+    key = _key(model)
     if key not in BARS:
         raise ValueError(f'No BARS hyperparameters for model {model!r}; have {sorted(BARS)} '
                          f'(+ aliases {sorted(_ALIASES)})')
-    if dataset not in BARS[key]:
-        raise ValueError(f'No BARS hyperparameters for dataset {dataset!r}; have {list(DATASETS)}')
-    return dict(BARS[key][dataset])
+    if dataset in BARS[key]:
+        return dict(BARS[key][dataset])
+    if dataset in bars_other_splits.SETS.get(key, {}):
+        return dict(bars_other_splits.SETS[key][dataset])
+    raise ValueError(f'No BARS hyperparameters of {model!r} for dataset {dataset!r}: BARS '
+                     f'published no run of it there')
