@@ -384,7 +384,7 @@ BATCH_SIZES: dict[str, dict[str, int]] = {
 }
 
 # model -> BARS's folder: ranking/ctr/<folder>/<run>_<dataset>/README.md.
-_FOLDERS = {'lr': 'LR', 'fm': 'FM', 'deepfm': 'DeepFM', 'dcn': 'DCN', 'pnn': 'PNN',
+FOLDERS = {'lr': 'LR', 'fm': 'FM', 'deepfm': 'DeepFM', 'dcn': 'DCN', 'pnn': 'PNN',
             'fibinet': 'FiBiNET', 'wide_deep': 'WideDeep', 'dcnv2': 'DCNv2',
             'xdeepfm': 'xDeepFM', 'autoint': 'AutoInt', 'finalmlp': 'FinalMLP',
             'finalnet': 'FinalNet', 'masknet': 'MaskNet', 'onn': 'ONN'}
@@ -392,7 +392,7 @@ _FOLDERS = {'lr': 'LR', 'fm': 'FM', 'deepfm': 'DeepFM', 'dcn': 'DCN', 'pnn': 'PN
 
 def source(model: str, dataset: str) -> str:
     """The reczoo/BARS README the values of (model, dataset) were read from."""
-    folder = _FOLDERS[model]
+    folder = FOLDERS[model]
     name = {'movielens_x1': 'movielenslatest_x1'}.get(dataset, dataset)
     if model == 'finalnet':  # one folder per dataset, holding the 1B and the 2B run
         return f'ranking/ctr/{folder}/{folder}_{name}/FinalNet_2B_{name}/README.md'

@@ -193,10 +193,12 @@ def batch_size(model: str, dataset: str) -> int:
 
 
 def source(model: str, dataset: str) -> str:
-    """The reczoo/BARS README the values of ``model`` on ``dataset`` were read from."""
+    """Where the values of ``model`` on ``dataset`` were read from (a reczoo/BARS README)."""
     key = _key(model)
+    if key == 'dcnv3':  # no BARS run: the authors' logs on the same x4 splits
+        return 'salmon1802/DCNv3 checkpoints/ (the authors\' logs, docs/models.md)'
     if dataset in DATASETS:
-        folder = bars_other_splits.source(key, 'criteo_x1').split('/')[2]
+        folder = bars_other_splits.FOLDERS[key]
         run = {'pnn': 'IPNN'}.get(key, folder)
         return f'ranking/ctr/{folder}/{run}_{dataset}/README.md'
     return bars_other_splits.source(key, dataset)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mlctr.models import MODELS, create_model
+from mlctr.configs import bars_other_splits
 from mlctr.configs.bars_table import BARS_BATCH_SIZE, DATASETS, NO_BARS_RUN, bars_hparams
 from mlctr.models.regularization import l2_penalty
 
@@ -65,5 +66,19 @@ def test_bars_unknown_model_or_dataset_raises():
     for name in NO_BARS_RUN:
         with pytest.raises(ValueError, match=name):
             bars_hparams(name, 'criteo_x4_001')
-    with pytest.raises(ValueError, match='criteo_x1'):
-        bars_hparams('deepfm', 'criteo_x1')
+    with pytest.raises(ValueError, match='criteo_x5'):
+        bars_hparams('deepfm', 'criteo_x5')
+    with pytest.raises(ValueError, match="no run of it there"):  # BARS has no ONN on x1
+        bars_hparams('onn', 'frappe_x1')
+
+
+def test_bars_other_splits_have_the_x4_001_keys():
+    # Every recorded x1 / x4_002 run gives the keys of the model's x4_001 set, less the ones
+    # the run does not log (docs/models.md), and builds the model.
+    not_logged = {'finalnet': {'residual_type'}}
+    for model, sets in bars_other_splits.SETS.items():
+        for dataset, values in sets.items():
+            expected = set(bars_hparams(model, 'criteo_x4_001')) - not_logged.get(model, set())
+            assert set(values) == expected, (model, dataset)
+            create_model(model, vocab_size=10, num_fields=3, **bars_hparams(model, dataset))
+            assert bars_other_splits.source(model, dataset).endswith('/README.md')
