@@ -3,6 +3,7 @@ with jax.export.deserialize) and ONNX (run in onnxruntime), score the test split
 `mlctr.predict` does within 1e-6; the SavedModel of the ensemble too (where tensorflow is
 installed); a tampered export, a run with a missing or corrupt best/, an unknown peer and
 an unsupported format are one line each."""
+import json
 import os
 import shutil
 import subprocess
@@ -170,3 +171,27 @@ def test_export_quotient_remainder_run(tiny_data_dir, tmp_path):
     assert written["vocab"]["qr_collisions"] == 4
     np.testing.assert_allclose(exporter.load(str(tmp_path / "ex"))[1](ids), expected,
                                rtol=0, atol=1e-6)
+
+
+def test_export_serving_benchmark_prints_its_json_line(tiny_data_dir, tmp_path):
+    """A smoke test of experiments/benchmarks/serving.py (two calls per case, the numbers
+    mean nothing): its last line is the JSON docs/serving.md's table comes from."""
+    pytest.importorskip("jax2onnx", reason="the serving benchmark times the onnx export")
+    run = str(tmp_path / "run")
+    config = tiny.get_config()
+    with config.unlocked():
+        config.mode, config.peers, config.data.data_dir = "train", "lr,fm", tiny_data_dir
+        config.train.max_steps = 1
+    train.train_and_evaluate(config, run)
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.serving",
+                           f"--workdir={run}", "--peer=fm", "--batch_sizes=1,8",
+                           "--seconds=0", "--min_calls=2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["results"]) == {"fm", "ensemble"}
+    assert result["results"]["ensemble"]["peers"] == ["lr", "fm"]
+    for runtime in ("jax_jit", "onnxruntime", "numpy_preprocess"):
+        stats = result["results"]["fm"][runtime]
+        assert set(stats) == {"1", "8"} and stats["8"]["calls"] >= 2
+        assert 0 < stats["1"]["p50_ms"] <= stats["1"]["p99_ms"]

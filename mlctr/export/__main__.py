@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from mlctr import predict
 from mlctr.data.errors import DataError
@@ -67,6 +68,7 @@ def main(argv):
                 raise app.UsageError(f"--{name} is required (or --check=DIR)")
     if FLAGS.peer and FLAGS.ensemble:
         raise app.UsageError("--peer and --ensemble are exclusive")
+    logging.set_verbosity(logging.WARNING)  # no orbax restore chatter around the one line
     try:
         print(_check() if FLAGS.check else _export())
     except ERRORS as e:

@@ -26,6 +26,7 @@ MISSING = ("the savedmodel format needs tensorflow: pip install 'mlctr[savedmode
 
 
 def _tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up notices
     try:
         import tensorflow as tf  # optional dependency (extra savedmodel), ~600 MB
     except ImportError:
