@@ -90,6 +90,7 @@ def make_step(config: ml_collections.ConfigDict, peers, optimizer, mesh=None,
     options, at the state's shardings on `mesh`."""
     return mutual.make_train_step(
         peers, optimizer, divergence=config.mutual.divergence,
+        transfer=config.mutual.transfer,
         stop_gradient=config.mutual.stop_gradient, warmup_steps=config.mutual.warmup_steps,
         peer_execution=_peer_execution(config, mesh), mesh=mesh,
         state_shardings=state_shardings)
