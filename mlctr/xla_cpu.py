@@ -271,6 +271,7 @@ def use_unrolled_threefry() -> bool:
     if _threefry_unrolled:
         return True
     try:
+        # In-function: a JAX internal that a JAX version may lack (then a warning).
         from jax._src.random import threefry2x32 as threefry
         from jax.interpreters import mlir
 
