@@ -425,12 +425,10 @@ def effective_alpha(step: jax.Array, alpha: float, warmup_steps: int) -> jax.Arr
 
 
 def resolve_peer_execution(peer_execution: str) -> str:
-    """'auto' = an unrolled loop on CPU (measured faster there), vmap elsewhere.
-
-    Measured on 2 CPU cores (README.md, "Performance"), 4 stacked DeepFM peers at batch
-    4096, 1M rows, one step: with sparse lazy Adam unroll 741 ms vs vmap 846 ms (1 peer
-    alone: 214 ms); with dense Adam 1067 vs 1082 ms. Groups of one peer run the same program
-    either way. On GPU/TPU vmap turns a group's matmuls into one batched matmul.
+    """'auto' = an unrolled loop on CPU, where it is the faster of the two
+    (docs/performance.md, "Measurements behind the code's choices"), vmap elsewhere: on
+    GPU/TPU vmap turns a group's matmuls into one batched matmul. Groups of one peer run
+    the same program either way.
     """
     if peer_execution not in PEER_EXECUTIONS:
         raise ValueError(f"unknown peer_execution {peer_execution!r}; expected one of {PEER_EXECUTIONS}")
