@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import re
-import threading
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -33,8 +31,10 @@ import numpy as np
 
 from mlctr import sharding
 from mlctr.data import layout
+from mlctr.data.parsing.stream import background
 from mlctr.data.errors import DataError
 from mlctr.data.prepare import prepare
+from mlctr.data.reader import PreparedDataset, ProcessShard
 from mlctr.locking import LockedError
 from mlctr.run.errors import RunError
 
@@ -191,8 +191,6 @@ def open_run_dataset(config: ml_collections.ConfigDict, workdir: str):
 
 def _open(config: ml_collections.ConfigDict, data_dir: str):
     """The PreparedDataset at `data_dir`, of config's dataset kind and vocab mode."""
-    from mlctr.data.reader import PreparedDataset
-
     if not os.path.exists(os.path.join(data_dir, layout.FEATURE_MAP)):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
                        "it first (mlctr.run.inputs.ensure_prepared(config, workdir), or "
@@ -208,8 +206,6 @@ def _open(config: ml_collections.ConfigDict, data_dir: str):
 
 def _open_process_shard(config: ml_collections.ConfigDict, data_dir: str):
     """This process's own rows, with every process's train rows and sources."""
-    from mlctr.data.reader import ProcessShard
-
     index, count = jax.process_index(), jax.process_count()
     own, dataset, error = process_dir(data_dir, index, count), None, None
     try:
@@ -263,8 +259,6 @@ def _shard_summary(dataset) -> np.ndarray:
 def dataset_fingerprint(dataset) -> dict:
     """What a checkpoint must agree with to resume on this dataset (of a ProcessShard:
     every process's train rows and sources, the same on every process)."""
-    from mlctr.data.reader import ProcessShard
-
     if isinstance(dataset, ProcessShard):
         return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
                 "train_examples": dataset.process_train_rows,
@@ -282,8 +276,6 @@ def check_batch_slices(dataset, mesh, batch_size: int) -> None:
       RunError: processes train from their own rows (a ProcessShard) but two of them
         share a slice of the batch (peers split across processes): each needs its own.
     """
-    from mlctr.data.reader import ProcessShard
-
     _, count = sharding.process_batch_slice(mesh, batch_size)
     if isinstance(dataset, ProcessShard) and count != dataset.process_count:
         raise RunError(f"{dataset.process_count} processes train from their own rows of "
@@ -305,41 +297,22 @@ def prefetch(iterator: Iterator[dict], place: Callable[[dict], Any] = jax.device
              size: int = 2) -> Iterator[dict]:
     """Reads and places batches in a background thread, overlapping the step.
 
+    The data pipeline's one read-ahead loop (`mlctr.data.parsing.stream.background`):
+    its errors surface here, and closing the returned generator stops the thread and
+    closes `iterator`.
+
     Args:
       iterator: host batches.
       place: turns a host batch into device arrays (e.g. `sharding.global_batch`).
       size: batches read ahead.
     """
-    items: queue.Queue = queue.Queue(maxsize=size)
-    sentinel = object()
-    stop = threading.Event()
 
-    def put(item):
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce():
+    def placed() -> Iterator:
         try:
             for batch in iterator:
-                put(place(batch))
-                if stop.is_set():
-                    return
-        except BaseException as e:  # surfaced in the consumer
-            put(e)
-        put(sentinel)
+                yield place(batch)
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()
 
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        while True:
-            item = items.get()
-            if item is sentinel:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()  # the consumer left early: let the reader thread end
+    return background(placed(), size)
