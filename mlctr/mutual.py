@@ -17,8 +17,10 @@ Loss of peer n (N peers, logits z_n, probabilities p_n = sigmoid(z_n)):
   * D = 'mse': mean_b (p_i - p_n)^2 on probabilities (Yilmaz & Aldemir 2024).
   * D = 'kl':  mean_b KL(Bernoulli(p_i) || Bernoulli(p_n)) (Deep Mutual
     Learning, Zhang et al. 2018); computed from logits for stability.
-  * D = 'ektf': EKTF's teacher->student and student<->student MSE terms with
-    examination weights (`ektf_terms`; Li et al. 2024), in place of the sum.
+
+`transfer='ektf'` replaces the whole mutual term (not D) by EKTF's teacher->student and
+student<->student MSE terms with examination weights (`ektf_terms`; Li et al. 2024):
+a different loss, so a key of its own beside `divergence` (which it ignores).
 
 With `stop_gradient=True` (default, as in DML) the companions' predictions p_i
 are constants in loss_n, so peer n is moved only by its own loss. With
@@ -72,7 +74,8 @@ from mlctr.models import auxiliary
 from mlctr.models import qr
 from mlctr.models import regularization
 
-DIVERGENCES = ("mse", "kl", "ektf")
+DIVERGENCES = ("mse", "kl")
+TRANSFERS = ("pairwise", "ektf")  # the mutual term: sum of D over companions | EKTF's
 PEER_EXECUTIONS = ("auto", "vmap", "unroll")
 
 
@@ -427,12 +430,10 @@ def effective_alpha(step: jax.Array, alpha: float, warmup_steps: int) -> jax.Arr
 
 
 def resolve_peer_execution(peer_execution: str) -> str:
-    """'auto' = an unrolled loop on CPU (measured faster there), vmap elsewhere.
-
-    Measured on 2 CPU cores (README.md, "Performance"), 4 stacked DeepFM peers at batch
-    4096, 1M rows, one step: with sparse lazy Adam unroll 741 ms vs vmap 846 ms (1 peer
-    alone: 214 ms); with dense Adam 1067 vs 1082 ms. Groups of one peer run the same program
-    either way. On GPU/TPU vmap turns a group's matmuls into one batched matmul.
+    """'auto' = an unrolled loop on CPU, where it is the faster of the two
+    (docs/performance.md, "Measurements behind the code's choices"), vmap elsewhere: on
+    GPU/TPU vmap turns a group's matmuls into one batched matmul. Groups of one peer run
+    the same program either way.
     """
     if peer_execution not in PEER_EXECUTIONS:
         raise ValueError(f"unknown peer_execution {peer_execution!r}; expected one of {PEER_EXECUTIONS}")
@@ -503,15 +504,18 @@ def group_auxiliary_loss(group: PeerGroup, logits, aux_logits, labels) -> jax.Ar
 
 
 def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool = True,
-                 execution: str = "unroll"):
+                 execution: str = "unroll", transfer: str = "pairwise"):
     """Returns loss_fn(params, batch_stats, batch, dropout_keys, alpha).
 
     loss_fn returns (sum_n loss_n, aux) where aux holds per-peer [N] arrays
     'loss', 'bce' (with a model's auxiliary terms), 'mutual', 'l2', the [N, B] final
     'logits' and the new batch stats.
+    transfer: 'pairwise' (`mutual_terms` with `divergence`) or 'ektf' (`ektf_terms`).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    if transfer not in TRANSFERS:
+        raise ValueError(f"unknown transfer {transfer!r}; expected one of {TRANSFERS}")
 
     with_aux = any(auxiliary.has_auxiliary_loss(group.model) for group in peers.groups)
 
@@ -531,7 +535,7 @@ def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool =
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
         if with_aux:  # only then: the other runs keep their exact arithmetic
             bce = bce + jnp.concatenate(aux_terms)
-        if divergence == "ektf":  # its own weights; targets are always constants
+        if transfer == "ektf":  # its own weights; targets are always constants
             mutual = ektf_terms(logits, labels[0])
         else:
             mutual = mutual_terms(logits, divergence, stop_gradient)
@@ -572,7 +576,8 @@ def _apply_updates(peers: Peers, optimizer, params, grads, opt_state, learning_r
 
 
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
-                    divergence: str = "mse", stop_gradient: bool = True, warmup_steps: int = 0,
+                    divergence: str = "mse", transfer: str = "pairwise",
+                    stop_gradient: bool = True, warmup_steps: int = 0,
                     peer_execution: str = "auto", donate: bool = True, mesh=None,
                     state_shardings=None):
     """Builds the one jitted step that updates all peers (big_vision's `update_fn`): the
@@ -583,7 +588,8 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
       optimizer: gradient transformation without learning rate (`make_optimizer`); a
         `sparse.SparseOptimizer` makes the step update only the embedding rows of
         the batch.
-      divergence: 'mse', 'kl' or 'ektf' (`ektf_terms`).
+      divergence: 'mse' or 'kl': D of the pairwise mutual term.
+      transfer: 'pairwise' (the sum of D over companions) or 'ektf' (`ektf_terms`).
       stop_gradient: companions' predictions are constants (default).
       warmup_steps: updates with alpha = 0 before the mutual term switches on.
       peer_execution: 'auto', 'vmap' or 'unroll' (see `resolve_peer_execution`).
@@ -603,7 +609,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
       host learns which peer went NaN/inf first, and when, without a device-to-host
       transfer every step.
     """
-    update = _make_update(peers, optimizer, divergence=divergence,
+    update = _make_update(peers, optimizer, divergence=divergence, transfer=transfer,
                           stop_gradient=stop_gradient, warmup_steps=warmup_steps,
                           execution=resolve_peer_execution(peer_execution))
 
@@ -629,11 +635,12 @@ def finite_record(num_peers: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full(num_peers, -1, np.int32), np.zeros(num_peers, np.float32)
 
 
-def _make_update(peers: Peers, optimizer, *, divergence, stop_gradient, warmup_steps,
-                 execution):
+def _make_update(peers: Peers, optimizer, *, divergence, transfer, stop_gradient,
+                 warmup_steps, execution):
     """update(state, batch, alpha) -> (new_state, measurements): the step's computation."""
     row_sparse = isinstance(optimizer, sparse.SparseOptimizer)
-    loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution)
+    loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution,
+                       transfer=transfer)
     # The models run on the state's tables as stored, padding rows included.
     loss_fn = make_loss_fn(_with_vocab_size(peers, peers.stored_rows), **loss_kwargs)
     vocab_size = peers.stored_rows

@@ -218,3 +218,16 @@ def test_protocol_fits_the_dataset_kind(dataset, protocol, ok):
     else:
         with pytest.raises(ValueError, match=r"^config\.data\.protocol: .*\(got '"):
             validate.validate(config)
+
+
+def test_ektf_is_a_transfer_and_the_old_divergence_key_is_refused_in_one_line():
+    config = tiny.get_config()
+    with config.unlocked():
+        config.mutual.transfer = "ektf"
+    validate.validate(config)
+    with config.unlocked():
+        config.mutual.transfer, config.mutual.divergence = "pairwise", "ektf"
+    with pytest.raises(ValueError) as error:
+        validate.validate(config)
+    assert str(error.value).startswith("config.mutual.divergence: must be one of ('mse', 'kl')")
+    assert "config.mutual.transfer='ektf'" in str(error.value) and "\n" not in str(error.value)

@@ -155,7 +155,9 @@ def test_a_prepared_dataset_of_other_rows_is_refused(frappe, tmp_path):
 
 
 def _run(entry, workdir, *flags):
-    cmd = [sys.executable, "-m", f"experiments.{entry}", f"--workdir={workdir}", *TINY, *flags]
+    # cotrain_size takes its peers from --order (a config.peers override is refused).
+    tiny = [f for f in TINY if not (entry == "cotrain_size" and f.startswith("--config.peers"))]
+    cmd = [sys.executable, "-m", f"experiments.{entry}", f"--workdir={workdir}", *tiny, *flags]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
 
@@ -232,8 +234,8 @@ def test_runner_stops_with_one_line_when_flag_and_override_disagree(frappe, tmp_
 @pytest.mark.parametrize("entry,flags,says", [
     ("finetune", ["--config.seed=5"], "config.seed: experiments.finetune sets it itself "
      "(from --seeds); drop the override"),
-    ("cotrain_size", ["--config.peers=deepfm,fm"], "config.peers: experiments.cotrain_size "
-     "sets it itself (from --order)"),
+    ("cotrain_size", ["--order=deepfm,dcn", "--config.peers=deepfm,fm"], "config.peers: "
+     "experiments.cotrain_size sets it itself (from --order)"),
     ("precision", ["--config.compute_dtype=bfloat16"], "config.compute_dtype: "
      "experiments.precision sets it itself"),
     ("diversity", ["--dataset=frappe_x1", "--raw=/nowhere"], "experiments.diversity varies the "
