@@ -98,14 +98,12 @@ def reference_step(peers, optimizer, state, batch, alpha):
                                             ("finalmlp,gdcn*2,dcnv3", "unroll")])
 def test_step_equals_per_peer_updates_with_auxiliary_losses(spec, execution):
     peers, optimizer, state = setup(spec)
-    warm = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution=execution,
-                                  donate=False)
-    state, _ = warm(state, make_batch(0))  # the peers now disagree: a non-zero mutual term
+    warm = mutual.make_train_step(peers, optimizer, peer_execution=execution, donate=False)
+    state, _, _ = warm(state, make_batch(0), 0.0, None)  # the peers now disagree: a non-zero mutual term
     batch = make_batch(1)
     expected = reference_step(peers, optimizer, state, batch, alpha=0.7)
-    step = mutual.make_train_step(peers, optimizer, alpha=0.7, peer_execution=execution,
-                                  donate=False)
-    new_state, measurements = step(state, batch)
+    step = mutual.make_train_step(peers, optimizer, peer_execution=execution, donate=False)
+    new_state, measurements, _ = step(state, batch, 0.7, None)
     assert np.all(np.asarray(measurements["mutual"]) > 0)
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
@@ -174,11 +172,11 @@ def test_sparse_sgd_step_equals_dense_with_auxiliary_losses():
             lambda t: not t, sparse.table_mask(p))))
     dense_state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
     dense_state["opt_state"] = tuple(jax.vmap(dense_opt.init)(p) for p in state["params"])
-    sparse_step = mutual.make_train_step(peers, sparse_opt, alpha=1.0, donate=False)
-    dense_step = mutual.make_train_step(peers, dense_opt, alpha=1.0, donate=False)
+    sparse_step = mutual.make_train_step(peers, sparse_opt, donate=False)
+    dense_step = mutual.make_train_step(peers, dense_opt, donate=False)
     for i in range(2):
-        state, ms = sparse_step(state, make_batch(10 + i))
-        dense_state, md = dense_step(dense_state, make_batch(10 + i))
+        state, ms, _ = sparse_step(state, make_batch(10 + i), 1.0, None)
+        dense_state, md, _ = dense_step(dense_state, make_batch(10 + i), 1.0, None)
     np.testing.assert_allclose(ms["bce"], md["bce"], rtol=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                            state["params"], dense_state["params"])
