@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from mlctr import mutual
+from mlctr import peer_groups
 from test_mutual import FIELDS, VOCAB, assert_mutual_step_matches_reference, make_batch
 
 MODELS = {
@@ -24,10 +25,10 @@ MODELS = {
 
 def test_stacked_new_peers_step_equals_per_peer_updates():
     """Two stacked copies of each (one vmapped group per key), a serial MaskNet beside."""
-    peers = mutual.build_peers("masknet*2,masknet_serial,onn*2,eulernet*2", MODELS,
+    peers = peer_groups.build_peers("masknet*2,masknet_serial,onn*2,eulernet*2", MODELS,
                                vocab_size=VOCAB, num_fields=FIELDS)
-    optimizer = mutual.make_optimizer(grad_clip_norm=10.0)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+    optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, 1e-2)
     assert_mutual_step_matches_reference(peers, optimizer, state, make_batch(), make_batch(1),
                                          divergence="mse", execution="vmap")

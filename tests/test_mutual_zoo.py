@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sparse
 from mlctr.models import auxiliary
 from mlctr.models import regularization
@@ -33,9 +34,9 @@ def make_batch(seed):
 
 
 def setup(spec):
-    peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
-    optimizer = mutual.make_optimizer(grad_clip_norm=10.0)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+    peers = peer_groups.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+    optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, 1e-2)
     return peers, optimizer, state
 
@@ -163,9 +164,9 @@ def test_sparse_sgd_step_equals_dense_with_auxiliary_losses():
                          block1_hidden_units=(6, 4), block2_hidden_units=(4,),
                          block1_dropout=0.0, block2_dropout=0.0, embedding_regularizer=0.0),
     }
-    peers = mutual.build_peers("dcnv3,finalnet", models, vocab_size=VOCAB, num_fields=FIELDS)
-    sparse_opt = mutual.make_optimizer(10.0, embedding_optimizer="sgd")
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+    peers = peer_groups.build_peers("dcnv3,finalnet", models, vocab_size=VOCAB, num_fields=FIELDS)
+    sparse_opt = peer_groups.make_optimizer(10.0, embedding_optimizer="sgd")
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
                               sparse_opt, 1e-2)
     dense_opt = optax.chain(optax.clip_by_global_norm(10.0), optax.masked(
         optax.scale_by_adam(), lambda p: jax.tree_util.tree_map(

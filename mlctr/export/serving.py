@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import predict
 from mlctr.data.reader import PreparedDataset
 from mlctr.export.manifest import ExportError
@@ -41,7 +42,7 @@ class Served:
     data_dir: str
 
 
-def _select(peers: mutual.Peers, params, batch_stats, names: list[str]):
+def _select(peers: peer_groups.Peers, params, batch_stats, names: list[str]):
     """The peers `names` alone (groups narrowed, their stacked variables sliced)."""
     groups, sub_params, sub_stats = [], [], []
     for group, p, s in zip(peers.groups, params, batch_stats):
@@ -55,7 +56,7 @@ def _select(peers: mutual.Peers, params, batch_stats, names: list[str]):
     return dataclasses.replace(peers, groups=tuple(groups)), tuple(sub_params), tuple(sub_stats)
 
 
-def _probabilities_fn(peers: mutual.Peers, params, batch_stats):
+def _probabilities_fn(peers: peer_groups.Peers, params, batch_stats):
     """ids [b, F] -> mean over the peers of their probabilities [b], weights as constants.
 
     `mutual.make_predict_fn`'s eval-mode forward pass, peer after peer (its 'unroll'
