@@ -32,7 +32,8 @@ State layout (a plain dict pytree, easy to checkpoint):
                  `sparse.SparseOptimizer`: {'dense': ..., 'rows': per-row states of
                  the embedding tables, nested like the params}).
   learning_rate: float32 [N], one learning rate per peer (decayed per peer by
-                 the trainer; 0 freezes a peer that has early-stopped).
+                 the trainer; 0 freezes a peer that has early-stopped: the step keeps
+                 its params, opt_state and batch_stats bit for bit).
 
 On a mesh with a `table` axis (mlctr/sharding.py) the tables in the state (and their
 optimizer state) have `Peers.table_rows` rows: the vocabulary padded with zero rows to a
@@ -531,6 +532,32 @@ def _apply_updates(peers: Peers, optimizer, params, grads, opt_state, learning_r
     return new_params, new_opt_state, grad_norms
 
 
+def keep_frozen_peers(peers: Peers, learning_rate: jax.Array, new, old):
+    """`new` for every peer whose learning rate is > 0, `old` (bit for bit) for the others.
+
+    Args:
+      peers: the peer groups.
+      learning_rate: float32 [N], the state's per-peer learning rates (0: frozen).
+      new, old: tuples of per-group stacked trees (params, optimizer state, batch stats),
+        each leaf with the group's peers on its leading axis.
+
+    Returns:
+      A tuple like `new`: each entry a list over groups.
+    """
+    out = []
+    for new_groups, old_groups in zip(new, old):
+        picked = []
+        for sl, n, o in zip(peers.group_slices(), new_groups, old_groups):
+            live = learning_rate[sl] > 0
+
+            def pick(a, b, live=live):
+                return jnp.where(live.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+            picked.append(jax.tree_util.tree_map(pick, n, o))
+        out.append(picked)
+    return tuple(out)
+
+
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
                     alpha: float = 1.0, divergence: str = "mse", stop_gradient: bool = True,
                     warmup_steps: int = 0, peer_execution: str = "auto", donate: bool = True):
@@ -585,9 +612,14 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
                           for full, new in zip(state["params"], new_params)]
             new_opt_state = [optimizer.put_state_rows(full, new, rows.rows, axis=1)
                              for full, new in zip(state["opt_state"], new_opt_state)]
+        # A peer at learning rate 0 (stopped early, or a frozen teacher) keeps all of its
+        # state: Adam's moments and batch norm's running statistics would move too.
+        new_params, new_opt_state, new_stats = keep_frozen_peers(
+            peers, state["learning_rate"], (new_params, new_opt_state, aux["batch_stats"]),
+            (state["params"], state["opt_state"], state["batch_stats"]))
         new_state = dict(state)
         new_state.update(step=state["step"] + 1, params=tuple(new_params),
-                         opt_state=tuple(new_opt_state), batch_stats=aux["batch_stats"])
+                         opt_state=tuple(new_opt_state), batch_stats=tuple(new_stats))
         measurements = {k: aux[k] for k in ("loss", "bce", "mutual", "l2")}
         measurements["grad_norm"] = jnp.concatenate(grad_norms)
         measurements["alpha"] = alpha_now

@@ -57,6 +57,8 @@ def apply_finetune_schedule(config: ml_collections.ConfigDict,
     config.train.eval_steps = finetune.eval_steps
     config.train.patience = finetune.patience
     config.train.max_steps = finetune.max_steps
+    # A config saved before the key existed has no per-peer overrides.
+    config.train.peer_schedule = finetune.get("peer_schedule", "")
 
 
 def pretrain_config(config: ml_collections.ConfigDict,

@@ -133,6 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_steps=39,            # twice per epoch of 78 updates (0: at the end of each epoch)
         eval_batch_size=4096,     # peak memory: FiBiNET at 16384 holds ~0.8 GB per eval batch
         patience=2,               # early stop after this many non-improving evaluations
+        # Per-peer overrides of learning_rate, patience, lr_decay_factor, min_learning_rate
+        # by peer name or model-set key, e.g. "ipnn:patience=3;fibinet:learning_rate=5e-4"
+        # (BARS tunes them per model; mlctr/run/schedule.py). Empty: the globals for all.
+        peer_schedule="",
         monitor="auc",            # auc | auc-logloss (BARS x4)
         log_steps=50,
         test_at_end=True,         # evaluate the best parameters on the test split
@@ -161,6 +165,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_steps=0,              # > 0: stop after this many updates
         eval_steps=20,            # 4 evaluations in the epoch of 78 updates
         patience=2,
+        peer_schedule="",         # per-peer overrides in the finetunes (as train.peer_schedule)
     ))
 
     config.init_from = ""         # run dir whose best peer weights initialise the peers

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlctr.run import schedule
+
 _MISSING = object()
 
 # Legal names that no module holds as a constant (the others come from their modules).
@@ -162,6 +164,28 @@ def _validate_peers(config) -> None:
                 config, "init_from"):
             _fail("mutual.frozen_peers", "freezes every peer of a fresh run, so nothing would "
                   "train", frozen)
+    _validate_peer_schedules(config, names, [key for key, n in counts.items()
+                                             for _ in range(n)])
+
+
+def _validate_peer_schedules(config, names: list[str], group_keys: list[str]) -> None:
+    """train.peer_schedule and finetune.peer_schedule parse and name known peers."""
+    for section in ("train", "finetune"):
+        spec = _get(config, f"{section}.peer_schedule")
+        if spec is _MISSING:
+            continue
+        if not isinstance(spec, str):
+            _fail(f"{section}.peer_schedule", "must be a string 'PEER:SETTING=VALUE;...'", spec)
+        try:
+            overrides = schedule.parse_peer_schedule(spec)
+        except ValueError as e:
+            _fail(f"{section}.peer_schedule", str(e), spec)
+        unknown = sorted(set(overrides) - set(names) - set(group_keys))
+        if unknown:
+            _fail(f"{section}.peer_schedule", f"names unknown peer(s) {unknown}; peers: {names}",
+                  spec)
+    if _get(config, "train.peer_schedule") is not _MISSING:
+        schedule.peer_settings(config, names, group_keys)  # each peer's min_lr <= its lr
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

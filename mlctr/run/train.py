@@ -65,6 +65,7 @@ from mlctr.run.errors import NonFiniteLossError, Preempted, RunError  # noqa: F4
 from mlctr.run.logs import MetricsWriter, results_markdown  # noqa: F401
 from mlctr.run.schedule import PeerSchedule
 from mlctr.run import inputs
+from mlctr.run import schedule as schedule_lib
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +257,8 @@ class Run:
     # What a checkpoint must agree with: the config (as a dict) and the dataset.
     config_dict: dict
     fingerprint: dict
+    # Each peer's schedule settings (the globals with `train.peer_schedule`'s overrides).
+    settings: schedule_lib.PeerSettings
 
     @property
     def names(self) -> list[str]:
@@ -304,9 +307,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     shapes = abstract_state(config, peers, optimizer, dataset)
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    settings = schedule_lib.peer_settings(
+        config, peers.names, [g.config_key for g in peers.groups for _ in g.names])
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
-               _checkpoint_config(config, peers), dataset_fingerprint(dataset))
+               _checkpoint_config(config, peers), dataset_fingerprint(dataset), settings)
 
 
 # ---------------------------------------------------------------------------
@@ -344,7 +349,7 @@ def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
 def _start(run: Run) -> Live:
     config, names = run.config, run.names
     host_state = jax.device_get(initial_state(config, run.peers, run.optimizer, run.dataset))
-    schedule = PeerSchedule.start(run.peers.size, config.optimizer.learning_rate)
+    schedule = PeerSchedule.start(run.peers.size, run.settings.learning_rate)
     frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
     unknown = sorted(set(frozen) - set(names))
     if unknown:
@@ -436,10 +441,15 @@ class TrainLoop:
         self.writer = MetricsWriter(run.workdir, live.start_step)
         self.watcher = PreemptionWatcher()
         try:
+            if live.step == 0 and run.config.init_from:
+                # A finetune's starting point is a candidate best: early stopping can
+                # return the pretrained weights when no finetuned step beats them.
+                self.evaluate(0, 0)
             while live.step < run.total_steps and not live.schedule.all_stopped:
                 self.epoch()
             if live.schedule.all_stopped:
                 logging.info("every peer has stopped early; the run ends at step %d", live.step)
+            self.clock.sync()
             self.check_finite()
             if self.checkpoints.last_saved_step != live.step:
                 self.save(live.step)
@@ -479,9 +489,10 @@ class TrainLoop:
         end_of_epoch = step % run.steps_per_epoch == 0
         if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
                 tc.eval_steps <= 0 and end_of_epoch) or step == run.total_steps:
+            self.clock.sync()  # the wait for the dispatched steps is training time
             self.check_finite()
             self.evaluate(step, epoch)
-            self.clock.resume()  # evaluation is not training time
+            self.clock.resume()  # evaluation is not
         if step >= run.total_steps or live.schedule.all_stopped:
             return True
         ckpt_steps = run.config.checkpoint.ckpt_steps
@@ -495,10 +506,10 @@ class TrainLoop:
 
     def log_train(self, step: int, epoch: int, measurements) -> None:
         """metrics.jsonl, TensorBoard and the log line of the training losses."""
+        steps_per_sec = self.clock.interval()  # first: it waits for the dispatched steps
         self.check_finite()
         names, batch_size = self.run.names, self.run.config.train.batch_size
         m = jax.device_get(measurements)
-        steps_per_sec = self.clock.interval()
         record = {"kind": "train", "step": step, "epoch": epoch,
                   "steps_per_sec": steps_per_sec,
                   "examples_per_sec": steps_per_sec * batch_size,
@@ -524,8 +535,8 @@ class TrainLoop:
         valid = split_metrics(names, logits, labels)
         values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
         improved, newly_stopped = live.schedule.update(
-            values, step, patience=tc.patience, decay=run.config.optimizer.lr_decay_factor,
-            min_lr=run.config.optimizer.min_learning_rate)
+            values, step, patience=run.settings.patience, decay=run.settings.lr_decay_factor,
+            min_lr=run.settings.min_learning_rate)
         live.best = self.select(_group_masks(run.peers, improved), _variables(live.state),
                                 live.best)
         if any(newly_stopped):
