@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlctr.data.prepare.options import DATASETS, PROTOCOLS, VOCAB_MODES
 from mlctr.run import schedule
 
 _MISSING = object()
@@ -62,7 +63,6 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     from mlctr import mutual
     from mlctr import sparse
     from mlctr.models import qr
-    from mlctr.data.prepare import DATASETS, PROTOCOLS, VOCAB_MODES
 
     return [
         ("mode", _one_of(MODES), f"must be one of {MODES}"),
