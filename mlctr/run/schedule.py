@@ -102,7 +102,8 @@ def peer_settings(config, names: Sequence[str], group_keys: Sequence[str]) -> Pe
         for key, path in PEER_SETTINGS.items():
             section, field = path.split(".")
             columns[key].append(own.get(key, config[section][field]))
-        if columns["min_learning_rate"][-1] > columns["learning_rate"][-1]:
+        # (The globals' own order is config validation's: `optimizer.min_learning_rate`.)
+        if own and columns["min_learning_rate"][-1] > columns["learning_rate"][-1]:
             raise ValueError(f"config.train.peer_schedule: {name}'s min_learning_rate "
                              f"{columns['min_learning_rate'][-1]} exceeds its learning_rate "
                              f"{columns['learning_rate'][-1]} (got {spec!r})")
