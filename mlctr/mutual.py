@@ -666,6 +666,31 @@ def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):
     return jax.jit(predict)
 
 
+def make_batch_stats_fn(peers: Peers, *, peer_execution: str = "auto"):
+    """jitted stats(params, batch_stats, ids) -> each group's batch-norm statistics of one
+    batch of dataset ids [B, F], in train mode (as a train step normalises with them).
+
+    Flax's BatchNorm returns `momentum * running + (1 - momentum) * batch` for the running
+    statistics it is given; this passes zeros, so the result is `(1 - momentum)` times the
+    batch's mean and (biased) variance, and `mlctr.run.batch_stats` divides that factor
+    out. Groups without batch norm return their empty trees. Dropout uses fixed keys.
+    """
+    execution = resolve_peer_execution(peer_execution)
+    peers = _with_vocab_size(peers, peers.stored_rows)
+
+    def stats(params, batch_stats, ids):
+        ids = peers.table_ids(ids)
+        out = []
+        for group, p, s in zip(peers.groups, params, batch_stats):
+            keys = jax.random.split(jax.random.PRNGKey(0), group.size)
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, s)
+            _, new = group_forward(group, p, zeros, ids, keys, train=True, execution=execution)
+            out.append(new)
+        return tuple(out)
+
+    return jax.jit(stats)
+
+
 # ---------------------------------------------------------------------------
 # Per-peer views of the stacked state (checkpoints are keyed by peer name).
 

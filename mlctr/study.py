@@ -32,6 +32,7 @@ from mlctr import predict
 from mlctr import report
 from mlctr import stats
 from mlctr.run import inputs
+from mlctr.run import logs
 from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
@@ -172,8 +173,15 @@ def results_table(results: dict[str, Any], split: str = "test",
             row["delong_p"] = delong_tests[name]["p"]
             row["rows_needed"] = delong_tests[name]["rows_needed"] or "-"
         rows.append(row)
+    notes = _broken_notes(results, list(control))
+    shown = [dict(row, peer=f"{row['peer']} {logs.BROKEN_MARK}") if row["peer"] in notes
+             else row for row in rows]
+    for row in rows:
+        if row["peer"] in notes:
+            row["broken"] = notes[row["peer"]]
     header = f"Mutual vs independent finetune ({split} split, seed {results.get('seed', '-')})\n\n"
-    table = (header + report.markdown_table(rows, TABLE_COLUMNS)
+    table = (header + report.markdown_table(shown, TABLE_COLUMNS)
+             + "".join(f"\n\n{logs.BROKEN_MARK} {name}: {note}." for name, note in notes.items())
              + report.bayes_note(results["finetune_control"], split))
     if delong_tests:
         effect, source = paper_effect(results.get("dataset", ""))
@@ -183,6 +191,18 @@ def results_table(results: dict[str, Any], split: str = "test",
                   f"{TARGET_POWER:g}, from this run's standard error. One seed: the tests over "
                   "seeds and the seeds needed are in `python -m experiments.finetune`.")
     return rows, table
+
+
+def _broken_notes(results: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """{peer or 'ensemble': note} for the peers whose predictions broke in some phase
+    (`logs.broken_notes`); the ensemble of a phase with a broken peer is marked too."""
+    notes: dict[str, list[str]] = {}
+    for phase in ("pretrain", "finetune_control", "finetune_mutual"):
+        for name, note in logs.broken_notes(results.get(phase, {})).items():
+            notes.setdefault(name, []).append(f"{phase}: {note}")
+            if "ensemble" in names:
+                notes.setdefault("ensemble", []).append(f"{phase}: includes {name}")
+    return {name: "; ".join(parts) for name, parts in notes.items()}
 
 
 def run_finetune_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

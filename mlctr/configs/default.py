@@ -169,6 +169,15 @@ def train_config() -> ml_collections.ConfigDict:
         # (BARS tunes them per model; mlctr/run/schedule.py). Empty: the globals for all.
         peer_schedule="",
         monitor="auc",            # auc | auc-logloss (BARS x4)
+        # Batch-norm peers: before each evaluation, their statistics are recomputed from
+        # the current weights over this many train batches (0: the train steps' running
+        # averages, which can describe other weights; mlctr/run/batch_stats.py).
+        precise_bn_batches=16,
+        # An evaluation whose valid predictions are broken is never a peer's best, and is
+        # warned about and marked in the results: this fraction of predictions within 1e-6
+        # of 0 or 1, or a logloss this many times a constant predictor's (0: no check).
+        max_saturated=0.5,
+        max_logloss_ratio=2.0,
         log_steps=50,
         test_at_end=True,         # evaluate the best parameters on the test split
     ))

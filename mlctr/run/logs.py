@@ -216,15 +216,40 @@ def log_results(results: dict, workdir: str):
                  os.path.join(workdir, "results.md"))
 
 
+BROKEN_MARK = "†"
+
+
+def broken_notes(results: dict) -> dict[str, str]:
+    """{peer: what was broken} for a run's peers whose predictions broke (saturated, or a
+    logloss far above a constant's): at evaluations (never kept as best) or with the best
+    weights themselves. Empty for a run from before these checks."""
+    notes: dict[str, list[str]] = {}
+    flagged = results.get("schedule", {}).get("flagged_steps") or []
+    for name, steps in zip(results.get("peers", []), flagged):
+        if steps:
+            notes.setdefault(name, []).append(
+                f"valid predictions broken at step(s) {', '.join(map(str, steps))} (not kept "
+                "as best)")
+    for split, peers in results.get("broken", {}).items():
+        for name, why in peers.items():
+            notes.setdefault(name, []).append(f"best weights on {split}: {why}")
+    return {name: "; ".join(parts) for name, parts in notes.items()}
+
+
 def results_markdown(results: dict) -> str:
-    """The final table of a run: each peer's best weights on valid (and test)."""
+    """The final table of a run: each peer's best weights on valid (and test); a peer whose
+    predictions broke is marked (`broken_notes`)."""
     splits = [s for s in ("valid", "test") if s in results]
+    notes = broken_notes(results)
     header = "| peer | " + " | ".join(f"{s} AUC | {s} logloss" for s in splits) + " |"
     lines = [header, "|---" * (1 + 2 * len(splits)) + "|"]
     for name in results[splits[0]]:
         cells = " | ".join(f"{results[s][name]['auc']:.5f} | {results[s][name]['logloss']:.5f}"
                            for s in splits)
-        lines.append(f"| {name} | {cells} |")
+        mark = f" {BROKEN_MARK}" if name in notes else ""
+        lines.append(f"| {name}{mark} | {cells} |")
+    for name, note in notes.items():
+        lines.append(f"\n{BROKEN_MARK} {name}: {note}.")
     for split in splits:
         bayes = results.get("bayes", {}).get(split)
         if bayes:

@@ -124,6 +124,9 @@ class PeerSchedule:
       best_step: step of that best value.
       bad_evals: consecutive non-improving evaluations.
       stopped: whether the peer has early-stopped.
+      flagged_steps: the steps at which the peer's valid predictions were broken
+        (saturated, or a logloss far above a constant's: `evaluation.unhealthy`); such an
+        evaluation never makes a best. Absent from checkpoints written before it existed.
     """
 
     learning_rate: list[float]
@@ -131,6 +134,11 @@ class PeerSchedule:
     best_step: list[int]
     bad_evals: list[int]
     stopped: list[bool]
+    flagged_steps: list[list[int]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.flagged_steps:
+            self.flagged_steps = [[] for _ in self.learning_rate]
 
     @classmethod
     def start(cls, num_peers: int, learning_rate: float | Sequence[float]) -> "PeerSchedule":

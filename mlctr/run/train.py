@@ -58,6 +58,7 @@ from mlctr.run import logs
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
 from mlctr.run import errors
+from mlctr.run import batch_stats
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import schedule as schedule_lib
@@ -431,6 +432,11 @@ class TrainLoop:
                                         np.zeros(run.peers.size, np.float32)), rep)
         self.clock = logs.Throughput(run.config.train.batch_size)
         self.writer: logs.MetricsWriter | None = None
+        self.select_stats = jax.jit(_select_groups,
+                                    out_shardings=run.state_shardings["batch_stats"])
+        self.batch_stats_fn = (mutual.make_batch_stats_fn(
+            run.peers, peer_execution=run.config.mutual.peer_execution)
+            if batch_stats.has_batch_norm(run.shapes["batch_stats"]) else None)
 
     def train(self) -> None:
         """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
@@ -526,11 +532,15 @@ class TrainLoop:
         """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
         run, live, tc = self.run, self.live, self.run.config.train
         names = run.names
+        self.recompute_batch_stats()
         logits, labels = evaluation.predict_split(run.predict_fn, live.state["params"],
                                        live.state["batch_stats"], run.dataset, "valid",
                                        tc.eval_batch_size, run.mesh)
         valid = evaluation.split_metrics(names, logits, labels)
-        values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
+        broken = self.broken_predictions(step, logits, labels)
+        # A broken evaluation is never a best: it counts as not improving.
+        values = [-np.inf if n in broken else metrics_lib.monitor_value(valid[n], tc.monitor)
+                  for n in names]
         improved, newly_stopped = live.schedule.update(
             values, step, patience=run.settings.patience, decay=run.settings.lr_decay_factor,
             min_lr=run.settings.min_learning_rate)
@@ -545,11 +555,49 @@ class TrainLoop:
         stopped = dict(zip(names, live.schedule.stopped))
         self.writer.write(
             {"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
-             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped},
+             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped,
+             "broken": broken},
             {**logs.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
              **logs.per_peer_scalars("valid/logloss",
                                         {n: m["logloss"] for n, m in valid.items()})})
         logs.log_eval(step, valid, dict(zip(names, improved)), stopped)
+
+    def recompute_batch_stats(self) -> None:
+        """The batch-norm statistics of every training peer, from its current weights
+        (`train.precise_bn_batches` train batches; mlctr/run/batch_stats.py). Stopped
+        peers keep theirs: they are frozen."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        num_batches = tc.get("precise_bn_batches", 0)
+        if self.batch_stats_fn is None or not num_batches:
+            return
+        index, count = sharding.process_batch_slice(run.mesh, tc.batch_size)
+        # A fixed set of batches (epoch 0's first), so a resumed run computes the same.
+        local = run.dataset.train_batches(tc.batch_size, seed=run.config.seed, epoch=0,
+                                          process_index=index, process_count=count)
+        placed = ({"ids": sharding.global_batch(run.mesh, b, tc.batch_size)["ids"]}
+                  for b in local)
+        precise = batch_stats.precise_batch_stats(
+            self.batch_stats_fn, live.state["params"], live.state["batch_stats"], placed,
+            num_batches)
+        training = [not s for s in live.schedule.stopped]
+        live.state["batch_stats"] = self.select_stats(_group_masks(run.peers, training),
+                                                      precise, live.state["batch_stats"])
+
+    def broken_predictions(self, step: int, logits, labels) -> dict[str, str]:
+        """{peer: why} for the training peers whose valid predictions are broken; one
+        warning line each, and the step recorded in the schedule (the results mark it)."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        health = evaluation.prediction_health(run.names, logits, labels)
+        broken = {}
+        for k, name in enumerate(run.names):
+            why = evaluation.unhealthy(health[name], tc.get("max_saturated", 0),
+                                       tc.get("max_logloss_ratio", 0))
+            if why and not live.schedule.stopped[k]:
+                broken[name] = why
+                live.schedule.flagged_steps[k].append(step)
+                logging.warning("step %d: peer %s's valid predictions are broken: %s; this "
+                                "evaluation cannot be its best", step, name, why)
+        return broken
 
     def save(self, step: int) -> None:
         """Starts writing checkpoint `step`, never one of a state that went non-finite."""
@@ -581,11 +629,19 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
     results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
                "train_seconds": clock.timed_seconds, "examples_per_sec": clock.examples_per_sec,
                "schedule": live.schedule.to_json()}
+    results["broken"] = {}  # {split: {peer: why}}: the best weights' predictions broken
     for split in ("valid", "test") if tc.test_at_end else ("valid",):
         logits, labels = evaluation.predict_split(run.predict_fn, live.best["params"],
                                        live.best["batch_stats"], run.dataset, split,
                                        tc.eval_batch_size, run.mesh)
         results[split] = evaluation.split_metrics(run.names, logits, labels)
+        health = evaluation.prediction_health(run.names, logits, labels)
+        results["broken"][split] = {
+            name: why for name in run.names if (why := evaluation.unhealthy(
+                health[name], tc.get("max_saturated", 0), tc.get("max_logloss_ratio", 0)))}
+        for name, why in results["broken"][split].items():
+            logging.warning("peer %s's best weights give broken %s predictions: %s", name,
+                            split, why)
     bayes = run.dataset.feature_map.get("bayes")
     if bayes:
         results["bayes"] = bayes
