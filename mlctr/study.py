@@ -173,12 +173,9 @@ def results_table(results: dict[str, Any], split: str = "test",
             row["delong_p"] = delong_tests[name]["p"]
             row["rows_needed"] = delong_tests[name]["rows_needed"] or "-"
         rows.append(row)
-    notes = _broken_notes(results, list(control))
+    notes = broken_notes(results, list(control))
     shown = [dict(row, peer=f"{row['peer']} {logs.BROKEN_MARK}") if row["peer"] in notes
              else row for row in rows]
-    for row in rows:
-        if row["peer"] in notes:
-            row["broken"] = notes[row["peer"]]
     header = f"Mutual vs independent finetune ({split} split, seed {results.get('seed', '-')})\n\n"
     table = (header + report.markdown_table(shown, TABLE_COLUMNS)
              + "".join(f"\n\n{logs.BROKEN_MARK} {name}: {note}." for name, note in notes.items())
@@ -193,7 +190,7 @@ def results_table(results: dict[str, Any], split: str = "test",
     return rows, table
 
 
-def _broken_notes(results: dict[str, Any], names: list[str]) -> dict[str, str]:
+def broken_notes(results: dict[str, Any], names: list[str]) -> dict[str, str]:
     """{peer or 'ensemble': note} for the peers whose predictions broke in some phase
     (`logs.broken_notes`); the ensemble of a phase with a broken peer is marked too."""
     notes: dict[str, list[str]] = {}
