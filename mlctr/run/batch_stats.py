@@ -2,31 +2,17 @@
 
 A train step normalises each batch-norm layer with the batch's own mean and variance;
 evaluation uses the running statistics, an exponential average (momentum 0.9) that the
-train steps update. Those running statistics describe *earlier* weights, and where a
-layer's input variance is far below batch norm's epsilon (1e-5) they no longer
-describe the network at all. That is what made FiBiNET (batch_norm = True) saturate
-after a finetune's learning-rate jump (issue 25, item 8; measured on the ~10k real
-Criteo rows in ../shared/data, FiBiNET with a 400x3 batch-norm DNN, embedding 10,
-batch 128, finetune at lr 3e-4; docs/reliability.md has the numbers):
+train steps update. Those describe earlier weights, and where a layer's input variance is
+far below batch norm's epsilon they do not describe the network at all: eval mode then
+computes another function than the one trained. That made FiBiNET with batch norm
+saturate after a finetune's learning-rate jump (issue 25, item 8; the reproduction and its
+numbers: docs/reliability.md, "What made FiBiNET saturate").
 
-* the DNN's input (the bilinear interactions of embeddings initialised at std 1e-4)
-  has a per-unit standard deviation of ~5e-6, a variance ~3e-11, six orders below the
-  epsilon; train mode then divides by sqrt(eps) and only subtracts the batch mean;
-* the running variance of the first layers is still the initial 1.0 decayed by
-  0.9^steps (1.06e-3 = 0.9^65 in the checkpoint of step 65), and the running mean lags
-  the pre-norm biases, which drift under Adam (batch norm makes their gradient ~0, and
-  Adam normalises that noise into lr-sized steps);
-* so eval mode is a different function from the one trained: 40 finetune steps in,
-  the valid logloss with the running statistics was 12.56 with 100% of predictions
-  saturated, while the same weights in train mode on the same rows gave 0.51 (and the
-  train rows in eval mode 12.39: no overfitting, a statistics mismatch).
-
-The fix: before each evaluation, each training peer's statistics are recomputed from
-its current weights, as the equal-weight mean over `train.precise_bn_batches` train
-batches of each batch's statistics in train mode (fvcore's `update_bn_stats`; Wu &
-Johnson 2021, "Rethinking 'Batch' in BatchNorm", sec. 3). On the run above: valid
-logloss 0.504 and AUC 0.7307 at that step, as in train mode. Stopped (frozen) peers
-keep theirs. Peers without batch norm are untouched and pay nothing.
+So before each evaluation every training peer's statistics are recomputed from its
+current weights: the equal-weight mean, over `train.precise_bn_batches` train batches,
+of each batch's statistics in train mode (fvcore's `update_bn_stats`; Wu & Johnson 2021,
+"Rethinking 'Batch' in BatchNorm", sec. 3). Stopped (frozen) peers keep theirs; peers
+without batch norm are untouched and pay nothing.
 """
 from __future__ import annotations
 
