@@ -25,7 +25,7 @@ def test_precise_batch_stats_are_the_mean_of_each_batchs_statistics(tiny_data_di
     with config.unlocked():
         config.models.fibinet.batch_norm = True
     dataset = PreparedDataset(tiny_data_dir)
-    peers, optimizer, _, _ = train.build_run(config, dataset)
+    peers, optimizer, _ = train.build_run(config, dataset)
     state = train.initial_state(config, peers, optimizer, dataset)
     batches = [dict(b) for b in list(dataset.train_batches(64, seed=0, epoch=0))[:3]]
     fn = mutual.make_batch_stats_fn(peers)
@@ -111,7 +111,7 @@ def test_evaluation_uses_statistics_of_the_current_weights(tiny_data_dir, tmp_pa
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
     dataset = PreparedDataset(tiny_data_dir)
-    peers, _, _, predict_fn = train.build_run(config, dataset)
+    peers, _, _ = train.build_run(config, dataset)
     params, stats = mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
     params, stats = jax.tree_util.tree_map(jnp.asarray, (params, stats))
     placed = ({"ids": jnp.asarray(b["ids"])} for b in dataset.train_batches(64, seed=0, epoch=0))

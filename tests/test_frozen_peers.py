@@ -48,7 +48,14 @@ def test_zero_learning_rate_freezes_params_batch_stats_and_optimizer_state(tiny_
     """FiBiNET (batch norm) at lr 0, alone or beside a training DCN (alpha 1)."""
     config = _batch_norm_config(tiny_data_dir, peers)
     dataset = PreparedDataset(tiny_data_dir)
-    built, optimizer, step, _ = train.build_run(config, dataset)
+    built, optimizer, _ = train.build_run(config, dataset)
+    train_step = train.make_step(config, built, optimizer)
+    alpha = config.mutual.alpha
+
+    def step(state, batch):
+        state, measurements, _ = train_step(state, batch, alpha, None)
+        return state, measurements
+
     state = train.initial_state(config, built, optimizer, dataset)
     batches = list(dataset.train_batches(64, seed=0, epoch=0))[:6]
     for batch in batches[:2]:  # Adam moments and running statistics away from their init

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
 from mlctr import sparse
 from mlctr.models import qr
@@ -31,9 +32,9 @@ def make_batch(seed=0):
 
 
 def setup(spec, lr=1e-2, seed=0, same_init=False):
-    peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
-    optimizer = mutual.make_optimizer(grad_clip_norm=10.0)
-    state = mutual.init_state(peers, jax.random.PRNGKey(seed), jnp.zeros((2, FIELDS), jnp.int32),
+    peers = peer_groups.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+    optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(seed), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, lr, same_init=same_init)
     return peers, optimizer, state
 
@@ -109,14 +110,14 @@ def assert_mutual_step_matches_reference(peers, optimizer, state, warm_batch, ba
     """After one step at alpha 0 (so the peers disagree and the mutual term is non-zero),
     the jitted step at alpha 0.7 on `batch` equals `reference_step` on `reference_batch`
     (default `batch`)."""
-    warm = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution=execution, donate=False)
-    state, _ = warm(state, warm_batch)
+    warm = mutual.make_train_step(peers, optimizer, peer_execution=execution, donate=False)
+    state, _, _ = warm(state, warm_batch, 0.0, None)
     expected = reference_step(peers, optimizer, state,
                               batch if reference_batch is None else reference_batch,
                               alpha=0.7, divergence=divergence)
-    step = mutual.make_train_step(peers, optimizer, alpha=0.7, divergence=divergence,
+    step = mutual.make_train_step(peers, optimizer, divergence=divergence,
                                   peer_execution=execution, donate=False)
-    new_state, m = step(state, batch)
+    new_state, m, _ = step(state, batch, 0.7, None)
     assert np.all(np.asarray(m["mutual"]) > 0)
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
@@ -129,8 +130,8 @@ def test_batch_norm_peers_update_their_own_stats():
     # (mathematically zero) gradient of a bias feeding batch norm up to +-lr.
     optimizer = optax.identity()
     state["opt_state"] = tuple(jax.vmap(optimizer.init)(p) for p in state["params"])
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, peer_execution="vmap", donate=False)
-    new_state, _ = step(state, make_batch())
+    step = mutual.make_train_step(peers, optimizer, peer_execution="vmap", donate=False)
+    new_state, _, _ = step(state, make_batch(), 1.0, None)
     expected = reference_step(peers, optimizer, state, make_batch(), alpha=1.0, divergence="mse")
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
@@ -144,18 +145,18 @@ def test_vmap_and_unroll_agree():
     peers, optimizer, state = setup("deepfm*2,dcn")
     results = []
     for execution in ("vmap", "unroll"):
-        step = mutual.make_train_step(peers, optimizer, alpha=1.0, peer_execution=execution,
+        step = mutual.make_train_step(peers, optimizer, peer_execution=execution,
                                       donate=False)
         s = copy_state(state)
         for i in range(3):
-            s, _ = step(s, make_batch(i))
+            s, _, _ = step(s, make_batch(i), 1.0, None)
         results.append(s["params"])
     assert_trees_close(results[0], results[1])
 
 
 def test_single_peer_is_plain_bce_training():
     peers, optimizer, state = setup("deepfm", lr=1e-2)
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, donate=False)
+    step = mutual.make_train_step(peers, optimizer, donate=False)
     model = peers.groups[0].model
     params = jax.tree_util.tree_map(lambda x: x[0], state["params"][0])
     tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-2))
@@ -171,7 +172,7 @@ def test_single_peer_is_plain_bce_training():
 
         updates, opt_state = tx.update(jax.jit(jax.grad(loss))(params), opt_state, params)
         params = optax.apply_updates(params, updates)
-        state, m = step(state, batch)
+        state, m, _ = step(state, batch, 1.0, None)
         assert float(m["mutual"][0]) == 0.0
     # Adam turns rounding noise in near-zero gradients into steps of up to lr:
     # compare at a tolerance well below one step (lr = 1e-2).
@@ -181,18 +182,18 @@ def test_single_peer_is_plain_bce_training():
 
 def test_alpha_zero_makes_peers_independent():
     peers, optimizer, state = setup("deepfm*2")
-    pair = mutual.make_train_step(peers, optimizer, alpha=0.0, donate=False)
+    pair = mutual.make_train_step(peers, optimizer, donate=False)
     s2 = copy_state(state)
     for i in range(2):
-        s2, _ = pair(s2, make_batch(i))
+        s2, _, _ = pair(s2, make_batch(i), 0.0, None)
     # Peer 0 alone, same weights and same dropout key (peer index 0).
     solo_peers, _, solo = setup("deepfm")
     solo["params"] = (jax.tree_util.tree_map(lambda x: x[:1], state["params"][0]),)
     solo["opt_state"] = (jax.tree_util.tree_map(lambda x: x[:1], state["opt_state"][0]),)
     solo["rng"] = state["rng"]
-    single = mutual.make_train_step(solo_peers, optimizer, alpha=1.0, donate=False)
+    single = mutual.make_train_step(solo_peers, optimizer, donate=False)
     for i in range(2):
-        solo, _ = single(solo, make_batch(i))
+        solo, _, _ = single(solo, make_batch(i), 1.0, None)
     assert_trees_close(jax.tree_util.tree_map(lambda x: x[0], s2["params"][0]),
                        jax.tree_util.tree_map(lambda x: x[0], solo["params"][0]))
 
@@ -211,19 +212,19 @@ def test_same_seed_bitwise_identical_run():
     runs = []
     for _ in range(2):
         peers, optimizer, state = setup("deepfm,dcn")
-        step = mutual.make_train_step(peers, optimizer, alpha=1.0)
+        step = mutual.make_train_step(peers, optimizer)
         for i in range(3):
-            state, m = step(state, make_batch(i))
+            state, m, _ = step(state, make_batch(i), 1.0, None)
         runs.append((jax.device_get(state["params"]), np.asarray(m["loss"])))
     jax.tree_util.tree_map(np.testing.assert_array_equal, runs[0], runs[1])
 
 
 def test_warmup_keeps_alpha_zero():
     peers, optimizer, state = setup("deepfm,dcn")
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, warmup_steps=2, donate=False)
+    step = mutual.make_train_step(peers, optimizer, warmup_steps=2, donate=False)
     alphas = []
     for i in range(3):
-        state, m = step(state, make_batch(i))
+        state, m, _ = step(state, make_batch(i), 1.0, None)
         alphas.append(float(m["alpha"]))
     assert alphas == [0.0, 0.0, 1.0]
 
@@ -291,13 +292,13 @@ def test_kl_matches_bernoulli_definition():
 
 
 def test_peer_spec_parsing_and_errors():
-    assert mutual.parse_peer_spec("deepfm*2+dcn") == ["deepfm", "deepfm", "dcn"]
+    assert peer_groups.parse_peer_spec("deepfm*2+dcn") == ["deepfm", "deepfm", "dcn"]
     with pytest.raises(ValueError, match="COUNT"):
-        mutual.parse_peer_spec("deepfm*x")
+        peer_groups.parse_peer_spec("deepfm*x")
     with pytest.raises(ValueError, match="no hyperparameter set"):
-        mutual.build_peers("nosuchmodel", MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+        peer_groups.build_peers("nosuchmodel", MODELS, vocab_size=VOCAB, num_fields=FIELDS)
     with pytest.raises(ValueError, match="divergence"):
-        mutual.make_loss_fn(mutual.build_peers("deepfm", MODELS, vocab_size=VOCAB,
+        mutual.make_loss_fn(peer_groups.build_peers("deepfm", MODELS, vocab_size=VOCAB,
                                                num_fields=FIELDS), divergence="js")
 
 
@@ -328,10 +329,10 @@ def qr_batch(seed=0, size=BATCH):
 
 def qr_setup(spec, *, combiner="product", lr=1e-2, table_row_multiple=1, **optimizer_kw):
     layout = qr.QRLayout.from_fields(QR_FIELDS, 8, combiner)
-    peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
+    peers = peer_groups.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
                                table_row_multiple=table_row_multiple, qr_layout=layout)
-    optimizer = mutual.make_optimizer(**optimizer_kw)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+    optimizer = peer_groups.make_optimizer(**optimizer_kw)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, lr)
     return layout, peers, optimizer, state
 
@@ -381,8 +382,8 @@ def test_qr_lazy_adam_updates_exactly_the_batch_quotient_and_remainder_rows():
         return jnp.where(touched[:, None], moved, p)
 
     expected = jax.tree_util.tree_map_with_path(expected_leaf, params, grads)
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, donate=False)
-    new_state, _ = step(state, batch)
+    step = mutual.make_train_step(peers, optimizer, donate=False)
+    new_state, _, _ = step(state, batch, 1.0, None)
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])["deepfm"]
     assert_trees_close(got["params"], expected, atol=1e-6)
     table = np.asarray(new_state["params"][0]["embedding"]["embedding_table"][0])
@@ -412,12 +413,12 @@ def test_qr_layout_from_config_and_a_layout_of_another_dataset():
         feature_map = {"fields": QR_FIELDS}
 
     config = tiny.get_config()
-    assert mutual.qr_layout(config, Dataset()) is None
+    assert peer_groups.qr_layout(config, Dataset()) is None
     config.vocab.qr_collisions, config.vocab.qr_combiner = 8, "sum"
-    layout = mutual.qr_layout(config, Dataset())
+    layout = peer_groups.qr_layout(config, Dataset())
     assert (layout.collisions, layout.combiner, layout.vocab_size) == (8, "sum", VOCAB)
     old_run = ml_collections.ConfigDict({"peers": "deepfm", "vocab": {"mode": "fit"}})
-    assert mutual.qr_layout(old_run, Dataset()) is None  # config.json of an older run
+    assert peer_groups.qr_layout(old_run, Dataset()) is None  # config.json of an older run
     with pytest.raises(ValueError, match="covers 300 ids in 5 fields, not the dataset's 301"):
-        mutual.build_peers("deepfm", MODELS, vocab_size=VOCAB + 1, num_fields=FIELDS,
+        peer_groups.build_peers("deepfm", MODELS, vocab_size=VOCAB + 1, num_fields=FIELDS,
                            qr_layout=layout)

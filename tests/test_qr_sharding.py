@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
-from mlctr.run import train
 from mlctr.models import qr
 
 four_devices = pytest.mark.skipif(
@@ -43,23 +43,22 @@ def make_batch(seed):
 
 def run_steps(mesh, embedding_optimizer, num_steps=3):
     """(exported per-peer weights, losses [steps, N], state) of QR peers on `mesh`."""
-    peers = mutual.build_peers("deepfm*2,dcn", MODELS, vocab_size=LAYOUT.vocab_size,
+    peers = peer_groups.build_peers("deepfm*2,dcn", MODELS, vocab_size=LAYOUT.vocab_size,
                                num_fields=len(SIZES), qr_layout=LAYOUT,
                                table_row_multiple=sharding.table_row_multiple(mesh))
     # Adam eps 1e-4 as tests/test_table_sharding.py: rounding-level gradients stay small.
-    optimizer = mutual.make_optimizer(grad_clip_norm=10.0, eps=1e-4,
+    optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0, eps=1e-4,
                                       embedding_optimizer=embedding_optimizer)
-    state = jax.jit(lambda key: mutual.init_state(
+    state = jax.jit(lambda key: peer_groups.init_state(
         peers, key, jnp.zeros((2, len(SIZES)), jnp.int32), optimizer, 1e-2))(
             jax.random.PRNGKey(0))
-    train_step = mutual.make_train_step(
-        peers, optimizer, alpha=1.0, peer_execution=sharding.peer_execution(mesh, "auto"))
     shardings = sharding.state_shardings(mesh, state, [g.size for g in peers.groups])
-    step = train.sharded_train_step(train_step, mesh, shardings)
+    step = mutual.make_train_step(peers, optimizer,
+                                  peer_execution=sharding.peer_execution(mesh, "auto"),
+                                  mesh=mesh, state_shardings=shardings)
     rep = sharding.replicated(mesh)
     alpha = sharding.put(np.float32(1.0), rep)
-    non_finite = sharding.put((np.full(peers.size, -1, np.int32),
-                               np.zeros(peers.size, np.float32)), rep)
+    non_finite = sharding.put(mutual.finite_record(peers.size), rep)
     state, losses = sharding.put(state, shardings), []
     for i in range(num_steps):
         batch = sharding.global_batch(mesh, make_batch(i), BATCH)

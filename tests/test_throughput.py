@@ -12,39 +12,41 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlctr.run import logs
+from mlctr.run import loop
 from mlctr.run import train
 
 STEP_SECONDS = 0.05
 
 
 def _slow_steps(monkeypatch):
-    """Every train step sleeps STEP_SECONDS on the device side (a host callback inside the
-    jitted step); returns the list of the times the callbacks ran."""
+    """Every train step is followed, on the device, by a host callback that sleeps
+    STEP_SECONDS; the next step and the step's measurements wait for it (it feeds the
+    step counter and the losses), as for a step that is itself slow. Returns the list of
+    the times the callbacks ran."""
     stamps = []
-    original = train.sharded_train_step
+    make_step = train.make_step
 
-    def sleep(loss):
+    def sleep(count):
         time.sleep(STEP_SECONDS)
         stamps.append(time.perf_counter())
-        return np.zeros((), np.float32)
+        return np.zeros((), np.int32)
 
-    def slow_sharded_train_step(train_step, mesh, state_shardings):
-        inner = train_step.jitted
+    @jax.jit
+    def slow(step_count, loss):
+        slept = jax.pure_callback(sleep, jax.ShapeDtypeStruct((), jnp.int32), step_count)
+        return step_count + slept, loss + slept.astype(loss.dtype)
 
-        def jitted(state, batch, alpha):
-            new_state, measurements = inner(state, batch, alpha)
-            waited = jax.pure_callback(sleep, jax.ShapeDtypeStruct((), jnp.float32),
-                                       measurements["loss"])
-            return new_state, dict(measurements, loss=measurements["loss"] + waited)
+    def slow_make_step(*args, **kwargs):
+        train_step = make_step(*args, **kwargs)
 
-        class Slow:
-            pass
+        def step(state, batch, alpha, non_finite):
+            state, measurements, non_finite = train_step(state, batch, alpha, non_finite)
+            step_count, loss = slow(state["step"], measurements["loss"])
+            return (dict(state, step=step_count), dict(measurements, loss=loss), non_finite)
 
-        slow = Slow()
-        slow.jitted = jitted
-        return original(slow, mesh, state_shardings)
+        return step
 
-    monkeypatch.setattr(train, "sharded_train_step", slow_sharded_train_step)
+    monkeypatch.setattr(train, "make_step", slow_make_step)
     return stamps
 
 
@@ -52,14 +54,14 @@ def test_logged_rate_is_the_wall_clock_rate_when_steps_block(tiny_config, tmp_pa
                                                              monkeypatch):
     stamps = _slow_steps(monkeypatch)
     evaluations = []  # (start, end) of each evaluation: not training time
-    evaluate = train.TrainLoop.evaluate
+    evaluate = loop.TrainLoop.evaluate
 
     def timed_evaluate(self, step, epoch):
         start = time.perf_counter()
         evaluate(self, step, epoch)
         evaluations.append((start, time.perf_counter()))
 
-    monkeypatch.setattr(train.TrainLoop, "evaluate", timed_evaluate)
+    monkeypatch.setattr(loop.TrainLoop, "evaluate", timed_evaluate)
     # Evaluations between the log lines: where the old clock dropped the wait.
     config = tiny_config(peers="deepfm", eval_steps=5, log_steps=10, max_steps=40, patience=100)
     workdir = str(tmp_path / "run")

@@ -7,8 +7,8 @@ a pretrained run's best weights.
 
 The trainer reads top down: `train_and_evaluate` checks the config and work dir and
 locks it, then `build` (dataset, peers, shapes), `restore_or_start` (the newest
-checkpoint or fresh peers), `TrainLoop.run` (step, log, evaluate, checkpoint, early
-stop) and `test_and_export` (the best weights on valid and test). The dataset must be
+checkpoint or fresh peers), `loop.TrainLoop` (step, log, evaluate, checkpoint,
+early stop) and `test_and_export` (the best weights on valid and test). The dataset must be
 prepared before (`ensure_prepared`, which `mlctr.main` calls).
 
 Training protocol (BARS/FuxiCTR, each a config field): Adam; evaluation every
@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
-import signal
-import threading
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -48,20 +45,19 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from mlctr.run import checkpoint
 from mlctr import locking
-from mlctr import metrics as metrics_lib
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.run import logs
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
 from mlctr.run import errors
-from mlctr.run import batch_stats
 from mlctr.run import evaluation
 from mlctr.run import inputs
-from mlctr.run import schedule as schedule_lib
+from mlctr.run import loop
+from mlctr.run import schedule
 from mlctr.run.schedule import PeerSchedule
 
 
@@ -70,26 +66,37 @@ from mlctr.run.schedule import PeerSchedule
 
 
 def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
-    """Peers, optimizer and jitted functions for a config and dataset.
+    """Peers, optimizer and the jitted predict function for a config and dataset.
 
     On a peer-parallel `mesh`, `mutual.peer_execution = auto` means vmap
     (see `sharding.peer_execution`).
     """
-    peer_execution = (config.mutual.peer_execution if mesh is None
-                      else sharding.peer_execution(mesh, config.mutual.peer_execution))
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+    peers = peer_groups.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields, dtype=config.compute_dtype,
                                table_row_multiple=sharding.table_row_multiple(mesh),
-                               qr_layout=mutual.qr_layout(config, dataset))
-    optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
+                               qr_layout=peer_groups.qr_layout(config, dataset))
+    optimizer = peer_groups.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)
-    train_step = mutual.make_train_step(
-        peers, optimizer, alpha=config.mutual.alpha, divergence=config.mutual.divergence,
+    predict_fn = mutual.make_predict_fn(peers, peer_execution=_peer_execution(config, mesh))
+    return peers, optimizer, predict_fn
+
+
+def make_step(config: ml_collections.ConfigDict, peers, optimizer, mesh=None,
+              state_shardings=None):
+    """The run's one jitted train step (`mutual.make_train_step`) with the config's mutual
+    options, at the state's shardings on `mesh`."""
+    return mutual.make_train_step(
+        peers, optimizer, divergence=config.mutual.divergence,
+        transfer=config.mutual.transfer,
         stop_gradient=config.mutual.stop_gradient, warmup_steps=config.mutual.warmup_steps,
-        peer_execution=peer_execution)
-    predict_fn = mutual.make_predict_fn(peers, peer_execution=peer_execution)
-    return peers, optimizer, train_step, predict_fn
+        peer_execution=_peer_execution(config, mesh), mesh=mesh,
+        state_shardings=state_shardings)
+
+
+def _peer_execution(config, mesh) -> str:
+    return (config.mutual.peer_execution if mesh is None
+            else sharding.peer_execution(mesh, config.mutual.peer_execution))
 
 
 def initial_state(config, peers, optimizer, dataset) -> dict:
@@ -97,7 +104,7 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
     # Jitted as a whole: one (cacheable) compilation instead of dozens of tiny
     # op-by-op ones for the optimizer states.
     sample_ids = jnp.zeros((2, dataset.num_fields), jnp.int32)
-    state = jax.jit(lambda key: mutual.init_state(
+    state = jax.jit(lambda key: peer_groups.init_state(
         peers, key, sample_ids, optimizer, config.optimizer.learning_rate,
         same_init=config.mutual.same_init))(jax.random.PRNGKey(config.seed))
     if config.init_from:
@@ -111,79 +118,12 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
     return state
 
 
-def sharded_train_step(train_step, mesh, state_shardings):
-    """The one jitted step at explicit shardings, also recording non-finite losses.
-
-    Args:
-      train_step: from `mutual.make_train_step` (its `jitted(state, batch, alpha)`).
-      mesh: the device mesh.
-      state_shardings: from `sharding.state_shardings`.
-
-    Returns:
-      step(state, batch, alpha, non_finite) -> (state, measurements, non_finite),
-      the state donated and kept at its shardings, the measurements replicated.
-      non_finite = (first_step [N] int32, -1 while finite; loss [N] at that step),
-      so the host learns which peer went NaN/inf first, and when, without a
-      device-to-host transfer every step.
-    """
-    rep = sharding.replicated(mesh)
-
-    def step(state, batch, alpha, non_finite):
-        new_state, measurements = train_step.jitted(state, batch, alpha)
-        first_step, first_loss = non_finite
-        newly = (first_step < 0) & ~jnp.isfinite(measurements["loss"])
-        non_finite = (jnp.where(newly, new_state["step"], first_step),
-                      jnp.where(newly, measurements["loss"], first_loss))
-        return new_state, measurements, non_finite
-
-    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep, rep),
-                   out_shardings=(state_shardings, rep, rep), donate_argnums=(0,))
-
-
 def abstract_state(config, peers, optimizer, dataset):
     """Shapes and dtypes of the training state, without computing it."""
-    return jax.eval_shape(lambda: mutual.init_state(
+    return jax.eval_shape(lambda: peer_groups.init_state(
         peers, jax.random.PRNGKey(config.seed), jnp.zeros((2, dataset.num_fields), jnp.int32),
         optimizer, config.optimizer.learning_rate, same_init=config.mutual.same_init))
 
-
-def _select_tree(mask: np.ndarray, new, old):
-    """Per peer (leading axis): new where mask, else old."""
-
-    def pick(n, o):
-        m = mask.reshape((-1,) + (1,) * (n.ndim - 1))
-        return jnp.where(m, n, o)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
-def _select_groups(masks, new, old):
-    """Group by group, `new` for the peers whose mask is set, else `old`."""
-    return jax.tree_util.tree_map(
-        lambda n, o: tuple(_select_tree(m, ng, og) for m, ng, og in zip(masks, n, o)),
-        new, old, is_leaf=lambda x: isinstance(x, tuple))
-
-
-def _group_masks(peers: mutual.Peers, per_peer: list[bool]):
-    flags = np.asarray(per_peer, bool)
-    return tuple(flags[sl] for sl in peers.group_slices())
-
-
-def _raise_if_non_finite(names, non_finite, last_checkpoint: int | None):
-    """Raises NonFiniteLossError naming each peer whose loss became NaN/inf, and when."""
-    first_step, first_loss = jax.device_get(non_finite)
-    bad = [k for k in range(len(names)) if first_step[k] >= 0]
-    if bad:
-        kept = (f"the last checkpoint, step {last_checkpoint}, is from before it and is kept"
-                if last_checkpoint is not None else "no checkpoint was written")
-        raise errors.NonFiniteLossError(
-            "; ".join(f"peer {names[k]!r} has a non-finite training loss ({first_loss[k]}) at "
-                      f"step {first_step[k]}" for k in bad)
-            + f". Stopping: nothing is saved from that step on ({kept}).")
-
-
-def _variables(tree) -> dict:
-    return {k: tree[k] for k in ("params", "batch_stats")}
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +183,7 @@ class Run:
     workdir: str
     dataset: Any
     mesh: Any
-    peers: mutual.Peers
+    peers: peer_groups.Peers
     optimizer: Any
     train_step: Any
     predict_fn: Callable
@@ -255,7 +195,7 @@ class Run:
     config_dict: dict
     fingerprint: dict
     # Each peer's schedule settings (the globals with `train.peer_schedule`'s overrides).
-    settings: schedule_lib.PeerSettings
+    settings: schedule.PeerSettings
 
     @property
     def names(self) -> list[str]:
@@ -263,7 +203,7 @@ class Run:
 
     @property
     def best_shardings(self) -> dict:
-        return _variables(self.state_shardings)
+        return loop.best_variables(self.state_shardings)
 
 
 def run_length(train_config, dataset) -> tuple[int, int]:
@@ -282,7 +222,7 @@ def run_length(train_config, dataset) -> tuple[int, int]:
     return steps_per_epoch, total_steps
 
 
-def _checkpoint_config(config: ml_collections.ConfigDict, peers: mutual.Peers) -> dict:
+def _checkpoint_config(config: ml_collections.ConfigDict, peers: peer_groups.Peers) -> dict:
     """The config as a checkpoint records it, less the hyperparameter sets of models
     that are not peers here (code updates may add fields to those)."""
     config_dict = json.loads(config.to_json_best_effort())
@@ -295,7 +235,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
     dataset = inputs.open_run_dataset(config, workdir)
     mesh = sharding.mesh_from_config(config.mesh)
-    peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
+    peers, optimizer, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
     # Fail early when a batch does not divide over the processes.
@@ -305,7 +245,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     shapes = abstract_state(config, peers, optimizer, dataset)
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
-    settings = schedule_lib.peer_settings(
+    train_step = make_step(config, peers, optimizer, mesh, state_shardings)
+    settings = schedule.peer_settings(
         config, peers.names, [g.config_key for g in peers.groups for _ in g.names])
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
@@ -335,7 +276,7 @@ def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
     state, best, progress = checkpoints.restore(
         as_target(run.shapes, run.state_shardings),
-        as_target(_variables(run.shapes), run.best_shardings),
+        as_target(loop.best_variables(run.shapes), run.best_shardings),
         config=run.config_dict, dataset=run.fingerprint, table_rows=run.peers.vocab_size)
     start_step = int(progress["step"])
     logging.info("Resumed from the checkpoint at step %d (epoch %d, batch %d)", start_step,
@@ -357,7 +298,7 @@ def _start(run: Run) -> Live:
     host_state["learning_rate"] = schedule.live_learning_rates()
     state = sharding.put(host_state, run.state_shardings)
     # A separate copy: the live state's buffers are donated to the step.
-    best = sharding.put(_variables(host_state), run.best_shardings)
+    best = sharding.put(loop.best_variables(host_state), run.best_shardings)
     return Live(state, best, schedule, 0, 0)
 
 
@@ -367,256 +308,6 @@ def write_run_files(run: Run) -> None:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             f.write(run.config.to_json_best_effort(indent=1))
     inputs.write_dataset_record(run.workdir, run.config.data.dataset, run.fingerprint)
-
-
-# ---------------------------------------------------------------------------
-# The loop: step, log, evaluate, checkpoint, early stop.
-
-
-class PreemptionWatcher:
-    """Tells the loop when to checkpoint and stop after a SIGTERM (preemption notice).
-
-    Several processes: SIGTERM may reach them at different steps, so JAX's
-    preemption service (started by jax.distributed.initialize, which then owns
-    SIGTERM) agrees on one step at which every process saves and stops; orbax's
-    `CheckpointManager.reached_preemption` asks it. One process: that service does
-    not run (orbax's call then always answers False), so a SIGTERM handler of our
-    own sets a flag that the loop reads after each step.
-
-    Args:
-      reached_preemption: step -> bool, the multi-process sync point; by default
-        orbax's (what `CheckpointManager.reached_preemption` calls).
-    """
-
-    def __init__(self, reached_preemption: Callable[[int], bool] | None = None):
-        self._multi_process = jax.process_count() > 1
-        self._reached_preemption = reached_preemption or ocp.multihost.reached_preemption
-        self._requested = False
-        self._previous = None
-        if not self._multi_process and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self._requested = True
-
-    def should_stop(self, step: int) -> bool:
-        if self._multi_process:
-            return self._reached_preemption(step)
-        return self._requested
-
-    def close(self):
-        """Restores the previous handler: a later SIGTERM ends the process as usual."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-class TrainLoop:
-    """The steps of one run, from `live.step` to the end; updates `live` in place.
-
-    Args:
-      run: from `build`.
-      live: from `restore_or_start`.
-      checkpoints: the run's checkpoints (written every `checkpoint.ckpt_steps`, on
-        SIGTERM and at the end).
-    """
-
-    def __init__(self, run: Run, live: Live, checkpoints: checkpoint.RunCheckpoints):
-        self.run, self.live, self.checkpoints = run, live, checkpoints
-        rep = sharding.replicated(run.mesh)
-        self.step_fn = sharded_train_step(run.train_step, run.mesh, run.state_shardings)
-        self.select = jax.jit(_select_groups, out_shardings=run.best_shardings)
-        self.alpha = sharding.put(np.float32(run.config.mutual.alpha), rep)
-        self.non_finite = sharding.put((np.full(run.peers.size, -1, np.int32),
-                                        np.zeros(run.peers.size, np.float32)), rep)
-        self.clock = logs.Throughput(run.config.train.batch_size)
-        self.writer: logs.MetricsWriter | None = None
-        self.select_stats = jax.jit(_select_groups,
-                                    out_shardings=run.state_shardings["batch_stats"])
-        self.batch_stats_fn = (mutual.make_batch_stats_fn(
-            run.peers, peer_execution=run.config.mutual.peer_execution)
-            if batch_stats.has_batch_norm(run.shapes["batch_stats"]) else None)
-
-    def train(self) -> None:
-        """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
-        run, live = self.run, self.live
-        self.writer = logs.MetricsWriter(run.workdir, live.start_step)
-        self.watcher = PreemptionWatcher()
-        try:
-            if live.step == 0 and run.config.init_from:
-                # A finetune's starting point is a candidate best: early stopping can
-                # return the pretrained weights when no finetuned step beats them.
-                self.evaluate(0, 0)
-            while live.step < run.total_steps and not live.schedule.all_stopped:
-                self.epoch()
-            if live.schedule.all_stopped:
-                logging.info("every peer has stopped early; the run ends at step %d", live.step)
-            self.clock.sync()
-            self.check_finite()
-            if self.checkpoints.last_saved_step != live.step:
-                self.save(live.step)
-            self.checkpoints.wait()
-        finally:
-            self.watcher.close()
-            self.writer.close()
-
-    def epoch(self) -> None:
-        """One pass over the rest of the current epoch (or until the run stops)."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        epoch, start_batch = divmod(live.step, run.steps_per_epoch)
-        index, count = sharding.process_batch_slice(run.mesh, tc.batch_size)
-        batches = run.dataset.train_batches(tc.batch_size, seed=run.config.seed, epoch=epoch,
-                                            process_index=index, process_count=count,
-                                            start_batch=start_batch)
-        step_before = live.step
-        place = functools.partial(sharding.global_batch, run.mesh, batch_size=tc.batch_size)
-        for batch in inputs.prefetch(batches, place):
-            if self.step(batch, epoch):
-                break
-        if live.step == step_before:
-            raise RuntimeError(f"epoch {epoch} yielded no training batch from batch {start_batch}")
-        logs.log_epoch(epoch, -(-run.total_steps // run.steps_per_epoch), live.step,
-                          run.total_steps, self.clock)
-
-    def step(self, batch, epoch: int) -> bool:
-        """One update and what falls due after it; True when this epoch pass ends."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        live.state, measurements, self.non_finite = self.step_fn(
-            live.state, batch, self.alpha, self.non_finite)
-        live.step += 1
-        step = live.step
-        self.clock.step_done(measurements)
-        if step % tc.log_steps == 0 or step == run.total_steps:
-            self.log_train(step, epoch, measurements)
-        end_of_epoch = step % run.steps_per_epoch == 0
-        if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
-                tc.eval_steps <= 0 and end_of_epoch) or step == run.total_steps:
-            self.clock.sync()  # the wait for the dispatched steps is training time
-            self.check_finite()
-            self.evaluate(step, epoch)
-            self.clock.resume()  # evaluation is not
-        if step >= run.total_steps or live.schedule.all_stopped:
-            return True
-        ckpt_steps = run.config.checkpoint.ckpt_steps
-        if ckpt_steps > 0 and step % ckpt_steps == 0:
-            self.save(step)
-        self.stop_if_preempted(step)
-        return end_of_epoch
-
-    def check_finite(self) -> None:
-        _raise_if_non_finite(self.run.names, self.non_finite, self.checkpoints.last_saved_step)
-
-    def log_train(self, step: int, epoch: int, measurements) -> None:
-        """metrics.jsonl, TensorBoard and the log line of the training losses."""
-        steps_per_sec = self.clock.interval()  # first: it waits for the dispatched steps
-        self.check_finite()
-        names, batch_size = self.run.names, self.run.config.train.batch_size
-        m = jax.device_get(measurements)
-        record = {"kind": "train", "step": step, "epoch": epoch,
-                  "steps_per_sec": steps_per_sec,
-                  "examples_per_sec": steps_per_sec * batch_size,
-                  "learning_rate": dict(zip(names,
-                                            self.live.schedule.live_learning_rates().tolist())),
-                  **{k: dict(zip(names, np.asarray(m[k]).tolist()))
-                     for k in ("loss", "bce", "mutual", "l2", "grad_norm")}}
-        scalars = {f"train/{k}/{n}": v
-                   for k in ("loss", "bce", "mutual", "grad_norm", "learning_rate")
-                   for n, v in record[k].items()}
-        scalars.update({"train/steps_per_sec": steps_per_sec,
-                        "train/examples_per_sec": record["examples_per_sec"]})
-        self.writer.write(record, scalars)
-        logs.log_train(step, self.run.total_steps, record["loss"], record["examples_per_sec"])
-
-    def evaluate(self, step: int, epoch: int) -> None:
-        """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        names = run.names
-        self.recompute_batch_stats()
-        logits, labels = evaluation.predict_split(run.predict_fn, live.state["params"],
-                                       live.state["batch_stats"], run.dataset, "valid",
-                                       tc.eval_batch_size, run.mesh)
-        valid = evaluation.split_metrics(names, logits, labels)
-        broken = self.broken_predictions(step, logits, labels)
-        # A broken evaluation is never a best: it counts as not improving.
-        values = [-np.inf if n in broken else metrics_lib.monitor_value(valid[n], tc.monitor)
-                  for n in names]
-        improved, newly_stopped = live.schedule.update(
-            values, step, patience=run.settings.patience, decay=run.settings.lr_decay_factor,
-            min_lr=run.settings.min_learning_rate)
-        live.best = self.select(_group_masks(run.peers, improved), _variables(live.state),
-                                live.best)
-        if any(newly_stopped):
-            # A stopped peer teaches with its best weights and no longer moves.
-            live.state.update(self.select(_group_masks(run.peers, newly_stopped), live.best,
-                                          _variables(live.state)))
-        live.state["learning_rate"] = sharding.put(live.schedule.live_learning_rates(),
-                                                   run.state_shardings["learning_rate"])
-        stopped = dict(zip(names, live.schedule.stopped))
-        self.writer.write(
-            {"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
-             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped,
-             "broken": broken},
-            {**logs.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
-             **logs.per_peer_scalars("valid/logloss",
-                                        {n: m["logloss"] for n, m in valid.items()})})
-        logs.log_eval(step, valid, dict(zip(names, improved)), stopped)
-
-    def recompute_batch_stats(self) -> None:
-        """The batch-norm statistics of every training peer, from its current weights
-        (`train.precise_bn_batches` train batches; mlctr/run/batch_stats.py). Stopped
-        peers keep theirs: they are frozen."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        num_batches = tc.get("precise_bn_batches", 0)
-        if self.batch_stats_fn is None or not num_batches:
-            return
-        index, count = sharding.process_batch_slice(run.mesh, tc.batch_size)
-        # A fixed set of batches (epoch 0's first), so a resumed run computes the same.
-        local = run.dataset.train_batches(tc.batch_size, seed=run.config.seed, epoch=0,
-                                          process_index=index, process_count=count)
-        placed = ({"ids": sharding.global_batch(run.mesh, b, tc.batch_size)["ids"]}
-                  for b in local)
-        precise = batch_stats.precise_batch_stats(
-            self.batch_stats_fn, live.state["params"], live.state["batch_stats"], placed,
-            num_batches)
-        training = [not s for s in live.schedule.stopped]
-        live.state["batch_stats"] = self.select_stats(_group_masks(run.peers, training),
-                                                      precise, live.state["batch_stats"])
-
-    def broken_predictions(self, step: int, logits, labels) -> dict[str, str]:
-        """{peer: why} for the training peers whose valid predictions are broken; one
-        warning line each, and the step recorded in the schedule (the results mark it)."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        health = evaluation.prediction_health(run.names, logits, labels)
-        broken = {}
-        for k, name in enumerate(run.names):
-            why = evaluation.unhealthy(health[name], tc.get("max_saturated", 0),
-                                       tc.get("max_logloss_ratio", 0))
-            if why and not live.schedule.stopped[k]:
-                broken[name] = why
-                live.schedule.flagged_steps[k].append(step)
-                logging.warning("step %d: peer %s's valid predictions are broken: %s; this "
-                                "evaluation cannot be its best", step, name, why)
-        return broken
-
-    def save(self, step: int) -> None:
-        """Starts writing checkpoint `step`, never one of a state that went non-finite."""
-        self.check_finite()
-        epoch, batch_in_epoch = divmod(step, self.run.steps_per_epoch)
-        self.checkpoints.save(step, self.live.state, self.live.best, {
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "schedule": self.live.schedule.to_json(), "peers": self.run.names,
-            "config": self.run.config_dict, "dataset": self.run.fingerprint})
-
-    def stop_if_preempted(self, step: int) -> None:
-        """After a SIGTERM: the checkpoint of this step, then `Preempted`."""
-        if not self.watcher.should_stop(step):
-            return
-        if self.checkpoints.last_saved_step != step:
-            self.save(step)
-        self.checkpoints.wait()
-        logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
-        raise errors.Preempted(step, self.checkpoints.directory)
 
 
 # ---------------------------------------------------------------------------
@@ -687,8 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         try:
             live = restore_or_start(run, checkpoints)
             write_run_files(run)
-            loop = TrainLoop(run, live, checkpoints)
-            loop.train()
+            train_loop = loop.TrainLoop(run, live, checkpoints)
+            train_loop.train()
         finally:
             checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
-        return test_and_export(run, live, loop.clock)
+        return test_and_export(run, live, train_loop.clock)
