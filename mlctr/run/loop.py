@@ -1,16 +1,19 @@
 """The training loop of a run (`TrainLoop`): step, log, evaluate, checkpoint, early
-stop; and the preemption watcher that ends it after a SIGTERM. mlctr.run.train builds
-the run and calls it."""
+stop; what it runs on (`Run`, fixed once built; `Live`, what changes); and the
+preemption watcher that ends it after a SIGTERM. mlctr.run.train builds the run and
+calls the loop."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import signal
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -24,14 +27,54 @@ from mlctr.run import errors
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import logs
-
-if TYPE_CHECKING:  # annotations only: mlctr.run.train imports this module
-    from mlctr.run.train import Live, Run
-
+from mlctr.run import schedule
+from mlctr.run.schedule import PeerSchedule
 
 def best_variables(tree) -> dict:
     """The part of a training state that the best weights keep."""
     return {k: tree[k] for k in ("params", "batch_stats")}
+
+
+@dataclasses.dataclass
+class Run:
+    """What a run is made of; fixed once built."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    dataset: Any
+    mesh: Any
+    peers: peer_groups.Peers
+    optimizer: Any
+    train_step: Any
+    predict_fn: Callable
+    steps_per_epoch: int
+    total_steps: int
+    shapes: dict
+    state_shardings: dict
+    # What a checkpoint must agree with: the config (as a dict) and the dataset.
+    config_dict: dict
+    fingerprint: dict
+    # Each peer's schedule settings (the globals with `train.peer_schedule`'s overrides).
+    settings: schedule.PeerSettings
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.peers.names)
+
+    @property
+    def best_shardings(self) -> dict:
+        return best_variables(self.state_shardings)
+
+
+@dataclasses.dataclass
+class Live:
+    """What changes as the run trains: the state, the best weights, the schedule."""
+
+    state: dict
+    best: dict
+    schedule: PeerSchedule
+    step: int
+    start_step: int
 
 
 def _select_tree(mask: np.ndarray, new, old):

@@ -34,10 +34,9 @@ files), checkpoints/, best/ (exported at the end), results.json and results.md.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 import jax
@@ -175,37 +174,6 @@ def workdir_lock(workdir: str) -> Iterator[None]:
 # Build: dataset, peers, shapes and shardings.
 
 
-@dataclasses.dataclass
-class Run:
-    """What a run is made of; fixed once built."""
-
-    config: ml_collections.ConfigDict
-    workdir: str
-    dataset: Any
-    mesh: Any
-    peers: peer_groups.Peers
-    optimizer: Any
-    train_step: Any
-    predict_fn: Callable
-    steps_per_epoch: int
-    total_steps: int
-    shapes: dict
-    state_shardings: dict
-    # What a checkpoint must agree with: the config (as a dict) and the dataset.
-    config_dict: dict
-    fingerprint: dict
-    # Each peer's schedule settings (the globals with `train.peer_schedule`'s overrides).
-    settings: schedule.PeerSettings
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.peers.names)
-
-    @property
-    def best_shardings(self) -> dict:
-        return loop.best_variables(self.state_shardings)
-
-
 def run_length(train_config, dataset) -> tuple[int, int]:
     """(steps per epoch, total steps) of a run on `dataset`."""
     if train_config.batch_size < 1:
@@ -231,7 +199,7 @@ def _checkpoint_config(config: ml_collections.ConfigDict, peers: peer_groups.Pee
     return config_dict
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def build(config: ml_collections.ConfigDict, workdir: str) -> loop.Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
     dataset = inputs.open_run_dataset(config, workdir)
     mesh = sharding.mesh_from_config(config.mesh)
@@ -248,7 +216,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     train_step = make_step(config, peers, optimizer, mesh, state_shardings)
     settings = schedule.peer_settings(
         config, peers.names, [g.config_key for g in peers.groups for _ in g.names])
-    return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
+    return loop.Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
                _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset), settings)
 
@@ -257,18 +225,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
 # Restore: the newest checkpoint, or fresh peers.
 
 
-@dataclasses.dataclass
-class Live:
-    """What changes as the run trains: the state, the best weights, the schedule."""
-
-    state: dict
-    best: dict
-    schedule: PeerSchedule
-    step: int
-    start_step: int
-
-
-def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
+def restore_or_start(run: loop.Run, checkpoints: checkpoint.RunCheckpoints) -> loop.Live:
     """Resumes from the newest checkpoint in the work dir, else starts fresh peers."""
     if checkpoints.latest_step() is None:
         return _start(run)
@@ -281,11 +238,11 @@ def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
     start_step = int(progress["step"])
     logging.info("Resumed from the checkpoint at step %d (epoch %d, batch %d)", start_step,
                  *divmod(start_step, run.steps_per_epoch))
-    return Live(state, best, PeerSchedule.from_json(progress["schedule"]), start_step,
+    return loop.Live(state, best, PeerSchedule.from_json(progress["schedule"]), start_step,
                 start_step)
 
 
-def _start(run: Run) -> Live:
+def _start(run: loop.Run) -> loop.Live:
     config, names = run.config, run.names
     host_state = jax.device_get(initial_state(config, run.peers, run.optimizer, run.dataset))
     schedule = PeerSchedule.start(run.peers.size, run.settings.learning_rate)
@@ -299,10 +256,10 @@ def _start(run: Run) -> Live:
     state = sharding.put(host_state, run.state_shardings)
     # A separate copy: the live state's buffers are donated to the step.
     best = sharding.put(loop.best_variables(host_state), run.best_shardings)
-    return Live(state, best, schedule, 0, 0)
+    return loop.Live(state, best, schedule, 0, 0)
 
 
-def write_run_files(run: Run) -> None:
+def write_run_files(run: loop.Run) -> None:
     """config.json and dataset.json (process 0)."""
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
@@ -314,7 +271,8 @@ def write_run_files(run: Run) -> None:
 # Test: the best weights on valid and test, exported.
 
 
-def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, Any]:
+def test_and_export(run: loop.Run, live: loop.Live,
+                    clock: logs.Throughput) -> dict[str, Any]:
     """Evaluates each peer's best weights; writes best/, results.json and results.md."""
     tc = run.config.train
     results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
