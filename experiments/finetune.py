@@ -21,6 +21,7 @@ from experiments import common
 from experiments import paper
 from mlctr import report
 from mlctr import study
+from mlctr.run import logs
 
 COLUMNS = [("peer", "peer"), ("pretrain", "pretrain AUC"), ("control", "control AUC"),
            ("mutual", "mutual AUC"), ("auc_gain", "AUC gain %"), ("auc_verdict", "AUC paired t"),
@@ -40,6 +41,7 @@ def run_seed(config, workdir: str, pretrain_root: str, seed: int, effect_pct: fl
     (mutual_p, labels), (control_p, _) = (study.split_probabilities(dirs["mutual"]),
                                           study.split_probabilities(dirs["control"]))
     return {"seed": seed, "rows": {r["peer"]: r for r in rows}, "dirs": dirs,
+            "broken": study.broken_notes(phases, [r["peer"] for r in rows]),
             "delong": study.delong(mutual_p, control_p, labels, list(control_p), effect_pct),
             "bayes": pretrained.get("bayes")}
 
@@ -67,16 +69,31 @@ def summarise(per_seed: list[dict], effect_pct: float) -> tuple[list[dict], list
     return rows, lines
 
 
+def broken_notes(per_seed: list[dict], rows: list[dict]) -> str:
+    """Marks (in place) the rows of peers whose predictions broke in some seed's run, and
+    returns the notes that say where (`study.broken_notes`)."""
+    notes: dict[str, list[str]] = {}
+    for result in per_seed:
+        for name, note in result.get("broken", {}).items():
+            notes.setdefault(name, []).append(f"seed {result['seed']}: {note}")
+    for row in rows:
+        if row["peer"] in notes:
+            row["peer"] = f"{row['peer']} {logs.BROKEN_MARK}"
+    return "".join(f"\n\n{logs.BROKEN_MARK} {name}: {'; '.join(parts)}."
+                   for name, parts in notes.items())
+
+
 def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
     per_seed = [run_seed(config, workdir, pretrain_root, s, effect_pct) for s in seeds]
     rows, lines = summarise(per_seed, effect_pct)
+    notes = broken_notes(per_seed, rows)
     table = (f"Mutual vs independent finetune from the same pretrained peers (test split, seeds "
              f"{seeds}, alpha {config.mutual.alpha}, {config.mutual.divergence}, finetune lr "
              f"{config.finetune.learning_rate}, {config.finetune.num_epochs} epoch(s))\n\n"
              + report.markdown_table(rows, COLUMNS) + report.bayes_note(per_seed[0])
-             + analysis.statistics_block(lines))
+             + notes + analysis.statistics_block(lines))
     names = [n for n in per_seed[0]["rows"] if n != "ensemble"]
     curves = {arm: paper.learning_curves(per_seed[0]["dirs"][arm], names)
               for arm in ("control", "mutual")}

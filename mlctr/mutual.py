@@ -295,6 +295,32 @@ def _apply_updates(peers: peer_groups.Peers, optimizer, params, grads, opt_state
     return new_params, new_opt_state, grad_norms
 
 
+def keep_frozen_peers(peers: peer_groups.Peers, learning_rate: jax.Array, new, old):
+    """`new` for every peer whose learning rate is > 0, `old` (bit for bit) for the others.
+
+    Args:
+      peers: the peer groups.
+      learning_rate: float32 [N], the state's per-peer learning rates (0: frozen).
+      new, old: tuples of per-group stacked trees (params, optimizer state, batch stats),
+        each leaf with the group's peers on its leading axis.
+
+    Returns:
+      A tuple like `new`: each entry a list over groups.
+    """
+    out = []
+    for new_groups, old_groups in zip(new, old):
+        picked = []
+        for sl, n, o in zip(peers.group_slices(), new_groups, old_groups):
+            live = learning_rate[sl] > 0
+
+            def pick(a, b, live=live):
+                return jnp.where(live.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+
+            picked.append(jax.tree_util.tree_map(pick, n, o))
+        out.append(picked)
+    return tuple(out)
+
+
 def make_train_step(peers: peer_groups.Peers, optimizer: optax.GradientTransformation, *,
                     divergence: str = "mse", transfer: str = "pairwise",
                     stop_gradient: bool = True, warmup_steps: int = 0,
@@ -390,9 +416,14 @@ def _make_update(peers: peer_groups.Peers, optimizer, *, divergence, transfer, s
                           for full, new in zip(state["params"], new_params)]
             new_opt_state = [optimizer.put_state_rows(full, new, rows.rows, axis=1)
                              for full, new in zip(state["opt_state"], new_opt_state)]
+        # A peer at learning rate 0 (stopped early, or a frozen teacher) keeps all of its
+        # state: Adam's moments and batch norm's running statistics would move too.
+        new_params, new_opt_state, new_stats = keep_frozen_peers(
+            peers, state["learning_rate"], (new_params, new_opt_state, aux["batch_stats"]),
+            (state["params"], state["opt_state"], state["batch_stats"]))
         new_state = dict(state)
         new_state.update(step=state["step"] + 1, params=tuple(new_params),
-                         opt_state=tuple(new_opt_state), batch_stats=aux["batch_stats"])
+                         opt_state=tuple(new_opt_state), batch_stats=tuple(new_stats))
         measurements = {k: aux[k] for k in ("loss", "bce", "mutual", "l2")}
         measurements["grad_norm"] = jnp.concatenate(grad_norms)
         measurements["alpha"] = alpha_now
@@ -418,6 +449,31 @@ def make_predict_fn(peers: peer_groups.Peers, *, peer_execution: str = "auto"):
         return jnp.concatenate(logits).astype(jnp.float32)
 
     return jax.jit(predict)
+
+
+def make_batch_stats_fn(peers: peer_groups.Peers, *, peer_execution: str = "auto"):
+    """jitted stats(params, batch_stats, ids) -> each group's batch-norm statistics of one
+    batch of dataset ids [B, F], in train mode (as a train step normalises with them).
+
+    Flax's BatchNorm returns `momentum * running + (1 - momentum) * batch` for the running
+    statistics it is given; this passes zeros, so the result is `(1 - momentum)` times the
+    batch's mean and (biased) variance, and `mlctr.run.batch_stats` divides that factor
+    out. Groups without batch norm return their empty trees. Dropout uses fixed keys.
+    """
+    execution = resolve_peer_execution(peer_execution)
+    peers = _with_vocab_size(peers, peers.stored_rows)
+
+    def stats(params, batch_stats, ids):
+        ids = peers.table_ids(ids)
+        out = []
+        for group, p, s in zip(peers.groups, params, batch_stats):
+            keys = jax.random.split(jax.random.PRNGKey(0), group.size)
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, s)
+            _, new = group_forward(group, p, zeros, ids, keys, train=True, execution=execution)
+            out.append(new)
+        return tuple(out)
+
+    return jax.jit(stats)
 
 
 # ---------------------------------------------------------------------------

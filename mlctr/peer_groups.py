@@ -16,7 +16,8 @@ State layout (a plain dict pytree, easy to checkpoint):
                  `sparse.SparseOptimizer`: {'dense': ..., 'rows': per-row states of
                  the embedding tables, nested like the params}).
   learning_rate: float32 [N], one learning rate per peer (decayed per peer by
-                 the trainer; 0 freezes a peer that has early-stopped).
+                 the trainer; 0 freezes a peer that has early-stopped: the step keeps
+                 its params, opt_state and batch_stats bit for bit).
 
 On a mesh with a `table` axis (mlctr/sharding.py) the tables in the state (and their
 optimizer state) have `Peers.table_rows` rows: the vocabulary padded with zero rows to a

@@ -32,6 +32,7 @@ from mlctr import predict
 from mlctr import report
 from mlctr import stats
 from mlctr.run import inputs
+from mlctr.run import logs
 from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
@@ -72,6 +73,8 @@ def apply_finetune_schedule(config: ml_collections.ConfigDict,
     config.train.eval_steps = finetune.eval_steps
     config.train.patience = finetune.patience
     config.train.max_steps = finetune.max_steps
+    # A config saved before the key existed has no per-peer overrides.
+    config.train.peer_schedule = finetune.get("peer_schedule", "")
 
 
 def pretrain_config(config: ml_collections.ConfigDict,
@@ -202,8 +205,12 @@ def results_table(results: dict[str, Any], split: str = "test",
             row["mde_pct"] = f"{test['mde_pct']:.3f}"
             row["equivalence"] = equivalence_text(test["p"], test["equivalence_pct"])
         rows.append(row)
+    notes = broken_notes(results, list(control))
+    shown = [dict(row, peer=f"{row['peer']} {logs.BROKEN_MARK}") if row["peer"] in notes
+             else row for row in rows]
     header = f"Mutual vs independent finetune ({split} split, seed {results.get('seed', '-')})\n\n"
-    table = (header + report.markdown_table(rows, TABLE_COLUMNS)
+    table = (header + report.markdown_table(shown, TABLE_COLUMNS)
+             + "".join(f"\n\n{logs.BROKEN_MARK} {name}: {note}." for name, note in notes.items())
              + report.bayes_note(results["finetune_control"], split))
     if delong_tests:
         n = next(iter(delong_tests.values()))["rows"]
@@ -215,6 +222,18 @@ def results_table(results: dict[str, Any], split: str = "test",
                   f"AUC difference lies within ±X% at 95%. One seed: the tests over seeds, "
                   "their MDE and equivalence are in `python -m experiments.finetune`.")
     return rows, table
+
+
+def broken_notes(results: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """{peer or 'ensemble': note} for the peers whose predictions broke in some phase
+    (`logs.broken_notes`); the ensemble of a phase with a broken peer is marked too."""
+    notes: dict[str, list[str]] = {}
+    for phase in ("pretrain", "finetune_control", "finetune_mutual"):
+        for name, note in logs.broken_notes(results.get(phase, {})).items():
+            notes.setdefault(name, []).append(f"{phase}: {note}")
+            if "ensemble" in names:
+                notes.setdefault("ensemble", []).append(f"{phase}: includes {name}")
+    return {name: "; ".join(parts) for name, parts in notes.items()}
 
 
 def run_finetune_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

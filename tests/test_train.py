@@ -235,7 +235,7 @@ def test_log_lines_name_and_round_each_peer(caplog):
         logs.log_eval(20, valid, {"deepfm": True, "dcn": False}, {"dcn": True})
     assert "step 20  valid auc deepfm 0.71234*  dcn 0.70000 (stopped)" in caplog.text
     clock = logs.Throughput(batch_size=64)
-    assert clock.eta(100) == 0.0  # nothing timed yet
+    assert clock.eta(100) is None and clock.examples_per_sec == 0.0  # nothing timed yet
     clock.timed_steps, clock.timed_seconds = 10, 2.0
     assert clock.eta(100) == 20.0 and clock.examples_per_sec == 320.0
     assert logs.format_seconds(3725) == "1:02:05"

@@ -194,7 +194,20 @@ def train_config() -> ml_collections.ConfigDict:
         eval_steps=39,            # twice per epoch of 78 updates (0: at the end of each epoch)
         eval_batch_size=4096,     # peak memory: FiBiNET at 16384 holds ~0.8 GB per eval batch
         patience=2,               # early stop after this many non-improving evaluations
+        # Per-peer overrides of learning_rate, patience, lr_decay_factor, min_learning_rate
+        # by peer name or model-set key, e.g. "ipnn:patience=3;fibinet:learning_rate=5e-4"
+        # (BARS tunes them per model; mlctr/run/schedule.py). Empty: the globals for all.
+        peer_schedule="",
         monitor="auc",            # auc | auc-logloss (BARS x4)
+        # Batch-norm peers: before each evaluation, their statistics are recomputed from
+        # the current weights over this many train batches (0: the train steps' running
+        # averages, which can describe other weights; mlctr/run/batch_stats.py).
+        precise_bn_batches=16,
+        # An evaluation whose valid predictions are broken is never a peer's best, and is
+        # warned about and marked in the results: this fraction of predictions within 1e-6
+        # of 0 or 1, or a logloss this many times a constant predictor's (0: no check).
+        max_saturated=0.5,
+        max_logloss_ratio=2.0,
         log_steps=50,
         test_at_end=True,         # evaluate the best parameters on the test split
     ))
@@ -231,4 +244,5 @@ def finetune_config() -> ml_collections.ConfigDict:
         max_steps=0,              # > 0: stop after this many updates
         eval_steps=20,            # 4 evaluations in the epoch of 78 updates
         patience=2,
+        peer_schedule="",         # per-peer overrides in the finetunes (as train.peer_schedule)
     ))

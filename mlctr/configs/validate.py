@@ -21,6 +21,7 @@ from mlctr import peer_groups
 from mlctr import sparse
 from mlctr.data.prepare.options import ALL_PROTOCOLS, DATASETS, VOCAB_MODES, protocol_problem
 from mlctr.models import qr
+from mlctr.run import schedule
 
 _MISSING = object()
 
@@ -109,6 +110,10 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("train.patience", _positive_int, "must be an integer >= 1"),
         ("train.monitor", _one_of(MONITORS), f"must be one of {MONITORS}"),
         ("train.log_steps", _positive_int, "must be an integer > 0"),
+        ("train.precise_bn_batches", _non_negative_int, "must be an integer >= 0 (0: off)"),
+        ("train.max_saturated", lambda v: _is_number(v) and 0 <= v <= 1,
+         "must be a fraction in [0, 1] (0: no check)"),
+        ("train.max_logloss_ratio", _non_negative_number, "must be a number >= 0 (0: no check)"),
         ("checkpoint.ckpt_steps", _non_negative_int,
          "must be an integer >= 0 (0: only at the end and on SIGTERM)"),
         ("checkpoint.keep", _positive_int, "must be an integer >= 1"),
@@ -171,6 +176,28 @@ def _validate_peers(config) -> None:
                 config, "init_from"):
             _fail("mutual.frozen_peers", "freezes every peer of a fresh run, so nothing would "
                   "train", frozen)
+    _validate_peer_schedules(config, names, [key for key, n in counts.items()
+                                             for _ in range(n)])
+
+
+def _validate_peer_schedules(config, names: list[str], group_keys: list[str]) -> None:
+    """train.peer_schedule and finetune.peer_schedule parse and name known peers."""
+    for section in ("train", "finetune"):
+        spec = _get(config, f"{section}.peer_schedule")
+        if spec is _MISSING:
+            continue
+        if not isinstance(spec, str):
+            _fail(f"{section}.peer_schedule", "must be a string 'PEER:SETTING=VALUE;...'", spec)
+        try:
+            overrides = schedule.parse_peer_schedule(spec)
+        except ValueError as e:
+            _fail(f"{section}.peer_schedule", str(e), spec)
+        unknown = sorted(set(overrides) - set(names) - set(group_keys))
+        if unknown:
+            _fail(f"{section}.peer_schedule", f"names unknown peer(s) {unknown}; peers: {names}",
+                  spec)
+    if _get(config, "train.peer_schedule") is not _MISSING:
+        schedule.peer_settings(config, names, group_keys)  # each peer's min_lr <= its lr
 
 
 def _validate_data(config) -> None:

@@ -11,6 +11,7 @@ import functools
 
 import jax
 import numpy as np
+from scipy import special
 
 from mlctr import metrics as metrics_lib
 from mlctr import sharding
@@ -58,3 +59,47 @@ def split_metrics(names, logits: np.ndarray, labels: np.ndarray) -> dict[str, di
     if len(names) > 1:
         out["ensemble"] = metrics_lib.auc_and_logloss(labels, probs.mean(axis=0))
     return out
+
+
+# A probability this close to 0 or 1 is "saturated": its logit is beyond +-13.8, and one
+# wrong label costs a logloss of 13.8 or more.
+SATURATION_MARGIN = 1e-6
+
+
+def prediction_health(names, logits: np.ndarray, labels: np.ndarray) -> dict[str, dict]:
+    """Per peer: the fraction of saturated predictions and logloss / a constant's logloss.
+
+    The constant predictor (the split's click rate for every row) is the floor any trained
+    model must beat; a ratio far above 1 means the predictions are broken, not weak.
+
+    Args:
+      names: the peers, in the order of `logits`' first axis.
+      logits: [N, n] logits of every peer on the split; labels: [n] 0/1.
+
+    Returns:
+      {peer: {"saturated": fraction in [0, 1], "logloss_ratio": float}}.
+    """
+    labels = np.asarray(labels, np.float64)
+    rate = float(np.clip(labels.mean(), 1e-7, 1 - 1e-7))
+    constant = -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
+    probs = special.expit(logits.astype(np.float64))  # no overflow warning when saturated
+    out = {}
+    for k, name in enumerate(names):
+        p = probs[k]
+        saturated = float(np.mean((p < SATURATION_MARGIN) | (p > 1 - SATURATION_MARGIN)))
+        logloss = metrics_lib.logloss(labels, p)
+        out[name] = {"saturated": saturated, "logloss_ratio": float(logloss / constant)}
+    return out
+
+
+def unhealthy(health: dict, max_saturated: float, max_logloss_ratio: float) -> str | None:
+    """Why a peer's predictions are broken (one phrase), or None when they are not.
+
+    A limit of 0 switches its check off."""
+    reasons = []
+    if max_saturated > 0 and health["saturated"] >= max_saturated:
+        reasons.append(f"{100 * health['saturated']:.1f}% of its predictions saturated "
+                       f"(p < {SATURATION_MARGIN:g} or > 1 - {SATURATION_MARGIN:g})")
+    if max_logloss_ratio > 0 and health["logloss_ratio"] >= max_logloss_ratio:
+        reasons.append(f"logloss {health['logloss_ratio']:.1f}x a constant predictor's")
+    return " and ".join(reasons) or None

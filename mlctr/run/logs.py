@@ -100,10 +100,17 @@ def peer_values(values: dict[str, float], digits: int = 4,
 
 
 class Throughput:
-    """Training time and rate of one process, without compilation and evaluation.
+    """Training time and rate of one process, over completed steps only.
+
+    Steps are dispatched asynchronously: a step "done" in Python may still be running
+    on the device. So the clock books time only at a sync point (`sync`), after
+    waiting for the last dispatched step, and the wait is training time: rates, the
+    ETA and results.json `train_seconds` measure completed work. (Before, the wait
+    happened in the non-finite check ahead of an evaluation and was dropped with the
+    evaluation's time: the log showed ~10x the real rate; issue 25.)
 
     The first step a process runs compiles the step: the clock starts once it is
-    done. Time spent evaluating is not training time either (`resume`).
+    done. Evaluation is not training time: `sync` before it, `resume` after.
 
     Args:
       batch_size: global examples per step.
@@ -114,38 +121,58 @@ class Throughput:
         self.started = time.perf_counter()
         self.timed_steps, self.timed_seconds = 0, 0.0
         self._interval_start: float | None = None
-        self._interval_steps = 0
+        self._pending_steps = 0          # dispatched since the last sync
+        self._last = None                # the newest step's output, to wait for
+        self._log_steps, self._log_seconds = 0, 0.0
 
     def step_done(self, measurements):
-        """Counts one step; the first one is waited for and not timed (it compiled)."""
+        """Counts one dispatched step; the first one is waited for and not timed (it
+        compiled)."""
         if self._interval_start is None:
             jax.block_until_ready(measurements)
-            self._interval_start, self._interval_steps = time.perf_counter(), 0
-        else:
-            self._interval_steps += 1
+            self._interval_start = time.perf_counter()
+            return
+        self._pending_steps += 1
+        self._last = measurements
+
+    def sync(self) -> None:
+        """Waits for the dispatched steps and books them, with the time they took."""
+        if self._interval_start is None:
+            return
+        if self._last is not None:
+            jax.block_until_ready(self._last)
+            self._last = None
+        now = time.perf_counter()
+        elapsed = now - self._interval_start
+        self.timed_steps += self._pending_steps
+        self.timed_seconds += elapsed
+        self._log_steps += self._pending_steps
+        self._log_seconds += elapsed
+        self._interval_start, self._pending_steps = now, 0
 
     def interval(self) -> float:
-        """Steps per second since the last call (or the start); starts a new interval."""
-        elapsed = time.perf_counter() - self._interval_start
-        self.timed_steps += self._interval_steps
-        self.timed_seconds += elapsed
-        rate = self._interval_steps / max(elapsed, 1e-9)
-        self._interval_start, self._interval_steps = time.perf_counter(), 0
+        """Steps per second of training time since the last call (after a `sync`)."""
+        self.sync()
+        rate = self._log_steps / self._log_seconds if self._log_seconds > 0 else 0.0
+        self._log_steps, self._log_seconds = 0, 0.0
         return rate
 
     def resume(self):
-        """Restarts the interval clock after an evaluation."""
-        self._interval_start = time.perf_counter()
+        """Restarts the clock after an evaluation (call `sync` before it)."""
+        if self._interval_start is not None:
+            self._interval_start = time.perf_counter()
 
     @property
     def examples_per_sec(self) -> float:
-        """Average training rate over the timed intervals so far."""
-        return self.timed_steps * self.batch_size / max(self.timed_seconds, 1e-9)
-
-    def eta(self, steps_left: int) -> float:
-        """Seconds of training left at the average rate (0 before the first interval)."""
-        if self.timed_steps == 0:
+        """Average training rate over the completed, timed steps so far (0 before any)."""
+        if self.timed_seconds <= 0:
             return 0.0
+        return self.timed_steps * self.batch_size / self.timed_seconds
+
+    def eta(self, steps_left: int) -> float | None:
+        """Seconds of training left at the average rate; None before any timed step."""
+        if self.timed_steps == 0:
+            return None
         return steps_left * self.timed_seconds / self.timed_steps
 
 
@@ -166,11 +193,17 @@ def log_eval(step: int, valid: dict[str, dict[str, float]], improved: dict[str, 
 
 
 def log_epoch(epoch: int, num_epochs: int, step: int, total_steps: int, clock: Throughput):
-    """The progress line: where the run is, its rate, elapsed time and time left."""
-    logging.info("epoch %d/%d  step %d/%d  %.0f examples/s  elapsed %s  ETA %s", epoch + 1,
-                 num_epochs, step, total_steps, clock.examples_per_sec,
+    """The progress line: where the run is, its rate, elapsed time and time left.
+
+    The clock is synced first, so the rate and ETA count every completed step; before
+    any step is timed (only the compiling one has run) they read "-", not 0."""
+    clock.sync()
+    eta = clock.eta(total_steps - step)
+    rate = f"{clock.examples_per_sec:.0f}" if clock.timed_steps else "-"
+    logging.info("epoch %d/%d  step %d/%d  %s examples/s  elapsed %s  ETA %s", epoch + 1,
+                 num_epochs, step, total_steps, rate,
                  format_seconds(time.perf_counter() - clock.started),
-                 format_seconds(clock.eta(total_steps - step)))
+                 "-" if eta is None else format_seconds(eta))
 
 
 def log_results(results: dict, workdir: str):
@@ -183,15 +216,40 @@ def log_results(results: dict, workdir: str):
                  os.path.join(workdir, "results.md"))
 
 
+BROKEN_MARK = "†"
+
+
+def broken_notes(results: dict) -> dict[str, str]:
+    """{peer: what was broken} for a run's peers whose predictions broke (saturated, or a
+    logloss far above a constant's): at evaluations (never kept as best) or with the best
+    weights themselves. Empty for a run from before these checks."""
+    notes: dict[str, list[str]] = {}
+    flagged = results.get("schedule", {}).get("flagged_steps") or []
+    for name, steps in zip(results.get("peers", []), flagged):
+        if steps:
+            notes.setdefault(name, []).append(
+                f"valid predictions broken at step(s) {', '.join(map(str, steps))} (not kept "
+                "as best)")
+    for split, peers in results.get("broken", {}).items():
+        for name, why in peers.items():
+            notes.setdefault(name, []).append(f"best weights on {split}: {why}")
+    return {name: "; ".join(parts) for name, parts in notes.items()}
+
+
 def results_markdown(results: dict) -> str:
-    """The final table of a run: each peer's best weights on valid (and test)."""
+    """The final table of a run: each peer's best weights on valid (and test); a peer whose
+    predictions broke is marked (`broken_notes`)."""
     splits = [s for s in ("valid", "test") if s in results]
+    notes = broken_notes(results)
     header = "| peer | " + " | ".join(f"{s} AUC | {s} logloss" for s in splits) + " |"
     lines = [header, "|---" * (1 + 2 * len(splits)) + "|"]
     for name in results[splits[0]]:
         cells = " | ".join(f"{results[s][name]['auc']:.5f} | {results[s][name]['logloss']:.5f}"
                            for s in splits)
-        lines.append(f"| {name} | {cells} |")
+        mark = f" {BROKEN_MARK}" if name in notes else ""
+        lines.append(f"| {name}{mark} | {cells} |")
+    for name, note in notes.items():
+        lines.append(f"\n{BROKEN_MARK} {name}: {note}.")
     for split in splits:
         bayes = results.get("bayes", {}).get(split)
         if bayes:

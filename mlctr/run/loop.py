@@ -21,11 +21,13 @@ from mlctr import metrics as metrics_lib
 from mlctr import mutual
 from mlctr import peer_groups
 from mlctr import sharding
+from mlctr.run import batch_stats
 from mlctr.run import checkpoint
 from mlctr.run import errors
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import logs
+from mlctr.run import schedule
 from mlctr.run.schedule import PeerSchedule
 
 def best_variables(tree) -> dict:
@@ -52,6 +54,8 @@ class Run:
     # What a checkpoint must agree with: the config (as a dict) and the dataset.
     config_dict: dict
     fingerprint: dict
+    # Each peer's schedule settings (the globals with `train.peer_schedule`'s overrides).
+    settings: schedule.PeerSettings
 
     @property
     def names(self) -> list[str]:
@@ -165,6 +169,11 @@ class TrainLoop:
         self.non_finite = sharding.put(mutual.finite_record(run.peers.size), rep)
         self.clock = logs.Throughput(run.config.train.batch_size)
         self.writer: logs.MetricsWriter | None = None
+        self.select_stats = jax.jit(_select_groups,
+                                    out_shardings=run.state_shardings["batch_stats"])
+        self.batch_stats_fn = (mutual.make_batch_stats_fn(
+            run.peers, peer_execution=run.config.mutual.peer_execution)
+            if batch_stats.has_batch_norm(run.shapes["batch_stats"]) else None)
 
     def train(self) -> None:
         """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
@@ -172,10 +181,15 @@ class TrainLoop:
         self.writer = logs.MetricsWriter(run.workdir, live.start_step)
         self.watcher = PreemptionWatcher()
         try:
+            if live.step == 0 and run.config.init_from:
+                # A finetune's starting point is a candidate best: early stopping can
+                # return the pretrained weights when no finetuned step beats them.
+                self.evaluate(0, 0)
             while live.step < run.total_steps and not live.schedule.all_stopped:
                 self.epoch()
             if live.schedule.all_stopped:
                 logging.info("every peer has stopped early; the run ends at step %d", live.step)
+            self.clock.sync()
             self.check_finite()
             if self.checkpoints.last_saved_step != live.step:
                 self.save(live.step)
@@ -215,9 +229,10 @@ class TrainLoop:
         end_of_epoch = step % run.steps_per_epoch == 0
         if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
                 tc.eval_steps <= 0 and end_of_epoch) or step == run.total_steps:
+            self.clock.sync()  # the wait for the dispatched steps is training time
             self.check_finite()
             self.evaluate(step, epoch)
-            self.clock.resume()  # evaluation is not training time
+            self.clock.resume()  # evaluation is not
         if step >= run.total_steps or live.schedule.all_stopped:
             return True
         ckpt_steps = run.config.checkpoint.ckpt_steps
@@ -231,10 +246,10 @@ class TrainLoop:
 
     def log_train(self, step: int, epoch: int, measurements) -> None:
         """metrics.jsonl, TensorBoard and the log line of the training losses."""
+        steps_per_sec = self.clock.interval()  # first: it waits for the dispatched steps
         self.check_finite()
         names, batch_size = self.run.names, self.run.config.train.batch_size
         m = jax.device_get(measurements)
-        steps_per_sec = self.clock.interval()
         record = {"kind": "train", "step": step, "epoch": epoch,
                   "steps_per_sec": steps_per_sec,
                   "examples_per_sec": steps_per_sec * batch_size,
@@ -254,14 +269,18 @@ class TrainLoop:
         """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
         run, live, tc = self.run, self.live, self.run.config.train
         names = run.names
+        self.recompute_batch_stats()
         logits, labels = evaluation.predict_split(run.predict_fn, live.state["params"],
                                        live.state["batch_stats"], run.dataset, "valid",
                                        tc.eval_batch_size, run.mesh)
         valid = evaluation.split_metrics(names, logits, labels)
-        values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
+        broken = self.broken_predictions(step, logits, labels)
+        # A broken evaluation is never a best: it counts as not improving.
+        values = [-np.inf if n in broken else metrics_lib.monitor_value(valid[n], tc.monitor)
+                  for n in names]
         improved, newly_stopped = live.schedule.update(
-            values, step, patience=tc.patience, decay=run.config.optimizer.lr_decay_factor,
-            min_lr=run.config.optimizer.min_learning_rate)
+            values, step, patience=run.settings.patience, decay=run.settings.lr_decay_factor,
+            min_lr=run.settings.min_learning_rate)
         live.best = self.select(_group_masks(run.peers, improved), best_variables(live.state),
                                 live.best)
         if any(newly_stopped):
@@ -273,11 +292,49 @@ class TrainLoop:
         stopped = dict(zip(names, live.schedule.stopped))
         self.writer.write(
             {"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
-             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped},
+             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped,
+             "broken": broken},
             {**logs.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
              **logs.per_peer_scalars("valid/logloss",
                                         {n: m["logloss"] for n, m in valid.items()})})
         logs.log_eval(step, valid, dict(zip(names, improved)), stopped)
+
+    def recompute_batch_stats(self) -> None:
+        """The batch-norm statistics of every training peer, from its current weights
+        (`train.precise_bn_batches` train batches; mlctr/run/batch_stats.py). Stopped
+        peers keep theirs: they are frozen."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        num_batches = tc.get("precise_bn_batches", 0)
+        if self.batch_stats_fn is None or not num_batches:
+            return
+        index, count = sharding.process_batch_slice(run.mesh, tc.batch_size)
+        # A fixed set of batches (epoch 0's first), so a resumed run computes the same.
+        local = run.dataset.train_batches(tc.batch_size, seed=run.config.seed, epoch=0,
+                                          process_index=index, process_count=count)
+        placed = ({"ids": sharding.global_batch(run.mesh, b, tc.batch_size)["ids"]}
+                  for b in local)
+        precise = batch_stats.precise_batch_stats(
+            self.batch_stats_fn, live.state["params"], live.state["batch_stats"], placed,
+            num_batches)
+        training = [not s for s in live.schedule.stopped]
+        live.state["batch_stats"] = self.select_stats(_group_masks(run.peers, training),
+                                                      precise, live.state["batch_stats"])
+
+    def broken_predictions(self, step: int, logits, labels) -> dict[str, str]:
+        """{peer: why} for the training peers whose valid predictions are broken; one
+        warning line each, and the step recorded in the schedule (the results mark it)."""
+        run, live, tc = self.run, self.live, self.run.config.train
+        health = evaluation.prediction_health(run.names, logits, labels)
+        broken = {}
+        for k, name in enumerate(run.names):
+            why = evaluation.unhealthy(health[name], tc.get("max_saturated", 0),
+                                       tc.get("max_logloss_ratio", 0))
+            if why and not live.schedule.stopped[k]:
+                broken[name] = why
+                live.schedule.flagged_steps[k].append(step)
+                logging.warning("step %d: peer %s's valid predictions are broken: %s; this "
+                                "evaluation cannot be its best", step, name, why)
+        return broken
 
     def save(self, step: int) -> None:
         """Starts writing checkpoint `step`, never one of a state that went non-finite."""

@@ -56,6 +56,7 @@ from mlctr.run import errors
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import loop
+from mlctr.run import schedule
 from mlctr.run.schedule import PeerSchedule
 
 
@@ -217,9 +218,11 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> loop.Run:
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
     train_step = make_step(config, peers, optimizer, mesh, state_shardings)
+    settings = schedule.peer_settings(
+        config, peers.names, [g.config_key for g in peers.groups for _ in g.names])
     return loop.Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
-               _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset))
+               _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset), settings)
 
 
 # ---------------------------------------------------------------------------
@@ -246,7 +249,7 @@ def restore_or_start(run: loop.Run, checkpoints: checkpoint.RunCheckpoints) -> l
 def _start(run: loop.Run) -> loop.Live:
     config, names = run.config, run.names
     host_state = jax.device_get(initial_state(config, run.peers, run.optimizer, run.dataset))
-    schedule = PeerSchedule.start(run.peers.size, config.optimizer.learning_rate)
+    schedule = PeerSchedule.start(run.peers.size, run.settings.learning_rate)
     frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
     unknown = sorted(set(frozen) - set(names))
     if unknown:
@@ -279,11 +282,19 @@ def test_and_export(run: loop.Run, live: loop.Live,
     results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
                "train_seconds": clock.timed_seconds, "examples_per_sec": clock.examples_per_sec,
                "schedule": live.schedule.to_json()}
+    results["broken"] = {}  # {split: {peer: why}}: the best weights' predictions broken
     for split in ("valid", "test") if tc.test_at_end else ("valid",):
         logits, labels = evaluation.predict_split(run.predict_fn, live.best["params"],
                                        live.best["batch_stats"], run.dataset, split,
                                        tc.eval_batch_size, run.mesh)
         results[split] = evaluation.split_metrics(run.names, logits, labels)
+        health = evaluation.prediction_health(run.names, logits, labels)
+        results["broken"][split] = {
+            name: why for name in run.names if (why := evaluation.unhealthy(
+                health[name], tc.get("max_saturated", 0), tc.get("max_logloss_ratio", 0)))}
+        for name, why in results["broken"][split].items():
+            logging.warning("peer %s's best weights give broken %s predictions: %s", name,
+                            split, why)
     bayes = run.dataset.feature_map.get("bayes")
     if bayes:
         results["bayes"] = bayes
