@@ -80,6 +80,14 @@ def main(argv):
         _exit_now(PREEMPTED_EXIT_CODE)
     except CLEAR_ERRORS as e:
         _fail(e)
+    except OSError as e:  # a file the run needs cannot be read or written (permissions,
+        _fail(os_error_line(e))  # a full disk): the OS's reason and the file, one line
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError as 'cannot use FILE: REASON', the file and the OS's words."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"cannot use {where}{error.strerror or error}"
 
 
 def _fail(error: Exception):

@@ -143,6 +143,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint = ml_collections.ConfigDict(dict(
         ckpt_steps=1000,          # save every this many updates (0: only at the end / SIGTERM)
         keep=2,                   # newest checkpoints kept (>= 2 keeps one if the last is bad)
+        # init_from a best/ without sha256.json (written before checksums): refused unless
+        # True, since flipped bytes in it could not be detected (docs/reliability.md)
+        allow_unverified=False,
     ))
 
     # Device mesh (mlctr/sharding.py): data x peer x table devices, -1 = all remaining devices.

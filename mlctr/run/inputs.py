@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mlctr import atomic
 from mlctr import sharding
 from mlctr.data import layout
 from mlctr.data.errors import DataError
@@ -297,9 +298,7 @@ def write_dataset_record(workdir: str, kind: str, fingerprint: dict) -> None:
     """<workdir>/dataset.json: the fingerprint and the dataset kind (process 0 only)."""
     if jax.process_index() == 0:
         path = os.path.join(workdir, DATASET_RECORD)
-        with open(path + ".tmp", "w") as f:
-            json.dump({**fingerprint, "dataset": kind}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic.write_json(path, {**fingerprint, "dataset": kind}, indent=1)
 
 
 def prefetch(iterator: Iterator[dict], place: Callable[[dict], Any] = jax.device_put,

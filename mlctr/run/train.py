@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mlctr import atomic
 from mlctr.run import checkpoint
 from mlctr import locking
 from mlctr import metrics as metrics_lib
@@ -103,7 +104,10 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
         peers, key, sample_ids, optimizer, config.optimizer.learning_rate,
         same_init=config.mutual.same_init))(jax.random.PRNGKey(config.seed))
     if config.init_from:
-        weights = checkpoint.load_peer_weights(config.init_from, list(peers.names))
+        weights = checkpoint.load_peer_weights(
+            config.init_from, list(peers.names),
+            allow_unverified=config.checkpoint.get("allow_unverified", False),
+            allow_hint="--config.checkpoint.allow_unverified=True")
         params, batch_stats = mutual.stack_peer_variables(peers, weights)
         state["params"] = jax.tree_util.tree_map(jnp.asarray, params)
         state["batch_stats"] = jax.tree_util.tree_map(jnp.asarray, batch_stats)
@@ -207,6 +211,10 @@ def check_can_start(config: ml_collections.ConfigDict, workdir: str) -> None:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
         raise RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise RunError(f"the work dir {workdir} is not writable by this user (mode "
+                       f"{os.stat(workdir).st_mode & 0o777:o}): fix its permissions or pass "
+                       "another --workdir")
 
 
 @contextlib.contextmanager
@@ -290,20 +298,41 @@ def _checkpoint_config(config: ml_collections.ConfigDict, peers: mutual.Peers) -
     return config_dict
 
 
+def _checked_mesh(config: ml_collections.ConfigDict):
+    """The config's mesh over this job's devices; a mesh that does not fit them (sizes
+    that do not multiply to the device count, a table axis that does not divide it) is a
+    RunError naming config.mesh and the device count, not a ValueError traceback."""
+    try:
+        return sharding.mesh_from_config(config.mesh)
+    except ValueError as e:
+        raise RunError(f"config.mesh ({', '.join(f'{k}={v}' for k, v in config.mesh.items())}) "
+                       f"does not fit the {jax.device_count()} {jax.default_backend()} "
+                       f"device(s): {e}") from None
+
+
 def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
     dataset = open_dataset(config, workdir)
-    mesh = sharding.mesh_from_config(config.mesh)
+    mesh = _checked_mesh(config)
     peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
     # Fail early when a batch does not divide over the processes.
-    inputs.check_batch_slices(dataset, mesh, config.train.batch_size)
-    sharding.process_batch_slice(mesh, config.train.eval_batch_size)
+    try:
+        inputs.check_batch_slices(dataset, mesh, config.train.batch_size)
+    except ValueError as e:
+        raise RunError(f"config.train.batch_size: {e}") from None
+    try:
+        sharding.process_batch_slice(mesh, config.train.eval_batch_size)
+    except ValueError as e:
+        raise RunError(f"config.train.eval_batch_size: {e}") from None
     steps_per_epoch, total_steps = run_length(config.train, dataset)
     shapes = abstract_state(config, peers, optimizer, dataset)
-    state_shardings = sharding.state_shardings(
-        mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    try:
+        state_shardings = sharding.state_shardings(
+            mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    except ValueError as e:
+        raise RunError(f"config.mesh: {e}") from None
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
                _checkpoint_config(config, peers), dataset_fingerprint(dataset))
@@ -348,7 +377,8 @@ def _start(run: Run) -> Live:
     frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
     unknown = sorted(set(frozen) - set(names))
     if unknown:
-        raise ValueError(f"mutual.frozen_peers names unknown peer(s) {unknown}; peers: {names}")
+        raise RunError(f"config.mutual.frozen_peers names unknown peer(s) {unknown}; "
+                       f"peers: {names}")
     for name in frozen:  # teachers of one-way distillation: never updated
         schedule.stopped[names.index(name)] = True
     host_state["learning_rate"] = schedule.live_learning_rates()
@@ -361,8 +391,8 @@ def _start(run: Run) -> Live:
 def write_run_files(run: Run) -> None:
     """config.json and dataset.json (process 0)."""
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "config.json"), "w") as f:
-            f.write(run.config.to_json_best_effort(indent=1))
+        atomic.write_text(os.path.join(run.workdir, "config.json"),
+                          run.config.to_json_best_effort(indent=1))
     inputs.write_dataset_record(run.workdir, run.config.data.dataset, run.fingerprint)
 
 
@@ -584,10 +614,8 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
     checkpoint.save_peer_weights(run.workdir, mutual.peer_variables(
         run.peers, *sharding.to_host((live.best["params"], live.best["batch_stats"]))))
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        with open(os.path.join(run.workdir, "results.md"), "w") as f:
-            f.write(results_markdown(results))
+        atomic.write_json(os.path.join(run.workdir, "results.json"), results, indent=1)
+        atomic.write_text(os.path.join(run.workdir, "results.md"), results_markdown(results))
     logs.log_results(results, run.workdir)
     return results
 
