@@ -27,6 +27,7 @@ from mlctr.run import checkpoint
 from mlctr import distributed
 from mlctr import locking
 from mlctr import study
+from mlctr.run import stopping
 from mlctr.run import train
 from mlctr import xla_cpu
 from mlctr.data.errors import DataError
@@ -44,7 +45,7 @@ flags.mark_flags_as_required(["config"])
 # Exit status of a run stopped by SIGTERM after saving its checkpoint: what a shell
 # reports for a process that SIGTERM ended, so schedulers and wrappers treat it as
 # "terminated, not finished"; rerunning the same command resumes it.
-PREEMPTED_EXIT_CODE = 143
+PREEMPTED_EXIT_CODE = stopping.PREEMPTED_EXIT_CODE
 
 # Expected failures whose message is complete in one line: printed without a traceback.
 # (A ValueError is one only from the config check: elsewhere it would be a bug.)
@@ -71,6 +72,8 @@ def main(argv):
         _fail(e)
     try:
         train.ensure_prepared(config, FLAGS.workdir)
+        if jax.process_count() == 1:  # several: JAX's preemption service owns SIGTERM
+            stopping.install()  # SIGTERM stops within seconds, compiling included
         if config.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:

@@ -129,3 +129,44 @@ def test_mesh_mismatch_is_one_line(tmp_path, flags, fragments):
                  env={"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
                       + " --xla_force_host_platform_device_count=4"})
     _one_line(proc, *fragments)
+
+
+def test_sigterm_while_compiling_stops_within_seconds(tmp_path):
+    """SIGTERM while XLA compiled (`peers=deepfm*1000`: 10 minutes) was ignored until
+    the compilation ended; the main thread is blocked here as a compilation blocks it."""
+    cmd = [sys.executable, os.path.join(REPO, "tests", "interrupt_run.py"),
+           "--config=mlctr/configs/tiny.py", "--config.mode=train", "--compilation_cache=",
+           f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}",
+           "--config.data.num_rows=600"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu",
+                                            "MLCTR_TEST_INTERRUPT": "STUCK:0"})
+    for line in proc.stdout:  # the signal is sent now
+        if line.startswith("interrupt_run: SIGTERM"):
+            break
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("SIGTERM while compiling did not stop the run within 15 s")
+    stderr = proc.stderr.read()
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    lines = [l for l in stderr.splitlines() if l.startswith("mlctr: stopped on SIGTERM")]
+    assert lines == ["mlctr: stopped on SIGTERM while compiling and training, with nothing "
+                     "unsaved; rerun the same command to resume"], stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag, part", [
+    ("--config.models.deepfm.embedding_dim=10000000", "state "),
+    ("--config.models.dcn.dnn_hidden_units=(1000000,1000000)", "state "),
+    ("--config.train.eval_batch_size=1000000000", "(eval_batch_size 1000000000)"),
+])
+def test_oversize_config_is_refused_before_building(tmp_path, flag, part):
+    """A state or an evaluation that cannot fit hung in the first device_get or failed
+    at the first evaluation (issue 26): refused at start with the estimate and limit."""
+    proc = _main(tmp_path / "run", f"--config.data.data_dir={tmp_path / 'data'}",
+                 "--config.data.num_rows=600", flag)
+    line = _one_line(proc, "the run needs at least", part, "more than the")
+    assert ("MemAvailable" in line or "bytes_limit" in line or "sysconf" in line), line
+    assert not (tmp_path / "run" / "checkpoints").exists()

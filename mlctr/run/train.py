@@ -56,6 +56,8 @@ from mlctr import locking
 from mlctr import metrics as metrics_lib
 from mlctr import mutual
 from mlctr.run import logs
+from mlctr.run import memory
+from mlctr.run import stopping
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
 # Re-exported: the trainer's public names, wherever they are defined.
@@ -333,6 +335,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
             mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
     except ValueError as e:
         raise RunError(f"config.mesh: {e}") from None
+    # Before the state is built: a config that cannot fit ends here, in one line.
+    memory.check_fits(config, peers, shapes, state_shardings, mesh, dataset.num_fields)
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
                _checkpoint_config(config, peers), dataset_fingerprint(dataset))
@@ -465,6 +469,8 @@ class TrainLoop:
         run, live = self.run, self.live
         self.writer = MetricsWriter(run.workdir, live.start_step)
         self.watcher = PreemptionWatcher()
+        stopping.mark_saved()  # until the first step: a SIGTERM (compiling) stops at once
+        stopping.set_phase("compiling and training")
         try:
             while live.step < run.total_steps and not live.schedule.all_stopped:
                 self.epoch()
@@ -474,6 +480,7 @@ class TrainLoop:
             if self.checkpoints.last_saved_step != live.step:
                 self.save(live.step)
             self.checkpoints.wait()
+            stopping.mark_saved()
         finally:
             self.watcher.close()
             self.writer.close()
@@ -503,6 +510,7 @@ class TrainLoop:
             live.state, batch, self.alpha, self.non_finite)
         live.step += 1
         step = live.step
+        stopping.mark_unsaved(self.checkpoints.last_saved_step)
         self.clock.step_done(measurements)
         if step % tc.log_steps == 0 or step == run.total_steps:
             self.log_train(step, epoch, measurements)
@@ -589,6 +597,7 @@ class TrainLoop:
         if self.checkpoints.last_saved_step != step:
             self.save(step)
         self.checkpoints.wait()
+        stopping.mark_saved()
         logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
         raise Preempted(step, self.checkpoints.directory)
 
@@ -645,6 +654,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         belongs to another config.
     """
     check_can_start(config, workdir)
+    stopping.mark_saved()
+    stopping.set_phase(f"building the run in {workdir}")
     with workdir_lock(workdir):
         run = build(config, workdir)
         checkpoints = checkpoint.RunCheckpoints(workdir, keep=config.checkpoint.keep)
@@ -655,4 +666,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             loop.train()
         finally:
             checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
+        stopping.set_phase("evaluating and exporting the best weights")
         return test_and_export(run, live, loop.clock)
