@@ -36,6 +36,7 @@ from mlctr.run import checkpoint
 from mlctr import mutual
 from mlctr.run import inputs
 from mlctr.data.errors import DataError
+from mlctr.data.prepare.encode import encode_raw
 
 FLAGS = flags.FLAGS
 
@@ -173,8 +174,6 @@ def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool 
       batch_size: rows scored per call (the last batch is padded).
       allow_unverified: score with a best/ that has no checksum manifest.
     """
-    from mlctr.data.prepare import encode_raw
-
     if batch_size < 1:
         raise PredictError(f"--batch_size must be >= 1 (got {batch_size})")
     config, peers, params, batch_stats, data_dir = load_run(

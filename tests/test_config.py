@@ -28,6 +28,25 @@ def test_config_is_locked_and_peers_argument():
         default.get_config("peer=deepfm")
 
 
+def test_config_arguments_share_one_convention():
+    assert bars.get_config("avazu").data.dataset == "avazu"
+    config = bars.get_config("dataset=avazu:peers=deepfm*2")
+    assert config.data.dataset == "avazu" and config.peers == "deepfm*2"
+    assert tiny.get_config("peers=dcn").peers == "dcn"
+    assert default.get_config("deepfm+dcn").peers == "deepfm+dcn"  # a bare value: peers
+    for bad in ("peers=a:peers=b", "colour=red", "peers="):
+        with pytest.raises(ValueError, match="default.py: bad config argument"):
+            default.get_config(bad)
+    with pytest.raises(ValueError, match="bars.py: dataset must be 'criteo' or 'avazu'"):
+        bars.get_config("frappe")
+
+
+def test_tiny_has_a_set_for_every_default_model_set():
+    assert sorted(tiny.model_sets()) == sorted(default.model_sets())
+    for key, tiny_set in tiny.model_sets().items():
+        assert tiny_set.model == default.model_sets()[key].model
+
+
 def test_misspelled_override_fails_on_the_command_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mlctr.main", "--config=mlctr/configs/tiny.py",

@@ -134,7 +134,7 @@ def test_mesh_mismatch_is_one_line(tmp_path, flags, fragments):
 def test_sigterm_while_compiling_stops_within_seconds(tmp_path):
     """SIGTERM while XLA compiled (`peers=deepfm*1000`: 10 minutes) was ignored until
     the compilation ended; the main thread is blocked here as a compilation blocks it."""
-    cmd = [sys.executable, os.path.join(REPO, "tests", "interrupt_run.py"),
+    cmd = [sys.executable, "-m", "tests.interrupt_run",
            "--config=mlctr/configs/tiny.py", "--config.mode=train", "--compilation_cache=",
            f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}",
            "--config.data.num_rows=600"]

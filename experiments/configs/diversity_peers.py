@@ -25,15 +25,18 @@ import ml_collections
 
 from experiments.configs import diversity
 from experiments.configs import shared_real
+from mlctr.configs import args
 
 # copy key -> the key whose hyperparameters it repeats.
 COPIES = {"deepfm_b": "deepfm", "deepfm_c": "deepfm", "deepfm_d": "deepfm", "dcn_b": "dcn"}
 REGIMES = {"synthetic": diversity.get_config, "shared_criteo": shared_real.get_config}
+ARG_KEYS = {"regime": "|".join(REGIMES)}  # the argument convention: mlctr.configs.args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The regime named by `arg` (default synthetic) with the copied peer sets above."""
-    regime = (arg or "synthetic").strip()
+    regime = args.parse(arg, "experiments/configs/diversity_peers.py",
+                        ARG_KEYS).get("regime", "synthetic")
     if regime not in REGIMES:
         raise ValueError(f"experiments/configs/diversity_peers.py: unknown regime {regime!r}; "
                          f"expected one of {sorted(REGIMES)}")

@@ -24,16 +24,20 @@ evaluation rather than two. The log shows it: "(stopped)" beside a peer, then
 Every field is explicit; the config is locked, so a misspelled key (on the
 command line, `--config.mutual.alpah=0.5`) fails loudly.
 
-Config variants by argument: `--config=mlctr/configs/default.py:peers=deepfm+dcn`
-(`+` or `,` separate peers, `deepfm*4` repeats one).
+Config variants by argument (mlctr.configs.args):
+`--config=mlctr/configs/default.py:peers=deepfm+dcn` (`+` or `,` separate peers,
+`deepfm*4` repeats one).
 """
 import ml_collections
 
+from mlctr.configs import args
+
 # CPU-sized versions of the BARS hyperparameter sets (BARS: embedding 16, DNN 1000x5 and
-# more, batch 10000; see mlctr/models/bars_configs.py). Same structures, narrower, so the
+# more, batch 10000; see mlctr/configs/bars_table.py). Same structures, narrower, so the
 # default job runs in ~10 minutes on 2 CPU cores. FiBiNET's bilinear output is
 # 741 pairs x 8 dims x 2 = 11,856 wide, so its DNN is a single 64-unit layer.
 DEFAULT_PEERS = "deepfm,dcn,ipnn,fibinet"
+ARG_KEYS = {"peers": "SPEC"}  # peers=deepfm+dcn, peers=deepfm*4
 
 
 def model_sets() -> ml_collections.ConfigDict:
@@ -67,15 +71,36 @@ def model_sets() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """Returns the default config; `arg` may set the peers, e.g. 'peers=deepfm*4'."""
+    """Returns the default config, locked; `arg` may set the peers, e.g. 'peers=deepfm*4'
+    (the argument convention: mlctr.configs.args)."""
+    options = args.parse(arg, "mlctr/configs/default.py", ARG_KEYS)
     config = ml_collections.ConfigDict()
     # 'train': one training run (independent when mutual.alpha = 0).
     # 'finetune_study': pretrain -> independent finetune (control) and mutual
     # finetune from the same checkpoints -> table of gains vs the control.
     config.mode = "finetune_study"
     config.seed = 0  # init keys, dropout and the training data order
+    config.data = data_config()
+    config.vocab = vocab_config()
+    config.peers = options.get("peers", DEFAULT_PEERS)
+    config.models = model_sets()
+    # Compute dtype of the models (params, optimizer state and losses stay float32):
+    # float32 on CPU (no fast bfloat16 there); bfloat16 is the choice on GPU/TPU.
+    config.compute_dtype = "float32"
+    config.mutual = mutual_config()
+    config.optimizer = optimizer_config()
+    config.train = train_config()
+    config.checkpoint = checkpoint_config()
+    config.mesh = mesh_config()
+    config.finetune = finetune_config()
+    config.init_from = ""         # run dir whose best peer weights initialise the peers
+    config.lock()
+    return config
 
-    config.data = ml_collections.ConfigDict(dict(
+
+def data_config() -> ml_collections.ConfigDict:
+    """config.data: which dataset, where, its split."""
+    return ml_collections.ConfigDict(dict(
         dataset="synthetic",      # criteo | avazu | synthetic | criteo_1tb (raw: its day_* dir)
         raw="",                   # raw file (criteo/avazu); synthetic: generated there if empty
         data_dir="",              # prepared dataset dir; default <workdir>/data (prepared there when missing)
@@ -85,9 +110,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         skip_bad_rows=False,
     ))
 
+
+def vocab_config() -> ml_collections.ConfigDict:
+    """config.vocab: fitted or hashed vocabularies, QR embeddings."""
     # Vocabularies (docs/data.md): fit on train (min_count, OOV), or hash every value into
     # per-field buckets in one pass (unbounded id spaces, criteo_1tb; mlctr/data/hashing.py).
-    config.vocab = ml_collections.ConfigDict(dict(
+    return ml_collections.ConfigDict(dict(
         mode="fit",               # fit | hash
         hash_buckets=1 << 20,     # hash: buckets per field (+1 id reserved for missing)
         field_buckets="",         # hash: per-field overrides, e.g. "I1=64,C3=100000"
@@ -98,13 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         qr_combiner="product",    # product | sum: how a field's two embeddings combine
     ))
 
-    config.peers = DEFAULT_PEERS
-    config.models = model_sets()
-    # Compute dtype of the models (params, optimizer state and losses stay float32):
-    # float32 on CPU (no fast bfloat16 there); bfloat16 is the choice on GPU/TPU.
-    config.compute_dtype = "float32"
 
-    config.mutual = ml_collections.ConfigDict(dict(
+def mutual_config() -> ml_collections.ConfigDict:
+    """config.mutual: the mutual term and how peers run."""
+    return ml_collections.ConfigDict(dict(
         alpha=1.0,                # weight of the mutual term (0: independent peers)
         divergence="mse",         # mse (Yilmaz & Aldemir 2024) | kl (Deep Mutual Learning)
         stop_gradient=True,       # companions' predictions are constants
@@ -114,7 +139,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         peer_execution="auto",    # auto (unroll on CPU, vmap on GPU/TPU) | vmap | unroll
     ))
 
-    config.optimizer = ml_collections.ConfigDict(dict(
+
+def optimizer_config() -> ml_collections.ConfigDict:
+    """config.optimizer: Adam (BARS), clipping, lr decay, embedding optimizer."""
+    return ml_collections.ConfigDict(dict(
         learning_rate=1e-3,       # Adam, BARS
         b1=0.9, b2=0.999, eps=1e-8,
         grad_clip_norm=10.0,      # FuxiCTR's hidden default, made explicit (0: off)
@@ -126,7 +154,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embedding_optimizer="dense",
     ))
 
-    config.train = ml_collections.ConfigDict(dict(
+
+def train_config() -> ml_collections.ConfigDict:
+    """config.train: batches, epochs, evaluation and early stopping."""
+    return ml_collections.ConfigDict(dict(
         batch_size=1024,          # global batch (BARS x4_001 uses 10000; CPU-sized here)
         num_epochs=8,             # a cap; early stopping ends the pretraining first
         max_steps=0,              # > 0: stop after this many updates
@@ -138,9 +169,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         test_at_end=True,         # evaluate the best parameters on the test split
     ))
 
+
+def checkpoint_config() -> ml_collections.ConfigDict:
+    """config.checkpoint: resumable checkpoints."""
     # Resumable checkpoints in <workdir>/checkpoints (also written at the end and on
     # SIGTERM); rerunning the same command resumes from the newest one.
-    config.checkpoint = ml_collections.ConfigDict(dict(
+    return ml_collections.ConfigDict(dict(
         ckpt_steps=1000,          # save every this many updates (0: only at the end / SIGTERM)
         keep=2,                   # newest checkpoints kept (>= 2 keeps one if the last is bad)
         # init_from a best/ without sha256.json (written before checksums): refused unless
@@ -148,31 +182,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         allow_unverified=False,
     ))
 
+
+def mesh_config() -> ml_collections.ConfigDict:
+    """config.mesh: the device mesh."""
     # Device mesh (mlctr/sharding.py): data x peer x table devices, -1 = all remaining devices.
     # Default: data-parallel over every device of every process, all peers on each.
-    config.mesh = ml_collections.ConfigDict(dict(
+    return ml_collections.ConfigDict(dict(
         data=-1,                  # devices that split each batch
         peer=1,                   # devices that split each group of stacked peers
         table=1,                  # devices that split the rows of every embedding table
     ))
 
+
+def finetune_config() -> ml_collections.ConfigDict:
+    """config.finetune: the finetune study's phases after pretraining."""
     # Finetune study: the phases after pretraining. Pretraining uses
     # config.train / config.optimizer with alpha = 0.
-    config.finetune = ml_collections.ConfigDict(dict(
+    return ml_collections.ConfigDict(dict(
         learning_rate=1e-4,       # the paper does not state it; explicit here
         num_epochs=1,
         max_steps=0,              # > 0: stop after this many updates
         eval_steps=20,            # 4 evaluations in the epoch of 78 updates
         patience=2,
     ))
-
-    config.init_from = ""         # run dir whose best peer weights initialise the peers
-
-    if arg:
-        key, _, value = arg.partition("=")
-        if key.strip() != "peers" or not value.strip():
-            raise ValueError(f"unknown config argument {arg!r}; expected peers=SPEC, "
-                             "e.g. peers=deepfm+dcn or peers=deepfm*4")
-        config.peers = value.strip()
-    config.lock()
-    return config

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlctr.data.prepare.options import DATASETS, PROTOCOLS, VOCAB_MODES
+
 _MISSING = object()
 
 # Legal names that no module holds as a constant (the others come from their modules).
@@ -60,7 +62,6 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     from mlctr import mutual
     from mlctr import sparse
     from mlctr.models import qr
-    from mlctr.data.prepare import DATASETS, PROTOCOLS, VOCAB_MODES
 
     return [
         ("mode", _one_of(MODES), f"must be one of {MODES}"),

@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mlctr.data import criteo_1tb, hashing, parsing
+from mlctr.data.prepare.options import raw_format_module
 
 
 class HashedStream:
@@ -47,9 +48,7 @@ class HashedStream:
                  hash_buckets: int = hashing.DEFAULT_BUCKETS, field_buckets=None,
                  max_rows: int = 0, skip_bad_rows: bool = False,
                  chunk_bytes: int = parsing.DEFAULT_CHUNK_BYTES):
-        from mlctr.data import prepare
-
-        self.module = prepare.raw_format_module(raw_format)
+        self.module = raw_format_module(raw_format)
         self.files = [str(f) for f in files]
         if not self.files:
             raise ValueError("HashedStream needs at least one raw file")

@@ -35,6 +35,7 @@ from mlctr import atomic
 from mlctr import sharding
 from mlctr.data import layout
 from mlctr.data.errors import DataError
+from mlctr.data.prepare import prepare
 from mlctr.locking import LockedError
 from mlctr.run.errors import RunError
 
@@ -117,8 +118,6 @@ def ensure_prepared(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def _prepare(config: ml_collections.ConfigDict, out: str, **processes) -> None:
     """Prepares the dataset of `config` into `out` (`processes`: its process options)."""
-    from mlctr.data.prepare import prepare
-
     raw = config.data.raw
     if config.data.dataset == "synthetic":
         raw = raw or os.path.join(out, "raw", "synthetic_criteo.txt")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlctr.data import criteo, encode_raw, hashing, parsing, vocab
-from mlctr.data.prepare import prepare
+from mlctr.data.prepare import encoders, prepare
 from mlctr.data.reader import PreparedDataset
 
 M64 = (1 << 64) - 1
@@ -131,8 +131,7 @@ def test_hash_mode_prepare_gives_the_hashed_ids(tmp_path):
 def test_hash_mode_is_chunking_and_thread_independent(tmp_path, monkeypatch):
     raw = _write(tmp_path / "train.txt", _criteo_rows(600, seed=1))
     prepare("criteo", raw, str(tmp_path / "a"), vocab_mode="hash", hash_buckets=64)
-    from mlctr.data import prepare as prepare_module
-    monkeypatch.setattr(prepare_module, "PARSE_THREADS", 1)
+    monkeypatch.setattr(encoders, "PARSE_THREADS", 1)
     prepare("criteo", raw, str(tmp_path / "b"), vocab_mode="hash", hash_buckets=64,
             chunk_bytes=5000)
     for name in ("train_ids.npy", "valid_ids.npy", "test_label.npy", "feature_map.json"):

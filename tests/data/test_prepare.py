@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mlctr.data import criteo, encode_raw, parsing, split, vocab
-from mlctr.data.prepare import prepare
+from mlctr.data.prepare import encoders, prepare
 from mlctr.data.reader import PreparedDataset
 
 
@@ -138,10 +138,8 @@ def test_prepare_avazu_real_rows(avazu_files, tmp_path):
 
 
 def test_parse_threads_do_not_change_the_output(synthetic_avazu, tmp_path, monkeypatch):
-    from mlctr.data import prepare as prepare_module
-
     prepare("avazu", synthetic_avazu, str(tmp_path / "two"), chunk_bytes=20_000)
-    monkeypatch.setattr(prepare_module, "PARSE_THREADS", 1)
+    monkeypatch.setattr(encoders, "PARSE_THREADS", 1)
     prepare("avazu", synthetic_avazu, str(tmp_path / "one"), chunk_bytes=50_000)
     two, one = _files(tmp_path / "two"), _files(tmp_path / "one")
     assert sorted(two) == sorted(one) and all(two[name] == one[name] for name in two)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mlctr import locking
-from mlctr.data import DataError, layout, prepare as prepare_module
+from mlctr.data import DataError, layout, vocab
 from mlctr.data.errors import DatasetError
 from mlctr.data.prepare import prepare
 from mlctr.data.reader import PreparedDataset
@@ -78,7 +78,7 @@ def test_prepare_enospc_keeps_the_previous_dataset(previous, synthetic_criteo, m
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    target = {"ids": (layout.NpyWriter, "append"), "vocab": (prepare_module.vocab_lib,
+    target = {"ids": (layout.NpyWriter, "append"), "vocab": (vocab,
                                                            "save_vocabulary"),
               "feature_map": (layout, "write_json_atomic")}[failing]
     monkeypatch.setattr(*target, full)

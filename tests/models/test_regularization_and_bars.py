@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mlctr.models import MODELS, create_model
-from mlctr.models.bars_configs import BARS_BATCH_SIZE, DATASETS, bars_hparams
+from mlctr.configs.bars_table import BARS_BATCH_SIZE, DATASETS, bars_hparams
 from mlctr.models.regularization import l2_penalty
 
 def test_l2_penalty_matches_manual_sum():

@@ -1,4 +1,6 @@
-"""BARS hyperparameters (x4_001 settings: embedding 16, batch 10000) per model and dataset.
+"""BARS hyperparameters (x4_001 settings: embedding 16, batch 10000) per model and dataset:
+the table `BARS` (model -> dataset -> hyperparameters), a plain dict to extend with a
+model or a dataset, and `bars_hparams` to read it.
 
 Source: the reczoo/BARS benchmark, ``ranking/ctr/<Model>/<Model>_<dataset>/README.md`` -- the
 parameter block logged by the run whose test result BARS reports. Every value below was read
@@ -17,7 +19,7 @@ from typing import Any
 BARS_BATCH_SIZE = 10000
 DATASETS = ('criteo_x4_001', 'avazu_x4_001')
 
-_BARS: dict[str, dict[str, dict[str, Any]]] = {
+BARS: dict[str, dict[str, dict[str, Any]]] = {
     'lr': {
         'criteo_x4_001': dict(embedding_regularizer=1e-7, net_regularizer=1e-7),
         'avazu_x4_001': dict(embedding_regularizer=1e-8, net_regularizer=1e-8),
@@ -120,9 +122,9 @@ def bars_hparams(model: str, dataset: str) -> dict[str, Any]:
       ValueError: no BARS setting for this model or dataset (e.g. ``opnn``: BARS has no OPNN).
     """
     key = _ALIASES.get(model.lower(), model.lower())
-    if key not in _BARS:
-        raise ValueError(f'No BARS hyperparameters for model {model!r}; have {sorted(_BARS)} '
+    if key not in BARS:
+        raise ValueError(f'No BARS hyperparameters for model {model!r}; have {sorted(BARS)} '
                          f'(+ aliases {sorted(_ALIASES)})')
-    if dataset not in _BARS[key]:
+    if dataset not in BARS[key]:
         raise ValueError(f'No BARS hyperparameters for dataset {dataset!r}; have {list(DATASETS)}')
-    return dict(_BARS[key][dataset])
+    return dict(BARS[key][dataset])
