@@ -108,9 +108,8 @@ def check_dataset(workdir: str, dataset, data_dir: str) -> None:
     now = inputs.dataset_fingerprint(dataset)
     # A per-process run records every process's train rows and sources (lists); one
     # process's copy, which predict opens, is checked on what all copies share.
-    differences = [f"{key} {trained[key]} at training, {now[key]} now"
-                   for key in sorted(now) if key in trained
-                   and not isinstance(trained[key], list) and trained[key] != now[key]]
+    differences = inputs.fingerprint_differences(
+        {k: v for k, v in trained.items() if not isinstance(v, list)}, now)
     if differences:
         raise PredictError(
             f"the dataset at {data_dir} is not the one run {workdir} was trained on "

@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 
 from mlctr import atomic
 from mlctr import sharding
+from mlctr.run import inputs
 
 BEST_DIR = "best"
 CHECKPOINT_DIR = "checkpoints"
@@ -483,8 +484,9 @@ class RunCheckpoints:
     def _check_matches(self, step: int, progress: dict, config: dict, dataset: dict,
                        table_rows: int | None = None):
         differences = config_differences(progress.get("config", {}), config)
-        if progress.get("dataset") != dataset:
-            differences.append(f"dataset: checkpoint {progress.get('dataset')}, now {dataset}")
+        differences += [f"dataset: {d}" for d in
+                        inputs.fingerprint_differences(progress.get("dataset") or {}, dataset,
+                                                       then="in the checkpoint")]
         differences += _table_padding_difference(
             progress.get("config", {}), config, table_rows or (dataset or {}).get("vocab_size"))
         if differences:

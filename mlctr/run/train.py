@@ -612,6 +612,7 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
     results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
                "train_seconds": clock.timed_seconds, "examples_per_sec": clock.examples_per_sec,
                "schedule": live.schedule.to_json()}
+    inputs.warn_if_replaced(run.dataset)
     for split in ("valid", "test") if tc.test_at_end else ("valid",):
         logits, labels = predict_split(run.predict_fn, live.best["params"],
                                        live.best["batch_stats"], run.dataset, split,
