@@ -13,13 +13,19 @@ Every runner takes:
                    arms reuse the compiled steps ('' disables)
 """
 import os
+import sys
 
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from experiments import analysis
 from experiments import paper
 from mlctr import distributed
+from mlctr import locking
+from mlctr.data.errors import DataError
+from mlctr.run import checkpoint
+from mlctr.run import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -34,16 +40,38 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"
                     "Persistent XLA compilation cache ('' disables).")
 
 
+# Expected faults whose message is one complete line: printed so, without a traceback.
+CLEAR_ERRORS = (paper.ExperimentError, train.RunError, train.NonFiniteLossError,
+                checkpoint.CheckpointError, locking.LockedError, DataError)
+
+
+class _OneLine(app.ExceptionHandler):
+    """`<runner>: error: <message>` and exit 1 for CLEAR_ERRORS (absl would print a
+    traceback and re-raise; os._exit, since absl ignores a SystemExit raised here)."""
+
+    def wants(self, exc) -> bool:
+        return isinstance(exc, CLEAR_ERRORS)
+
+    def handle(self, exc) -> None:
+        name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "experiments"
+        sys.stdout.flush()
+        os.write(sys.stderr.fileno(), f"{name}: error: {exc}\n".encode())
+        os._exit(1)
+
+
 def setup():
     """Returns (config, workdir, seeds, pretrain_root, effect_pct) from the flags.
 
     effect_pct is the paper's relative AUC effect the power lines use for this
     dataset (analysis.paper_effect).
     """
+    app.install_exception_handler(_OneLine())
     distributed.configure_runtime(FLAGS.compilation_cache)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)
+    # Before any work: a work dir of another config is refused now, in one line.
+    paper.check_workdir(config, workdir, {"dataset": FLAGS.dataset, "raw": FLAGS.raw})
     seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
     if not seeds:
         raise ValueError("--seeds is empty")
