@@ -372,9 +372,9 @@ def fingerprint_differences(recorded: dict, now: dict, then: str = "at training"
     from before `layout_sha256` resumes and scores as it did), so a newer fingerprint
     never makes an old run unusable by itself.
     """
-    out = []
+    out, recorded, now = [], recorded or {}, now or {}
     for key in sorted(now):
-        if key in (recorded or {}) and recorded[key] != now[key]:
+        if key in recorded and recorded[key] != now[key]:
             before, after = recorded[key], now[key]
             if key.endswith("sha256") and isinstance(before, str) and isinstance(after, str):
                 before, after = before[:12], after[:12]
