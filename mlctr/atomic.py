@@ -56,6 +56,17 @@ def replacing(path: str, mode: str = "w", *, fsync: bool = False,
         raise
 
 
+def fresh_name(path: str, suffix: str = ".tmp") -> str:
+    """A new, empty file beside `path` under a random name (mkstemp: O_EXCL, so never a
+    planted link), for writers that open a file by name (numpy memmaps, gzip). The
+    caller renames it over `path` or removes it."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=f".{os.path.basename(path)}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
+    os.close(fd)
+    return tmp
+
+
 def write_text(path: str, text: str, *, fsync: bool = False) -> None:
     """`text` as the whole content of `path`, atomically (see `replacing`)."""
     with replacing(path, fsync=fsync) as f:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mlctr import atomic
@@ -170,3 +171,31 @@ def test_oversize_config_is_refused_before_building(tmp_path, flag, part):
     line = _one_line(proc, "the run needs at least", part, "more than the")
     assert ("MemAvailable" in line or "bytes_limit" in line or "sysconf" in line), line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_symlink_planted_at_generator_and_best_temporaries_is_not_followed(tmp_path):
+    """The synthetic generator wrote `<raw>.tmp`, `<prob>.tmp.npy`, `<spec>.tmp`, and the
+    best weights `best.tmp` / `best.old`, all fixed names a link could redirect."""
+    from mlctr.data import synthetic
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    victim_dir = tmp_path / "victim_dir"
+    victim_dir.mkdir()
+    (victim_dir / "keep").write_text("keep me\n")
+    raw = tmp_path / "gen" / "raw.txt"
+    raw.parent.mkdir()
+    for name in (str(raw) + ".tmp", synthetic.true_prob_path(str(raw)) + ".tmp.npy",
+                 synthetic.spec_path(str(raw)) + ".tmp"):
+        os.symlink(victim, name)
+    synthetic.generate(str(raw), num_rows=50, seed=1)
+    assert victim.read_text() == "keep me\n" and len(raw.read_text().splitlines()) == 50
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best.tmp", "best.old"):
+        os.symlink(victim_dir, run / name)
+    weights = {"deepfm": {"params": {"w": np.ones(3, np.float32)}, "batch_stats": {}}}
+    checkpoint.save_peer_weights(str(run), weights)
+    assert sorted(os.listdir(victim_dir)) == ["keep"]
+    np.testing.assert_array_equal(
+        checkpoint.load_peer_weights(str(run))["deepfm"]["params"]["w"], np.ones(3))

@@ -182,8 +182,12 @@ def save_peer_weights(run_dir: str, variables_by_name: dict[str, Any], extra: di
     path = os.path.abspath(os.path.join(run_dir, BEST_DIR))
     tmp, old = path + ".tmp", path + ".old"
     _quiet_orbax_tracebacks()
-    if jax.process_index() == 0 and os.path.isdir(old):
-        shutil.rmtree(old)  # left by a crash after the swap
+    if jax.process_index() == 0:
+        for name in (tmp, old):  # a link planted there is removed, never followed
+            if os.path.islink(name):
+                os.unlink(name)
+        if os.path.isdir(old):
+            shutil.rmtree(old)  # left by a crash after the swap
     try:
         checkpointer = ocp.StandardCheckpointer()  # force=True replaces a leftover best.tmp
         checkpointer.save(tmp, jax.device_get(variables_by_name), force=True)
