@@ -58,6 +58,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mlctr import models as model_zoo
@@ -153,6 +154,18 @@ def parse_peer_spec(spec: str | Sequence[str]) -> list[str]:
     return keys
 
 
+def peer_names(keys: Sequence[str]) -> list[str]:
+    """The peers' names, in order, for config keys (`parse_peer_spec`): a key used once
+    names its peer; a key used k > 1 times names them key_0 ... key_{k-1}."""
+    counts = {key: keys.count(key) for key in keys}
+    seen: dict[str, int] = {}
+    names = []
+    for key in keys:
+        names.append(key if counts[key] == 1 else f"{key}_{seen.get(key, 0)}")
+        seen[key] = seen.get(key, 0) + 1
+    return names
+
+
 def qr_layout(config, dataset) -> Optional[qr.QRLayout]:
     """The run's quotient-remainder layout: None unless `config.vocab.qr_collisions` >= 2.
 
@@ -194,7 +207,6 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
       them key_0 ... key_{k-1}.
     """
     keys = parse_peer_spec(spec)
-    counts = {key: keys.count(key) for key in keys}
     model_fields = dict(vocab_size=vocab_size, num_fields=num_fields, dtype=jnp.dtype(dtype))
     if qr_layout is not None:
         if (qr_layout.vocab_size, len(qr_layout.sizes)) != (vocab_size, num_fields):
@@ -211,8 +223,7 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
         hparams = dict(models_config[key])
         arch = hparams.pop("model", key)
         model = model_zoo.create_model(arch, **model_fields, **hparams)
-        n = counts[key]
-        names = (key,) if n == 1 else tuple(f"{key}_{k}" for k in range(n))
+        names = tuple(name for k, name in zip(keys, peer_names(keys)) if k == key)
         groups.append(PeerGroup(config_key=key, model=model, names=names))
     if table_row_multiple < 1:
         raise ValueError(f"table_row_multiple must be >= 1, got {table_row_multiple}")
@@ -532,35 +543,73 @@ def _apply_updates(peers: Peers, optimizer, params, grads, opt_state, learning_r
 
 
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
-                    alpha: float = 1.0, divergence: str = "mse", stop_gradient: bool = True,
-                    warmup_steps: int = 0, peer_execution: str = "auto", donate: bool = True):
-    """Builds the one jitted step that updates all peers.
+                    divergence: str = "mse", stop_gradient: bool = True, warmup_steps: int = 0,
+                    peer_execution: str = "auto", donate: bool = True, mesh=None,
+                    state_shardings=None):
+    """Builds the one jitted step that updates all peers (big_vision's `update_fn`): the
+    one place that owns the step's donation, shardings and non-finite tracking.
 
     Args:
       peers: the peer groups.
       optimizer: gradient transformation without learning rate (`make_optimizer`); a
         `sparse.SparseOptimizer` makes the step update only the embedding rows of
         the batch.
-      alpha: weight of the mutual term.
       divergence: 'mse', 'kl' or 'ektf' (`ektf_terms`).
       stop_gradient: companions' predictions are constants (default).
       warmup_steps: updates with alpha = 0 before the mutual term switches on.
       peer_execution: 'auto', 'vmap' or 'unroll' (see `resolve_peer_execution`).
       donate: donate the state buffers to the step (in-place updates).
+      mesh, state_shardings: the device mesh and `sharding.state_shardings`: the state
+        stays at its shardings, the batch is split over the mesh's data axis, alpha and
+        the measurements are replicated. None: JAX's default placement.
 
     Returns:
-      train_step(state, batch) -> (new_state, measurements) where measurements
-      holds per-peer [N] 'loss', 'bce', 'mutual', 'l2', 'grad_norm' and the
-      scalar 'alpha'.
+      train_step(state, batch, alpha, non_finite) -> (state, measurements, non_finite).
+      alpha is the weight of the mutual term (float32), an argument rather than a
+      constant of the program, so that runs differing only in alpha (the control and the
+      mutual finetune) share one compiled step. measurements holds per-peer [N] 'loss',
+      'bce', 'mutual', 'l2', 'grad_norm' and the scalar 'alpha'. non_finite =
+      (first_step [N] int32, -1 while finite; loss [N] at that step), from
+      `finite_record` (None: a fresh record, for a caller that does not keep it): the
+      host learns which peer went NaN/inf first, and when, without a device-to-host
+      transfer every step.
     """
-    execution = resolve_peer_execution(peer_execution)
+    update = _make_update(peers, optimizer, divergence=divergence,
+                          stop_gradient=stop_gradient, warmup_steps=warmup_steps,
+                          execution=resolve_peer_execution(peer_execution))
+
+    def train_step(state, batch, alpha, non_finite):
+        new_state, measurements = update(state, batch, jnp.asarray(alpha, jnp.float32))
+        first_step, first_loss = finite_record(peers.size) if non_finite is None else non_finite
+        newly = (first_step < 0) & ~jnp.isfinite(measurements["loss"])
+        non_finite = (jnp.where(newly, new_state["step"], first_step),
+                      jnp.where(newly, measurements["loss"], first_loss))
+        return new_state, measurements, non_finite
+
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=donate_argnums)
+    rep = sharding.replicated(mesh)
+    return jax.jit(train_step, donate_argnums=donate_argnums,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep, rep),
+                   out_shardings=(state_shardings, rep, rep))
+
+
+def finite_record(num_peers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `non_finite` argument of a first step: no peer's loss has been NaN/inf."""
+    return np.full(num_peers, -1, np.int32), np.zeros(num_peers, np.float32)
+
+
+def _make_update(peers: Peers, optimizer, *, divergence, stop_gradient, warmup_steps,
+                 execution):
+    """update(state, batch, alpha) -> (new_state, measurements): the step's computation."""
     row_sparse = isinstance(optimizer, sparse.SparseOptimizer)
     loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution)
     # The models run on the state's tables as stored, padding rows included.
     loss_fn = make_loss_fn(_with_vocab_size(peers, peers.stored_rows), **loss_kwargs)
     vocab_size = peers.stored_rows
 
-    def train_step(state, batch, alpha_value):
+    def update(state, batch, alpha_value):
         step_key = jax.random.fold_in(state["rng"], state["step"])
         dropout_keys = jax.vmap(lambda k: jax.random.fold_in(step_key, k))(jnp.arange(peers.size))
         alpha_now = effective_alpha(state["step"], alpha_value, warmup_steps)
@@ -593,17 +642,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
         measurements["alpha"] = alpha_now
         return new_state, measurements
 
-    # alpha is an argument, not a constant baked into the program, so runs that
-    # differ only in alpha (the control and the mutual finetune) share one
-    # compiled step (and the persistent compilation cache).
-    jitted = jax.jit(train_step, donate_argnums=(0,) if donate else ())
-    alpha_value = jnp.asarray(alpha, jnp.float32)
-
-    def step(state, batch):
-        return jitted(state, batch, alpha_value)
-
-    step.jitted = jitted
-    return step
+    return update
 
 
 def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):

@@ -60,14 +60,10 @@ from mlctr.run import memory
 from mlctr.run import stopping
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
-# Re-exported: the trainer's public names, wherever they are defined.
-from mlctr.run.evaluation import predict_split, split_metrics  # noqa: F401
-from mlctr.run.inputs import (dataset_dir, dataset_fingerprint, ensure_prepared,  # noqa: F401
-                            open_dataset, prefetch)
-from mlctr.run.errors import NonFiniteLossError, Preempted, RunError  # noqa: F401
-from mlctr.run.logs import MetricsWriter, results_markdown  # noqa: F401
-from mlctr.run.schedule import PeerSchedule
+from mlctr.run import errors
+from mlctr.run import evaluation
 from mlctr.run import inputs
+from mlctr.run.schedule import PeerSchedule
 
 
 # ---------------------------------------------------------------------------
@@ -75,13 +71,11 @@ from mlctr.run import inputs
 
 
 def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
-    """Peers, optimizer and jitted functions for a config and dataset.
+    """Peers, optimizer and the jitted predict function for a config and dataset.
 
     On a peer-parallel `mesh`, `mutual.peer_execution = auto` means vmap
     (see `sharding.peer_execution`).
     """
-    peer_execution = (config.mutual.peer_execution if mesh is None
-                      else sharding.peer_execution(mesh, config.mutual.peer_execution))
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields, dtype=config.compute_dtype,
                                table_row_multiple=sharding.table_row_multiple(mesh),
@@ -89,12 +83,24 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
     optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)
-    train_step = mutual.make_train_step(
-        peers, optimizer, alpha=config.mutual.alpha, divergence=config.mutual.divergence,
+    predict_fn = mutual.make_predict_fn(peers, peer_execution=_peer_execution(config, mesh))
+    return peers, optimizer, predict_fn
+
+
+def make_step(config: ml_collections.ConfigDict, peers, optimizer, mesh=None,
+              state_shardings=None):
+    """The run's one jitted train step (`mutual.make_train_step`) with the config's mutual
+    options, at the state's shardings on `mesh`."""
+    return mutual.make_train_step(
+        peers, optimizer, divergence=config.mutual.divergence,
         stop_gradient=config.mutual.stop_gradient, warmup_steps=config.mutual.warmup_steps,
-        peer_execution=peer_execution)
-    predict_fn = mutual.make_predict_fn(peers, peer_execution=peer_execution)
-    return peers, optimizer, train_step, predict_fn
+        peer_execution=_peer_execution(config, mesh), mesh=mesh,
+        state_shardings=state_shardings)
+
+
+def _peer_execution(config, mesh) -> str:
+    return (config.mutual.peer_execution if mesh is None
+            else sharding.peer_execution(mesh, config.mutual.peer_execution))
 
 
 def initial_state(config, peers, optimizer, dataset) -> dict:
@@ -117,35 +123,6 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
             jax.vmap(optimizer.init)(p) for p in params))(state["params"])
         logging.info("Initialised peers %s from %s", peers.names, config.init_from)
     return state
-
-
-def sharded_train_step(train_step, mesh, state_shardings):
-    """The one jitted step at explicit shardings, also recording non-finite losses.
-
-    Args:
-      train_step: from `mutual.make_train_step` (its `jitted(state, batch, alpha)`).
-      mesh: the device mesh.
-      state_shardings: from `sharding.state_shardings`.
-
-    Returns:
-      step(state, batch, alpha, non_finite) -> (state, measurements, non_finite),
-      the state donated and kept at its shardings, the measurements replicated.
-      non_finite = (first_step [N] int32, -1 while finite; loss [N] at that step),
-      so the host learns which peer went NaN/inf first, and when, without a
-      device-to-host transfer every step.
-    """
-    rep = sharding.replicated(mesh)
-
-    def step(state, batch, alpha, non_finite):
-        new_state, measurements = train_step.jitted(state, batch, alpha)
-        first_step, first_loss = non_finite
-        newly = (first_step < 0) & ~jnp.isfinite(measurements["loss"])
-        non_finite = (jnp.where(newly, new_state["step"], first_step),
-                      jnp.where(newly, measurements["loss"], first_loss))
-        return new_state, measurements, non_finite
-
-    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep, rep),
-                   out_shardings=(state_shardings, rep, rep), donate_argnums=(0,))
 
 
 def abstract_state(config, peers, optimizer, dataset):
@@ -184,7 +161,7 @@ def _raise_if_non_finite(names, non_finite, last_checkpoint: int | None):
     if bad:
         kept = (f"the last checkpoint, step {last_checkpoint}, is from before it and is kept"
                 if last_checkpoint is not None else "no checkpoint was written")
-        raise NonFiniteLossError(
+        raise errors.NonFiniteLossError(
             "; ".join(f"peer {names[k]!r} has a non-finite training loss ({first_loss[k]}) at "
                       f"step {first_step[k]}" for k in bad)
             + f". Stopping: nothing is saved from that step on ({kept}).")
@@ -207,14 +184,14 @@ def check_can_start(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     config_validation.validate(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise RunError(f"the work dir {workdir} is a file, not a directory: pass another "
+        raise errors.RunError(f"the work dir {workdir} is a file, not a directory: pass another "
                        "--workdir")
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
-        raise RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
+        raise errors.RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
     if not os.access(workdir, os.W_OK | os.X_OK):
-        raise RunError(f"the work dir {workdir} is not writable by this user (mode "
+        raise errors.RunError(f"the work dir {workdir} is not writable by this user (mode "
                        f"{os.stat(workdir).st_mode & 0o777:o}): fix its permissions or pass "
                        "another --workdir")
 
@@ -279,12 +256,13 @@ class Run:
 def run_length(train_config, dataset) -> tuple[int, int]:
     """(steps per epoch, total steps) of a run on `dataset`."""
     if train_config.batch_size < 1:
-        raise RunError(f"config.train.batch_size must be >= 1 (got {train_config.batch_size})")
+        raise errors.RunError("config.train.batch_size must be >= 1 (got "
+                              f"{train_config.batch_size})")
     steps_per_epoch = dataset.num_train_batches(train_config.batch_size)
     if steps_per_epoch == 0:
-        raise RunError(f"the train split of {dataset.data_dir} ({dataset.num_examples('train')} "
-                       f"rows) is smaller than one batch (config.train.batch_size = "
-                       f"{train_config.batch_size})")
+        raise errors.RunError(f"the train split of {dataset.data_dir} "
+                              f"({dataset.num_examples('train')} rows) is smaller than one "
+                              f"batch (config.train.batch_size = {train_config.batch_size})")
     total_steps = steps_per_epoch * train_config.num_epochs
     if train_config.max_steps > 0:
         total_steps = min(total_steps, train_config.max_steps)
@@ -307,39 +285,40 @@ def _checked_mesh(config: ml_collections.ConfigDict):
     try:
         return sharding.mesh_from_config(config.mesh)
     except ValueError as e:
-        raise RunError(f"config.mesh ({', '.join(f'{k}={v}' for k, v in config.mesh.items())}) "
+        raise errors.RunError(f"config.mesh ({', '.join(f'{k}={v}' for k, v in config.mesh.items())}) "
                        f"does not fit the {jax.device_count()} {jax.default_backend()} "
                        f"device(s): {e}") from None
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
-    dataset = open_dataset(config, workdir)
+    dataset = inputs.open_run_dataset(config, workdir)
     mesh = _checked_mesh(config)
-    peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
+    peers, optimizer, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
     # Fail early when a batch does not divide over the processes.
     try:
         inputs.check_batch_slices(dataset, mesh, config.train.batch_size)
     except ValueError as e:
-        raise RunError(f"config.train.batch_size: {e}") from None
+        raise errors.RunError(f"config.train.batch_size: {e}") from None
     try:
         sharding.process_batch_slice(mesh, config.train.eval_batch_size)
     except ValueError as e:
-        raise RunError(f"config.train.eval_batch_size: {e}") from None
+        raise errors.RunError(f"config.train.eval_batch_size: {e}") from None
     steps_per_epoch, total_steps = run_length(config.train, dataset)
     shapes = abstract_state(config, peers, optimizer, dataset)
     try:
         state_shardings = sharding.state_shardings(
             mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
     except ValueError as e:
-        raise RunError(f"config.mesh: {e}") from None
+        raise errors.RunError(f"config.mesh: {e}") from None
     # Before the state is built: a config that cannot fit ends here, in one line.
     memory.check_fits(config, peers, shapes, state_shardings, mesh, dataset.num_fields)
+    train_step = make_step(config, peers, optimizer, mesh, state_shardings)
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
-               _checkpoint_config(config, peers), dataset_fingerprint(dataset))
+               _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset))
 
 
 # ---------------------------------------------------------------------------
@@ -381,7 +360,7 @@ def _start(run: Run) -> Live:
     frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
     unknown = sorted(set(frozen) - set(names))
     if unknown:
-        raise RunError(f"config.mutual.frozen_peers names unknown peer(s) {unknown}; "
+        raise errors.RunError(f"config.mutual.frozen_peers names unknown peer(s) {unknown}; "
                        f"peers: {names}")
     for name in frozen:  # teachers of one-way distillation: never updated
         schedule.stopped[names.index(name)] = True
@@ -456,18 +435,16 @@ class TrainLoop:
     def __init__(self, run: Run, live: Live, checkpoints: checkpoint.RunCheckpoints):
         self.run, self.live, self.checkpoints = run, live, checkpoints
         rep = sharding.replicated(run.mesh)
-        self.step_fn = sharded_train_step(run.train_step, run.mesh, run.state_shardings)
         self.select = jax.jit(_select_groups, out_shardings=run.best_shardings)
         self.alpha = sharding.put(np.float32(run.config.mutual.alpha), rep)
-        self.non_finite = sharding.put((np.full(run.peers.size, -1, np.int32),
-                                        np.zeros(run.peers.size, np.float32)), rep)
+        self.non_finite = sharding.put(mutual.finite_record(run.peers.size), rep)
         self.clock = logs.Throughput(run.config.train.batch_size)
-        self.writer: MetricsWriter | None = None
+        self.writer: logs.MetricsWriter | None = None
 
     def train(self) -> None:
         """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
         run, live = self.run, self.live
-        self.writer = MetricsWriter(run.workdir, live.start_step)
+        self.writer = logs.MetricsWriter(run.workdir, live.start_step)
         self.watcher = PreemptionWatcher()
         stopping.mark_saved()  # until the first step: a SIGTERM (compiling) stops at once
         stopping.set_phase("compiling and training")
@@ -495,7 +472,7 @@ class TrainLoop:
                                             start_batch=start_batch)
         step_before = live.step
         place = functools.partial(sharding.global_batch, run.mesh, batch_size=tc.batch_size)
-        for batch in prefetch(batches, place):
+        for batch in inputs.prefetch(batches, place):
             if self.step(batch, epoch):
                 break
         if live.step == step_before:
@@ -506,7 +483,7 @@ class TrainLoop:
     def step(self, batch, epoch: int) -> bool:
         """One update and what falls due after it; True when this epoch pass ends."""
         run, live, tc = self.run, self.live, self.run.config.train
-        live.state, measurements, self.non_finite = self.step_fn(
+        live.state, measurements, self.non_finite = self.run.train_step(
             live.state, batch, self.alpha, self.non_finite)
         live.step += 1
         step = live.step
@@ -556,10 +533,10 @@ class TrainLoop:
         """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
         run, live, tc = self.run, self.live, self.run.config.train
         names = run.names
-        logits, labels = predict_split(run.predict_fn, live.state["params"],
+        logits, labels = evaluation.predict_split(run.predict_fn, live.state["params"],
                                        live.state["batch_stats"], run.dataset, "valid",
                                        tc.eval_batch_size, run.mesh)
-        valid = split_metrics(names, logits, labels)
+        valid = evaluation.split_metrics(names, logits, labels)
         values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
         improved, newly_stopped = live.schedule.update(
             values, step, patience=tc.patience, decay=run.config.optimizer.lr_decay_factor,
@@ -599,7 +576,7 @@ class TrainLoop:
         self.checkpoints.wait()
         stopping.mark_saved()
         logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
-        raise Preempted(step, self.checkpoints.directory)
+        raise errors.Preempted(step, self.checkpoints.directory)
 
 
 # ---------------------------------------------------------------------------
@@ -614,10 +591,10 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
                "schedule": live.schedule.to_json()}
     inputs.warn_if_replaced(run.dataset)
     for split in ("valid", "test") if tc.test_at_end else ("valid",):
-        logits, labels = predict_split(run.predict_fn, live.best["params"],
+        logits, labels = evaluation.predict_split(run.predict_fn, live.best["params"],
                                        live.best["batch_stats"], run.dataset, split,
                                        tc.eval_batch_size, run.mesh)
-        results[split] = split_metrics(run.names, logits, labels)
+        results[split] = evaluation.split_metrics(run.names, logits, labels)
     bayes = run.dataset.feature_map.get("bayes")
     if bayes:
         results["bayes"] = bayes
@@ -625,7 +602,7 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
         run.peers, *sharding.to_host((live.best["params"], live.best["batch_stats"]))))
     if jax.process_index() == 0:
         atomic.write_json(os.path.join(run.workdir, "results.json"), results, indent=1)
-        atomic.write_text(os.path.join(run.workdir, "results.md"), results_markdown(results))
+        atomic.write_text(os.path.join(run.workdir, "results.md"), logs.results_markdown(results))
     logs.log_results(results, run.workdir)
     return results
 

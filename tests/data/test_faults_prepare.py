@@ -43,7 +43,7 @@ def test_swap_of_the_dataset_under_a_running_training_is_not_read(tmp_path):
     out = tmp_path / "data"
     _synthetic(tmp_path / "raw.txt", out, seed=1)
     config = _config(out)
-    dataset = inputs.open_dataset(config, str(tmp_path / "run"))  # as train.build does
+    dataset = inputs.open_run_dataset(config, str(tmp_path / "run"))  # as train.build does
     before = {s: np.array(PreparedDataset(str(out)).arrays(s)[0]) for s in ("valid", "test")}
     _synthetic(tmp_path / "raw2.txt", out, seed=2, overwrite=True)  # the swap
     after = PreparedDataset(str(out)).arrays("test")[0]
@@ -100,14 +100,14 @@ def test_conflict_config_vocab_against_the_prepared_dataset(tmp_path):
     _synthetic(tmp_path / "raw2.txt", fitted)
     with pytest.raises(RunError, match=r"asks for other buckets than .*hashed was prepared "
                                        r"with \(39 field\(s\): I1 256 vs 4096"):
-        inputs.open_dataset(_config(hashed, mode="hash", hash_buckets=256), "unused")
-    inputs.open_dataset(_config(hashed, mode="hash", hash_buckets=4096), "unused")
+        inputs.open_run_dataset(_config(hashed, mode="hash", hash_buckets=256), "unused")
+    inputs.open_run_dataset(_config(hashed, mode="hash", hash_buckets=4096), "unused")
     with pytest.raises(RunError, match=r"config.vocab.max_rows is 5, but .*fitted was "
                                        r"prepared with max_rows 0"):
-        inputs.open_dataset(_config(fitted, max_rows=5), "unused")
+        inputs.open_run_dataset(_config(fitted, max_rows=5), "unused")
     with pytest.raises(RunError, match=r"hash_buckets / field_buckets apply to vocab.mode="
                                        r"'hash' only"):
-        inputs.open_dataset(_config(fitted, hash_buckets=256), "unused")
+        inputs.open_run_dataset(_config(fitted, hash_buckets=256), "unused")
 
 
 # ABS: an absolute path under tmp_path (code without the check writes <ABS>.npy there).
