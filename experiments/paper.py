@@ -50,14 +50,13 @@ def _concatenate_shared(name: str, source: str, raw: str):
     """Concatenates the shared raw files of `name` into `raw` (Avazu: one header)."""
     os.makedirs(os.path.dirname(raw), exist_ok=True)
     files = sorted(f for f in os.listdir(source) if f.endswith((".txt", ".csv")))
-    with open(raw + ".tmp", "wb") as out:
+    with atomic.replacing(raw, "wb") as out:  # a fresh temporary: no planted link followed
         for k, fname in enumerate(files):
             with open(os.path.join(source, fname), "rb") as f:
                 lines = f.read().splitlines(keepends=True)
             if name == "avazu" and k > 0:
                 lines = lines[1:]
             out.writelines(lines)
-    os.replace(raw + ".tmp", raw)
 
 
 def configure_dataset(config: ml_collections.ConfigDict, choice: str, root: str, raw: str = ""):

@@ -29,3 +29,19 @@ def test_experiment_workdir_of_another_config_is_one_line_and_early(tmp_path):
                      "choose another --workdir"], proc.stderr[-3000:]
     assert sorted(os.listdir(workdir)) == [paper.EXPERIMENT_RECORD]  # nothing prepared
     assert sorted(os.listdir(tmp_path)) == ["exp"]
+
+
+def test_symlink_planted_at_the_concatenated_raw_temporary_is_not_followed(tmp_path):
+    """`paper` concatenated the shared rows through `<raw>.tmp`: a link there redirected
+    them into any file."""
+    source = tmp_path / "shared"
+    source.mkdir()
+    (source / "a.txt").write_text("1\tx\n")
+    (source / "b.txt").write_text("0\ty\n")
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    raw = tmp_path / "data" / "raw.txt"
+    raw.parent.mkdir()
+    os.symlink(victim, str(raw) + ".tmp")
+    paper._concatenate_shared("criteo", str(source), str(raw))
+    assert raw.read_text() == "1\tx\n0\ty\n" and victim.read_text() == "keep me\n"
