@@ -17,6 +17,7 @@ import sys
 
 from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from experiments import paper
@@ -25,6 +26,7 @@ from mlctr import locking
 from mlctr.data.errors import DataError
 from mlctr.run import checkpoint
 from mlctr.run import errors
+from mlctr.run import stopping
 from mlctr import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,17 +48,20 @@ CLEAR_ERRORS = (paper.ExperimentError, errors.RunError, errors.NonFiniteLossErro
 
 
 class _OneLine(app.ExceptionHandler):
-    """`<runner>: error: <message>` and exit 1 for CLEAR_ERRORS (absl would print a
-    traceback and re-raise; os._exit, since absl ignores a SystemExit raised here)."""
+    """`<runner>: error: <message>` and exit 1 for CLEAR_ERRORS, `<runner>: <message>` and
+    exit 143 for a SIGTERM stop (absl would print a traceback and re-raise; os._exit,
+    since absl ignores a SystemExit raised here)."""
 
     def wants(self, exc) -> bool:
-        return isinstance(exc, CLEAR_ERRORS)
+        return isinstance(exc, CLEAR_ERRORS + (errors.Preempted,))
 
     def handle(self, exc) -> None:
         name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "experiments"
+        preempted = isinstance(exc, errors.Preempted)
         sys.stdout.flush()
-        os.write(sys.stderr.fileno(), f"{name}: error: {exc}\n".encode())
-        os._exit(1)
+        os.write(sys.stderr.fileno(),
+                 f"{name}: {'' if preempted else 'error: '}{exc}\n".encode())
+        os._exit(stopping.PREEMPTED_EXIT_CODE if preempted else 1)
 
 
 def setup():
@@ -67,6 +72,8 @@ def setup():
     """
     app.install_exception_handler(_OneLine())
     distributed.configure_runtime(FLAGS.compilation_cache)
+    if jax.process_count() == 1:  # several: JAX's preemption service owns SIGTERM
+        stopping.install()  # SIGTERM stops within seconds in every phase (mlctr.main's too)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
     os.makedirs(workdir, exist_ok=True)

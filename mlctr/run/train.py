@@ -191,9 +191,10 @@ def check_can_start(config: ml_collections.ConfigDict, workdir: str) -> None:
     except OSError as e:
         raise errors.RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
     if not os.access(workdir, os.W_OK | os.X_OK):
-        raise errors.RunError(f"the work dir {workdir} is not writable by this user (mode "
-                       f"{os.stat(workdir).st_mode & 0o777:o}): fix its permissions or pass "
-                       "another --workdir")
+        raise errors.RunError(
+            f"the work dir {workdir} is not writable by this user (mode "
+            f"{os.stat(workdir).st_mode & 0o777:o}): fix its permissions or pass another "
+            "--workdir")
 
 
 @contextlib.contextmanager
@@ -285,9 +286,9 @@ def _checked_mesh(config: ml_collections.ConfigDict):
     try:
         return sharding.mesh_from_config(config.mesh)
     except ValueError as e:
-        raise errors.RunError(f"config.mesh ({', '.join(f'{k}={v}' for k, v in config.mesh.items())}) "
-                       f"does not fit the {jax.device_count()} {jax.default_backend()} "
-                       f"device(s): {e}") from None
+        sizes = ", ".join(f"{k}={v}" for k, v in config.mesh.items())
+        raise errors.RunError(f"config.mesh ({sizes}) does not fit the {jax.device_count()} "
+                              f"{jax.default_backend()} device(s): {e}") from None
 
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -361,7 +362,7 @@ def _start(run: Run) -> Live:
     unknown = sorted(set(frozen) - set(names))
     if unknown:
         raise errors.RunError(f"config.mutual.frozen_peers names unknown peer(s) {unknown}; "
-                       f"peers: {names}")
+                              f"peers: {names}")
     for name in frozen:  # teachers of one-way distillation: never updated
         schedule.stopped[names.index(name)] = True
     host_state["learning_rate"] = schedule.live_learning_rates()
