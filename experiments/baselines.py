@@ -6,7 +6,7 @@ Per seed, from the same pretrained peers:
     valid AUC), which is frozen (`mutual.frozen_peers`), one run per student;
   * mutual: the mutual finetune of all peers;
   * EKTF finetune: the same finetune with EKTF's loss (Li et al. 2024, arXiv
-    2411.16122; `mutual.divergence=ektf`, mlctr/mutual.py `ektf_terms`): the
+    2411.16122; `mutual.transfer=ektf`, mlctr/mutual.py `ektf_terms`): the
     peers' mean logit is a teacher for each, plus peer-to-peer MSE, both
     weighted by a per-batch examination of each peer;
   * ensembles: the averaged prediction of the pretrained, control, mutual and
@@ -29,7 +29,7 @@ from absl import flags
 from experiments import analysis
 from experiments import common
 from experiments import paper
-from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import report
 
 flags.DEFINE_integer("ektf_students", 4, "Students of the from-scratch EKTF baseline (0: skip).")
@@ -49,12 +49,12 @@ def run_seed(config, workdir, pretrain_root, seed, peers) -> dict:
     pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
     teacher = max(peers, key=lambda n: pretrained["valid"][n]["auc"])
     arms = {"pretrain": pretrained["test"]}
-    for arm, alpha, divergence in (("control", 0.0, config.mutual.divergence),
-                                   ("mutual", config.mutual.alpha, config.mutual.divergence),
-                                   ("ektf", 1.0, "ektf")):
+    for arm, alpha, transfer in (("control", 0.0, config.mutual.transfer),
+                                 ("mutual", config.mutual.alpha, config.mutual.transfer),
+                                 ("ektf", 1.0, "ektf")):
         arms[arm] = paper.run(config, os.path.join(workdir, f"seed{seed}", arm), seed=seed,
                               init_from=pretrain_dir, peers=",".join(peers), alpha=alpha,
-                              divergence=divergence)["test"]
+                              transfer=transfer)["test"]
     arms["kd"] = {teacher: arms["pretrain"][teacher]}
     for student in (p for p in peers if p != teacher):
         results = paper.run(config, os.path.join(workdir, f"seed{seed}", f"kd_{student}"),
@@ -94,7 +94,7 @@ def ektf_from_scratch(config, workdir, pretrain_root, seeds, effect_pct) -> tupl
     for seed in seeds:
         _, independent = paper.pretrain(config, pretrain_root, seed, students)
         ektf = paper.run(config, os.path.join(workdir, f"seed{seed}", "ektf_scratch"), seed=seed,
-                         peers=students, alpha=1.0, divergence="ektf")
+                         peers=students, alpha=1.0, transfer="ektf")
         per_seed.append({"independent": independent["test"], "ektf": ektf["test"]})
     names = list(per_seed[0]["ektf"])
     rows, lines = [], []
@@ -116,7 +116,7 @@ def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
     config.peers = ",".join(paper.name_peers(config, config.peers))
-    peers = mutual.parse_peer_spec(config.peers)
+    peers = peer_groups.parse_peer_spec(config.peers)
     per_seed = [run_seed(config, workdir, pretrain_root, s, peers) for s in seeds]
     rows, lines = summarise(per_seed, peers, effect_pct)
     teachers = sorted({r["teacher"] for r in per_seed})

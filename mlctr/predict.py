@@ -34,9 +34,11 @@ import numpy as np
 from mlctr import atomic
 from mlctr.run import checkpoint
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.run import inputs
 from mlctr.data.errors import DataError
 from mlctr.data.prepare.encode import encode_raw
+from mlctr.data.reader import PreparedDataset
 
 FLAGS = flags.FLAGS
 
@@ -144,15 +146,14 @@ def load_run(workdir: str, *, allow_unverified: bool = False):
       mlctr.data.errors.DataError: the run's dataset is missing or damaged.
       checkpoint.CheckpointError: best/ is missing, truncated or fails its checksums.
     """
-    from mlctr.data.reader import PreparedDataset
 
     config = _read_config(workdir)
     data_dir = _scoring_dataset_dir(config, inputs.dataset_dir(config, workdir))
     dataset = PreparedDataset(data_dir)
     check_dataset(workdir, dataset, data_dir)
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+    peers = peer_groups.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields,
-                               qr_layout=mutual.qr_layout(config, dataset))
+                               qr_layout=peer_groups.qr_layout(config, dataset))
     weights = checkpoint.load_peer_weights(workdir, list(peers.names),
                                            allow_unverified=allow_unverified,
                                            allow_hint="--allow_unverified")
@@ -193,12 +194,12 @@ def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool 
                        np.asarray(rows, np.int64), collections.Counter(skipped))
 
 
-def peer_probabilities(peers: mutual.Peers, params, batch_stats, ids: np.ndarray, *,
+def peer_probabilities(peers: peer_groups.Peers, params, batch_stats, ids: np.ndarray, *,
                        batch_size: int, peer_execution: str) -> np.ndarray:
     """Each peer's click probabilities of encoded rows, in batches of one shape.
 
     Args:
-      peers: the run's peers (`mutual.build_peers`); params, batch_stats: their stacked
+      peers: the run's peers (`peer_groups.build_peers`); params, batch_stats: their stacked
         variables (as `load_run` returns them).
       ids: int [n, fields] encoded rows.
       batch_size: rows per call; the last batch is padded with id 0 (and its padding
