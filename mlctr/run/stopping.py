@@ -2,7 +2,7 @@
 
 Python runs a signal handler only between bytecodes of the main thread: while XLA
 compiles a step (minutes for `peers=deepfm*1000`) or a jitted call runs, the handler of
-`train.PreemptionWatcher` waits, and a scheduler's SIGTERM was ignored until its
+`loop.PreemptionWatcher` waits, and a scheduler's SIGTERM was ignored until its
 SIGKILL (issue 26). Here the C-level handler's wakeup byte (`signal.set_wakeup_fd`)
 reaches a watcher thread at once, whatever the main thread is doing:
 
@@ -10,7 +10,7 @@ reaches a watcher thread at once, whatever the main thread is doing:
   and exporting after the final checkpoint): the process says so in one line and
   exits 143 at once; the same command resumes from the newest checkpoint.
 * steps ran since the last checkpoint: the training loop saves them at its next step
-  boundary and stops (`train.TrainLoop.stop_if_preempted`); if it has not done so
+  boundary and stops (`loop.TrainLoop.stop_if_preempted`); if it has not done so
   within `GRACE_SECONDS` (a long compilation or evaluation), the process exits,
   naming the checkpoint the rerun resumes from.
 
