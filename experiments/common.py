@@ -21,17 +21,23 @@ Every runner takes:
 import os
 import sys
 
+from absl import app
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 from experiments import analysis
 from experiments import datasets
+from experiments import paper
 from mlctr import distributed
+from mlctr import locking
 from mlctr import study
 from mlctr.configs import validate as config_validation
 from mlctr.data.errors import DataError
+from mlctr.run import checkpoint
+from mlctr.run import errors
 from mlctr.run import inputs
-from mlctr.run.errors import RunError
+from mlctr.run import stopping
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -51,6 +57,27 @@ flags.DEFINE_string("compilation_cache", os.path.expanduser("~/.cache/mlctr/xla"
                     "Persistent XLA compilation cache ('' disables).")
 
 
+# Expected faults whose message is one complete line: printed so, without a traceback.
+CLEAR_ERRORS = (paper.ExperimentError, errors.RunError, errors.NonFiniteLossError,
+                checkpoint.CheckpointError, locking.LockedError, DataError)
+
+
+class _OneLine(app.ExceptionHandler):
+    """`<runner>: error: <message>` and exit 1 for CLEAR_ERRORS, `<runner>: <message>` and
+    exit 143 for a SIGTERM stop (absl would print a traceback and re-raise; os._exit,
+    since absl ignores a SystemExit raised here)."""
+
+    def wants(self, exc) -> bool:
+        return isinstance(exc, CLEAR_ERRORS + (errors.Preempted,))
+
+    def handle(self, exc) -> None:
+        preempted = isinstance(exc, errors.Preempted)
+        sys.stdout.flush()
+        os.write(sys.stderr.fileno(),
+                 f"{_name()}: {'' if preempted else 'error: '}{exc}\n".encode())
+        os._exit(stopping.PREEMPTED_EXIT_CODE if preempted else 1)
+
+
 # Config keys every runner sets itself, with what sets them instead.
 OWNED = {"seed": "from --seeds", "mode": "per phase", "init_from": "from its own pretraining "
          "(--pretrain_root)"}
@@ -67,9 +94,17 @@ def setup(owned: dict[str, str] | None = None, synthetic_only: bool = False):
     paper's relative AUC effect for the dataset; the power lines say which
     (analysis.describe_effect).
     """
+    app.install_exception_handler(_OneLine())
     distributed.configure_runtime(FLAGS.compilation_cache)
+    if jax.process_count() == 1:  # several: JAX's preemption service owns SIGTERM
+        stopping.install()  # SIGTERM stops within seconds in every phase (mlctr.main's too)
     config = FLAGS.config
     workdir = os.path.abspath(FLAGS.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    # Before any work: a work dir of another config is refused now, in one line.
+    paper.check_workdir(config, workdir, {"dataset": FLAGS.dataset, "raw": FLAGS.raw,
+                                          "data_dir": FLAGS.data_dir,
+                                          "feature_spec": FLAGS.feature_spec})
     seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
     if not seeds:
         _fail("--seeds is empty")
@@ -90,7 +125,7 @@ def setup(owned: dict[str, str] | None = None, synthetic_only: bool = False):
         config_validation.validate(config)  # config.<key>: ... (ValueError)
         # Prepared once, before any seed: bad rows end here in one line, not mid-study.
         inputs.ensure_prepared(config, workdir)
-    except (ValueError, DataError, RunError) as e:  # DatasetChoiceError is a ValueError
+    except (ValueError, DataError, errors.RunError) as e:  # DatasetChoiceError is a ValueError
         _fail(str(e))
     if FLAGS.effect_pct is not None and not FLAGS.effect_pct > 0:
         _fail(f"--effect_pct={FLAGS.effect_pct}: must be > 0 (a relative AUC effect in %)")

@@ -28,6 +28,7 @@ import os
 
 import ml_collections
 
+from mlctr import atomic
 from mlctr.configs import default
 from mlctr.data import bars_csv
 from mlctr.data import layout
@@ -258,11 +259,10 @@ def _concatenate_shared(name: str, source: str, raw: str):
     """Concatenates the shared raw files of `name` into `raw` (Avazu: one header)."""
     os.makedirs(os.path.dirname(raw), exist_ok=True)
     files = sorted(f for f in os.listdir(source) if f.endswith((".txt", ".csv")))
-    with open(raw + ".tmp", "wb") as out:
+    with atomic.replacing(raw, "wb") as out:  # a fresh temporary: no planted link followed
         for k, fname in enumerate(files):
             with open(os.path.join(source, fname), "rb") as f:
                 lines = f.read().splitlines(keepends=True)
             if name == "avazu" and k > 0:
                 lines = lines[1:]
             out.writelines(lines)
-    os.replace(raw + ".tmp", raw)

@@ -34,6 +34,7 @@ import numpy as np
 from experiments import analysis
 from experiments import common
 from experiments import paper
+from mlctr import atomic
 from mlctr import peer_groups
 from mlctr import report
 from mlctr import study
@@ -102,9 +103,7 @@ def run_cell(config, workdir: str, pretrain_root: str, diversity: float, seed: i
                 "auc", best, pretrained["test"]["ensemble"]["auc"]),
             "disagreement": disagreement(probs, names), **arms}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(cell, f, indent=1)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, cell, indent=1)  # a fresh temporary: no planted link followed
     return cell
 
 

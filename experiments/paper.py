@@ -29,6 +29,7 @@ from typing import Any
 from absl import logging
 import ml_collections
 
+from mlctr import atomic
 from mlctr.run import checkpoint
 from mlctr.run import resume
 from mlctr import peer_groups
@@ -39,6 +40,57 @@ from mlctr.run import train
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+class ExperimentError(ValueError):
+    """A work dir whose runs belong to another config; its message is one complete line
+    (experiments.common prints it so, without a traceback)."""
+
+
+# The base config an experiment's work dir was first run with (experiments.common.setup).
+EXPERIMENT_RECORD = "experiment.json"
+
+
+def config_mismatch(saved: dict, current: dict) -> list[str]:
+    """Config keys whose values differ between a finished run and a config, with both."""
+    differences = resume.config_differences(saved, current)
+    # The trainer may resume with a new step budget; a finished result may not be reused.
+    for key in ("num_epochs", "max_steps"):
+        if saved.get("train", {}).get(key) != current["train"][key]:
+            differences.append(f"train.{key}: run {saved.get('train', {}).get(key)!r}, "
+                               f"config {current['train'][key]!r}")
+    return differences
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str, flags: dict) -> None:
+    """Refuses at once a work dir first run with another base config or dataset flags.
+
+    Without it, a finished run of another config was found only when its turn came,
+    after the dataset was prepared and earlier runs trained (40 s for the avazu
+    variant), and as a traceback (issue 26). The first call records the base config
+    and flags in `<workdir>/experiment.json`; later calls compare with it.
+
+    Raises:
+      ExperimentError: one line naming what differs and the record.
+    """
+    path = os.path.join(workdir, EXPERIMENT_RECORD)
+    current = {"config": json.loads(config.to_json_best_effort()), "flags": flags}
+    if not os.path.exists(path):
+        atomic.write_json(path, current, indent=1)
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        differences = config_mismatch(saved["config"], current["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ExperimentError(f"{path}: unreadable experiment record ({e}); move it away "
+                              "or choose another --workdir") from None
+    differences += [f"--{k}: run {saved.get('flags', {}).get(k)!r}, now {v!r}"
+                    for k, v in flags.items() if saved.get("flags", {}).get(k) != v]
+    if differences:
+        raise ExperimentError(f"{workdir} holds the runs of another experiment config "
+                              f"({'; '.join(differences[:3])}; recorded in {path}); move it "
+                              "away or choose another --workdir")
 
 
 def _finished(config: ml_collections.ConfigDict, run_dir: str) -> dict | None:
@@ -59,15 +111,11 @@ def _finished(config: ml_collections.ConfigDict, run_dir: str) -> dict | None:
         # shared by experiments that finetune them differently.
         saved.pop("finetune", None)
         current.pop("finetune", None)
-    differences = resume.config_differences(saved, current)
-    # The trainer may resume with a new step budget; a finished result may not be reused.
-    for key in ("num_epochs", "max_steps"):
-        if saved["train"].get(key) != current["train"][key]:
-            differences.append(f"train.{key}: run {saved['train'].get(key)!r}, "
-                               f"config {current['train'][key]!r}")
+    differences = config_mismatch(saved, current)
     if differences:
-        raise ValueError(f"{run_dir} holds a finished run of another config ("
-                         f"{'; '.join(differences[:3])}); move it away or choose another --workdir")
+        raise ExperimentError(f"{run_dir} holds a finished run of another config ("
+                              f"{'; '.join(differences[:3])}); move it away or choose another "
+                              "--workdir")
     with open(path) as f:
         return json.load(f)
 

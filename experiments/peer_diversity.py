@@ -45,6 +45,7 @@ from experiments import analysis
 from experiments import common
 from experiments import diversity  # disagreement(); defines --results_dir
 from experiments import paper
+from mlctr import atomic
 from mlctr import metrics
 from mlctr import peer_groups
 from mlctr import report
@@ -159,9 +160,7 @@ def run_seed(config, workdir: str, pretrain_root: str, seed: int,
             **set_statistics(probs, labels, keys), "mutual": mutual_test,
             "delong": study.delong(mutual_p, control_p, labels, [target], effect_pct)}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(cell, f, indent=1, default=float)
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, cell, indent=1, default=float)  # a fresh temporary
     return cell
 
 

@@ -29,6 +29,7 @@ from mlctr import locking
 from mlctr import study
 from mlctr.run import errors
 from mlctr.run import inputs
+from mlctr.run import stopping
 from mlctr.run import train
 from mlctr import xla_cpu
 from mlctr.data.errors import DataError
@@ -46,7 +47,7 @@ flags.mark_flags_as_required(["config"])
 # Exit status of a run stopped by SIGTERM after saving its checkpoint: what a shell
 # reports for a process that SIGTERM ended, so schedulers and wrappers treat it as
 # "terminated, not finished"; rerunning the same command resumes it.
-PREEMPTED_EXIT_CODE = 143
+PREEMPTED_EXIT_CODE = stopping.PREEMPTED_EXIT_CODE
 
 # Expected failures whose message is complete in one line: printed without a traceback.
 # (A ValueError is one only from the config check: elsewhere it would be a bug.)
@@ -73,6 +74,8 @@ def main(argv):
         _fail(e)
     try:
         inputs.ensure_prepared(config, FLAGS.workdir)
+        if jax.process_count() == 1:  # several: JAX's preemption service owns SIGTERM
+            stopping.install()  # SIGTERM stops within seconds, compiling included
         if config.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
@@ -82,6 +85,14 @@ def main(argv):
         _exit_now(PREEMPTED_EXIT_CODE)
     except CLEAR_ERRORS as e:
         _fail(e)
+    except OSError as e:  # a file the run needs cannot be read or written (permissions,
+        _fail(os_error_line(e))  # a full disk): the OS's reason and the file, one line
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError as 'cannot use FILE: REASON', the file and the OS's words."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"cannot use {where}{error.strerror or error}"
 
 
 def _fail(error: Exception):

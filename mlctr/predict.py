@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mlctr import atomic
 from mlctr.run import checkpoint
 from mlctr import mutual
 from mlctr import peer_groups
@@ -53,6 +54,9 @@ def _define_flags():
     flags.DEFINE_bool("ensemble", False, "Average the probabilities of all peers.")
     flags.DEFINE_bool("skip_bad_rows", False, "Skip (and count) bad rows instead of failing.")
     flags.DEFINE_integer("batch_size", 16384, "Scoring batch size.")
+    flags.DEFINE_bool("allow_unverified", False,
+                      "Score with a best/ that has no checksum manifest (a run from before "
+                      "checksums): refused otherwise, since its damage cannot be detected.")
 
 
 class PredictError(Exception):
@@ -106,9 +110,8 @@ def check_dataset(workdir: str, dataset, data_dir: str) -> None:
     now = inputs.dataset_fingerprint(dataset)
     # A per-process run records every process's train rows and sources (lists); one
     # process's copy, which predict opens, is checked on what all copies share.
-    differences = [f"{key} {trained[key]} at training, {now[key]} now"
-                   for key in sorted(now) if key in trained
-                   and not isinstance(trained[key], list) and trained[key] != now[key]]
+    differences = inputs.fingerprint_differences(
+        {k: v for k, v in trained.items() if not isinstance(v, list)}, now)
     if differences:
         raise PredictError(
             f"the dataset at {data_dir} is not the one run {workdir} was trained on "
@@ -133,8 +136,10 @@ def _scoring_dataset_dir(config, data_dir: str) -> str:
     return inputs.process_dir(data_dir, 0, counts[0])
 
 
-def load_run(workdir: str):
+def load_run(workdir: str, *, allow_unverified: bool = False):
     """(config, peers, params, batch_stats, data_dir) of a finished run.
+
+    `allow_unverified`: accept a best/ without a checksum manifest (refused otherwise).
 
     Raises:
       PredictError: not a run directory, or its dataset changed since training.
@@ -149,14 +154,16 @@ def load_run(workdir: str):
     peers = peer_groups.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields,
                                qr_layout=peer_groups.qr_layout(config, dataset))
-    weights = checkpoint.load_peer_weights(workdir, list(peers.names))
+    weights = checkpoint.load_peer_weights(workdir, list(peers.names),
+                                           allow_unverified=allow_unverified,
+                                           allow_hint="--allow_unverified")
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
                                                  mutual.stack_peer_variables(peers, weights))
     return config, peers, params, batch_stats, data_dir
 
 
 def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool = False,
-                 batch_size: int = 16384) -> Predictions:
+                 batch_size: int = 16384, allow_unverified: bool = False) -> Predictions:
     """Click probabilities of every good row of `raw`.
 
     Args:
@@ -165,10 +172,12 @@ def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool 
       peer: a peer name, or '' for the ensemble (mean of the peers' probabilities).
       skip_bad_rows: skip (and count) bad rows instead of raising DataError.
       batch_size: rows scored per call (the last batch is padded).
+      allow_unverified: score with a best/ that has no checksum manifest.
     """
     if batch_size < 1:
         raise PredictError(f"--batch_size must be >= 1 (got {batch_size})")
-    config, peers, params, batch_stats, data_dir = load_run(workdir)
+    config, peers, params, batch_stats, data_dir = load_run(
+        workdir, allow_unverified=allow_unverified)
     if peer and peer not in peers.names:
         raise PredictError(f"run {workdir} has no peer {peer!r}; peers: {list(peers.names)}")
     ids, labels, rows, skipped = encode_raw(data_dir, raw, skip_bad_rows=skip_bad_rows,
@@ -223,21 +232,20 @@ def check_output(path: str) -> None:
 
 
 def write_outputs(path: str, predictions: Predictions, summary: dict) -> None:
-    """Writes the CSV and its `<path>.json` summary, each under a temporary name first."""
-    with open(path + ".tmp", "w") as f:
+    """Writes the CSV and its `<path>.json` summary, each through a fresh temporary
+    (`mlctr.atomic`): a link planted under any name beside `path` is never followed."""
+    with atomic.replacing(path) as f:  # never a half-written CSV under the final name
         f.write("row,label,prob\n")
         for row, label, p in zip(predictions.rows, predictions.labels, predictions.probs):
             f.write(f"{row},{'' if np.isnan(label) else int(label)},{p:.7f}\n")
-    with open(path + ".json.tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)  # never a half-written CSV under the final name
-    os.replace(path + ".json.tmp", path + ".json")
+    atomic.write_json(path + ".json", summary, indent=1)
 
 
 def _run(out: str) -> str:
     check_output(out)
     predictions = predict_file(FLAGS.workdir, FLAGS.raw, peer=FLAGS.peer,
-                               skip_bad_rows=FLAGS.skip_bad_rows, batch_size=FLAGS.batch_size)
+                               skip_bad_rows=FLAGS.skip_bad_rows, batch_size=FLAGS.batch_size,
+                               allow_unverified=FLAGS.allow_unverified)
     skipped = int(sum(predictions.skipped.values()))
     summary = {"workdir": os.path.abspath(FLAGS.workdir), "raw": os.path.abspath(FLAGS.raw),
                "scored_with": FLAGS.peer or "ensemble", "rows_scored": len(predictions.probs),
@@ -266,6 +274,10 @@ def main(argv):
         print(_run(FLAGS.out))
     except (DataError, PredictError, checkpoint.CheckpointError) as e:
         print(f"mlctr.predict: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # an input that cannot be read (permissions): the file, the reason
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mlctr.predict: error: cannot read {where}{e.strerror or e}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from mlctr import atomic
 from mlctr import predict
 from mlctr import report
 from mlctr import stats
@@ -266,9 +267,7 @@ def run_finetune_study(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "phases": results,
     }
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        with open(os.path.join(workdir, "results.md"), "w") as f:
-            f.write(table + "\n")
+        atomic.write_json(os.path.join(workdir, "results.json"), summary, indent=1)
+        atomic.write_text(os.path.join(workdir, "results.md"), table + "\n")
     print(table, flush=True)
     return summary

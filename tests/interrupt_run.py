@@ -8,10 +8,15 @@ KILL:N  after step N, once every checkpoint started before it is complete, the
         as when a machine dies.
 TERM:N  after step N the process sends itself SIGTERM, as a scheduler does before
         preempting a job; the trainer must checkpoint and exit with status 143.
+STUCK:0 at the first step (where XLA compiles it) the process sends itself SIGTERM and
+        its main thread then blocks in a call that signal handlers do not end (a lock
+        no one releases), as an XLA compilation of minutes does; the run must still
+        stop within seconds, with one line and status 143.
 Everything else is the real entry point (flags, error handling, exit status).
 """
 import os
 import signal
+import threading
 
 from absl import app
 
@@ -38,6 +43,12 @@ def _interrupting_step(*args, **kwargs):
     step_fn = _original_step(*args, **kwargs)
 
     def step(state, *rest):
+        if KIND == "STUCK":
+            print("interrupt_run: SIGTERM while compiling the first step", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            stuck = threading.Lock()
+            stuck.acquire()
+            stuck.acquire()  # never returns: only another thread can end the process
         out = step_fn(state, *rest)
         if int(out[0]["step"]) == AT_STEP:
             if KIND == "KILL":

@@ -2,6 +2,7 @@
 dataset or output path is one line on stderr (exit 1), never a traceback."""
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -36,9 +37,16 @@ def trained(tiny_data_dir, tmp_path_factory):
     return run, rows
 
 
-def _cli(run, raw, out, *extra):
-    return subprocess.run([sys.executable, "-m", "mlctr.predict", f"--workdir={run}",
-                           f"--raw={raw}", f"--out={out}", *extra],
+# As root every file is readable: the permission tests run the CLI as user nobody.
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _cli(run, raw, out, *extra, as_nobody=False):
+    env = ({**os.environ, "HOME": os.path.dirname(str(out)), "JAX_COMPILATION_CACHE_DIR": ""}
+           if as_nobody else None)
+    return subprocess.run([*(AS_NOBODY if as_nobody else []), sys.executable, "-m",
+                           "mlctr.predict", f"--workdir={run}", f"--raw={raw}",
+                           f"--out={out}", *extra], env=env,
                           capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
@@ -140,7 +148,7 @@ def test_predict_best_missing_or_truncated(trained, tmp_path):
         predict.predict_file(copy, sample)
     os.remove(os.path.join(best, checkpoint.MANIFEST))  # a run from before the checksums
     with pytest.raises(checkpoint.CheckpointError, match="truncated or damaged"):
-        predict.predict_file(copy, sample)
+        predict.predict_file(copy, sample, allow_unverified=True)
     shutil.rmtree(best)
     with pytest.raises(checkpoint.CheckpointError, match="no peer weights at"):
         predict.predict_file(copy, sample)
@@ -182,3 +190,76 @@ def test_importing_predict_defines_no_flags():
     code = ("from absl import flags; import mlctr.main, mlctr.predict, mlctr.study; "
             "assert 'raw' not in flags.FLAGS")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
+
+
+def _flip_bytes(path):
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2:len(data) // 2 + 8] = bytes(b ^ 0xFF for b in data[len(data) // 2:][:8])
+    open(path, "wb").write(bytes(data))
+
+
+def test_unverified_best_without_manifest_is_refused_unless_allowed(trained, tmp_path):
+    """A best/ from before checksums with flipped bytes scored silently wrong (issue 26):
+    an unverifiable best/ is refused in one line naming --allow_unverified."""
+    run, rows = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(run, copy)
+    best = os.path.join(copy, checkpoint.BEST_DIR)
+    os.remove(os.path.join(best, checkpoint.MANIFEST))
+    _flip_bytes(max((os.path.join(r, n) for r, _, ns in os.walk(best) for n in ns),
+                    key=os.path.getsize))
+    sample = _write(tmp_path / "s.txt", rows)
+    line = _one_error_line(_cli(copy, sample, tmp_path / "p.csv"))
+    assert "has no checksum manifest" in line and "--allow_unverified" in line
+    assert not (tmp_path / "p.csv").exists()
+    proc = _cli(copy, sample, tmp_path / "p.csv", "--allow_unverified")
+    assert proc.returncode == 0 and "not verified" in proc.stderr, proc.stderr[-2000:]
+    # Finetuning from it (init_from) is refused the same way, naming the config key.
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=r"no checksum manifest.*checkpoint\.allow_unverified=True"):
+        checkpoint.load_peer_weights(copy, allow_hint="--config.checkpoint.allow_unverified=True")
+
+
+def test_symlink_planted_at_predict_temporary_names_is_not_followed(trained, tmp_path):
+    """With OUT.tmp (and OUT.json.tmp) symlinks to another file, predict overwrote that
+    file (issue 26): temporaries are fresh mkstemp names, links are never followed."""
+    run, rows = trained
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    out = tmp_path / "pred.csv"
+    for name in ("pred.csv.tmp", "pred.csv.json.tmp"):
+        os.symlink(victim, tmp_path / name)
+    proc = _cli(run, _write(tmp_path / "s.txt", rows), out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert victim.read_text() == "keep me\n"
+    assert len(_csv(out)) == len(rows) and json.loads((tmp_path / "pred.csv.json").read_text())
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".pred.csv")]  # none left
+
+
+def _readable_by_all(path):
+    for parent in [path, *path.parents][:-1]:  # up to (not including) /
+        os.chmod(parent, os.stat(parent).st_mode | 0o005)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            os.chmod(full, os.stat(full).st_mode | (0o005 if name in dirs else 0o004))
+
+
+def test_permission_denied_raw_file_is_one_line(trained, tiny_data_dir, tmp_path):
+    """A raw file this user cannot read was a PermissionError traceback (issue 26)."""
+    run, rows = trained
+    sample = _write(tmp_path / "s.txt", rows)
+    as_nobody = os.geteuid() == 0  # root reads any file: run predict as user nobody
+    if as_nobody:
+        shutil.copytree(run, tmp_path / "run")
+        run = str(tmp_path / "run")
+        _readable_by_all(tmp_path)
+        _readable_by_all(pathlib.Path(tiny_data_dir))
+        os.chmod(tmp_path, 0o777)
+        probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import mlctr.predict"],
+                               cwd=REPO, capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr[-200:]}")
+    os.chmod(sample, 0)
+    line = _one_error_line(_cli(run, sample, tmp_path / "p.csv", as_nobody=as_nobody))
+    assert line.endswith(f"cannot read {sample}: Permission denied"), line

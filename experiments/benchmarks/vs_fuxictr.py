@@ -464,6 +464,7 @@ def run_worker(python: str, name: str, job: dict, logs: str, *,
 
 def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
     """The raw file (generated once per row count) and FuxiCTR's csv files of its split."""
+    from mlctr import atomic
     from mlctr.data import split as split_lib, synthetic
 
     raw_rows = -(-rows * 10 // 8)
@@ -475,7 +476,8 @@ def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
         os.makedirs(os.path.dirname(csv["train"]), exist_ok=True)
         splits = split_lib.assign_splits(0, raw_rows, SPLIT_SEED)
         header = ",".join(["label"] + INT_COLUMNS + STR_COLUMNS) + "\n"
-        files = [open(csv[s] + ".tmp", "w") for s in ("train", "valid", "test")]
+        tmp = {s: atomic.fresh_name(csv[s]) for s in csv}  # fresh names: no planted link
+        files = [open(tmp[s], "w") for s in ("train", "valid", "test")]
         with open(raw) as source:
             for f in files:
                 f.write(header)
@@ -483,7 +485,7 @@ def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
                 files[split].write(line.replace("\t", ","))
         for f, s in zip(files, ("train", "valid", "test")):
             f.close()
-            os.replace(csv[s] + ".tmp", csv[s])
+            os.replace(tmp[s], csv[s])
     return raw, csv, raw_rows
 
 

@@ -136,6 +136,7 @@ def data_config() -> ml_collections.ConfigDict:
         split_seed=2018,          # BARS split seed
         num_rows=100_000,         # synthetic only (overfits in a few epochs: early stop)
         skip_bad_rows=False,
+        feature_spec="",          # dataset=csv: JSON file of its label and feature columns
     ))
 
 
@@ -220,6 +221,9 @@ def checkpoint_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         ckpt_steps=1000,          # save every this many updates (0: only at the end / SIGTERM)
         keep=2,                   # newest checkpoints kept (>= 2 keeps one if the last is bad)
+        # init_from a best/ without sha256.json (written before checksums): refused unless
+        # True, since flipped bytes in it could not be detected (docs/reliability.md)
+        allow_unverified=False,
     ))
 
 

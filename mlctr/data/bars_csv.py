@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 
@@ -40,6 +41,20 @@ from mlctr.data.errors import DataError
 
 SPLIT_FILES = ("train", "valid", "test")
 _LABEL_KEYS = {parsing.string_key(text): int(text[0]) for text in ("0", "1", "0.0", "1.0")}
+
+
+# A field name becomes a file name (vocab/<name>.npy): one path component of plain
+# characters, so a spec can never make prepare write outside the dataset.
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def _check_field_name(name: str, where: str) -> None:
+    """DataError unless `name` is a safe file name (no '/', '..', leading '.', spaces)."""
+    if not _FIELD_NAME.fullmatch(name) or len(name) > 128:
+        raise DataError(where, f"field name {name!r} is not allowed: a field name is used as "
+                        "a file name (vocab/<name>.npy), so it must be letters, digits, '_', "
+                        "'.' or '-', not start with '.', and be at most 128 characters",
+                        reason="bad_spec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +112,9 @@ class CsvFormat:
                     spec = json.load(f)
             except FileNotFoundError:
                 raise DataError(where, "no such file", reason="missing_file") from None
+            except OSError as e:  # a directory, no permission
+                raise DataError(where, f"cannot read the feature spec: {e.strerror or e} "
+                                "(expected a JSON file)", reason="bad_spec") from None
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise DataError(where, f"not valid JSON ({e})", reason="bad_spec") from None
         return cls._parse_spec(spec, name, where)
@@ -116,6 +134,7 @@ class CsvFormat:
                 raise DataError(where, f"bad field {field!r}: expected a column name or "
                                 '{"name": ..., "type": "categorical"|"numeric"}',
                                 reason="bad_spec")
+            _check_field_name(field["name"], where)
             names.append(field["name"])
             kinds.append(kind)
         min_count = spec.get("min_count", 1)

@@ -45,11 +45,18 @@ MLPERF_MAX_ROWS = 40_000_000
 
 
 def day_file(raw_dir: str, day: int) -> str:
-    """The file of one day: `day_<d>` or `day_<d>.gz` (DataError naming it when neither)."""
+    """The file of one day: `day_<d>` or `day_<d>.gz` (DataError naming it when neither,
+    and when both: which one holds the day is not ours to guess, and picking one
+    silently dropped the other's rows)."""
     plain = os.path.join(str(raw_dir), f"day_{day}")
-    for path in (plain, plain + ".gz"):
-        if os.path.isfile(path):
-            return path
+    found = [path for path in (plain, plain + ".gz") if os.path.isfile(path)]
+    if len(found) == 2:
+        raise DataError(plain, f"two files for day {day}: day_{day} and day_{day}.gz in "
+                        f"{raw_dir}; keep one (e.g. remove day_{day} if it is the "
+                        "decompressed copy of day_{day}.gz)".replace("{day}", str(day)),
+                        reason="ambiguous_file")
+    if found:
+        return found[0]
     if not os.path.isdir(str(raw_dir)):
         raise DataError(str(raw_dir), "not a directory: --raw must be the directory holding "
                         f"day_0 .. day_{EVAL_DAY} (plain or .gz)", reason="missing_file")

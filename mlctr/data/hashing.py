@@ -98,6 +98,10 @@ def parse_field_buckets(spec, field_names: list[str]) -> dict[str, int]:
             name, sep, count = item.partition("=")
             if not sep:
                 raise ValueError(f"field_buckets entry {item!r}: expected name=count")
+            if name.strip() in entries:
+                raise ValueError(f"field_buckets: field {name.strip()!r} is given twice "
+                                 f"({name.strip()}={entries[name.strip()]} and {item}): "
+                                 "keep one")
             entries[name.strip()] = count.strip()
     else:
         entries = dict(spec)

@@ -41,6 +41,7 @@ import zlib
 
 import numpy as np
 
+from mlctr import atomic
 from mlctr.data.errors import DatasetError
 
 FEATURE_MAP = "feature_map.json"
@@ -184,19 +185,9 @@ def write_json_atomic(path: str, obj) -> None:
     The file gets the mode every other file gets (0666 less the umask), so other users
     of shared storage can read it.
     """
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic.replacing(path, fsync=True) as f:  # a fresh name: no planted link followed
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
 
 
 def feature_map_path(data_dir: str) -> str:

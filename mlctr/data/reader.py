@@ -84,6 +84,7 @@ class PreparedDataset:
         self.field_names = [f["name"] for f in self.feature_map["fields"]]
         self._ids = {}
         self._labels = {}
+        self._true_prob = {}
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.num_examples(s)}" for s in layout.SPLITS)
@@ -109,6 +110,15 @@ class PreparedDataset:
             self._ids[split] = layout.open_rows(layout.ids_path(self.data_dir, split))
             self._labels[split] = layout.open_rows(layout.label_path(self.data_dir, split))
         return self._ids[split], self._labels[split]
+
+    def hold(self) -> None:
+        """Opens every split now, so the run reads the files it started with to the end:
+        a `prepare --overwrite` into the same directory swaps in new files, but open
+        memory maps keep the old ones (opened lazily, the test split was read from the
+        new dataset, with other ids: a silently wrong AUC, issue 26)."""
+        for split in layout.SPLITS:
+            self.arrays(split)
+            self.true_prob(split)
 
     def num_examples(self, split: str) -> int:
         """Number of examples in `split` ("train", "valid" or "test")."""
@@ -202,7 +212,9 @@ class PreparedDataset:
         path = layout.true_prob_path(self.data_dir, split)
         if "bayes" not in self.feature_map:
             return None
-        return np.load(path, allow_pickle=False)
+        if split not in self._true_prob:  # read once: the file the run started with
+            self._true_prob[split] = np.load(path, allow_pickle=False)
+        return self._true_prob[split]
 
     @property
     def bayes(self) -> dict | None:

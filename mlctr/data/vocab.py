@@ -274,7 +274,11 @@ def fit_vocabulary(code_keys: np.ndarray, train_counts: np.ndarray, *, min_count
 
 
 def vocab_path(data_dir: str, field: str) -> str:
-    """Where a field's vocabulary lives."""
+    """Where a field's vocabulary lives; a field name that is not one plain path component
+    (`/`, `..`, a leading `.`) is refused, never joined (a spec's names are checked with
+    a one-line error before this: mlctr.data.bars_csv)."""
+    if os.path.basename(field) != field or field.startswith(".") or not field:
+        raise ValueError(f"field name {field!r} cannot name a vocabulary file")
     return os.path.join(data_dir, "vocab", f"{field}.npy")
 
 

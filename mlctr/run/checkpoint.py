@@ -43,6 +43,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mlctr import atomic
+from mlctr.run import inputs
 from mlctr.run import resume
 
 BEST_DIR = "best"
@@ -129,11 +131,7 @@ def write_manifest(directory: str) -> None:
     manifest = {"algorithm": "sha256", "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": _file_digests(directory)}
     path = os.path.join(directory, MANIFEST)
-    with open(path + ".tmp", "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
+    atomic.write_json(path, manifest, fsync=True, indent=1, sort_keys=True)
 
 
 def verify_manifest(directory: str) -> bool:
@@ -184,20 +182,23 @@ def save_peer_weights(run_dir: str, variables_by_name: dict[str, Any], extra: di
     path = os.path.abspath(os.path.join(run_dir, BEST_DIR))
     tmp, old = path + ".tmp", path + ".old"
     _quiet_orbax_tracebacks()
-    if jax.process_index() == 0 and os.path.isdir(old):
-        shutil.rmtree(old)  # left by a crash after the swap
+    if jax.process_index() == 0:
+        for name in (tmp, old):  # a link planted there is removed, never followed
+            if os.path.islink(name):
+                os.unlink(name)
+        if os.path.isdir(old):
+            shutil.rmtree(old)  # left by a crash after the swap
     try:
         checkpointer = ocp.StandardCheckpointer()  # force=True replaces a leftover best.tmp
         checkpointer.save(tmp, jax.device_get(variables_by_name), force=True)
         checkpointer.wait_until_finished()
         if jax.process_index() == 0:
             write_manifest(tmp)
-            with open(path + ".json.tmp", "w") as f:
-                json.dump({"peers": sorted(variables_by_name), **(extra or {})}, f, indent=1)
             if os.path.isdir(path):
                 os.rename(path, old)
             os.rename(tmp, path)
-            os.replace(path + ".json.tmp", path + ".json")
+            atomic.write_json(path + ".json", {"peers": sorted(variables_by_name),
+                                               **(extra or {})}, indent=1)
             shutil.rmtree(old, ignore_errors=True)
     except Exception as e:
         if os.path.isdir(old) and not os.path.isdir(path):
@@ -214,18 +215,27 @@ def save_peer_weights(run_dir: str, variables_by_name: dict[str, Any], extra: di
     return path
 
 
-def load_peer_weights(run_dir: str, names: list[str] | None = None) -> dict[str, Any]:
+def load_peer_weights(run_dir: str, names: list[str] | None = None, *,
+                      allow_unverified: bool = False,
+                      allow_hint: str = "allow_unverified=True") -> dict[str, Any]:
     """Loads the best weights saved by `save_peer_weights`.
+
+    A `best/` without its checksum manifest (written before checksums existed) cannot be
+    verified: damage in it would score or finetune silently wrong, so it is refused
+    unless `allow_unverified` (then with a warning).
 
     Args:
       run_dir: a run directory (or its `best/` directory).
       names: peers to return (all if None).
+      allow_unverified: read a `best/` that has no manifest.
+      allow_hint: how the caller's user sets `allow_unverified` (named in the refusal).
 
     Returns:
       {peer name: {'params': ..., 'batch_stats': ...}} of numpy arrays.
 
     Raises:
-      CheckpointError: if there is no complete checkpoint or a name is missing.
+      CheckpointError: if there is no complete checkpoint, it has no manifest (and
+        not allow_unverified), or a name is missing.
     """
     path = os.path.abspath(run_dir if os.path.basename(run_dir.rstrip("/")) == BEST_DIR
                            else os.path.join(run_dir, BEST_DIR))
@@ -233,8 +243,13 @@ def load_peer_weights(run_dir: str, names: list[str] | None = None) -> dict[str,
         raise CheckpointError(f"no peer weights at {path} (did the pretraining run finish?)")
     _quiet_orbax_tracebacks()
     if not verify_manifest(path):
-        logging.warning("%s has no checksum manifest (%s); its content is not verified", path,
-                        MANIFEST)
+        if not allow_unverified:
+            raise CheckpointError(
+                f"{path} has no checksum manifest ({MANIFEST}: written before checksums, or "
+                f"removed), so damage in it cannot be detected; refused. Retrain, or pass "
+                f"{allow_hint} to use it unverified")
+        logging.warning("%s has no checksum manifest (%s); its content is not verified "
+                        "(allowed by %s)", path, MANIFEST, allow_hint)
     try:
         tree = ocp.StandardCheckpointer().restore(path)
     except Exception as e:  # orbax raises many types for a damaged directory
@@ -414,8 +429,9 @@ class RunCheckpoints:
     def _check_matches(self, step: int, progress: dict, config: dict, dataset: dict,
                        table_rows: int | None = None):
         differences = resume.config_differences(progress.get("config", {}), config)
-        if progress.get("dataset") != dataset:
-            differences.append(f"dataset: checkpoint {progress.get('dataset')}, now {dataset}")
+        differences += [f"dataset: {d}" for d in
+                        inputs.fingerprint_differences(progress.get("dataset") or {}, dataset,
+                                                       then="in the checkpoint")]
         differences += resume.table_padding_difference(
             progress.get("config", {}), config, table_rows or (dataset or {}).get("vocab_size"))
         if differences:

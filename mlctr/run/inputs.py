@@ -29,7 +29,9 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from mlctr import atomic
 from mlctr import sharding
+from mlctr.data import hashing
 from mlctr.data import layout
 from mlctr.data.parsing.stream import background
 from mlctr.data.errors import DataError
@@ -125,13 +127,22 @@ def _prepare(config: ml_collections.ConfigDict, out: str, **processes) -> None:
                        f"config.data.raw names no raw {config.data.dataset} file to "
                        "prepare it from")
     logging.info("Preparing %s dataset into %s", config.data.dataset, out)
-    prepare(
-        config.data.dataset, raw, out, protocol=config.data.protocol,
-        skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
-        num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None,
-        vocab_mode=config.vocab.mode, hash_buckets=config.vocab.hash_buckets,
-        field_buckets=config.vocab.field_buckets or None, max_rows=config.vocab.max_rows,
-        feature_spec=config.data.get("feature_spec") or None, **processes)
+    spec = config.data.get("feature_spec", "") or None
+    if spec is not None and config.data.dataset != "csv":
+        raise RunError(f"config.data.feature_spec is for data.dataset='csv' (got "
+                       f"{config.data.dataset!r})")
+    try:
+        prepare(
+            config.data.dataset, raw, out, protocol=config.data.protocol,
+            skip_bad_rows=config.data.skip_bad_rows, seed=config.data.split_seed,
+            num_rows=config.data.num_rows if config.data.dataset == "synthetic" else None,
+            vocab_mode=config.vocab.mode, hash_buckets=config.vocab.hash_buckets,
+            field_buckets=config.vocab.field_buckets or None, max_rows=config.vocab.max_rows,
+            feature_spec=spec, **processes)
+    except ValueError as e:  # prepare's one-line argument errors, in the config's terms
+        raise RunError(f"cannot prepare {out} from config.data / config.vocab: {e}"
+                       + (" (a csv dataset names its columns in config.data.feature_spec)"
+                          if config.data.dataset == "csv" and spec is None else "")) from None
 
 
 def _ensure_process_prepared(config: ml_collections.ConfigDict, data_dir: str) -> str:
@@ -201,7 +212,48 @@ def _open(config: ml_collections.ConfigDict, data_dir: str):
         raise RunError(f"{data_dir} holds a dataset prepared with vocab mode {mode!r}, but "
                        f"config.vocab.mode is {config.vocab.mode!r}: choose another "
                        "config.data.data_dir or prepare it again with --overwrite")
+    check_vocab_config(config, dataset.feature_map, data_dir)
+    dataset.hold()  # every split opened now: a dataset swapped in later is not read
     return dataset
+
+
+def check_vocab_config(config: ml_collections.ConfigDict, feature_map: dict,
+                       data_dir: str) -> None:
+    """RunError when config.vocab asks for tables other than the prepared dataset's.
+
+    An existing dataset is used as prepared, so a setting it was not prepared with
+    would be silently ignored (config.json saying 256 buckets of a run that trained on
+    4096): hash_buckets / field_buckets of a fitted dataset, other buckets than the
+    hashed dataset's, or a max_rows it was not capped at.
+    """
+    vocab, cv = feature_map.get("vocab") or {}, config.vocab
+    redo = ("prepare it again with these settings (python -m mlctr.data.prepare ... "
+            "--overwrite), or set config.vocab to match the dataset")
+    if vocab.get("mode", "fit") == "fit":
+        if cv.field_buckets or int(cv.hash_buckets) != hashing.DEFAULT_BUCKETS:
+            raise RunError("config.vocab.hash_buckets / field_buckets apply to vocab.mode="
+                           f"'hash' only (got hash_buckets={cv.hash_buckets}, field_buckets="
+                           f"{cv.field_buckets!r} with mode 'fit'): drop them or use hash mode")
+        if int(cv.max_rows) != int(vocab.get("max_rows", 0)):
+            raise RunError(f"config.vocab.max_rows is {cv.max_rows}, but {data_dir} was "
+                           f"prepared with max_rows {vocab.get('max_rows', 0)} (0: no cap), "
+                           f"and a prepared dataset is used as it is: {redo}")
+        return
+    fields = feature_map["fields"]
+    try:
+        wanted = hashing.field_bucket_counts(
+            [f["name"] for f in fields], hash_buckets=cv.hash_buckets,
+            field_buckets=cv.field_buckets or None, max_rows=cv.max_rows)
+    except ValueError as e:
+        raise RunError(f"config.vocab: {e}") from None
+    differ = [(f["name"], w, f.get("hash_buckets")) for f, w in zip(fields, wanted)
+              if w != f.get("hash_buckets")]
+    if differ:
+        shown = ", ".join(f"{name} {w} vs {h}" for name, w, h in differ[:4])
+        raise RunError(f"config.vocab (hash_buckets={cv.hash_buckets}, field_buckets="
+                       f"{cv.field_buckets!r}, max_rows={cv.max_rows}) asks for other buckets "
+                       f"than {data_dir} was prepared with ({len(differ)} field(s): {shown}, "
+                       f"config vs dataset), and a prepared dataset is used as it is: {redo}")
 
 
 def _open_process_shard(config: ml_collections.ConfigDict, data_dir: str):
@@ -262,10 +314,66 @@ def dataset_fingerprint(dataset) -> dict:
     if isinstance(dataset, ProcessShard):
         return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
                 "train_examples": dataset.process_train_rows,
-                "source_sha256": dataset.process_sources}
+                "source_sha256": dataset.process_sources,
+                "layout_sha256": layout_digest(dataset.feature_map)}
     return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
             "train_examples": dataset.num_examples("train"),
-            "source_sha256": dataset.feature_map.get("source", {}).get("sha256")}
+            "source_sha256": dataset.feature_map.get("source", {}).get("sha256"),
+            "layout_sha256": layout_digest(dataset.feature_map)}
+
+
+def warn_if_replaced(dataset) -> bool:
+    """Logs a warning when the dataset directory now holds another dataset than the one
+    the run opened (a `prepare --overwrite` while it trained); the run goes on with the
+    files it opened (`PreparedDataset.hold`). True if replaced."""
+    try:
+        now = layout.read_feature_map(dataset.data_dir)
+    except (DataError, OSError):
+        now = None
+    if now is not None and now.get("checksums") == dataset.feature_map.get("checksums"):
+        return False
+    logging.warning("%s was replaced (prepared again) while this run trained; the run "
+                    "evaluates on the files it opened at its start, and dataset.json records "
+                    "those; a resume or predict on the new dataset is checked against it",
+                    dataset.data_dir)
+    return True
+
+
+def layout_digest(feature_map: dict) -> str:
+    """SHA-256 of every table-shaping choice of a dataset: each field's name, kind, offset,
+    rows and hash buckets, and the vocabulary options (mode, hash function version, bucket
+    count, row cap). Two datasets with one `vocab_size` but other per-field buckets (a
+    hashed dataset prepared again with other field_buckets) map ids to other rows: a run
+    of one must not resume on, or score, the other (issue 26)."""
+    keys = ("name", "kind", "offset", "vocab_size", "hash_buckets")
+    shape = {"fields": [{k: field.get(k) for k in keys} for field in feature_map["fields"]],
+             "vocab": feature_map.get("vocab") or {"mode": "fit"}}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+
+# What each fingerprint key means, for the line that names a difference.
+_FINGERPRINT_WORDS = {"layout_sha256": "the table layout (per-field rows, hash buckets, "
+                                       "vocabulary options)",
+                      "source_sha256": "the raw file's SHA-256",
+                      "train_examples": "the train rows", "vocab_size": "vocab_size",
+                      "num_fields": "the number of fields"}
+
+
+def fingerprint_differences(recorded: dict, now: dict, then: str = "at training") -> list[str]:
+    """What differs between a recorded dataset fingerprint and the current one, in words.
+
+    Keys the record lacks are not compared: it was written before they existed (a run
+    from before `layout_sha256` resumes and scores as it did), so a newer fingerprint
+    never makes an old run unusable by itself.
+    """
+    out, recorded, now = [], recorded or {}, now or {}
+    for key in sorted(now):
+        if key in recorded and recorded[key] != now[key]:
+            before, after = recorded[key], now[key]
+            if key.endswith("sha256") and isinstance(before, str) and isinstance(after, str):
+                before, after = before[:12], after[:12]
+            out.append(f"{_FINGERPRINT_WORDS.get(key, key)} {before} {then}, {after} now")
+    return out
 
 
 def check_batch_slices(dataset, mesh, batch_size: int) -> None:
@@ -288,9 +396,7 @@ def write_dataset_record(workdir: str, kind: str, fingerprint: dict) -> None:
     """<workdir>/dataset.json: the fingerprint and the dataset kind (process 0 only)."""
     if jax.process_index() == 0:
         path = os.path.join(workdir, DATASET_RECORD)
-        with open(path + ".tmp", "w") as f:
-            json.dump({**fingerprint, "dataset": kind}, f, indent=1)
-        os.replace(path + ".tmp", path)
+        atomic.write_json(path, {**fingerprint, "dataset": kind}, indent=1)
 
 
 def prefetch(iterator: Iterator[dict], place: Callable[[dict], Any] = jax.device_put,

@@ -14,6 +14,7 @@ import time
 from absl import logging
 import jax
 
+from mlctr import atomic
 from mlctr.run import tensorboard
 from mlctr.run.errors import RunError
 
@@ -45,6 +46,14 @@ def _records_up_to(path: str, last_step: int) -> list[str]:
     return kept
 
 
+def _write_error(path: str, error: OSError) -> RunError:
+    """A failed metrics write (a full disk, a read-only work dir) as one line; the
+    checkpoints written before it are intact and a rerun resumes from the newest."""
+    return RunError(f"cannot write {path}: {error.strerror or error}; the run stops here "
+                    "(its last checkpoint is intact: free space or fix the permissions and "
+                    "rerun the same command to resume)")
+
+
 class MetricsWriter:
     """JSON lines in <workdir>/metrics.jsonl and TensorBoard scalars (process 0 only).
 
@@ -60,17 +69,22 @@ class MetricsWriter:
             return
         if os.path.exists(self.path):
             kept = _records_up_to(self.path, start_step)
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
+            try:
+                with atomic.replacing(self.path) as f:
+                    f.writelines(kept)
+            except OSError as e:
+                raise _write_error(self.path, e) from None
         self.tensorboard = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"),
                                                      purge_step=start_step + 1)
 
     def write(self, record: dict, scalars: dict[str, float] | None = None):
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise _write_error(self.path, e) from None
         if scalars:
             self.tensorboard.scalars(record["step"], scalars)
             self.tensorboard.flush()

@@ -28,6 +28,7 @@ from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import logs
 from mlctr.run import schedule
+from mlctr.run import stopping
 from mlctr.run.schedule import PeerSchedule
 
 def best_variables(tree) -> dict:
@@ -180,6 +181,8 @@ class TrainLoop:
         run, live = self.run, self.live
         self.writer = logs.MetricsWriter(run.workdir, live.start_step)
         self.watcher = PreemptionWatcher()
+        stopping.mark_saved()  # until the first step: a SIGTERM (compiling) stops at once
+        stopping.set_phase("compiling and training")
         try:
             if live.step == 0 and run.config.init_from:
                 # A finetune's starting point is a candidate best: early stopping can
@@ -194,6 +197,7 @@ class TrainLoop:
             if self.checkpoints.last_saved_step != live.step:
                 self.save(live.step)
             self.checkpoints.wait()
+            stopping.mark_saved()
         finally:
             self.watcher.close()
             self.writer.close()
@@ -223,6 +227,7 @@ class TrainLoop:
             live.state, batch, self.alpha, self.non_finite)
         live.step += 1
         step = live.step
+        stopping.mark_unsaved(self.checkpoints.last_saved_step)
         self.clock.step_done(measurements)
         if step % tc.log_steps == 0 or step == run.total_steps:
             self.log_train(step, epoch, measurements)
@@ -352,5 +357,6 @@ class TrainLoop:
         if self.checkpoints.last_saved_step != step:
             self.save(step)
         self.checkpoints.wait()
+        stopping.mark_saved()
         logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
         raise errors.Preempted(step, self.checkpoints.directory)

@@ -45,11 +45,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mlctr import atomic
 from mlctr.run import checkpoint
 from mlctr import locking
 from mlctr import mutual
 from mlctr import peer_groups
 from mlctr.run import logs
+from mlctr.run import memory
+from mlctr.run import stopping
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
 from mlctr.run import errors
@@ -111,7 +114,10 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
         peers, key, sample_ids, optimizer, config.optimizer.learning_rate,
         same_init=config.mutual.same_init))(jax.random.PRNGKey(config.seed))
     if config.init_from:
-        weights = checkpoint.load_peer_weights(config.init_from, list(peers.names))
+        weights = checkpoint.load_peer_weights(
+            config.init_from, list(peers.names),
+            allow_unverified=config.checkpoint.get("allow_unverified", False),
+            allow_hint="--config.checkpoint.allow_unverified=True")
         params, batch_stats = mutual.stack_peer_variables(peers, weights)
         state["params"] = jax.tree_util.tree_map(jnp.asarray, params)
         state["batch_stats"] = jax.tree_util.tree_map(jnp.asarray, batch_stats)
@@ -148,6 +154,11 @@ def check_can_start(config: ml_collections.ConfigDict, workdir: str) -> None:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
         raise errors.RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise errors.RunError(
+            f"the work dir {workdir} is not writable by this user (mode "
+            f"{os.stat(workdir).st_mode & 0o777:o}): fix its permissions or pass another "
+            "--workdir")
 
 
 @contextlib.contextmanager
@@ -203,20 +214,43 @@ def _checkpoint_config(config: ml_collections.ConfigDict, peers: peer_groups.Pee
     return config_dict
 
 
+def _checked_mesh(config: ml_collections.ConfigDict):
+    """The config's mesh over this job's devices; a mesh that does not fit them (sizes
+    that do not multiply to the device count, a table axis that does not divide it) is a
+    RunError naming config.mesh and the device count, not a ValueError traceback."""
+    try:
+        return sharding.mesh_from_config(config.mesh)
+    except ValueError as e:
+        sizes = ", ".join(f"{k}={v}" for k, v in config.mesh.items())
+        raise errors.RunError(f"config.mesh ({sizes}) does not fit the {jax.device_count()} "
+                              f"{jax.default_backend()} device(s): {e}") from None
+
+
 def build(config: ml_collections.ConfigDict, workdir: str) -> loop.Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
     dataset = inputs.open_run_dataset(config, workdir)
-    mesh = sharding.mesh_from_config(config.mesh)
+    mesh = _checked_mesh(config)
     peers, optimizer, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
     # Fail early when a batch does not divide over the processes.
-    inputs.check_batch_slices(dataset, mesh, config.train.batch_size)
-    sharding.process_batch_slice(mesh, config.train.eval_batch_size)
+    try:
+        inputs.check_batch_slices(dataset, mesh, config.train.batch_size)
+    except ValueError as e:
+        raise errors.RunError(f"config.train.batch_size: {e}") from None
+    try:
+        sharding.process_batch_slice(mesh, config.train.eval_batch_size)
+    except ValueError as e:
+        raise errors.RunError(f"config.train.eval_batch_size: {e}") from None
     steps_per_epoch, total_steps = run_length(config.train, dataset)
     shapes = abstract_state(config, peers, optimizer, dataset)
-    state_shardings = sharding.state_shardings(
-        mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    try:
+        state_shardings = sharding.state_shardings(
+            mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    except ValueError as e:
+        raise errors.RunError(f"config.mesh: {e}") from None
+    # Before the state is built: a config that cannot fit ends here, in one line.
+    memory.check_fits(config, peers, shapes, state_shardings, mesh, dataset.num_fields)
     train_step = make_step(config, peers, optimizer, mesh, state_shardings)
     settings = schedule.peer_settings(
         config, peers.names, [g.config_key for g in peers.groups for _ in g.names])
@@ -253,7 +287,8 @@ def _start(run: loop.Run) -> loop.Live:
     frozen = [n.strip() for n in config.mutual.frozen_peers.split(",") if n.strip()]
     unknown = sorted(set(frozen) - set(names))
     if unknown:
-        raise ValueError(f"mutual.frozen_peers names unknown peer(s) {unknown}; peers: {names}")
+        raise errors.RunError(f"config.mutual.frozen_peers names unknown peer(s) {unknown}; "
+                              f"peers: {names}")
     for name in frozen:  # teachers of one-way distillation: never updated
         schedule.stopped[names.index(name)] = True
     host_state["learning_rate"] = schedule.live_learning_rates()
@@ -266,8 +301,8 @@ def _start(run: loop.Run) -> loop.Live:
 def write_run_files(run: loop.Run) -> None:
     """config.json and dataset.json (process 0)."""
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "config.json"), "w") as f:
-            f.write(run.config.to_json_best_effort(indent=1))
+        atomic.write_text(os.path.join(run.workdir, "config.json"),
+                          run.config.to_json_best_effort(indent=1))
     inputs.write_dataset_record(run.workdir, run.config.data.dataset, run.fingerprint)
 
 
@@ -283,6 +318,7 @@ def test_and_export(run: loop.Run, live: loop.Live,
                "train_seconds": clock.timed_seconds, "examples_per_sec": clock.examples_per_sec,
                "schedule": live.schedule.to_json()}
     results["broken"] = {}  # {split: {peer: why}}: the best weights' predictions broken
+    inputs.warn_if_replaced(run.dataset)
     for split in ("valid", "test") if tc.test_at_end else ("valid",):
         logits, labels = evaluation.predict_split(run.predict_fn, live.best["params"],
                                        live.best["batch_stats"], run.dataset, split,
@@ -301,10 +337,9 @@ def test_and_export(run: loop.Run, live: loop.Live,
     checkpoint.save_peer_weights(run.workdir, mutual.peer_variables(
         run.peers, *sharding.to_host((live.best["params"], live.best["batch_stats"]))))
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        with open(os.path.join(run.workdir, "results.md"), "w") as f:
-            f.write(logs.results_markdown(results))
+        atomic.write_json(os.path.join(run.workdir, "results.json"), results, indent=1)
+        atomic.write_text(os.path.join(run.workdir, "results.md"),
+                          logs.results_markdown(results))
     logs.log_results(results, run.workdir)
     return results
 
@@ -334,6 +369,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         belongs to another config.
     """
     check_can_start(config, workdir)
+    stopping.mark_saved()
+    stopping.set_phase(f"building the run in {workdir}")
     with workdir_lock(workdir):
         run = build(config, workdir)
         checkpoints = checkpoint.RunCheckpoints(workdir, keep=config.checkpoint.keep)
@@ -344,4 +381,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             train_loop.train()
         finally:
             checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
+        stopping.set_phase("evaluating and exporting the best weights")
         return test_and_export(run, live, train_loop.clock)

@@ -142,7 +142,11 @@ def test_fit_mode_output_is_unchanged_by_the_vocab_options(tmp_path):
     raw = _write(tmp_path / "train.txt", _criteo_rows(500, seed=2))
     prepare("criteo", raw, str(tmp_path / "default"), protocol="x4_002")
     prepare("criteo", raw, str(tmp_path / "fit"), protocol="x4_002", vocab_mode="fit",
-            hash_buckets=7)
+            max_rows=0)
+    # A bucket count does not apply to a fitted vocabulary: refused, not ignored (issue 26).
+    with pytest.raises(ValueError, match="hash_buckets=7 is for vocab_mode='hash'"):
+        prepare("criteo", raw, str(tmp_path / "fit7"), protocol="x4_002", vocab_mode="fit",
+                hash_buckets=7)
     for root in ("default", "fit"):
         with open(tmp_path / root / "feature_map.json") as f:
             assert "vocab" not in json.load(f)

@@ -15,6 +15,11 @@ def main(argv) -> None:
     """CLI entry point: prepare from the flags; bad input -> one line, exit code 1."""
     del argv
     FLAGS = flags.FLAGS
+    for name in ("hash_buckets", "field_buckets"):
+        if FLAGS[name].present and FLAGS.vocab_mode != "hash":
+            print(f"error: --{name} is for --vocab_mode=hash (a fitted vocabulary has no "
+                  "buckets): pass --vocab_mode=hash, or drop it", file=sys.stderr)
+            sys.exit(1)
     try:
         feature_map = prepare(
             FLAGS.dataset, FLAGS.raw, FLAGS.out, protocol=FLAGS.protocol,
@@ -27,6 +32,14 @@ def main(argv) -> None:
     except (DataError, locking.LockedError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except OSError as e:  # an input that cannot be read (permissions, a directory)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: cannot read {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # the build is removed on the way out (swap.build_and_swap)
+        print(f"error: interrupted (Ctrl-C); {FLAGS.out} is as it was before this prepare "
+              "(the partial build was removed)", file=sys.stderr)
+        sys.exit(130)
     splits = ", ".join(f"{k} {v['num_examples']}" for k, v in feature_map["splits"].items())
     print(f"prepared {FLAGS.out}: {feature_map['num_fields']} fields, vocab_size "
           f"{feature_map['vocab_size']}, {splits}")

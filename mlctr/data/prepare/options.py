@@ -61,6 +61,9 @@ class VocabOptions:
             raise ValueError(f"unknown vocab_mode {mode!r}; expected one of {VOCAB_MODES}")
         if mode == "fit" and field_buckets:
             raise ValueError("field_buckets is for vocab_mode='hash'")
+        if mode == "fit" and int(hash_buckets) != hashing.DEFAULT_BUCKETS:
+            raise ValueError(f"hash_buckets={hash_buckets} is for vocab_mode='hash' (a fitted "
+                             "vocabulary has no buckets): pass --vocab_mode=hash, or drop it")
         hashing.field_bucket_counts([], hash_buckets=hash_buckets, max_rows=max_rows)
         return cls(mode, int(hash_buckets), field_buckets, int(max_rows))
 

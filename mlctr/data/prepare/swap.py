@@ -20,7 +20,15 @@ from mlctr.data.errors import DatasetError
 
 
 def check_output(out: str, overwrite: bool) -> None:
-    """One clear DatasetError when `out` cannot take a dataset (checked before any work)."""
+    """One clear DatasetError when `out` cannot take a dataset (checked before any work).
+
+    A symlink is refused, not followed: the swap would replace the link by a local
+    directory and leave the target's old dataset (and a stray build) behind.
+    """
+    if os.path.islink(out):
+        raise DatasetError(out, f"is a symlink (to {os.readlink(out)}); prepare refuses links: "
+                           f"pass the target directory itself, --out={os.path.realpath(out)}",
+                           reason="output_symlink")
     if os.path.exists(out) and not os.path.isdir(out):
         raise DatasetError(out, "exists and is not a directory; choose another --out",
                            reason="output_not_directory")

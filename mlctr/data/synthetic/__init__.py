@@ -20,6 +20,7 @@ docs/synthetic.md for the user's view.
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures
 import dataclasses
 import gzip
@@ -28,6 +29,7 @@ import os
 
 import numpy as np
 
+from mlctr import atomic
 from mlctr import xla_cpu
 from mlctr.data import avazu
 from mlctr.data.synthetic import hidden as hidden_lib
@@ -209,20 +211,28 @@ def generate(path: str, *, num_rows: int, seed: int = 2018, raw_format: str = "c
     if os.path.exists(spec_path(path)):
         os.remove(spec_path(path))
     generator = Generator(spec)
-    tmp_path, tmp_prob = path + ".tmp", true_prob_path(path) + ".tmp.npy"
-    probs = np.lib.format.open_memmap(tmp_prob, mode="w+", dtype=np.float32, shape=(num_rows,))
-    positives = _write_chunks(generator, tmp_path, probs, num_threads)
-    probs.flush()
-    mean_prob = float(np.mean(probs, dtype=np.float64))
-    del probs
-    os.replace(tmp_prob, true_prob_path(path))
-    os.replace(tmp_path, path)
+    # Fresh random names (mlctr.atomic): a link planted at a fixed `<path>.tmp` would
+    # have redirected the rows into any file.
+    tmp_path = atomic.fresh_name(path, ".gz.tmp" if path.endswith(".gz") else ".tmp")
+    tmp_prob = atomic.fresh_name(true_prob_path(path), ".tmp.npy")
+    try:
+        probs = np.lib.format.open_memmap(tmp_prob, mode="w+", dtype=np.float32,
+                                          shape=(num_rows,))
+        positives = _write_chunks(generator, tmp_path, probs, num_threads)
+        probs.flush()
+        mean_prob = float(np.mean(probs, dtype=np.float64))
+        del probs
+        os.replace(tmp_prob, true_prob_path(path))
+        os.replace(tmp_path, path)
+    except BaseException:
+        for leftover in (tmp_path, tmp_prob):
+            with contextlib.suppress(OSError):
+                os.remove(leftover)
+        raise
     description = generator.description(positives, mean_prob)
-    tmp_spec = spec_path(path) + ".tmp"
-    with open(tmp_spec, "w", encoding="utf-8") as f:
+    with atomic.replacing(spec_path(path)) as f:
         json.dump(description, f, indent=2)
         f.write("\n")
-    os.replace(tmp_spec, spec_path(path))
     return description
 
 
