@@ -136,7 +136,6 @@ def data_config() -> ml_collections.ConfigDict:
         split_seed=2018,          # BARS split seed
         num_rows=100_000,         # synthetic only (overfits in a few epochs: early stop)
         skip_bad_rows=False,
-        feature_spec="",          # dataset=csv: JSON file of its label and feature columns
     ))
 
 
