@@ -70,7 +70,9 @@ MODE=${1:-local}
 case "$MODE" in
   test)
     shift
-    setup_env test
+    setup_env test,onnx
+    # jax2onnx without its dependencies: it pins an older orbax-checkpoint (setup.py, onnx).
+    "$PY" -c "import jax2onnx" 2>/dev/null || "$PY" -m pip install -q --no-deps "jax2onnx>=0.17,<0.18"
     exec "$PY" -m pytest -q tests "$@"
     ;;
   multiprocess)
