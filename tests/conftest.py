@@ -29,7 +29,7 @@ for _flag in ("--xla_gpu_deterministic_ops=true", "--xla_gpu_autotune_level=0"):
     if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
-from mlctr.configs import tiny  # noqa: E402
+from tiny_runs import make_tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="package")
@@ -41,18 +41,6 @@ def tiny_data_dir(tmp_path_factory):
     out = str(root / "prepared")
     prepare("synthetic", str(root / "raw" / "synthetic.txt"), out, num_rows=4000, seed=11)
     return out
-
-
-def make_tiny_config(data_dir: str, peers: str = "deepfm,dcn", **train_overrides):
-    """mlctr/configs/tiny.py on the tiny dataset, mode 'train', locked."""
-    config = tiny.get_config()
-    with config.unlocked():
-        config.mode = "train"
-        config.data.data_dir = data_dir
-        config.peers = peers
-        config.train.update(train_overrides)
-    config.lock()
-    return config
 
 
 @pytest.fixture

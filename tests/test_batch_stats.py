@@ -15,7 +15,7 @@ from mlctr.run import checkpoint
 from mlctr.run import evaluation
 from mlctr.run import train
 
-from conftest import make_tiny_config
+from tiny_runs import make_tiny_config
 
 
 def test_precise_batch_stats_are_the_mean_of_each_batchs_statistics(tiny_data_dir):

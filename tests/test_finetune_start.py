@@ -5,7 +5,7 @@ import os
 
 from mlctr.run import train
 
-from conftest import make_tiny_config
+from tiny_runs import make_tiny_config
 
 
 def test_finetune_evaluates_step_zero_and_can_keep_the_pretrained_weights(tiny_data_dir,

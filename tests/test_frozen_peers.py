@@ -15,7 +15,7 @@ import pytest
 from mlctr.data.reader import PreparedDataset
 from mlctr.run import train
 
-from conftest import make_tiny_config
+from tiny_runs import make_tiny_config
 
 
 def _batch_norm_config(data_dir, peers, **train_overrides):
