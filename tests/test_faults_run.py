@@ -7,8 +7,10 @@ runs them. The fault-case list these come from is in docs/reliability.md.
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -93,19 +95,24 @@ def test_enospc_appending_metrics_is_one_line(tmp_path, monkeypatch):
     writer.close()
 
 
-def test_permission_denied_workdir_is_one_line(tmp_path):
+def test_permission_denied_workdir_is_one_line():
     """A read-only work dir (0555) was a PermissionError traceback from the lock file."""
-    workdir = tmp_path / "ro"
-    workdir.mkdir()
+    # Not under pytest's tmp tree: it is private to its user (a concurrent pytest makes
+    # it so again), and user nobody must reach the work dir.
+    root = tempfile.mkdtemp(prefix="mlctr-test-", dir="/tmp")
+    os.chmod(root, 0o755)
+    workdir = os.path.join(root, "ro")
+    os.mkdir(workdir)
     os.chmod(workdir, 0o555)
-    for path in [tmp_path, *tmp_path.parents][:-1]:
-        os.chmod(path, os.stat(path).st_mode | 0o005)
     as_nobody = (["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
                  if os.geteuid() == 0 else [])  # root writes anywhere
     code = ("from mlctr.configs import tiny; from mlctr.run import train\n"
             f"train.check_can_start(tiny.get_config(), {str(workdir)!r})")
-    proc = subprocess.run([*as_nobody, sys.executable, "-c", code], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    try:
+        proc = subprocess.run([*as_nobody, sys.executable, "-c", code], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     if "ModuleNotFoundError" in proc.stderr:
         pytest.skip("user nobody cannot import this checkout")
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -236,30 +237,35 @@ def test_symlink_planted_at_predict_temporary_names_is_not_followed(trained, tmp
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".pred.csv")]  # none left
 
 
-def _readable_by_all(path):
-    for parent in [path, *path.parents][:-1]:  # up to (not including) /
-        os.chmod(parent, os.stat(parent).st_mode | 0o005)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            full = os.path.join(root, name)
-            os.chmod(full, os.stat(full).st_mode | (0o005 if name in dirs else 0o004))
+@pytest.fixture
+def open_tmp():
+    """A directory every user may enter and write (pytest's own tree is private to its
+    user, and a concurrent pytest makes it so again), removed afterwards."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="mlctr-test-", dir="/tmp"))
+    os.chmod(path, 0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
-def test_permission_denied_raw_file_is_one_line(trained, tiny_data_dir, tmp_path):
+def test_permission_denied_raw_file_is_one_line(trained, tiny_data_dir, tmp_path, open_tmp):
     """A raw file this user cannot read was a PermissionError traceback (issue 26)."""
     run, rows = trained
-    sample = _write(tmp_path / "s.txt", rows)
     as_nobody = os.geteuid() == 0  # root reads any file: run predict as user nobody
-    if as_nobody:
-        shutil.copytree(run, tmp_path / "run")
-        run = str(tmp_path / "run")
-        _readable_by_all(tmp_path)
-        _readable_by_all(pathlib.Path(tiny_data_dir))
-        os.chmod(tmp_path, 0o777)
+    if as_nobody:  # the run and its dataset where user nobody can read them
+        shutil.copytree(tiny_data_dir, open_tmp / "data")
+        shutil.copytree(run, open_tmp / "run")
+        run, config = str(open_tmp / "run"), json.loads((open_tmp / "run/config.json").read_text())
+        config["data"]["data_dir"] = str(open_tmp / "data")
+        (open_tmp / "run/config.json").write_text(json.dumps(config))
+        for root, dirs, files in os.walk(open_tmp):
+            for name in dirs + files:
+                os.chmod(os.path.join(root, name), 0o777)
         probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import mlctr.predict"],
                                cwd=REPO, capture_output=True)
         if probe.returncode != 0:
             pytest.skip(f"user nobody cannot run this checkout's Python: {probe.stderr[-200:]}")
+    where = open_tmp if as_nobody else tmp_path
+    sample = _write(where / "s.txt", rows)
     os.chmod(sample, 0)
-    line = _one_error_line(_cli(run, sample, tmp_path / "p.csv", as_nobody=as_nobody))
+    line = _one_error_line(_cli(run, sample, where / "p.csv", as_nobody=as_nobody))
     assert line.endswith(f"cannot read {sample}: Permission denied"), line
