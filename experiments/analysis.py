@@ -26,8 +26,6 @@ from mlctr import study
 SIGNIFICANCE_LEVEL = study.SIGNIFICANCE_LEVEL
 TARGET_POWER = study.TARGET_POWER
 # The paper's effect per dataset, and DeLong per peer of two runs: the library's.
-paper_effect = study.paper_effect
-delong = study.delong
 
 
 def compare(metric: str, treated: Sequence[float], control: Sequence[float],

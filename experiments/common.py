@@ -17,9 +17,9 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from experiments import analysis
 from experiments import paper
 from mlctr import distributed
+from mlctr import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -38,7 +38,7 @@ def setup():
     """Returns (config, workdir, seeds, pretrain_root, effect_pct) from the flags.
 
     effect_pct is the paper's relative AUC effect the power lines use for this
-    dataset (analysis.paper_effect).
+    dataset (study.paper_effect).
     """
     distributed.configure_runtime(FLAGS.compilation_cache)
     config = FLAGS.config
@@ -49,10 +49,6 @@ def setup():
         raise ValueError("--seeds is empty")
     pretrain_root = os.path.abspath(FLAGS.pretrain_root or os.path.join(workdir, "pretrain"))
     paper.configure_dataset(config, FLAGS.dataset, os.path.dirname(pretrain_root), FLAGS.raw)
-    effect_pct, _ = analysis.paper_effect(FLAGS.dataset)
+    effect_pct, _ = study.paper_effect(FLAGS.dataset)
     return config, workdir, seeds, pretrain_root, effect_pct
 
-
-def peer_list(peers: str) -> list[str]:
-    """config.peers ('a,b' or 'a+b') as a list of names."""
-    return [p.strip() for p in peers.replace("+", ",").split(",") if p.strip()]

@@ -19,7 +19,9 @@ from absl import flags
 from experiments import analysis
 from experiments import common
 from experiments import paper
+from mlctr import mutual
 from mlctr import report
+from mlctr import study
 
 flags.DEFINE_string("fractions", "0.05,0.2,1.0",
                     "Companion pretraining length as fractions of the full pretraining.")
@@ -32,12 +34,12 @@ COLUMNS = [("fraction", "companion pretraining fraction"), ("companion_steps", "
 
 def run_seed(config, workdir, pretrain_root, seed, fractions, effect_pct) -> list[dict]:
     """The target's control and its mutual finetune with companions of each strength."""
-    peers = common.peer_list(config.peers)
+    peers = mutual.parse_peer_spec(config.peers)
     target, companions = peers[0], peers[1:]
     full_dir, full = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
     control_dir = os.path.join(workdir, f"seed{seed}", "control")
     control = paper.run(config, control_dir, seed=seed, init_from=full_dir, peers=target)
-    control_p, labels = paper.split_probabilities(control_dir)
+    control_p, labels = study.split_probabilities(control_dir)
     records = []
     for fraction in fractions:
         steps = max(1, int(round(fraction * full["steps"]))) if fraction < 1 else 0
@@ -46,22 +48,23 @@ def run_seed(config, workdir, pretrain_root, seed, fractions, effect_pct) -> lis
         init_dir = paper.combine_weights({target: full_dir, **{c: weak_dir for c in companions}},
                                          os.path.join(workdir, f"seed{seed}", f"init_f{fraction}"))
         mutual_dir = os.path.join(workdir, f"seed{seed}", f"mutual_f{fraction}")
-        mutual = paper.run(config, mutual_dir, seed=seed, init_from=init_dir,
+        mutual_run = paper.run(config, mutual_dir, seed=seed, init_from=init_dir,
                            peers=",".join(peers), alpha=config.mutual.alpha)
-        mutual_p, _ = paper.split_probabilities(mutual_dir)
+        mutual_p, _ = study.split_probabilities(mutual_dir)
         records.append({
             "seed": seed, "fraction": fraction, "companion_steps": steps or full["steps"],
             "companion_auc": sum(weak["test"][c]["auc"] for c in companions) / len(companions),
             "control_auc": control["test"][target]["auc"],
-            "mutual_auc": mutual["test"][target]["auc"], "bayes": full.get("bayes"),
-            "delong": analysis.delong(mutual_p, control_p, labels, [target], effect_pct)})
+            "mutual_auc": mutual_run["test"][target]["auc"], "bayes": full.get("bayes"),
+            "delong": study.delong(mutual_p, control_p, labels, [target], effect_pct)})
     return records
 
 
 def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
-    target = common.peer_list(config.peers)[0]
+    config.peers = ",".join(paper.name_peers(config, config.peers))
+    target = mutual.parse_peer_spec(config.peers)[0]
     fractions = [float(f) for f in FLAGS.fractions.split(",")]
     records = [r for s in seeds
                for r in run_seed(config, workdir, pretrain_root, s, fractions, effect_pct)]
@@ -78,8 +81,9 @@ def main(argv):
                      "gain_pct": f"{s['gain_pct']:+.3f}", "verdict": s["verdict"], "stats": s})
         lines.append(analysis.tests_line(f"{target}, companions at fraction {fraction}", s))
         lines += analysis.delong_lines([r["delong"] for r in rs], f"fraction {fraction}")
-    table = (f"{target} finetuned with companions {common.peer_list(config.peers)[1:]} of varied "
-             f"strength (test AUC, seeds {seeds}, alpha {config.mutual.alpha}, "
+    companions = mutual.parse_peer_spec(config.peers)[1:]
+    table = (f"{target} finetuned with companions {companions} of varied strength "
+             f"(test AUC, seeds {seeds}, alpha {config.mutual.alpha}, "
              f"{config.mutual.divergence})\n\n" + report.markdown_table(rows, COLUMNS)
              + report.bayes_note(records[0]) + analysis.statistics_block(lines))
     analysis.plot_gain(xs, gains, os.path.join(workdir, "gain_vs_companion_auc.png"),

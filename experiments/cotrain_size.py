@@ -20,6 +20,7 @@ from experiments import analysis
 from experiments import common
 from experiments import paper
 from mlctr import report
+from mlctr import study
 
 flags.DEFINE_string("order", "deepfm,dcn,ipnn,fibinet,wide_deep",
                     "Peers in the order they join; the first is the target.")
@@ -39,8 +40,8 @@ def run_seed(config, workdir, pretrain_root, seed, order, effect_pct) -> dict:
         results = paper.run(config, run_dir, seed=seed, init_from=pretrain_dir,
                             peers=",".join(order[:n]), alpha=config.mutual.alpha)
         aucs[n] = results["test"][target]["auc"]
-        probs[n], labels = paper.split_probabilities(run_dir)
-    delong = {n: analysis.delong(probs[n], probs[1], labels, [target], effect_pct)
+        probs[n], labels = study.split_probabilities(run_dir)
+    delong = {n: study.delong(probs[n], probs[1], labels, [target], effect_pct)
               for n in aucs if n > 1}
     return {"seed": seed, "target_auc": aucs, "delong": delong, "bayes": pretrained.get("bayes")}
 
@@ -48,7 +49,7 @@ def run_seed(config, workdir, pretrain_root, seed, order, effect_pct) -> dict:
 def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
-    order = common.peer_list(FLAGS.order)
+    order = paper.name_peers(config, FLAGS.order)
     target = order[0]
     per_seed = [run_seed(config, workdir, pretrain_root, s, order, effect_pct) for s in seeds]
     rows, gains, lines = [], [], []

@@ -8,9 +8,9 @@ t-test needs to detect that observed gain (p < 0.05, power 0.8), and the test ro
 run's DeLong test needs to detect it (from the median standard error DeLong measured on
 the runs' own test rows, se ~ 1 / sqrt(rows)).
 
-  python -m experiments.decide runs/shared_criteo runs/shared_avazu > decide.md
+  python -m experiments.decide --roots=runs/shared_criteo,runs/shared_avazu > decide.md
 
-Each argument is a root holding <entry>/results.json for some of the entries.
+Each root holds <entry>/results.json for some of the entries.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any, Iterator
 
+from absl import app, flags
 import numpy as np
 
 from mlctr import report
@@ -92,18 +93,23 @@ def decide(roots: list[str]) -> list[dict]:
     return out
 
 
-def main(argv: list[str]) -> int:
-    if not argv:
-        print(__doc__.strip().splitlines()[-3].strip(), file=sys.stderr)
-        return 2
-    missing = [root for root in argv if not os.path.isdir(root)]
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    flags.DEFINE_list("roots", None, "Directories holding <entry>/results.json.")
+    flags.mark_flag_as_required("roots")
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; the roots go in --roots")
+    missing = [root for root in FLAGS.roots if not os.path.isdir(root)]
     if missing:
-        print(f"experiments.decide: no such directory: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    rows = decide(argv)
-    print(report.markdown_table(rows, COLUMNS))
-    return 0
+        sys.exit(f"experiments.decide: no such directory: {', '.join(missing)}")
+    print(report.markdown_table(decide(FLAGS.roots), COLUMNS))
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _define_flags()
+    app.run(main)

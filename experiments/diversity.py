@@ -34,7 +34,9 @@ import numpy as np
 from experiments import analysis
 from experiments import common
 from experiments import paper
+from mlctr import mutual
 from mlctr import report
+from mlctr import study
 from mlctr.data import prepare as prepare_lib
 from mlctr.data import synthetic
 
@@ -85,9 +87,9 @@ def run_cell(config, workdir: str, pretrain_root: str, diversity: float, seed: i
         with open(path) as f:
             return json.load(f)
     setting = setting_config(config, os.path.dirname(pretrain_root), diversity)
-    names = common.peer_list(config.peers)
+    names = mutual.parse_peer_spec(config.peers)
     pretrain_dir, pretrained = paper.pretrain(setting, pretrain_root, seed, config.peers)
-    probs, _ = paper.split_probabilities(pretrain_dir, "test")
+    probs, _ = study.split_probabilities(pretrain_dir, "test")
     arms = {}
     for arm, alpha in (("control", 0.0), ("mutual", config.mutual.alpha)):
         run_dir = os.path.join(workdir, f"d{diversity:g}", f"seed{seed}", arm)
@@ -146,8 +148,9 @@ def table_text(rows, lines, names, seeds, config) -> str:
 def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
+    config.peers = ",".join(paper.name_peers(config, config.peers))
     diversities = [float(d) for d in FLAGS.diversities.split(",") if d.strip()]
-    names = common.peer_list(config.peers)
+    names = mutual.parse_peer_spec(config.peers)
     cells = []
     for seed, diversity in itertools.product(seeds, diversities):
         cells.append(run_cell(config, workdir, pretrain_root, diversity, seed))

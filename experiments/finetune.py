@@ -36,10 +36,10 @@ def run_seed(config, workdir: str, pretrain_root: str, seed: int, effect_pct: fl
         phases[f"finetune_{arm}"] = paper.run(config, dirs[arm], seed=seed, peers=config.peers,
                                               alpha=alpha, init_from=pretrain_dir)
     rows, _ = study.results_table(phases)
-    (mutual_p, labels), (control_p, _) = (paper.split_probabilities(dirs["mutual"]),
-                                          paper.split_probabilities(dirs["control"]))
+    (mutual_p, labels), (control_p, _) = (study.split_probabilities(dirs["mutual"]),
+                                          study.split_probabilities(dirs["control"]))
     return {"seed": seed, "rows": {r["peer"]: r for r in rows}, "dirs": dirs,
-            "delong": analysis.delong(mutual_p, control_p, labels, list(control_p), effect_pct),
+            "delong": study.delong(mutual_p, control_p, labels, list(control_p), effect_pct),
             "bayes": pretrained.get("bayes")}
 
 

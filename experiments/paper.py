@@ -30,10 +30,11 @@ from absl import logging
 import ml_collections
 
 from mlctr.run import checkpoint
+from mlctr import mutual
 from mlctr import study
+from mlctr.run import inputs
 from mlctr.run import train
 # Each peer's test probabilities from a run's best weights (for DeLong's test).
-from mlctr.study import split_probabilities  # noqa: F401
 
 DATASET_CHOICES = ("synthetic", "shared_criteo", "shared_avazu", "criteo", "avazu")
 
@@ -136,7 +137,7 @@ def run_cached(config: ml_collections.ConfigDict, run_dir: str) -> dict:
         return done
     if os.path.isdir(run_dir):
         logging.info("Resuming unfinished run %s", run_dir)
-    train.ensure_prepared(config, run_dir)
+    inputs.ensure_prepared(config, run_dir)
     return train.train_and_evaluate(config, run_dir)
 
 
@@ -227,3 +228,26 @@ def write_outputs(workdir: str, results: dict, table: str):
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table + "\n")
     print(table, flush=True)
+
+
+def name_peers(config, spec: str) -> list[str]:
+    """The peers of a peer spec (mutual.parse_peer_spec: 'deepfm*4' is four), each under a
+    config key of its own.
+
+    The runners pretrain, combine and finetune peers by name, so a key used k > 1 times
+    becomes k copies of its hyperparameter set in config.models, under the names the
+    trainer gives such peers (mutual.peer_names: deepfm_0 ... deepfm_3); each copy is its
+    own peer, with its own initialisation, as in a stacked group.
+    """
+    keys = mutual.parse_peer_spec(spec)
+    names = mutual.peer_names(keys)
+    with config.unlocked():
+        for key, name in zip(keys, names):
+            if name == key:
+                continue
+            if name in config.models and config.models[name].to_dict() != \
+                    config.models[key].to_dict():
+                raise ValueError(f"peer spec {spec!r}: {key!r} repeated names its copies "
+                                 f"{name!r}, which config.models holds as another set")
+            config.models[name] = config.models[key].to_dict()
+    return names

@@ -48,6 +48,7 @@ from experiments import paper
 from mlctr import metrics
 from mlctr import mutual
 from mlctr import report
+from mlctr import study
 
 DEFAULT_SETS = ("same=deepfm+deepfm_b+deepfm_c+deepfm_d;mix=deepfm+deepfm_b+dcn+dcn_b;"
                 "arch=deepfm+dcn+ipnn+fibinet")
@@ -124,7 +125,7 @@ def _finetune(config, run_dir: str, seed: int, peers: list[str], alpha: float,
     """A finetune run's test metrics and its peers' test probabilities."""
     result = paper.run(config, run_dir, seed=seed, peers=",".join(peers), alpha=alpha,
                        init_from=init_from)
-    probs, _ = paper.split_probabilities(run_dir, "test")
+    probs, _ = study.split_probabilities(run_dir, "test")
     return result["test"], probs
 
 
@@ -145,7 +146,7 @@ def run_seed(config, workdir: str, pretrain_root: str, seed: int,
     peers = all_peers(sets)
     target = peers[0]
     pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
-    probs, labels = paper.split_probabilities(pretrain_dir, "test")
+    probs, labels = study.split_probabilities(pretrain_dir, "test")
     seed_dir = os.path.join(workdir, f"seed{seed}")
     control, control_p = _finetune(config, os.path.join(seed_dir, "control"), seed, peers, 0.0,
                                    pretrain_dir)
@@ -156,7 +157,7 @@ def run_seed(config, workdir: str, pretrain_root: str, seed: int,
                                           keys, config.mutual.alpha, pretrain_dir)
         cell["per_set"][name] = {
             **set_statistics(probs, labels, keys), "mutual": mutual_test,
-            "delong": analysis.delong(mutual_p, control_p, labels, [target], effect_pct)}
+            "delong": study.delong(mutual_p, control_p, labels, [target], effect_pct)}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(cell, f, indent=1, default=float)

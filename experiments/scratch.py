@@ -17,6 +17,7 @@ from experiments import analysis
 from experiments import common
 from experiments import paper
 from mlctr import report
+from mlctr import study
 
 COLUMNS = [("peer", "peer"), ("metric", "metric"), ("independent", "independent"),
            ("mutual", "mutual"), ("gain_pct", "gain %"), ("verdict", "paired t")]
@@ -28,12 +29,12 @@ def run_seed(config, workdir: str, pretrain_root: str, seed: int, effect_pct: fl
     mutual_dir = os.path.join(workdir, f"seed{seed}", "mutual_scratch")
     mutual = paper.run(config, mutual_dir, seed=seed, peers=config.peers,
                        alpha=config.mutual.alpha)
-    (mutual_p, labels), (independent_p, _) = (paper.split_probabilities(mutual_dir),
-                                              paper.split_probabilities(independent_dir))
+    (mutual_p, labels), (independent_p, _) = (study.split_probabilities(mutual_dir),
+                                              study.split_probabilities(independent_dir))
     return {"seed": seed, "independent": independent["test"], "mutual": mutual["test"],
             "independent_dir": independent_dir, "mutual_dir": mutual_dir,
             "bayes": independent.get("bayes"),
-            "delong": analysis.delong(mutual_p, independent_p, labels, list(independent_p),
+            "delong": study.delong(mutual_p, independent_p, labels, list(independent_p),
                                       effect_pct)}
 
 

@@ -6,7 +6,7 @@ key fails loudly), overridable field by field: `--config.mutual.alpha=0.5`.
 `finetune_study` (pretrain, independent and mutual finetune, results table).
 
 The config and work dir are checked (`train.check_can_start`) and the dataset
-prepared (`train.ensure_prepared`) before the run starts. Rerunning a command
+prepared (`inputs.ensure_prepared`) before the run starts. Rerunning a command
 resumes from the work dir's newest checkpoint. Exit status: 0 done; 1 with a
 one-line `mlctr: error: ...` for a nonsense config value, an unusable work dir
 or dataset, a work dir another run holds, a NaN/inf loss or a bad checkpoint;
@@ -27,6 +27,8 @@ from mlctr.run import checkpoint
 from mlctr import distributed
 from mlctr import locking
 from mlctr import study
+from mlctr.run import errors
+from mlctr.run import inputs
 from mlctr.run import train
 from mlctr import xla_cpu
 from mlctr.data.errors import DataError
@@ -48,7 +50,7 @@ PREEMPTED_EXIT_CODE = 143
 
 # Expected failures whose message is complete in one line: printed without a traceback.
 # (A ValueError is one only from the config check: elsewhere it would be a bug.)
-CLEAR_ERRORS = (train.RunError, train.NonFiniteLossError, checkpoint.CheckpointError,
+CLEAR_ERRORS = (errors.RunError, errors.NonFiniteLossError, checkpoint.CheckpointError,
                 locking.LockedError, DataError)
 
 
@@ -67,15 +69,15 @@ def main(argv):
     logging.info("mode %s, workdir %s", config.mode, FLAGS.workdir)
     try:
         train.check_can_start(config, FLAGS.workdir)  # the config's values, the work dir
-    except (ValueError, train.RunError) as e:  # ValueError: config.<key> from validate
+    except (ValueError, errors.RunError) as e:  # ValueError: config.<key> from validate
         _fail(e)
     try:
-        train.ensure_prepared(config, FLAGS.workdir)
+        inputs.ensure_prepared(config, FLAGS.workdir)
         if config.mode == "train":
             train.train_and_evaluate(config, FLAGS.workdir)
         else:
             study.run_finetune_study(config, FLAGS.workdir)
-    except train.Preempted as e:
+    except errors.Preempted as e:
         _say(f"mlctr: {e}")
         _exit_now(PREEMPTED_EXIT_CODE)
     except CLEAR_ERRORS as e:

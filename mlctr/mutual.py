@@ -153,6 +153,18 @@ def parse_peer_spec(spec: str | Sequence[str]) -> list[str]:
     return keys
 
 
+def peer_names(keys: Sequence[str]) -> list[str]:
+    """The peers' names, in order, for config keys (`parse_peer_spec`): a key used once
+    names its peer; a key used k > 1 times names them key_0 ... key_{k-1}."""
+    counts = {key: keys.count(key) for key in keys}
+    seen: dict[str, int] = {}
+    names = []
+    for key in keys:
+        names.append(key if counts[key] == 1 else f"{key}_{seen.get(key, 0)}")
+        seen[key] = seen.get(key, 0) + 1
+    return names
+
+
 def qr_layout(config, dataset) -> Optional[qr.QRLayout]:
     """The run's quotient-remainder layout: None unless `config.vocab.qr_collisions` >= 2.
 
@@ -194,7 +206,6 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
       them key_0 ... key_{k-1}.
     """
     keys = parse_peer_spec(spec)
-    counts = {key: keys.count(key) for key in keys}
     model_fields = dict(vocab_size=vocab_size, num_fields=num_fields, dtype=jnp.dtype(dtype))
     if qr_layout is not None:
         if (qr_layout.vocab_size, len(qr_layout.sizes)) != (vocab_size, num_fields):
@@ -211,8 +222,7 @@ def build_peers(spec, models_config, *, vocab_size: int, num_fields: int,
         hparams = dict(models_config[key])
         arch = hparams.pop("model", key)
         model = model_zoo.create_model(arch, **model_fields, **hparams)
-        n = counts[key]
-        names = (key,) if n == 1 else tuple(f"{key}_{k}" for k in range(n))
+        names = tuple(name for k, name in zip(keys, peer_names(keys)) if k == key)
         groups.append(PeerGroup(config_key=key, model=model, names=names))
     if table_row_multiple < 1:
         raise ValueError(f"table_row_multiple must be >= 1, got {table_row_multiple}")

@@ -31,6 +31,7 @@ import numpy as np
 from mlctr import predict
 from mlctr import report
 from mlctr import stats
+from mlctr.run import inputs
 from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
@@ -89,7 +90,7 @@ def finetune_config(config: ml_collections.ConfigDict, init_from: str,
 
 def phase_configs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, ml_collections.ConfigDict]:
     """The (locked) phase configs of a finetune study; all share the dataset."""
-    pretrain = pretrain_config(config, train.dataset_dir(config, workdir))
+    pretrain = pretrain_config(config, inputs.dataset_dir(config, workdir))
     init_from = config.init_from or os.path.join(workdir, "pretrain")
     phases = {} if config.init_from else {"pretrain": pretrain}
     phases["finetune_control"] = finetune_config(pretrain, init_from, 0.0)

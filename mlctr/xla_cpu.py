@@ -76,7 +76,7 @@ RELEASE_POLL_SECONDS = 0.2
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
 
 # `keep` for a child process, as GLIBC_TUNABLES (2^62: never trim), e.g. the DeepCTR-Torch
-# worker of experiments/bench_vs_torch.py.
+# worker of experiments/benchmarks/vs_torch.py.
 HOST_ALLOCATOR_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                            "glibc.malloc.trim_threshold=4611686018427387904")
 

@@ -1,7 +1,7 @@
 """`python -m mlctr.main` with an interruption after a given step, for the resume tests.
 
-    MLCTR_TEST_INTERRUPT=KILL:52 python tests/interrupt_run.py [mlctr.main flags]
-    MLCTR_TEST_INTERRUPT=TERM:37 python tests/interrupt_run.py [mlctr.main flags]
+    MLCTR_TEST_INTERRUPT=KILL:52 python -m tests.interrupt_run [mlctr.main flags]
+    MLCTR_TEST_INTERRUPT=TERM:37 python -m tests.interrupt_run [mlctr.main flags]
 
 KILL:N  after step N, once every checkpoint started before it is complete, the
         process SIGKILLs itself: whatever it did after its last checkpoint is lost,
@@ -12,15 +12,12 @@ Everything else is the real entry point (flags, error handling, exit status).
 """
 import os
 import signal
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
 
-from absl import app  # noqa: E402
-
-from mlctr.run import checkpoint  # noqa: E402
-from mlctr import main  # noqa: E402
-from mlctr.run import train  # noqa: E402
+from mlctr import main
+from mlctr.run import checkpoint
+from mlctr.run import train
 
 KIND, _, AT_STEP = os.environ["MLCTR_TEST_INTERRUPT"].partition(":")
 AT_STEP = int(AT_STEP)

@@ -12,9 +12,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_embedding_prints_its_json_line():
-    cmd = [sys.executable, os.path.join(REPO, "experiments", "bench_embedding.py"),
+    cmd = [sys.executable, "-m", "experiments.benchmarks.embedding",
            "--vocab_sizes=1000,1000000", "--peers=1", "--rounds=1", "--steps=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -27,8 +27,7 @@ from mlctr.configs import default as default_config
 
 def run_process(resumable, workdir, *extra_flags, interrupt=None):
     """Runs the trainer as its own process (`tests/interrupt_run.py` when interrupted)."""
-    entry = ([os.path.join(resumable.REPO, "tests", "interrupt_run.py")] if interrupt
-             else ["-m", "mlctr.main"])
+    entry = ["-m", "tests.interrupt_run" if interrupt else "mlctr.main"]
     # The backend of this process (no JAX_PLATFORMS of its own): the resumed half of the run
     # happens here, and a CPU half with a GPU half would not be bitwise identical.
     env = dict(os.environ)

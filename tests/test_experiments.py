@@ -16,6 +16,7 @@ import pytest
 
 from experiments import paper
 from mlctr import mutual, study
+from mlctr.configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -177,3 +178,14 @@ def test_decide_gives_seeds_and_rows_for_the_observed_gain(tmp_path):
     effect = gain / 100 * np.mean(control)
     assert out["rows"] == f"{stats.rows_needed(0.0005, 1000, effect):,}"
     assert out["arm"] == "deepfm" and out["gain"] == f"{gain:+.3f}"
+
+
+def test_name_peers_gives_repeated_keys_copies_named_as_the_trainer_names_them():
+    config = tiny.get_config("peers=deepfm*3+dcn")
+    names = paper.name_peers(config, config.peers)
+    assert names == ["deepfm_0", "deepfm_1", "deepfm_2", "dcn"]
+    peers = mutual.build_peers(config.peers, config.models, vocab_size=50, num_fields=3)
+    assert list(peers.names) == names  # the trainer's names for the stacked peers
+    assert all(config.models[n].to_dict() == config.models["deepfm"].to_dict()
+               for n in names[:3])
+    assert paper.name_peers(config, "deepfm,dcn") == ["deepfm", "dcn"]

@@ -9,6 +9,7 @@ import pytest
 from mlctr.run import checkpoint
 from mlctr import mutual
 from mlctr import predict
+from mlctr.run import evaluation
 from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
@@ -49,9 +50,9 @@ def test_qr_run_trains_resumes_and_predicts(tiny_config, tiny_data_dir, tmp_path
     # as the trainer did, and a raw file row by row.
     _, peers, params, batch_stats, _ = predict.load_run(whole_dir)
     assert (peers.qr_layout.collisions, peers.qr_layout.num_rows) == (4, layout.num_rows)
-    logits, labels = train.predict_split(mutual.make_predict_fn(peers), params, batch_stats,
+    logits, labels = evaluation.predict_split(mutual.make_predict_fn(peers), params, batch_stats,
                                          dataset, "test", 256)
-    assert train.split_metrics(list(peers.names), logits, labels) == whole["test"]
+    assert evaluation.split_metrics(list(peers.names), logits, labels) == whole["test"]
     raw = os.path.join(os.path.dirname(tiny_data_dir), "raw", "synthetic.txt")
     scored = predict.predict_file(whole_dir, raw, batch_size=500)
     assert len(scored.probs) == 4000 and np.all((scored.probs > 0) & (scored.probs < 1))

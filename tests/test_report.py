@@ -6,6 +6,7 @@ import pytest
 
 from experiments import analysis
 from mlctr import report
+from mlctr import study
 
 # Student's sleep data (Cushny & Peebles; R's `sleep`): extra hours of sleep with two
 # drugs on the same 10 patients. R: t.test(extra ~ group, data = sleep, paired = TRUE)
@@ -68,9 +69,9 @@ def test_compare_with_one_seed_has_no_test():
 
 
 def test_paper_effect_per_dataset():
-    assert analysis.paper_effect("shared_avazu") == (0.66, "Avazu")
-    assert analysis.paper_effect("criteo") == (0.37, "Criteo")
-    assert analysis.paper_effect("synthetic") == (0.37, "Criteo")
+    assert study.paper_effect("shared_avazu") == (0.66, "Avazu")
+    assert study.paper_effect("criteo") == (0.37, "Criteo")
+    assert study.paper_effect("synthetic") == (0.37, "Criteo")
 
 
 def test_delong_lines_count_significant_runs():
@@ -78,7 +79,7 @@ def test_delong_lines_count_significant_runs():
     labels = (rng.random(4000) < 0.3).astype(np.float64)
     good = labels + rng.normal(0, 1.0, 4000)
     bad = labels + rng.normal(0, 3.0, 4000)
-    per_run = [analysis.delong({"m": good}, {"m": bad}, labels, ["m"], effect_pct=0.37)]
+    per_run = [study.delong({"m": good}, {"m": bad}, labels, ["m"], effect_pct=0.37)]
     assert per_run[0]["m"]["p"] < 1e-6 and per_run[0]["m"]["rows"] == 4000
     assert per_run[0]["m"]["rows_needed"] >= 1
     (line,) = analysis.delong_lines(per_run, "good vs bad")

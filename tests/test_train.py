@@ -16,6 +16,7 @@ from mlctr import locking
 from mlctr import mutual
 from mlctr.run import logs
 from mlctr import study
+from mlctr.run import errors, evaluation, inputs
 from mlctr.run import train
 from mlctr.data.reader import PreparedDataset
 
@@ -94,8 +95,8 @@ def test_restore_best_weights_reproduces_metrics(tiny_config, tmp_path):
     peers, _, _, predict_fn = train.build_run(config, dataset)
     params, stats = mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
     params, stats = jax.tree_util.tree_map(jnp.asarray, (params, stats))
-    logits, labels = train.predict_split(predict_fn, params, stats, dataset, "test", 256)
-    again = train.split_metrics(list(peers.names), logits, labels)
+    logits, labels = evaluation.predict_split(predict_fn, params, stats, dataset, "test", 256)
+    again = evaluation.split_metrics(list(peers.names), logits, labels)
     for name in peers.names:
         assert again[name] == results["test"][name]
     assert results["test"]["deepfm_0"] != results["test"]["deepfm_1"]  # different init keys
@@ -204,7 +205,7 @@ def test_torn_metrics_line_before_the_last_is_a_clear_error(tmp_path):
     path = tmp_path / logs.METRICS_FILE
     original = '{"kind": "train", "step": 10}\n{"kind": "tr\n{"kind": "train", "step": 20}\n'
     path.write_text(original)
-    with pytest.raises(train.RunError, match=rf"^{path}:2: not a JSON record"):
+    with pytest.raises(errors.RunError, match=rf"^{path}:2: not a JSON record"):
         logs.MetricsWriter(str(tmp_path), start_step=20)
     assert path.read_text() == original  # nothing dropped
 
@@ -223,7 +224,7 @@ def test_torn_metrics_resume_finishes_and_records_the_dataset(resumable, referen
     with open(os.path.join(workdir, "dataset.json")) as f:
         record = json.load(f)
     dataset = PreparedDataset(resumable.data_dir)
-    assert record == {**train.dataset_fingerprint(dataset), "dataset": "synthetic"}
+    assert record == {**inputs.dataset_fingerprint(dataset), "dataset": "synthetic"}
 
 
 def test_log_lines_name_and_round_each_peer(caplog):
@@ -251,7 +252,7 @@ def test_hash_vocab_run_prepares_trains_and_refuses_a_fit_mode_config(tiny_confi
         config.vocab.mode = "hash"
         config.vocab.hash_buckets = 64
     inputs.ensure_prepared(config, str(tmp_path / "run"))
-    dataset = inputs.open_dataset(config, str(tmp_path / "run"))
+    dataset = inputs.open_run_dataset(config, str(tmp_path / "run"))
     assert dataset.feature_map["vocab"]["mode"] == "hash"
     assert dataset.vocab_size == dataset.num_fields * 65  # 64 buckets + the missing id
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -259,4 +260,26 @@ def test_hash_vocab_run_prepares_trains_and_refuses_a_fit_mode_config(tiny_confi
     with config.unlocked():
         config.vocab.mode = "fit"
     with pytest.raises(RunError, match="prepared with vocab mode 'hash'.*config.vocab.mode"):
-        inputs.open_dataset(config, str(tmp_path / "other"))
+        inputs.open_run_dataset(config, str(tmp_path / "other"))
+
+
+def test_prefetch_places_in_order_reraises_and_closes_its_iterator():
+    closed = []
+
+    def batches():
+        try:
+            yield from ({"x": i} for i in range(10))
+        finally:
+            closed.append(True)
+
+    placed = inputs.prefetch(batches(), place=lambda batch: batch["x"] * 2, size=2)
+    assert [next(placed) for _ in range(3)] == [0, 2, 4]
+    placed.close()  # the consumer leaves early: the thread ends and closes the batches
+    assert closed == [True]
+
+    def failing():
+        yield {"x": 1}
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(inputs.prefetch(failing(), place=lambda batch: batch))

@@ -2,7 +2,7 @@
 
 Preparing a dataset is a step of its own, done before training starts: `mlctr.main`
 calls `ensure_prepared(config, workdir)` and then the trainer, which only opens what is
-there (`open_dataset`). A library caller does the same two calls.
+there (`open_run_dataset`). A library caller does the same two calls.
 
 Per-process datasets. The Criteo 1TB logs with hashed ids (`PER_PROCESS_DATASETS`,
 `vocab.mode='hash'`) are prepared by every process for itself: process i of P prepares
@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import re
-import threading
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -33,6 +31,7 @@ import numpy as np
 
 from mlctr import sharding
 from mlctr.data import layout
+from mlctr.data.parsing.stream import background
 from mlctr.data.errors import DataError
 from mlctr.data.prepare import prepare
 from mlctr.locking import LockedError
@@ -173,7 +172,7 @@ def _gather_outcome(what: str, error: Exception | None, payload: np.ndarray) -> 
     return gathered[:, 1:]
 
 
-def open_dataset(config: ml_collections.ConfigDict, workdir: str):
+def open_run_dataset(config: ml_collections.ConfigDict, workdir: str):
     """Opens the prepared dataset of a run (checked against `config.data.dataset`).
 
     A per-process dataset (`is_per_process`) opens as a `reader.ProcessShard` of this
@@ -195,7 +194,7 @@ def _open(config: ml_collections.ConfigDict, data_dir: str):
 
     if not os.path.exists(os.path.join(data_dir, layout.FEATURE_MAP)):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
-                       "it first (mlctr.run.train.ensure_prepared(config, workdir), or "
+                       "it first (mlctr.run.inputs.ensure_prepared(config, workdir), or "
                        "python -m mlctr.data.prepare ...)")
     dataset = PreparedDataset(data_dir, expected_dataset=config.data.dataset)
     mode = dataset.feature_map.get("vocab", {}).get("mode", "fit")
@@ -305,41 +304,22 @@ def prefetch(iterator: Iterator[dict], place: Callable[[dict], Any] = jax.device
              size: int = 2) -> Iterator[dict]:
     """Reads and places batches in a background thread, overlapping the step.
 
+    The data pipeline's one read-ahead loop (`mlctr.data.parsing.stream.background`):
+    its errors surface here, and closing the returned generator stops the thread and
+    closes `iterator`.
+
     Args:
       iterator: host batches.
       place: turns a host batch into device arrays (e.g. `sharding.global_batch`).
       size: batches read ahead.
     """
-    items: queue.Queue = queue.Queue(maxsize=size)
-    sentinel = object()
-    stop = threading.Event()
 
-    def put(item):
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce():
+    def placed() -> Iterator:
         try:
             for batch in iterator:
-                put(place(batch))
-                if stop.is_set():
-                    return
-        except BaseException as e:  # surfaced in the consumer
-            put(e)
-        put(sentinel)
+                yield place(batch)
+        finally:
+            if hasattr(iterator, "close"):
+                iterator.close()
 
-    threading.Thread(target=produce, daemon=True).start()
-    try:
-        while True:
-            item = items.get()
-            if item is sentinel:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()  # the consumer left early: let the reader thread end
+    return background(placed(), size)

@@ -57,14 +57,10 @@ from mlctr import mutual
 from mlctr.run import logs
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
-# Re-exported: the trainer's public names, wherever they are defined.
-from mlctr.run.evaluation import predict_split, split_metrics  # noqa: F401
-from mlctr.run.inputs import (dataset_dir, dataset_fingerprint, ensure_prepared,  # noqa: F401
-                            open_dataset, prefetch)
-from mlctr.run.errors import NonFiniteLossError, Preempted, RunError  # noqa: F401
-from mlctr.run.logs import MetricsWriter, results_markdown  # noqa: F401
-from mlctr.run.schedule import PeerSchedule
+from mlctr.run import errors
+from mlctr.run import evaluation
 from mlctr.run import inputs
+from mlctr.run.schedule import PeerSchedule
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +174,7 @@ def _raise_if_non_finite(names, non_finite, last_checkpoint: int | None):
     if bad:
         kept = (f"the last checkpoint, step {last_checkpoint}, is from before it and is kept"
                 if last_checkpoint is not None else "no checkpoint was written")
-        raise NonFiniteLossError(
+        raise errors.NonFiniteLossError(
             "; ".join(f"peer {names[k]!r} has a non-finite training loss ({first_loss[k]}) at "
                       f"step {first_step[k]}" for k in bad)
             + f". Stopping: nothing is saved from that step on ({kept}).")
@@ -201,12 +197,12 @@ def check_can_start(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     config_validation.validate(config)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise RunError(f"the work dir {workdir} is a file, not a directory: pass another "
+        raise errors.RunError(f"the work dir {workdir} is a file, not a directory: pass another "
                        "--workdir")
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
-        raise RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
+        raise errors.RunError(f"cannot create the work dir {workdir}: {e.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -269,12 +265,13 @@ class Run:
 def run_length(train_config, dataset) -> tuple[int, int]:
     """(steps per epoch, total steps) of a run on `dataset`."""
     if train_config.batch_size < 1:
-        raise RunError(f"config.train.batch_size must be >= 1 (got {train_config.batch_size})")
+        raise errors.RunError("config.train.batch_size must be >= 1 (got "
+                              f"{train_config.batch_size})")
     steps_per_epoch = dataset.num_train_batches(train_config.batch_size)
     if steps_per_epoch == 0:
-        raise RunError(f"the train split of {dataset.data_dir} ({dataset.num_examples('train')} "
-                       f"rows) is smaller than one batch (config.train.batch_size = "
-                       f"{train_config.batch_size})")
+        raise errors.RunError(f"the train split of {dataset.data_dir} "
+                              f"({dataset.num_examples('train')} rows) is smaller than one "
+                              f"batch (config.train.batch_size = {train_config.batch_size})")
     total_steps = steps_per_epoch * train_config.num_epochs
     if train_config.max_steps > 0:
         total_steps = min(total_steps, train_config.max_steps)
@@ -292,7 +289,7 @@ def _checkpoint_config(config: ml_collections.ConfigDict, peers: mutual.Peers) -
 
 def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
-    dataset = open_dataset(config, workdir)
+    dataset = inputs.open_run_dataset(config, workdir)
     mesh = sharding.mesh_from_config(config.mesh)
     peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
@@ -306,7 +303,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
-               _checkpoint_config(config, peers), dataset_fingerprint(dataset))
+               _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset))
 
 
 # ---------------------------------------------------------------------------
@@ -428,12 +425,12 @@ class TrainLoop:
         self.non_finite = sharding.put((np.full(run.peers.size, -1, np.int32),
                                         np.zeros(run.peers.size, np.float32)), rep)
         self.clock = logs.Throughput(run.config.train.batch_size)
-        self.writer: MetricsWriter | None = None
+        self.writer: logs.MetricsWriter | None = None
 
     def train(self) -> None:
         """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
         run, live = self.run, self.live
-        self.writer = MetricsWriter(run.workdir, live.start_step)
+        self.writer = logs.MetricsWriter(run.workdir, live.start_step)
         self.watcher = PreemptionWatcher()
         try:
             while live.step < run.total_steps and not live.schedule.all_stopped:
@@ -458,7 +455,7 @@ class TrainLoop:
                                             start_batch=start_batch)
         step_before = live.step
         place = functools.partial(sharding.global_batch, run.mesh, batch_size=tc.batch_size)
-        for batch in prefetch(batches, place):
+        for batch in inputs.prefetch(batches, place):
             if self.step(batch, epoch):
                 break
         if live.step == step_before:
@@ -518,10 +515,10 @@ class TrainLoop:
         """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
         run, live, tc = self.run, self.live, self.run.config.train
         names = run.names
-        logits, labels = predict_split(run.predict_fn, live.state["params"],
+        logits, labels = evaluation.predict_split(run.predict_fn, live.state["params"],
                                        live.state["batch_stats"], run.dataset, "valid",
                                        tc.eval_batch_size, run.mesh)
-        valid = split_metrics(names, logits, labels)
+        valid = evaluation.split_metrics(names, logits, labels)
         values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
         improved, newly_stopped = live.schedule.update(
             values, step, patience=tc.patience, decay=run.config.optimizer.lr_decay_factor,
@@ -560,7 +557,7 @@ class TrainLoop:
             self.save(step)
         self.checkpoints.wait()
         logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
-        raise Preempted(step, self.checkpoints.directory)
+        raise errors.Preempted(step, self.checkpoints.directory)
 
 
 # ---------------------------------------------------------------------------
@@ -574,10 +571,10 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
                "train_seconds": clock.timed_seconds, "examples_per_sec": clock.examples_per_sec,
                "schedule": live.schedule.to_json()}
     for split in ("valid", "test") if tc.test_at_end else ("valid",):
-        logits, labels = predict_split(run.predict_fn, live.best["params"],
+        logits, labels = evaluation.predict_split(run.predict_fn, live.best["params"],
                                        live.best["batch_stats"], run.dataset, split,
                                        tc.eval_batch_size, run.mesh)
-        results[split] = split_metrics(run.names, logits, labels)
+        results[split] = evaluation.split_metrics(run.names, logits, labels)
     bayes = run.dataset.feature_map.get("bayes")
     if bayes:
         results["bayes"] = bayes
@@ -587,7 +584,7 @@ def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, A
         with open(os.path.join(run.workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
         with open(os.path.join(run.workdir, "results.md"), "w") as f:
-            f.write(results_markdown(results))
+            f.write(logs.results_markdown(results))
     logs.log_results(results, run.workdir)
     return results
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlctr import predict
-from mlctr.run import inputs, train
+from mlctr.run import errors, inputs, train
 from mlctr.configs import tiny
 from mlctr.data import DataError, criteo_1tb, encode_raw
 from mlctr.data.prepare import prepare
@@ -273,11 +273,11 @@ def test_shard_summaries_agree_only_on_the_same_eval_rows_and_options(tmp_path):
 def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
     _days(tmp_path / "raw", rows_per_day=ROWS_PER_DAY, gz_days=(), eval_rows=EVAL_ROWS)
     config = _run_config(tmp_path, num_epochs=1)
-    own = train.ensure_prepared(config, str(tmp_path / "run"))
+    own = inputs.ensure_prepared(config, str(tmp_path / "run"))
     assert own == str(tmp_path / "data" / "process_0_of_1")
     with open(os.path.join(own, "feature_map.json")) as f:
         assert json.load(f)["split"]["train_days"] == list(range(23))
-    shard = inputs.open_dataset(config, str(tmp_path / "run"))
+    shard = inputs.open_run_dataset(config, str(tmp_path / "run"))
     assert isinstance(shard, ProcessShard) and shard.process_train_rows == [_process_rows(0, 1)]
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["steps"] == _process_rows(0, 1) // 32
@@ -288,8 +288,8 @@ def test_one_process_prepares_its_own_dir_and_trains(tmp_path):
 
     # Shards of another process count are refused, in one line, never mixed in.
     os.makedirs(tmp_path / "data" / "process_1_of_2")
-    for call in (train.ensure_prepared, inputs.open_dataset):
-        with pytest.raises(train.RunError) as error:
+    for call in (inputs.ensure_prepared, inputs.open_run_dataset):
+        with pytest.raises(errors.RunError) as error:
             call(config, str(tmp_path / "run"))
         assert "\n" not in str(error.value)
         assert "prepared for 2 processes (process_*_of_2/), but this run has 1" in str(error.value)

@@ -1,4 +1,4 @@
-"""Shared by the benchmarks (bench_step.py, bench_embedding.py, bench_vs_torch.py, bench_train.py).
+"""Shared by the benchmarks (step, embedding, vs_torch, train, profile, table_sharding).
 
 Importing it applies mlctr's process settings (`xla_cpu.configure_process`), as the
 trainer's entry point does.
@@ -18,18 +18,15 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+from mlctr import mutual, xla_cpu
 
-from mlctr import mutual, xla_cpu  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The process settings `python -m mlctr.main` applies first (host allocator from
 # MLCTR_HOST_ALLOCATOR, default `warm`; unrolled Threefry for dropout's bits), so the

@@ -11,7 +11,7 @@ the embedding rows (`mlctr_sparse_*`).
 Each library runs in its own process: DeepCTR-Torch in a separate virtual environment
 (--torch_python, default .venv-torch/bin/python; create it with
   python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 \\
-      deepctr-torch==0.3.0 requests pandas scikit-learn tqdm
+      deepctr-torch==0.3.0 absl-py requests pandas scikit-learn tqdm
 using the CPU build of torch), mlctr in this one. This script drives both and times them
 round-robin, one library computing at a time, so a shared machine slows both alike. The
 torch worker gets the host allocator settings mlctr gives itself (mlctr/xla_cpu.py) unless
@@ -30,18 +30,20 @@ default), DeepCTR-Torch does not.
 The last printed line is one JSON object: per model, each library's examples/s and
 `ratio` = mlctr (dense Adam) / DeepCTR-Torch, `ratio_sparse` = mlctr (lazy Adam) / DeepCTR-Torch.
 
-  python experiments/bench_vs_torch.py            # BARS DNN 1000x5, ~10 min on 2 cores
-  python experiments/bench_vs_torch.py --quick    # DNN 400x3, fewer steps
+  python -m experiments.benchmarks.vs_torch            # BARS DNN 1000x5, ~10 min on 2 cores
+  python -m experiments.benchmarks.vs_torch --quick    # DNN 400x3, fewer steps
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import types
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_FIELDS = 39
 EMBEDDING_DIM = 16
 L2 = 1e-5          # FuxiCTR convention: l2 / 2 * sum(w^2)
@@ -115,15 +117,15 @@ class TorchWorker:
     """Handle on a worker process: `run(n)` times n steps there."""
 
     def __init__(self, torch_python, model, dnn, batches_path, allocator="same", device="cpu"):
-        env = dict(os.environ)
+        env = {**os.environ, "PYTHONPATH": REPO}  # the worker runs this module with -m
         if allocator == "same":
             # The host allocator settings mlctr applies to itself (one arena, no mmap, no
             # trimming), so that neither side pays for page faults the other avoids
             # (--torch_allocator=system measures torch with glibc's defaults).
-            from mlctr import xla_cpu
+            from mlctr import xla_cpu  # in-function: the worker's environment has no mlctr
             env["GLIBC_TUNABLES"] = xla_cpu.HOST_ALLOCATOR_TUNABLES
         self.proc = subprocess.Popen(
-            [torch_python, os.path.abspath(__file__), "--worker", f"--model={model}",
+            [torch_python, "-m", "experiments.benchmarks.vs_torch", "--worker", f"--model={model}",
              f"--dnn={dnn}", f"--batches={batches_path}", f"--torch_device={device}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
@@ -152,27 +154,34 @@ class TorchWorker:
 # The driver (runs in mlctr's environment).
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--batches", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default="deepfm", help=argparse.SUPPRESS)
-    parser.add_argument("--torch_python", default=os.path.join(REPO, ".venv-torch/bin/python"))
-    parser.add_argument("--models", default="deepfm,dcn")
-    parser.add_argument("--vocab_size", type=int, default=1_000_000)
-    parser.add_argument("--dnn", default="1000,1000,1000,1000,1000",
-                        help="DNN hidden units (BARS Criteo: 1000x5)")
-    parser.add_argument("--rounds", type=int, default=None, help="round-robin rounds (4)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per library per round (2)")
-    parser.add_argument("--torch_allocator", default="same", choices=("same", "system"),
-                        help="glibc settings of the torch worker: mlctr's own or the defaults")
-    parser.add_argument("--torch_device", default="auto",
-                        help="DeepCTR-Torch's device: cpu, cuda, cuda:N, or auto (cuda when "
-                             "JAX runs on a GPU, else cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help="DNN 400x3 and, unless given, 2 rounds of 1 step")
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined when run, not on import: the tests import some benchmarks' functions
+    # beside other modules' flags.
+    flags.DEFINE_bool("worker", False, "internal: the worker process's side")
+    flags.DEFINE_string("batches", None, "internal: the worker process's side")
+    flags.DEFINE_string("model", "deepfm", "internal: the worker process's side")
+    flags.DEFINE_string("torch_python", os.path.join(REPO, ".venv-torch/bin/python"),
+                        "the DeepCTR-Torch environment's python")
+    flags.DEFINE_string("models", "deepfm,dcn", 'comma-separated models')
+    flags.DEFINE_integer("vocab_size", 1_000_000, 'embedding table rows')
+    flags.DEFINE_string("dnn", "1000,1000,1000,1000,1000", "DNN hidden units (BARS Criteo: 1000x5)")
+    flags.DEFINE_integer("rounds", None, "round-robin rounds (4)")
+    flags.DEFINE_integer("steps", None, "timed steps per library per round (2)")
+    flags.DEFINE_enum("torch_allocator", "same",
+                      ["same", "system"],
+                      "glibc settings of the torch worker: mlctr's own or the defaults")
+    flags.DEFINE_string("torch_device", "auto",
+                        "DeepCTR-Torch's device: cpu, cuda, cuda:N, or auto (cuda when JAX "
+                        "runs on a GPU, else cpu)")
+    flags.DEFINE_bool("quick", False, "DNN 400x3 and, unless given, 2 rounds of 1 step")
+
+
+def main(argv):
+    del argv
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
     if args.worker:
         return torch_worker(args)
     if args.quick:
@@ -183,18 +192,19 @@ def main():
         sys.exit(f"no DeepCTR-Torch environment at {args.torch_python}: create it as the "
                  "docstring says, or pass --torch_python")
 
-    sys.path.insert(0, os.path.join(REPO, "experiments"))
-    import bench_lib
+    # In-function: this module also runs as the torch worker, in an environment without
+    # JAX or mlctr.
+    from experiments.benchmarks import lib
     import numpy as np
 
     import jax
     if args.torch_device == "auto":
         args.torch_device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-    print("machine:", bench_lib.machine(), f"| DeepCTR-Torch on {args.torch_device}", flush=True)
+    print("machine:", lib.machine(), f"| DeepCTR-Torch on {args.torch_device}", flush=True)
     dnn = tuple(int(u) for u in args.dnn.split(","))
     rows_per_field = args.vocab_size // NUM_FIELDS
     vocab_size = rows_per_field * NUM_FIELDS
-    batches = bench_lib.make_batches(vocab_size)
+    batches = lib.make_batches(vocab_size)
     offsets = np.arange(NUM_FIELDS, dtype=np.int32) * rows_per_field
     common = dict(embedding_dim=EMBEDDING_DIM, dnn_hidden_units=dnn, net_dropout=DROPOUT,
                   batch_norm=False, embedding_regularizer=L2, net_regularizer=0.0)
@@ -203,13 +213,14 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         batches_path = os.path.join(tmp, "batches.npz")
-        np.savez(batches_path, local_ids=np.stack([np.asarray(b["ids"]) - offsets for b in batches]),
+        np.savez(batches_path,
+                 local_ids=np.stack([np.asarray(b["ids"]) - offsets for b in batches]),
                  labels=np.stack([np.asarray(b["label"]) for b in batches]),
                  rows_per_field=rows_per_field)
         for name in args.models.split(","):
             worker = TorchWorker(args.torch_python, name, args.dnn, batches_path,
                                  args.torch_allocator, args.torch_device)
-            runs = [bench_lib.make_run(f"mlctr {name} {opt}", name, vocab_size, models=models,
+            runs = [lib.make_run(f"mlctr {name} {opt}", name, vocab_size, models=models,
                                        batches=batches, embedding_optimizer=opt)
                     for opt in ("dense", "lazy_adam")]
             for r in range(args.rounds):
@@ -217,9 +228,9 @@ def main():
                 for item in (items if r % 2 == 0 else items[::-1]):
                     item.run(args.steps)
             worker.close()
-            torch_rate = bench_lib.BATCH_SIZE / float(np.median(worker.times))
-            dense_rate = bench_lib.BATCH_SIZE / runs[0].step_seconds
-            sparse_rate = bench_lib.BATCH_SIZE / runs[1].step_seconds
+            torch_rate = lib.BATCH_SIZE / float(np.median(worker.times))
+            dense_rate = lib.BATCH_SIZE / runs[0].step_seconds
+            sparse_rate = lib.BATCH_SIZE / runs[1].step_seconds
             results[name] = {"deepctr_torch_examples_per_sec": torch_rate,
                              "mlctr_examples_per_sec": dense_rate,
                              "mlctr_sparse_examples_per_sec": sparse_rate,
@@ -230,7 +241,7 @@ def main():
                   f"(x{sparse_rate / torch_rate:.2f}) examples/s", flush=True)
             for run in runs:
                 run.release()
-    results["config"] = {"vocab_size": vocab_size, "batch_size": bench_lib.BATCH_SIZE,
+    results["config"] = {"vocab_size": vocab_size, "batch_size": lib.BATCH_SIZE,
                          "dnn_hidden_units": list(dnn), "embedding_dim": EMBEDDING_DIM,
                          "net_dropout": DROPOUT, "torch": worker.info.get("torch"),
                          "torch_threads": worker.info.get("threads"),
@@ -240,4 +251,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)

@@ -4,13 +4,13 @@
 # counted from the start) so that one slow or failing part leaves the others their turn;
 # its output goes to OUTDIR/<name>.log and its JSON line to OUTDIR/results.jsonl.
 #
-#   bash experiments/bench_accelerator.sh [OUTDIR]        # default runs/bench/accelerator
+#   bash experiments/benchmarks/accelerator.sh [OUTDIR]        # default runs/bench/accelerator
 #
 # Environment: PYTHON (default python3; needs jax with a GPU/TPU plugin, flax, optax),
 # TORCH_PYTHON (a Python with torch and deepctr-torch for bench_vs_torch; default $PYTHON),
 # BUDGET_S. The timings wait for each step to finish (block_until_ready / cuda.synchronize).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${1:-runs/bench/accelerator}
 PY=${PYTHON:-python3}
 TORCH_PY=${TORCH_PYTHON:-$(command -v "$PY")}
@@ -37,9 +37,9 @@ part() {  # part NAME SHARE_S COMMAND...: run with min(SHARE_S, time left) as it
 
 "$PY" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, \
 'optax', optax.__version__, jax.devices())"
-part bench_embedding 170 "$PY" experiments/bench_embedding.py --rounds=4 --steps=4
-part bench_step 110 "$PY" experiments/bench_step.py --rounds=6 --steps=4
-part bench_step_bf16 110 "$PY" experiments/bench_step.py --rounds=6 --steps=4 --compute_dtype=bfloat16
-part bench_vs_torch 130 "$PY" experiments/bench_vs_torch.py --rounds=4 --steps=4 \
+part bench_embedding 170 "$PY" -m experiments.benchmarks.embedding --rounds=4 --steps=4
+part bench_step 110 "$PY" -m experiments.benchmarks.step --rounds=6 --steps=4
+part bench_step_bf16 110 "$PY" -m experiments.benchmarks.step --rounds=6 --steps=4 --compute_dtype=bfloat16
+part bench_vs_torch 130 "$PY" -m experiments.benchmarks.vs_torch --rounds=4 --steps=4 \
   --torch_python="$TORCH_PY"
 echo "== total $(( $(date +%s) - START )) s; JSON lines in $OUT/results.jsonl"

@@ -36,7 +36,7 @@ FuxiCTR runs in its own virtual environment (--fuxictr_python, default
 (polars 2.x breaks fuxictr 2.3.10):
   python3 -m venv .venv-fuxictr
   .venv-fuxictr/bin/pip install torch==2.13.0
-  .venv-fuxictr/bin/pip install -r experiments/requirements-fuxictr.txt
+  .venv-fuxictr/bin/pip install -r experiments/benchmarks/requirements-fuxictr.txt
 mlctr runs in this one. The runs go one at a time, the order of the two libraries
 alternating from model to model.
 
@@ -55,11 +55,10 @@ and per model `train_ratio` (mlctr / FuxiCTR training examples/s over all seeds)
 `fuxictr_auc_spread` (max - min over its seeds), and the tower figures
 (`*_tower_ms`, `*_step_ms`, `*_step_over_tower`, `train_ratio_ceiling`).
 
-  python experiments/bench_vs_fuxictr.py                 # 1M train rows, ~30 min on 2 cores
-  python experiments/bench_vs_fuxictr.py --rows=100000 --models=fibinet
-  python experiments/bench_vs_fuxictr.py --rows=200000 --seeds=2019   # a quick look
+  python -m experiments.benchmarks.vs_fuxictr                 # 1M train rows, ~30 min on 2 cores
+  python -m experiments.benchmarks.vs_fuxictr --rows=100000 --models=fibinet
+  python -m experiments.benchmarks.vs_fuxictr --rows=200000 --seeds=2019   # a quick look
 """
-import argparse
 import functools
 import json
 import os
@@ -69,7 +68,10 @@ import sys
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from absl import app, flags
+import types
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODELS = ("deepfm", "dcn", "ipnn", "fibinet")
 BATCH_SIZE = 4096
 SPLIT_SEED = 2018
@@ -278,14 +280,15 @@ def fuxictr_tower(job: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# mlctr workers (run in this environment).
+# mlctr workers (run in this environment). mlctr is imported inside them (and inside the
+# driver's functions): this module also runs as the FuxiCTR worker, whose environment has
+# no JAX or mlctr.
 
 
 def mlctr_tower(job: dict) -> dict:
     """mlctr's MLPBlock alone (the model's DNN tower): forward, backward and Adam jitted into
     one step, on one fixed random batch, as the trainer's step runs it (BCE on the logit,
     gradient clipping, dropout bits drawn each step)."""
-    sys.path.insert(0, REPO)
     from mlctr import xla_cpu
     xla_cpu.configure_process()
     import jax
@@ -326,7 +329,6 @@ def mlctr_tower(job: dict) -> dict:
 
 def mlctr_prepare(job: dict) -> dict:
     """mlctr's preprocessing of the raw file (the same bytes FuxiCTR's csv files hold)."""
-    sys.path.insert(0, REPO)
     from mlctr import xla_cpu
     xla_cpu.configure_process()
     from mlctr.data.prepare import prepare
@@ -339,7 +341,6 @@ def mlctr_prepare(job: dict) -> dict:
 
 def mlctr_train(job: dict) -> dict:
     """One epoch of one model with mlctr's trainer, then its test AUC."""
-    sys.path.insert(0, REPO)
     from mlctr import xla_cpu
     xla_cpu.configure_process()
     import ml_collections
@@ -440,8 +441,8 @@ def run_worker(python: str, name: str, job: dict, logs: str, *,
         json.dump({**job, "result": result_path}, f)
     env = {**os.environ, "PYTHONPATH": REPO}
     with open(log_path, "w") as log:
-        process = subprocess.Popen([python, os.path.abspath(__file__), "--worker", name,
-                                    "--job", job_path], env=env, stdout=log,
+        process = subprocess.Popen([python, "-m", "experiments.benchmarks.vs_fuxictr",
+                                    f"--worker={name}", f"--job={job_path}"], env=env, stdout=log,
                                    stderr=subprocess.STDOUT)
         memory = PeakMemory(process.pid) if sample_memory else None
         _, wait_status, usage = os.wait4(process.pid, 0)
@@ -463,7 +464,6 @@ def run_worker(python: str, name: str, job: dict, logs: str, *,
 
 def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
     """The raw file (generated once per row count) and FuxiCTR's csv files of its split."""
-    sys.path.insert(0, REPO)
     from mlctr.data import split as split_lib, synthetic
 
     raw_rows = -(-rows * 10 // 8)
@@ -487,24 +487,32 @@ def stage_files(rows: int, workdir: str) -> tuple[str, dict, int]:
     return raw, csv, raw_rows
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="train rows")
-    parser.add_argument("--models", default="deepfm,dcn,ipnn",
-                        help=f"some of {','.join(MODELS)} (FiBiNET: use fewer --rows)")
-    parser.add_argument("--seeds", default="2019,2020",
-                        help="training seeds; each library trains each model once per seed, "
-                             "so the AUCs' run-to-run spread is measured, not assumed")
-    parser.add_argument("--fuxictr_python",
-                        default=os.path.join(REPO, ".venv-fuxictr", "bin", "python"))
-    parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "bench_vs_fuxictr"),
-                        help="the generated files are kept here between runs")
-    parser.add_argument("--tower_only", action="store_true",
-                        help="only the tower step of each model, set against the training "
-                             "results an earlier run of the same --rows left in its logs")
-    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    parser.add_argument("--job", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined when run, not on import: the tests import some benchmarks' functions
+    # beside other modules' flags.
+    flags.DEFINE_integer("rows", 1_000_000, "train rows")
+    flags.DEFINE_string("models", "deepfm,dcn,ipnn",
+                        f"some of {','.join(MODELS)} (FiBiNET: use fewer --rows)")
+    flags.DEFINE_string("seeds", "2019,2020",
+                        "training seeds; each library trains each model once per seed, so "
+                        "the AUCs' run-to-run spread is measured, not assumed")
+    flags.DEFINE_string("fuxictr_python", os.path.join(REPO, ".venv-fuxictr", "bin", "python"),
+                        "the FuxiCTR environment's python")
+    flags.DEFINE_string("workdir", os.path.join(REPO, "runs", "bench_vs_fuxictr"),
+                        "the generated files are kept here between runs")
+    flags.DEFINE_bool("tower_only", False,
+                      "only the tower step of each model, set against the training results "
+                      "an earlier run of the same --rows left in its logs")
+    flags.DEFINE_enum("worker", None, sorted(WORKERS), "internal: the worker to run")
+    flags.DEFINE_string("job", None, "internal: the worker's job file")
+
+
+def main(argv):
+    del argv
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
     if args.worker:
         with open(args.job) as f:
             job = json.load(f)
@@ -515,15 +523,15 @@ def main():
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
-        parser.error(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
+        raise app.UsageError(f"--models: unknown {unknown}; expected some of {list(MODELS)}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        parser.error(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
+        raise app.UsageError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers")
     if not args.seeds:
-        parser.error("--seeds: give at least one seed")
+        raise app.UsageError("--seeds: give at least one seed")
     if not os.path.exists(args.fuxictr_python):
-        parser.error(f"--fuxictr_python: {args.fuxictr_python} does not exist; create the "
+        raise app.UsageError(f"--fuxictr_python: {args.fuxictr_python} does not exist; create the "
                      "environment as the module docstring says")
     compare(args, models)
 
@@ -694,4 +702,5 @@ def compare(args, models):
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)

@@ -1,6 +1,6 @@
 """Benchmark (not a test): where a CPU training step's time goes, by kind of XLA op.
 
-The trainer's step (bench_lib.make_run: stacked DeepFM peers, bench_lib.BENCH_MODELS,
+The trainer's step (lib.make_run: stacked DeepFM peers, lib.BENCH_MODELS,
 batch 4096 x 39 uniform ids) is traced with `jax.profiler` for a few steps at each
 vocabulary size. XLA:CPU records one event per executed op (fusion, matmul, scatter,
 sort, ...) under the op's name in the compiled HLO; each op is given a kind from the
@@ -15,21 +15,23 @@ The last printed line is one JSON object: per vocabulary size `step_ms`, `op_ms`
 kind, `dnn_matmul_ms_at_reference` (the DNN's FLOPs at the reference rate), and
 `matmul_gflops`.
 
-  python experiments/bench_profile.py                          # 4 peers, lazy Adam, 10k and 10M rows
-  python experiments/bench_profile.py --peers=1 --vocab_sizes=1000000 --embedding_optimizer=dense
+  python -m experiments.benchmarks.profile    # 4 peers, lazy Adam, 10k and 10M rows
+  python -m experiments.benchmarks.profile --peers=1 --vocab_sizes=1000000 \
+      --embedding_optimizer=dense
 """
-import argparse
 import collections
 import glob
 import gzip
 import json
 import re
 import tempfile
+import types
 
-import bench_lib
+from absl import app, flags
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+from experiments.benchmarks import lib
 
 # Kinds in the order they are tested: the first that an op's opcodes match.
 KINDS = (("matmul", {"dot", "convolution"}), ("scatter", {"scatter"}),
@@ -78,7 +80,7 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
     return kinds
 
 
-def traced_op_ms(run: bench_lib.StepRun, num_steps: int) -> dict[str, float]:
+def traced_op_ms(run: lib.StepRun, num_steps: int) -> dict[str, float]:
     """Milliseconds per step of each kind of op over `num_steps` traced steps."""
     batch = run.batches[0]
     # The step's own jitted function (mutual.make_train_step), at the alpha it runs with.
@@ -99,24 +101,33 @@ def traced_op_ms(run: bench_lib.StepRun, num_steps: int) -> dict[str, float]:
     return {kind: round(ms / num_steps, 1) for kind, ms in totals.most_common()}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vocab_sizes", default="10000,10000000")
-    parser.add_argument("--peers", type=int, default=4)
-    parser.add_argument("--embedding_optimizer", default="lazy_adam",
-                        choices=("dense", "lazy_adam", "adagrad", "sgd"))
-    parser.add_argument("--steps", type=int, default=4, help="timed and traced steps each")
-    args = parser.parse_args()
-    print("machine:", bench_lib.machine(), flush=True)
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined when run, not on import: the tests import some benchmarks' functions
+    # beside other modules' flags.
+    flags.DEFINE_string("vocab_sizes", "10000,10000000", 'comma-separated embedding table rows')
+    flags.DEFINE_integer("peers", 4, 'comma-separated peer counts')
+    flags.DEFINE_enum("embedding_optimizer", "lazy_adam",
+                      ["dense", "lazy_adam", "adagrad", "sgd"],
+                      "optimizer of the embedding tables")
+    flags.DEFINE_integer("steps", 4, "timed and traced steps each")
+
+
+def main(argv):
+    del argv
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
+    print("machine:", lib.machine(), flush=True)
     spec = "deepfm" if args.peers == 1 else f"deepfm*{args.peers}"
-    flops = bench_lib.dnn_flops_per_example(bench_lib.NUM_FIELDS * 16, (400, 400, 400))
+    flops = lib.dnn_flops_per_example(lib.NUM_FIELDS * 16, (400, 400, 400))
     matmul_rates, result = [], {}
     for vocab_size in [int(v) for v in args.vocab_sizes.split(",")]:
-        run = bench_lib.make_run(f"{spec} {vocab_size}", spec, vocab_size,
+        run = lib.make_run(f"{spec} {vocab_size}", spec, vocab_size,
                                  embedding_optimizer=args.embedding_optimizer)
         size = (4096, 1024, 1024)
         for _ in range(args.steps):
-            matmul_rates.append(2 * np.prod(size) / bench_lib.matmul_seconds(size) / 1e9)
+            matmul_rates.append(2 * np.prod(size) / lib.matmul_seconds(size) / 1e9)
             run.run(1)
         op_ms = traced_op_ms(run, args.steps)
         step_ms = 1e3 * run.step_seconds
@@ -125,14 +136,15 @@ def main():
             "step_ms": round(step_ms, 1), "op_ms": op_ms,
             "op_ms_total": round(sum(op_ms.values()), 1),
             "dnn_matmul_ms_at_reference": round(
-                1e3 * flops * bench_lib.BATCH_SIZE * args.peers / (reference * 1e9), 1)}
+                1e3 * flops * lib.BATCH_SIZE * args.peers / (reference * 1e9), 1)}
         print(f"{vocab_size:>9} rows: step {step_ms:.1f} ms; op ms per step {op_ms}", flush=True)
         run.release()
     print(json.dumps({"vocab_sizes": result, "peers": args.peers,
                       "embedding_optimizer": args.embedding_optimizer,
                       "matmul_gflops": round(float(np.median(matmul_rates)), 1),
-                      "batch_size": bench_lib.BATCH_SIZE, "jax": jax.__version__}))
+                      "batch_size": lib.BATCH_SIZE, "jax": jax.__version__}))
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)

@@ -4,13 +4,13 @@ The trainer (`mlctr.run.train.train_and_evaluate`: memory-mapped reader -> shuff
 batches -> prefetch thread -> device -> jitted step -> metrics.jsonl / TensorBoard
 logging) runs one epoch on a synthetic Criteo-format dataset of --rows raw rows (8:1:1
 split, so 80% of them train), with four peers (DeepFM, DCN, IPNN, FiBiNET; embedding 16,
-DNN 400x3, dropout 0.1: `bench_lib.BENCH_MODELS`), batch 4096, dense Adam. Its rate is
+DNN 400x3, dropout 0.1: `lib.BENCH_MODELS`), batch 4096, dense Adam. Its rate is
 the trainer's own: `results.json` `examples_per_sec`, which leaves out the first step
 (compilation) and evaluation (the run evaluates once, at the end, and not on test).
 
 The bare step is the very function the trainer runs (`train.sharded_train_step` over
 `train.build`'s step), on a few of the dataset's own batches already on the device,
-timed step by step like experiments/bench_step.py (`bench_lib.StepRun`). It is timed
+timed step by step like experiments/benchmarks/step.py (`lib.StepRun`). It is timed
 before and after the trainer in the same process, so a shared machine's load touches
 both; compare ratios from one run, not absolute numbers across runs.
 
@@ -22,11 +22,10 @@ to read when the load average moved during the run), the per-interval
 trainer rates from metrics.jsonl, the load average, cpu count, jax version, rows, batch
 and peers.
 
-  python experiments/bench_train.py                  # 1M rows, ~5 min on 2 cores
-  python experiments/bench_train.py --peers='deepfm*4'   # 4 stacked DeepFM
-  python experiments/bench_train.py --rows=100000    # a quick look
+  python -m experiments.benchmarks.train                  # 1M rows, ~5 min on 2 cores
+  python -m experiments.benchmarks.train --peers='deepfm*4'   # 4 stacked DeepFM
+  python -m experiments.benchmarks.train --rows=100000    # a quick look
 """
-import argparse
 import functools
 import json
 import os
@@ -34,16 +33,19 @@ import shutil
 import sys
 import threading
 import time
+import types
 
-import bench_lib  # puts the repository on sys.path
+from absl import app, flags
+import jax
+import ml_collections
+import numpy as np
 
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from mlctr import sharding, xla_cpu  # noqa: E402
-from mlctr.run import train  # noqa: E402
-from mlctr.configs import default  # noqa: E402
+from experiments.benchmarks import lib
+from mlctr import sharding, xla_cpu
+from mlctr.configs import default
+from mlctr.run import errors
+from mlctr.run import inputs
+from mlctr.run import train
 
 PEERS = "deepfm,dcn,ipnn,fibinet"
 
@@ -53,7 +55,7 @@ def bench_config(args) -> ml_collections.ConfigDict:
     config = default.get_config()
     units = tuple(int(u) for u in args.dnn_hidden_units.split(",") if u.strip())
     models = {name: {**hyper, "dnn_hidden_units": units}
-              for name, hyper in bench_lib.BENCH_MODELS.items()}
+              for name, hyper in lib.BENCH_MODELS.items()}
     with config.unlocked():
         config.models = ml_collections.ConfigDict({**config.models.to_dict(), **models})
     config.mode = "train"
@@ -71,7 +73,7 @@ def bench_config(args) -> ml_collections.ConfigDict:
     return config
 
 
-def bare_step(config, run_dir: str, num_batches: int) -> bench_lib.StepRun:
+def bare_step(config, run_dir: str, num_batches: int) -> lib.StepRun:
     """The trainer's jitted step on `num_batches` device-resident batches, compiled."""
     run = train.build(config, run_dir)
     step_fn = train.sharded_train_step(run.train_step, run.mesh, run.state_shardings)
@@ -94,7 +96,7 @@ def bare_step(config, run_dir: str, num_batches: int) -> bench_lib.StepRun:
         batches.append(place(batch))
         if len(batches) == num_batches:
             break
-    bare = bench_lib.StepRun("bare", step, state, batches, run.peers.size)
+    bare = lib.StepRun("bare", step, state, batches, run.peers.size)
     start = time.perf_counter()
     bare.run(1)  # compiles
     bare.compile_seconds = time.perf_counter() - start
@@ -151,38 +153,38 @@ class TrainerCpuClock:
         return (last_cpu - first_cpu) / (last_step - first_step)
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000,
-                        help="synthetic raw rows (80%% train)")
-    parser.add_argument("--peers", default=PEERS,
-                        help="peer spec of bench_lib.BENCH_MODELS keys, e.g. 'deepfm*4'")
-    parser.add_argument("--dnn_hidden_units", default="400,400,400",
-                        help="the peers' DNN (smaller only for a smoke test)")
-    parser.add_argument("--batch_size", type=int, default=bench_lib.BATCH_SIZE)
-    parser.add_argument("--embedding_optimizer", default="dense",
-                        choices=("dense", "lazy_adam", "adagrad", "sgd"))
-    parser.add_argument("--log_steps", type=int, default=50,
-                        help="the trainer's logging interval (a host sync each)")
-    parser.add_argument("--bare_steps", type=int, default=12,
-                        help="bare steps timed before and again after the trainer")
-    parser.add_argument("--workdir", default=os.path.join(bench_lib.REPO, "runs",
-                                                          "bench_train"),
-                        help="the prepared dataset is kept here between runs")
-    return parser.parse_args()
+FLAGS = flags.FLAGS
 
 
-def main():
-    args = parse_args()
+def _define_flags() -> None:
+    # Defined when run, not on import: the tests import some benchmarks' functions
+    # beside other modules' flags.
+    flags.DEFINE_integer("rows", 1_000_000, "synthetic raw rows (80% train)")
+    flags.DEFINE_string("peers", PEERS, "peer spec of lib.BENCH_MODELS keys, e.g. 'deepfm*4'")
+    flags.DEFINE_string("dnn_hidden_units", "400,400,400",
+                        "the peers' DNN (smaller only for a smoke test)")
+    flags.DEFINE_integer("batch_size", lib.BATCH_SIZE, 'examples per step')
+    flags.DEFINE_enum("embedding_optimizer", "dense",
+                      ["dense", "lazy_adam", "adagrad", "sgd"],
+                      "optimizer of the embedding tables")
+    flags.DEFINE_integer("log_steps", 50, "the trainer's logging interval (a host sync each)")
+    flags.DEFINE_integer("bare_steps", 12, "bare steps timed before and again after the trainer")
+    flags.DEFINE_string("workdir", os.path.join(lib.REPO, "runs", "bench_train"),
+                        "the prepared dataset is kept here between runs")
+
+
+def main(argv):
+    del argv
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
     xla_cpu.configure_process()  # what `python -m mlctr.main` does first
 
     config = bench_config(args)
     run_dir = os.path.join(os.path.abspath(args.workdir), "run")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
     start = time.perf_counter()
-    train.ensure_prepared(config, run_dir)
+    inputs.ensure_prepared(config, run_dir)
     print(f"dataset ready in {time.perf_counter() - start:.1f} s", flush=True)
-    print("machine:", bench_lib.machine(), flush=True)
+    print("machine:", lib.machine(), flush=True)
     load_before = os.getloadavg()
 
     bare = bare_step(config, run_dir, num_batches=4)
@@ -250,10 +252,15 @@ def main():
     }))
 
 
-if __name__ == "__main__":
+def _main(argv):
     try:
-        main()
-    except train.Preempted as e:  # SIGTERM: the run saved a checkpoint; one line, no traceback
+        main(argv)
+    except errors.Preempted as e:  # SIGTERM: the run saved a checkpoint; one line, no traceback
         sys.exit(f"bench_train: {e}")
-    except (train.RunError, train.NonFiniteLossError) as e:
+    except (errors.RunError, errors.NonFiniteLossError) as e:
         sys.exit(f"bench_train: error: {e}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(_main)

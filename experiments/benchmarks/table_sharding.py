@@ -3,7 +3,7 @@
 For each table size and embedding optimizer: the trainer's sharded step
 (`train.sharded_train_step`) on the mesh table = 4 (tables split by rows) and on data = 4
 (tables replicated, plain data parallelism); both split the batch over the 4 devices, so
-they differ only in where the table rows live. Timed round-robin (`bench_lib.interleave`).
+they differ only in where the table rows live. Timed round-robin (`lib.interleave`).
 Memory per device: the bytes of the live arrays' shards on each device once the state is
 placed (`jax.live_arrays`; XLA:CPU has no memory_stats).
 
@@ -16,34 +16,33 @@ The shape (fits 24 GB with 2 cores): one DeepFM peer, embedding 8, DNN 256x2, ba
 4 fields, 1M and 10M table rows. The 4 devices share the machine's cores, so the step
 times measure the partitioned program's overhead, not a speed-up.
 
-    python experiments/bench_table_sharding.py [--rows 1000000,10000000] [--rounds 5]
+    python -m experiments.benchmarks.table_sharding [--rows 1000000,10000000] [--rounds 5]
 
 The last line printed is one JSON object with every number.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import functools
 import json
 import os
 import re
-import sys
 import time
+
+from absl import app, flags
+import types
 
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_lib  # noqa: E402  (sets mlctr's process settings before JAX starts)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
+from experiments.benchmarks import lib  # noqa: E402  (mlctr's process settings)
 from mlctr import mutual, sharding, sparse  # noqa: E402
 from mlctr.run import train  # noqa: E402
 
@@ -95,7 +94,7 @@ def build(rows: int, table: int, embedding_optimizer: str, batches):
         new_state, measurements, _ = step(state, batch, alpha, non_finite)
         return new_state, measurements
 
-    run = bench_lib.StepRun(f"{embedding_optimizer} table={table}", run_step, state, placed, 1)
+    run = lib.StepRun(f"{embedding_optimizer} table={table}", run_step, state, placed, 1)
     start = time.perf_counter()
     run.run(1)
     run.compile_seconds = time.perf_counter() - start
@@ -110,7 +109,7 @@ def gather_scatter_engines(rows: int, rounds: int) -> dict[str, float]:
     mesh = sharding.make_mesh(1, 1, table=4)
     split = NamedSharding(mesh, P(sharding.TABLE))
     table = jax.device_put(jnp.zeros((rows, 2 * DIM + 1), jnp.float32), split)  # lazy slots
-    ids = bench_lib.make_batches(rows, 1, BATCH, FIELDS)[0]["ids"]
+    ids = lib.make_batches(rows, 1, BATCH, FIELDS)[0]["ids"]
     keys = jax.device_put(sparse.batch_rows(ids, rows).rows, sharding.replicated(mesh))
 
     @functools.partial(jax.jit, donate_argnums=0)
@@ -141,17 +140,24 @@ def gather_scatter_engines(rows: int, rounds: int) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="1000000,10000000",
-                        help="comma-separated table rows")
-    parser.add_argument("--optimizers", default="lazy_adam,dense")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each run")
-    args = parser.parse_args(argv)
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined when run, not on import: the tests import some benchmarks' functions
+    # beside other modules' flags.
+    flags.DEFINE_string("rows", "1000000,10000000", "comma-separated table rows")
+    flags.DEFINE_string("optimizers", "lazy_adam,dense", 'comma-separated embedding optimizers')
+    flags.DEFINE_integer("rounds", 5, "timed rounds of each run")
+
+
+def main(argv) -> dict:
+    del argv
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
     assert len(jax.devices()) == 4, f"needs 4 devices, got {jax.devices()}"
     results = []
     for rows in (int(r) for r in args.rows.split(",")):
-        batches = bench_lib.make_batches(rows, 4, BATCH, FIELDS)
+        batches = lib.make_batches(rows, 4, BATCH, FIELDS)
         for name in args.optimizers.split(","):
             entry = {"rows": rows, "embedding_optimizer": name}
             runs = []
@@ -164,7 +170,7 @@ def main(argv=None) -> dict:
                                           "compile_s": round(run.compile_seconds, 2),
                                           "collectives": ops}
                 runs.append(run)
-            bench_lib.interleave(runs, args.rounds)
+            lib.interleave(runs, args.rounds)
             for table, run in zip((1, 4), runs):
                 entry[f"table{table}"]["step_ms"] = round(1e3 * run.step_seconds, 2)
                 run.release()
@@ -183,10 +189,11 @@ def main(argv=None) -> dict:
     summary = {"benchmark": "table_sharding", "devices": 4, "shape": {
         "peers": "deepfm", "embedding_dim": DIM, "dnn_hidden_units": [256, 256],
         "batch": BATCH, "fields": FIELDS}, "results": results, "loadavg": load,
-        "machine": bench_lib.machine()}
+        "machine": lib.machine()}
     print(json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)

@@ -1,7 +1,7 @@
 """Benchmark (not a test): DeepFM step time vs vocabulary size, dense Adam vs sparse row updates.
 
 The trainer's step (mlctr.mutual.make_train_step) for DeepFM (embedding 16, DNN 400x3,
-dropout 0.1, embedding L2 1e-5: bench_lib.BENCH_MODELS) at batch 4096 x 39 fields, with
+dropout 0.1, embedding L2 1e-5: lib.BENCH_MODELS) at batch 4096 x 39 fields, with
 vocabularies of 10k, 1M and 10M rows, for 1 and 4 stacked peers, with dense optax Adam
 ('dense') and with sparse lazy Adam on the embedding rows ('lazy_adam', mlctr/sparse.py).
 Compilation is excluded. Every timed step of a configuration comes right after one step
@@ -19,60 +19,72 @@ vocabulary size then peer count, `sparse_10m_over_10k` (4 peers; `_1peer` too),
 `matmul_gflops`, `page_faults_per_step` (minor faults; 0 once XLA's host buffers are reused,
 see mlctr/xla_cpu.py).
 
-  python experiments/bench_embedding.py            # ~10 min on 2 cores; 10M x 4 dense needs ~16 GB
+  python -m experiments.benchmarks.embedding    # ~10 min on 2 cores; 10M x 4 dense: ~16 GB
                                                    # (with <= 24 GB: MLCTR_HOST_ALLOCATOR=system
                                                    # or --skip_dense_above=1000000, ~4 min;
                                                    # mlctr/xla_cpu.py)
-  python experiments/bench_embedding.py --quick    # 1 round, no dense step at 10M rows
+  python -m experiments.benchmarks.embedding --quick    # 1 round, no dense step at 10M rows
 """
-import argparse
 import json
+import types
 
-import bench_lib
+from absl import app, flags
 import numpy as np
+
+from experiments.benchmarks import lib
 
 DEEPFM_DNN = (400, 400, 400)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vocab_sizes", default="10000,1000000,10000000")
-    parser.add_argument("--peers", default="1,4")
-    parser.add_argument("--sparse_optimizer", default="lazy_adam",
-                        choices=("lazy_adam", "adagrad", "sgd"))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2,
-                        help="timed steps per run per round (rounds x steps pairs in all)")
-    parser.add_argument("--skip_dense_above", type=int, default=0,
-                        help="no dense step above this many rows (0: none skipped)")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    # Defined when run, not on import: the tests import some benchmarks' functions
+    # beside other modules' flags.
+    flags.DEFINE_string("vocab_sizes", "10000,1000000,10000000",
+                        "comma-separated embedding table rows")
+    flags.DEFINE_string("peers", "1,4", 'comma-separated peer counts')
+    flags.DEFINE_enum("sparse_optimizer", "lazy_adam",
+                      ["lazy_adam", "adagrad", "sgd"],
+                      "the sparse embedding optimizer timed against dense Adam")
+    flags.DEFINE_integer("rounds", 3, 'round-robin rounds')
+    flags.DEFINE_integer("steps", 2, "timed steps per run per round (rounds x steps pairs in all)")
+    flags.DEFINE_integer("skip_dense_above", 0,
+                         "no dense step above this many rows (0: none skipped)")
+    flags.DEFINE_bool("quick", False, 'fewer rounds and steps, no dense step above 1M rows')
+
+
+def main(argv):
+    del argv
+    args = types.SimpleNamespace(**FLAGS.flag_values_dict())
     if args.quick:
         args.rounds, args.steps = 1, 2
         args.skip_dense_above = args.skip_dense_above or 1_000_000
     vocab_sizes = [int(v) for v in args.vocab_sizes.split(",")]
     peer_counts = [int(n) for n in args.peers.split(",")]
     smallest, large = min(vocab_sizes), max(vocab_sizes)
-    flops_per_example = bench_lib.dnn_flops_per_example(
-        bench_lib.NUM_FIELDS * 16, DEEPFM_DNN)
+    flops_per_example = lib.dnn_flops_per_example(
+        lib.NUM_FIELDS * 16, DEEPFM_DNN)
 
-    print("machine:", bench_lib.machine(), flush=True)
+    print("machine:", lib.machine(), flush=True)
     step_ms = {"dense": {}, args.sparse_optimizer: {}}
     faults = {"dense": {}, args.sparse_optimizer: {}}
     ratios, efficiency, matmul_rates = {}, {"dense": {}, args.sparse_optimizer: {}}, []
     for num_peers in peer_counts:
         spec = "deepfm" if num_peers == 1 else f"deepfm*{num_peers}"
-        reference = bench_lib.make_run(f"{args.sparse_optimizer} {smallest} x{num_peers}", spec,
+        reference = lib.make_run(f"{args.sparse_optimizer} {smallest} x{num_peers}", spec,
                                        smallest, embedding_optimizer=args.sparse_optimizer)
         for vocab_size in vocab_sizes:
             for optimizer in (args.sparse_optimizer, "dense"):
-                if optimizer == "dense" and args.skip_dense_above and vocab_size > args.skip_dense_above:
+                if (optimizer == "dense" and args.skip_dense_above
+                        and vocab_size > args.skip_dense_above):
                     continue
                 name = f"{optimizer} {vocab_size} x{num_peers}"
                 if optimizer == args.sparse_optimizer and vocab_size == smallest:
                     run = reference
                 else:
-                    run = bench_lib.make_run(name, spec, vocab_size, embedding_optimizer=optimizer)
+                    run = lib.make_run(name, spec, vocab_size, embedding_optimizer=optimizer)
                 reference_start = len(reference.times)
                 step_efficiency, matmuls, pair_ratios = [], [], []
                 for _ in range(args.rounds * args.steps):
@@ -81,20 +93,21 @@ def main():
                     if vocab_size == 1_000_000:
                         # The matmul right before and after each step: the load of a
                         # shared machine changes within seconds.
-                        before = bench_lib.matmul_seconds()
+                        before = lib.matmul_seconds()
                         run.run(1)
-                        after = bench_lib.matmul_seconds()
+                        after = lib.matmul_seconds()
                         rate = 2 * 4096 * 1024 * 1024 / (0.5 * (before + after))
                         matmuls.append(rate)
                         step_efficiency.append(flops_per_example * num_peers *
-                                               bench_lib.BATCH_SIZE / run.times[-1] / rate)
+                                               lib.BATCH_SIZE / run.times[-1] / rate)
                     else:
                         run.run(1)
                     if run is not reference:
                         pair_ratios.append(run.times[-1] / reference.times[-1])
                 ms = 1e3 * run.step_seconds
                 step_ms[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = ms
-                faults[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = run.faults_per_step
+                faults[optimizer].setdefault(str(vocab_size), {})[str(num_peers)] = (
+                    run.faults_per_step)
                 line = (f"{name:28s} step {ms:8.1f} ms (compile {run.compile_seconds:.0f} s, "
                         f"{run.faults_per_step:.0f} page faults/step)")
                 if run is not reference:
@@ -126,10 +139,11 @@ def main():
         "page_faults_per_step": faults,
         "matmul_gflops": float(np.median(matmul_rates)) / 1e9 if matmul_rates else None,
         "dnn_mflop_per_example": flops_per_example / 1e6,
-        "batch_size": bench_lib.BATCH_SIZE,
+        "batch_size": lib.BATCH_SIZE,
     }
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main()
+    _define_flags()
+    app.run(main)

@@ -7,18 +7,19 @@ belongs to the trainer's benchmark). Compilation and two warm-up steps are exclu
 ``--steps`` steps are timed. The last printed line is one JSON object keyed by model name:
 ``{"deepfm": {"examples_per_sec": ..., "params": ..., "step_ms": ...}, ...}``.
 
-  python experiments/bench_models.py                       # all models, 3 timed steps
-  python experiments/bench_models.py --quick               # 1 timed step each
-  python experiments/bench_models.py --models=deepfm,dcn   # a subset
+  python -m experiments.benchmarks.models                       # all models, 3 timed steps
+  python -m experiments.benchmarks.models --quick               # 1 timed step each
+  python -m experiments.benchmarks.models --models=deepfm,dcn   # a subset
 
 On a 2-core CPU the 1000x5 / 2000x3 DNNs make a step take seconds (FiBiNET's 23712-wide DNN
 input over ten); run with --quick or --models there.
 """
 
-import argparse
 import json
 import time
+import types
 
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,24 +86,33 @@ def bench_model(name, args, batches):
   return args.batch_size / seconds, num_params, seconds
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--models', default=','.join(DEFAULT_MODELS),
-                      help=f'comma-separated registry names; known: {sorted(MODELS)}')
-  parser.add_argument('--batch_size', type=int, default=4096)
-  parser.add_argument('--vocab_size', type=int, default=1_000_000)
-  parser.add_argument('--num_fields', type=int, default=39)
-  parser.add_argument('--dataset', default='criteo_x4_001')
-  parser.add_argument('--steps', type=int, default=3, help='timed steps per model')
-  parser.add_argument('--dtype', default='float32', help='compute dtype (e.g. bfloat16)')
-  parser.add_argument('--quick', action='store_true', help='one timed step per model')
-  args = parser.parse_args()
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined when run, not on import: the tests import some benchmarks' functions
+  # beside other modules' flags.
+  flags.DEFINE_string("models", ','.join(DEFAULT_MODELS),
+                      f'comma-separated registry names; known: {sorted(MODELS)}')
+  flags.DEFINE_integer("batch_size", 4096, 'examples per step')
+  flags.DEFINE_integer("vocab_size", 1_000_000, 'embedding table rows')
+  flags.DEFINE_integer("num_fields", 39, 'fields per example')
+  flags.DEFINE_string("dataset", 'criteo_x4_001',
+                      'BARS hyperparameter set (mlctr.configs.bars_table)')
+  flags.DEFINE_integer("steps", 3, 'timed steps per model')
+  flags.DEFINE_string("dtype", 'float32', 'compute dtype (e.g. bfloat16)')
+  flags.DEFINE_bool("quick", False, 'one timed step per model')
+
+
+def main(argv):
+  del argv
+  args = types.SimpleNamespace(**FLAGS.flag_values_dict())
   if args.quick:
     args.steps = 1
   names = [n.strip() for n in args.models.split(',') if n.strip()]
   for name in names:
     if name not in MODELS:
-      parser.error(f'unknown model {name!r}; known: {sorted(MODELS)}')
+      raise app.UsageError(f'unknown model {name!r}; known: {sorted(MODELS)}')
 
   print(f'devices: {jax.devices()}; batch {args.batch_size}, vocab {args.vocab_size}, '
         f'{args.num_fields} fields, {args.dataset} BARS configs, dtype {args.dtype}, '
@@ -119,5 +129,6 @@ def main():
   print(json.dumps(results))
 
 
-if __name__ == '__main__':
-  main()
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

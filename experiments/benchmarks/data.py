@@ -1,6 +1,6 @@
 """Benchmark of the data pipeline: generate, prepare, read (not a test).
 
-    python experiments/bench_data.py [--sizes=1000000,5000000] [--workdir=/tmp/bench]
+    python -m experiments.benchmarks.data [--sizes=1000000,5000000] [--workdir=/tmp/bench]
 
 Generates synthetic Criteo-format raw files of 1M and 5M rows, prepares each in a fresh
 subprocess (so its peak RSS is its own, from getrusage), then reads the train split of
