@@ -23,6 +23,9 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_config
+from experiments import common
+from experiments import paper
+from experiments import replicas as replica_runs
 from mlctr.run import checkpoint
 from mlctr.run import replicas as replicas_lib
 from mlctr.run import train
@@ -124,3 +127,39 @@ def test_replicas_must_differ_only_in_replica_keys(tiny_data_dir, tmp_path):
     with pytest.raises(ValueError, match="train.batch_size"):
         replicas_lib.train_replicas([replicas_lib.Replica(a, str(tmp_path / "a")),
                                      replicas_lib.Replica(b, str(tmp_path / "b"))])
+
+
+TIMING = ("train_seconds", "examples_per_sec", "replicas")
+
+
+def _study_runs(data_dir, root):
+    """Two seeds' pretraining and their control and mutual finetunes (experiments/paper.py)."""
+    base = make_tiny_config(data_dir, peers="deepfm,dcn", max_steps=6)
+    with base.unlocked():
+        base.finetune.max_steps = 4
+    pretrain = [paper.pretrain_run(base, str(root / "pretrain"), s, base.peers) for s in (0, 1)]
+    finetune = [(paper.run_config(base, seed=s, peers=base.peers, alpha=alpha, init_from=d),
+                 str(root / f"seed{s}" / arm))
+                for s, (d, _) in zip((0, 1), pretrain) for arm, alpha in (("c", 0.0), ("m", 1.0))]
+    return [(c, d) for d, c in pretrain], finetune
+
+
+def test_run_all_as_replicas_equals_runs_one_by_one(tiny_data_dir, tmp_path):
+    got = {}
+    for way, use in (("replicas", True), ("alone", False)):
+        pretrain, finetune = _study_runs(tiny_data_dir, tmp_path / way)
+        got[way] = [replica_runs.run_all(runs, use_replicas=use, execution="unroll")
+                    for runs in (pretrain, finetune)]
+    for a, b in zip(sum(got["replicas"], []), sum(got["alone"], [])):
+        assert a["replicas"] in (2, 4) and "replicas" not in b
+        assert {k: v for k, v in a.items() if k not in TIMING} == {
+            k: v for k, v in b.items() if k not in TIMING}
+    # Finished runs are reused, not trained again.
+    pretrain, _ = _study_runs(tiny_data_dir, tmp_path / "replicas")
+    assert replica_runs.run_all(pretrain) == got["replicas"][0]
+
+
+def test_seed_ranges():
+    assert common.parse_seeds("0..3,7,2") == [0, 1, 2, 3, 7]
+    with pytest.raises(ValueError, match="0-9"):
+        common.parse_seeds("0-9")
