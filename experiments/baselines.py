@@ -6,7 +6,7 @@ Per seed, from the same pretrained peers:
     valid AUC), which is frozen (`mutual.frozen_peers`), one run per student;
   * mutual: the mutual finetune of all peers;
   * EKTF finetune: the same finetune with EKTF's loss (Li et al. 2024, arXiv
-    2411.16122; `mutual.divergence=ektf`, mlctr/mutual.py `ektf_terms`): the
+    2411.16122; `mutual.transfer=ektf`, mlctr/mutual.py `ektf_terms`): the
     peers' mean logit is a teacher for each, plus peer-to-peer MSE, both
     weighted by a per-batch examination of each peer;
   * ensembles: the averaged prediction of the pretrained, control, mutual and
@@ -49,12 +49,12 @@ def run_seed(config, workdir, pretrain_root, seed, peers) -> dict:
     pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
     teacher = max(peers, key=lambda n: pretrained["valid"][n]["auc"])
     arms = {"pretrain": pretrained["test"]}
-    for arm, alpha, divergence in (("control", 0.0, config.mutual.divergence),
-                                   ("mutual", config.mutual.alpha, config.mutual.divergence),
-                                   ("ektf", 1.0, "ektf")):
+    for arm, alpha, transfer in (("control", 0.0, config.mutual.transfer),
+                                 ("mutual", config.mutual.alpha, config.mutual.transfer),
+                                 ("ektf", 1.0, "ektf")):
         arms[arm] = paper.run(config, os.path.join(workdir, f"seed{seed}", arm), seed=seed,
                               init_from=pretrain_dir, peers=",".join(peers), alpha=alpha,
-                              divergence=divergence)["test"]
+                              transfer=transfer)["test"]
     arms["kd"] = {teacher: arms["pretrain"][teacher]}
     for student in (p for p in peers if p != teacher):
         results = paper.run(config, os.path.join(workdir, f"seed{seed}", f"kd_{student}"),
@@ -94,7 +94,7 @@ def ektf_from_scratch(config, workdir, pretrain_root, seeds, effect_pct) -> tupl
     for seed in seeds:
         _, independent = paper.pretrain(config, pretrain_root, seed, students)
         ektf = paper.run(config, os.path.join(workdir, f"seed{seed}", "ektf_scratch"), seed=seed,
-                         peers=students, alpha=1.0, divergence="ektf")
+                         peers=students, alpha=1.0, transfer="ektf")
         per_seed.append({"independent": independent["test"], "ektf": ektf["test"]})
     names = list(per_seed[0]["ektf"])
     rows, lines = [], []

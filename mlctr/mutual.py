@@ -13,8 +13,10 @@ Loss of peer n (N peers, logits z_n, probabilities p_n = sigmoid(z_n)):
   * D = 'mse': mean_b (p_i - p_n)^2 on probabilities (Yilmaz & Aldemir 2024).
   * D = 'kl':  mean_b KL(Bernoulli(p_i) || Bernoulli(p_n)) (Deep Mutual
     Learning, Zhang et al. 2018); computed from logits for stability.
-  * D = 'ektf': EKTF's teacher->student and student<->student MSE terms with
-    examination weights (`ektf_terms`; Li et al. 2024), in place of the sum.
+
+`transfer='ektf'` replaces the whole mutual term (not D) by EKTF's teacher->student and
+student<->student MSE terms with examination weights (`ektf_terms`; Li et al. 2024):
+a different loss, so a key of its own beside `divergence` (which it ignores).
 
 With `stop_gradient=True` (default, as in DML) the companions' predictions p_i
 are constants in loss_n, so peer n is moved only by its own loss. With
@@ -58,6 +60,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mlctr import models as model_zoo
@@ -66,7 +69,8 @@ from mlctr import sparse
 from mlctr.models import qr
 from mlctr.models import regularization
 
-DIVERGENCES = ("mse", "kl", "ektf")
+DIVERGENCES = ("mse", "kl")
+TRANSFERS = ("pairwise", "ektf")  # the mutual term: sum of D over companions | EKTF's
 PEER_EXECUTIONS = ("auto", "vmap", "unroll")
 
 
@@ -421,12 +425,10 @@ def effective_alpha(step: jax.Array, alpha: float, warmup_steps: int) -> jax.Arr
 
 
 def resolve_peer_execution(peer_execution: str) -> str:
-    """'auto' = an unrolled loop on CPU (measured faster there), vmap elsewhere.
-
-    Measured on 2 CPU cores (README.md, "Performance"), 4 stacked DeepFM peers at batch
-    4096, 1M rows, one step: with sparse lazy Adam unroll 741 ms vs vmap 846 ms (1 peer
-    alone: 214 ms); with dense Adam 1067 vs 1082 ms. Groups of one peer run the same program
-    either way. On GPU/TPU vmap turns a group's matmuls into one batched matmul.
+    """'auto' = an unrolled loop on CPU, where it is the faster of the two
+    (docs/performance.md, "Measurements behind the code's choices"), vmap elsewhere: on
+    GPU/TPU vmap turns a group's matmuls into one batched matmul. Groups of one peer run
+    the same program either way.
     """
     if peer_execution not in PEER_EXECUTIONS:
         raise ValueError(f"unknown peer_execution {peer_execution!r}; expected one of {PEER_EXECUTIONS}")
@@ -481,14 +483,17 @@ def group_forward(group: PeerGroup, params, batch_stats, ids, dropout_keys, *,
 
 
 def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool = True,
-                 execution: str = "unroll"):
+                 execution: str = "unroll", transfer: str = "pairwise"):
     """Returns loss_fn(params, batch_stats, batch, dropout_keys, alpha).
 
     loss_fn returns (sum_n loss_n, aux) where aux holds per-peer [N] arrays
     'loss', 'bce', 'mutual', 'l2', the [N, B] 'logits' and the new batch stats.
+    transfer: 'pairwise' (`mutual_terms` with `divergence`) or 'ektf' (`ektf_terms`).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")
+    if transfer not in TRANSFERS:
+        raise ValueError(f"unknown transfer {transfer!r}; expected one of {TRANSFERS}")
 
     def loss_fn(params, batch_stats, batch, dropout_keys, alpha):
         logits, new_stats, l2 = [], [], []
@@ -501,7 +506,7 @@ def make_loss_fn(peers: Peers, *, divergence: str = "mse", stop_gradient: bool =
         logits = jnp.concatenate(logits).astype(jnp.float32)
         labels = jnp.broadcast_to(batch["label"].astype(jnp.float32), logits.shape)
         bce = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1)
-        if divergence == "ektf":  # its own weights; targets are always constants
+        if transfer == "ektf":  # its own weights; targets are always constants
             mutual = ektf_terms(logits, labels[0])
         else:
             mutual = mutual_terms(logits, divergence, stop_gradient)
@@ -542,35 +547,76 @@ def _apply_updates(peers: Peers, optimizer, params, grads, opt_state, learning_r
 
 
 def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
-                    alpha: float = 1.0, divergence: str = "mse", stop_gradient: bool = True,
-                    warmup_steps: int = 0, peer_execution: str = "auto", donate: bool = True):
-    """Builds the one jitted step that updates all peers.
+                    divergence: str = "mse", transfer: str = "pairwise",
+                    stop_gradient: bool = True, warmup_steps: int = 0,
+                    peer_execution: str = "auto", donate: bool = True, mesh=None,
+                    state_shardings=None):
+    """Builds the one jitted step that updates all peers (big_vision's `update_fn`): the
+    one place that owns the step's donation, shardings and non-finite tracking.
 
     Args:
       peers: the peer groups.
       optimizer: gradient transformation without learning rate (`make_optimizer`); a
         `sparse.SparseOptimizer` makes the step update only the embedding rows of
         the batch.
-      alpha: weight of the mutual term.
-      divergence: 'mse', 'kl' or 'ektf' (`ektf_terms`).
+      divergence: 'mse' or 'kl': D of the pairwise mutual term.
+      transfer: 'pairwise' (the sum of D over companions) or 'ektf' (`ektf_terms`).
       stop_gradient: companions' predictions are constants (default).
       warmup_steps: updates with alpha = 0 before the mutual term switches on.
       peer_execution: 'auto', 'vmap' or 'unroll' (see `resolve_peer_execution`).
       donate: donate the state buffers to the step (in-place updates).
+      mesh, state_shardings: the device mesh and `sharding.state_shardings`: the state
+        stays at its shardings, the batch is split over the mesh's data axis, alpha and
+        the measurements are replicated. None: JAX's default placement.
 
     Returns:
-      train_step(state, batch) -> (new_state, measurements) where measurements
-      holds per-peer [N] 'loss', 'bce', 'mutual', 'l2', 'grad_norm' and the
-      scalar 'alpha'.
+      train_step(state, batch, alpha, non_finite) -> (state, measurements, non_finite).
+      alpha is the weight of the mutual term (float32), an argument rather than a
+      constant of the program, so that runs differing only in alpha (the control and the
+      mutual finetune) share one compiled step. measurements holds per-peer [N] 'loss',
+      'bce', 'mutual', 'l2', 'grad_norm' and the scalar 'alpha'. non_finite =
+      (first_step [N] int32, -1 while finite; loss [N] at that step), from
+      `finite_record` (None: a fresh record, for a caller that does not keep it): the
+      host learns which peer went NaN/inf first, and when, without a device-to-host
+      transfer every step.
     """
-    execution = resolve_peer_execution(peer_execution)
+    update = _make_update(peers, optimizer, divergence=divergence, transfer=transfer,
+                          stop_gradient=stop_gradient, warmup_steps=warmup_steps,
+                          execution=resolve_peer_execution(peer_execution))
+
+    def train_step(state, batch, alpha, non_finite):
+        new_state, measurements = update(state, batch, jnp.asarray(alpha, jnp.float32))
+        first_step, first_loss = finite_record(peers.size) if non_finite is None else non_finite
+        newly = (first_step < 0) & ~jnp.isfinite(measurements["loss"])
+        non_finite = (jnp.where(newly, new_state["step"], first_step),
+                      jnp.where(newly, measurements["loss"], first_loss))
+        return new_state, measurements, non_finite
+
+    donate_argnums = (0,) if donate else ()
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=donate_argnums)
+    rep = sharding.replicated(mesh)
+    return jax.jit(train_step, donate_argnums=donate_argnums,
+                   in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep, rep),
+                   out_shardings=(state_shardings, rep, rep))
+
+
+def finite_record(num_peers: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `non_finite` argument of a first step: no peer's loss has been NaN/inf."""
+    return np.full(num_peers, -1, np.int32), np.zeros(num_peers, np.float32)
+
+
+def _make_update(peers: Peers, optimizer, *, divergence, transfer, stop_gradient,
+                 warmup_steps, execution):
+    """update(state, batch, alpha) -> (new_state, measurements): the step's computation."""
     row_sparse = isinstance(optimizer, sparse.SparseOptimizer)
-    loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution)
+    loss_kwargs = dict(divergence=divergence, stop_gradient=stop_gradient, execution=execution,
+                       transfer=transfer)
     # The models run on the state's tables as stored, padding rows included.
     loss_fn = make_loss_fn(_with_vocab_size(peers, peers.stored_rows), **loss_kwargs)
     vocab_size = peers.stored_rows
 
-    def train_step(state, batch, alpha_value):
+    def update(state, batch, alpha_value):
         step_key = jax.random.fold_in(state["rng"], state["step"])
         dropout_keys = jax.vmap(lambda k: jax.random.fold_in(step_key, k))(jnp.arange(peers.size))
         alpha_now = effective_alpha(state["step"], alpha_value, warmup_steps)
@@ -603,17 +649,7 @@ def make_train_step(peers: Peers, optimizer: optax.GradientTransformation, *,
         measurements["alpha"] = alpha_now
         return new_state, measurements
 
-    # alpha is an argument, not a constant baked into the program, so runs that
-    # differ only in alpha (the control and the mutual finetune) share one
-    # compiled step (and the persistent compilation cache).
-    jitted = jax.jit(train_step, donate_argnums=(0,) if donate else ())
-    alpha_value = jnp.asarray(alpha, jnp.float32)
-
-    def step(state, batch):
-        return jitted(state, batch, alpha_value)
-
-    step.jitted = jitted
-    return step
+    return update
 
 
 def make_predict_fn(peers: Peers, *, peer_execution: str = "auto"):

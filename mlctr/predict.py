@@ -36,6 +36,7 @@ from mlctr import mutual
 from mlctr.run import inputs
 from mlctr.data.errors import DataError
 from mlctr.data.prepare.encode import encode_raw
+from mlctr.data.reader import PreparedDataset
 
 FLAGS = flags.FLAGS
 
@@ -139,7 +140,6 @@ def load_run(workdir: str):
       mlctr.data.errors.DataError: the run's dataset is missing or damaged.
       checkpoint.CheckpointError: best/ is missing, truncated or fails its checksums.
     """
-    from mlctr.data.reader import PreparedDataset
 
     config = _read_config(workdir)
     data_dir = _scoring_dataset_dir(config, inputs.dataset_dir(config, workdir))

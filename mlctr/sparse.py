@@ -126,9 +126,8 @@ class BatchRows(NamedTuple):
 
 
 # `batch_rows` uses a bitmap of the vocabulary when it has at most this many rows per id of
-# the batch (the sort's cost grows with the ids, the bitmap's with the vocabulary; measured
-# on the 2-core CPU, batch 4096 x 39 = 160k ids, sort vs bitmap: 9.4 vs 1.2 ms at 10k
-# rows, 15.2 vs 1.9 at 1M, 13.2 vs 6.4 at 10M, 15.9 vs 13.0 at 20M, 13.9 vs 17.6 at 40M).
+# the batch: the sort's cost grows with the ids, the bitmap's with the vocabulary, and they
+# cross near this ratio (docs/performance.md, "Measurements behind the code's choices").
 BITMAP_MAX_RATIO = 128
 
 
@@ -139,7 +138,7 @@ def batch_rows(ids: jax.Array, vocab_size: int, method: str = "auto") -> BatchRo
     pack it into 32-bit words, and number the distinct ids in increasing order by a
     cumulative sum of the words' popcounts (O(vocab_size / 32)) plus a popcount within the
     word; O(vocab_size) bytes of work in all. 'sort': sort the ids (one single-operand sort,
-    XLA's CPU fast path: sorting (id, position) pairs for the inverse is ~7x slower there)
+    XLA's CPU fast path; sorting (id, position) pairs for the inverse is much slower there)
     and find each id among the distinct ones with `bucketed_search`; O(ids log ids).
     'auto' takes 'bitmap' when vocab_size <= BITMAP_MAX_RATIO x ids.size.
 
@@ -187,8 +186,8 @@ def batch_rows(ids: jax.Array, vocab_size: int, method: str = "auto") -> BatchRo
 def bucketed_search(rows: jax.Array, ids: jax.Array, vocab_size: int) -> jax.Array:
     """Position of each of `ids` in `rows` (increasing; every id present; padding >= vocab_size).
 
-    A plain binary search over K slots takes log2(K) ~ 18 rounds of gathers over all
-    B*F ids (~5 ms per step on the 2-core CPU at K = 160k). Here ids are first bucketed
+    A plain binary search over K slots takes log2(K) rounds of gathers over all B*F ids.
+    Here ids are first bucketed
     by their high bits, id >> s with 2^s ~ vocab_size / K, so there are about K buckets;
     a histogram of `rows` by bucket and its cumulative sum give where each bucket starts,
     and as a bucket spans 2^s ids it holds at most 2^s rows: s rounds of binary lifting
@@ -216,11 +215,9 @@ def _per_peer(axis: int) -> bool:
     one op per peer.
 
     On CPU, XLA's gather and scatter along axis 1 of [n, V, w] (one index list shared by
-    the n peers) are ~2x slower than n gathers/scatters along axis 0 of the contiguous
-    [V, w] slices: measured with 4 peers, 10M rows, K = 158k sorted rows, gather + update
-    + scatter: w = 33 (lazy Adam's packed state) 180-385 vs 74-91 ms, w = 16 60-62 vs
-    36-42 ms. Elsewhere (GPU/TPU, where the stacked arrays may be sharded over a peer
-    mesh) one batched op is kept.
+    the n peers) are slower than n gathers/scatters along axis 0 of the contiguous [V, w]
+    slices (docs/performance.md, "What makes the step fast"). Elsewhere (GPU/TPU, where the
+    stacked arrays may be sharded over a peer mesh) one batched op is kept.
     """
     return axis == 1 and jax.default_backend() == "cpu"
 
@@ -230,7 +227,7 @@ def take_rows(table: jax.Array, rows: jax.Array, axis: int = 0, *,
     """table rows `rows` along `axis`; padding (out-of-range) rows read as 0.
 
     Gathers in 'clip' mode and zeroes the padding with a select: on CPU XLA's 'fill'
-    gather is several times slower. `zero_padding=False` skips the select where the
+    gather is slower. `zero_padding=False` skips the select where the
     padding rows' values do not matter (optimizer state: their updates are dropped).
     """
     if _per_peer(axis):
@@ -283,8 +280,8 @@ def _row_init(kind: str, table: jax.Array) -> dict[str, jax.Array]:
     if kind == "lazy_adam":
         # One float32 row [mu (d) | nu (d) | count (1)] per table row: a step gathers and
         # scatters one [K, 2d+1] array per table instead of three (mu, nu, count), one
-        # random access per row instead of three (at 10M rows each is a cache miss; the
-        # gain measured on the 2-core CPU was within its noise). The count is exact in
+        # random access per row instead of three (at 10M rows each is a cache miss). The
+        # count is exact in
         # float32 up to 2^24 updates of one row.
         return {"slots": jnp.zeros((vocab_size, 2 * dim + 1), jnp.float32)}
     if kind == "adagrad":
@@ -313,9 +310,9 @@ def _row_update(kind: str, grads: jax.Array, state: dict, *, b1: float, b2: floa
     if kind == "lazy_adam":
         # optax.scale_by_adam's expressions, with a per-row count, except that the bias
         # corrections 1 - b ** count are computed as -expm1(count * log b), b rounded to
-        # float32 as optax's is: XLA:CPU's pow cost ~1.7 ms per table at K = 160k rows
-        # (the expm1 fuses for ~0), and it is closer to the exact value (pow's relative
-        # error reached 6.7e-6 for b2 = 0.999 over counts 1..20000, expm1's 2.3e-7).
+        # float32 as optax's is: XLA:CPU's pow is costly where the expm1 fuses, and the
+        # expm1 form is closer to the exact value (docs/performance.md, "Measurements
+        # behind the code's choices").
         fields = row_state_fields(kind, state)
         count = fields["count"] + 1
         mu = (1 - b1) * grads + b1 * fields["mu"]

@@ -21,8 +21,7 @@ evaluations are such steps). The settings:
   exception: memory back at the limit within `RELEASE_REPEAT_SECONDS` of a return is a
   step's working set (a step whose temporaries exceed 256 MiB), and the limit then rises
   256 MiB above the level that set the return off; without it such a step was returned
-  and faulted in on every step (4 stacked DeepFM at batch 4096: 73 returns and 71k page
-  faults per step over 78 steps, 12% of the step's CPU time).
+  and faulted in on every step (docs/performance.md, "Memory").
 - `keep` (opt-in): one arena, no mmap, no trimming, and nothing else: nothing freed is
   returned to the OS, so the process's peak is the sum of every phase's peaks
   (compilation, evaluation, training) and the heap fragments. For a process that runs
@@ -271,6 +270,7 @@ def use_unrolled_threefry() -> bool:
     if _threefry_unrolled:
         return True
     try:
+        # In-function: a JAX internal that a JAX version may lack (then a warning).
         from jax._src.random import threefry2x32 as threefry
         from jax.interpreters import mlir
 

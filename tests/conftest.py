@@ -9,15 +9,15 @@ import pytest
 # Compiled steps are reused across test runs (CI reruns, local iterations).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/mlctr/xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
-# Tests run tiny shapes: compile fast (about 3x) rather than optimise (same results).
+# Tests run tiny shapes: compile fast rather than optimise (same results).
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
-# On a GPU, XLA runs float32 matmuls in TF32 (~1e-3 relative error: seen on an H200, the
-# numpy-reference tests of models/ failed by that much), scatter-adds with atomics (the
-# repeated-run tests failed by an ulp) and picks matmul kernels by timing them in each new
-# process (which can change the rounding between processes). The tests compare layers
+# On a GPU, XLA runs float32 matmuls in TF32, scatter-adds with atomics and picks matmul
+# kernels by timing them in each new process (which can change the rounding between
+# processes; docs/performance.md, "Measurements behind the code's choices"). The tests
+# compare layers
 # with numpy references and repeated or resumed runs bitwise, so they ask for full float32
 # matmuls, deterministic kernels and no autotuning; as environment variables, so the runs
 # that tests start as subprocesses get them too. No effect on CPU.

@@ -31,7 +31,7 @@ def _recording_init(self, *args, **kwargs):
     managers.append(self)
 
 
-_original_step = train.sharded_train_step
+_original_step = train.make_step
 
 
 def _interrupting_step(*args, **kwargs):
@@ -56,7 +56,7 @@ def _interrupting_step(*args, **kwargs):
 
 
 checkpoint.RunCheckpoints.__init__ = _recording_init
-train.sharded_train_step = _interrupting_step
+train.make_step = _interrupting_step
 
 if __name__ == "__main__":
     app.run(main.main)

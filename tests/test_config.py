@@ -175,3 +175,16 @@ def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
     current["vocab"]["qr_collisions"] = 4
     assert checkpoint.config_differences(saved, current) == [
         "vocab.qr_collisions: checkpoint '<absent>', config 4"]
+
+
+def test_ektf_is_a_transfer_and_the_old_divergence_key_is_refused_in_one_line():
+    config = tiny.get_config()
+    with config.unlocked():
+        config.mutual.transfer = "ektf"
+    validate.validate(config)
+    with config.unlocked():
+        config.mutual.transfer, config.mutual.divergence = "pairwise", "ektf"
+    with pytest.raises(ValueError) as error:
+        validate.validate(config)
+    assert str(error.value).startswith("config.mutual.divergence: must be one of ('mse', 'kl')")
+    assert "config.mutual.transfer='ektf'" in str(error.value) and "\n" not in str(error.value)

@@ -109,14 +109,14 @@ def assert_mutual_step_matches_reference(peers, optimizer, state, warm_batch, ba
     """After one step at alpha 0 (so the peers disagree and the mutual term is non-zero),
     the jitted step at alpha 0.7 on `batch` equals `reference_step` on `reference_batch`
     (default `batch`)."""
-    warm = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution=execution, donate=False)
-    state, _ = warm(state, warm_batch)
+    warm = mutual.make_train_step(peers, optimizer, peer_execution=execution, donate=False)
+    state, _, _ = warm(state, warm_batch, 0.0, None)
     expected = reference_step(peers, optimizer, state,
                               batch if reference_batch is None else reference_batch,
                               alpha=0.7, divergence=divergence)
-    step = mutual.make_train_step(peers, optimizer, alpha=0.7, divergence=divergence,
+    step = mutual.make_train_step(peers, optimizer, divergence=divergence,
                                   peer_execution=execution, donate=False)
-    new_state, m = step(state, batch)
+    new_state, m, _ = step(state, batch, 0.7, None)
     assert np.all(np.asarray(m["mutual"]) > 0)
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
@@ -129,8 +129,8 @@ def test_batch_norm_peers_update_their_own_stats():
     # (mathematically zero) gradient of a bias feeding batch norm up to +-lr.
     optimizer = optax.identity()
     state["opt_state"] = tuple(jax.vmap(optimizer.init)(p) for p in state["params"])
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, peer_execution="vmap", donate=False)
-    new_state, _ = step(state, make_batch())
+    step = mutual.make_train_step(peers, optimizer, peer_execution="vmap", donate=False)
+    new_state, _, _ = step(state, make_batch(), 1.0, None)
     expected = reference_step(peers, optimizer, state, make_batch(), alpha=1.0, divergence="mse")
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
@@ -144,18 +144,18 @@ def test_vmap_and_unroll_agree():
     peers, optimizer, state = setup("deepfm*2,dcn")
     results = []
     for execution in ("vmap", "unroll"):
-        step = mutual.make_train_step(peers, optimizer, alpha=1.0, peer_execution=execution,
+        step = mutual.make_train_step(peers, optimizer, peer_execution=execution,
                                       donate=False)
         s = copy_state(state)
         for i in range(3):
-            s, _ = step(s, make_batch(i))
+            s, _, _ = step(s, make_batch(i), 1.0, None)
         results.append(s["params"])
     assert_trees_close(results[0], results[1])
 
 
 def test_single_peer_is_plain_bce_training():
     peers, optimizer, state = setup("deepfm", lr=1e-2)
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, donate=False)
+    step = mutual.make_train_step(peers, optimizer, donate=False)
     model = peers.groups[0].model
     params = jax.tree_util.tree_map(lambda x: x[0], state["params"][0])
     tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-2))
@@ -171,7 +171,7 @@ def test_single_peer_is_plain_bce_training():
 
         updates, opt_state = tx.update(jax.jit(jax.grad(loss))(params), opt_state, params)
         params = optax.apply_updates(params, updates)
-        state, m = step(state, batch)
+        state, m, _ = step(state, batch, 1.0, None)
         assert float(m["mutual"][0]) == 0.0
     # Adam turns rounding noise in near-zero gradients into steps of up to lr:
     # compare at a tolerance well below one step (lr = 1e-2).
@@ -181,18 +181,18 @@ def test_single_peer_is_plain_bce_training():
 
 def test_alpha_zero_makes_peers_independent():
     peers, optimizer, state = setup("deepfm*2")
-    pair = mutual.make_train_step(peers, optimizer, alpha=0.0, donate=False)
+    pair = mutual.make_train_step(peers, optimizer, donate=False)
     s2 = copy_state(state)
     for i in range(2):
-        s2, _ = pair(s2, make_batch(i))
+        s2, _, _ = pair(s2, make_batch(i), 0.0, None)
     # Peer 0 alone, same weights and same dropout key (peer index 0).
     solo_peers, _, solo = setup("deepfm")
     solo["params"] = (jax.tree_util.tree_map(lambda x: x[:1], state["params"][0]),)
     solo["opt_state"] = (jax.tree_util.tree_map(lambda x: x[:1], state["opt_state"][0]),)
     solo["rng"] = state["rng"]
-    single = mutual.make_train_step(solo_peers, optimizer, alpha=1.0, donate=False)
+    single = mutual.make_train_step(solo_peers, optimizer, donate=False)
     for i in range(2):
-        solo, _ = single(solo, make_batch(i))
+        solo, _, _ = single(solo, make_batch(i), 1.0, None)
     assert_trees_close(jax.tree_util.tree_map(lambda x: x[0], s2["params"][0]),
                        jax.tree_util.tree_map(lambda x: x[0], solo["params"][0]))
 
@@ -211,19 +211,19 @@ def test_same_seed_bitwise_identical_run():
     runs = []
     for _ in range(2):
         peers, optimizer, state = setup("deepfm,dcn")
-        step = mutual.make_train_step(peers, optimizer, alpha=1.0)
+        step = mutual.make_train_step(peers, optimizer)
         for i in range(3):
-            state, m = step(state, make_batch(i))
+            state, m, _ = step(state, make_batch(i), 1.0, None)
         runs.append((jax.device_get(state["params"]), np.asarray(m["loss"])))
     jax.tree_util.tree_map(np.testing.assert_array_equal, runs[0], runs[1])
 
 
 def test_warmup_keeps_alpha_zero():
     peers, optimizer, state = setup("deepfm,dcn")
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, warmup_steps=2, donate=False)
+    step = mutual.make_train_step(peers, optimizer, warmup_steps=2, donate=False)
     alphas = []
     for i in range(3):
-        state, m = step(state, make_batch(i))
+        state, m, _ = step(state, make_batch(i), 1.0, None)
         alphas.append(float(m["alpha"]))
     assert alphas == [0.0, 0.0, 1.0]
 
@@ -381,8 +381,8 @@ def test_qr_lazy_adam_updates_exactly_the_batch_quotient_and_remainder_rows():
         return jnp.where(touched[:, None], moved, p)
 
     expected = jax.tree_util.tree_map_with_path(expected_leaf, params, grads)
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0, donate=False)
-    new_state, _ = step(state, batch)
+    step = mutual.make_train_step(peers, optimizer, donate=False)
+    new_state, _, _ = step(state, batch, 1.0, None)
     got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])["deepfm"]
     assert_trees_close(got["params"], expected, atol=1e-6)
     table = np.asarray(new_state["params"][0]["embedding"]["embedding_table"][0])

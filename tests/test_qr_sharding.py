@@ -14,7 +14,6 @@ import pytest
 
 from mlctr import mutual
 from mlctr import sharding
-from mlctr.run import train
 from mlctr.models import qr
 
 four_devices = pytest.mark.skipif(
@@ -52,14 +51,13 @@ def run_steps(mesh, embedding_optimizer, num_steps=3):
     state = jax.jit(lambda key: mutual.init_state(
         peers, key, jnp.zeros((2, len(SIZES)), jnp.int32), optimizer, 1e-2))(
             jax.random.PRNGKey(0))
-    train_step = mutual.make_train_step(
-        peers, optimizer, alpha=1.0, peer_execution=sharding.peer_execution(mesh, "auto"))
     shardings = sharding.state_shardings(mesh, state, [g.size for g in peers.groups])
-    step = train.sharded_train_step(train_step, mesh, shardings)
+    step = mutual.make_train_step(peers, optimizer,
+                                  peer_execution=sharding.peer_execution(mesh, "auto"),
+                                  mesh=mesh, state_shardings=shardings)
     rep = sharding.replicated(mesh)
     alpha = sharding.put(np.float32(1.0), rep)
-    non_finite = sharding.put((np.full(peers.size, -1, np.int32),
-                               np.zeros(peers.size, np.float32)), rep)
+    non_finite = sharding.put(mutual.finite_record(peers.size), rep)
     state, losses = sharding.put(state, shardings), []
     for i in range(num_steps):
         batch = sharding.global_batch(mesh, make_batch(i), BATCH)

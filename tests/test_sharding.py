@@ -13,7 +13,6 @@ import pytest
 
 from mlctr import mutual
 from mlctr import sharding
-from mlctr.run import train
 
 FOUR_DEVICES = os.environ.get("MLCTR_TEST_FOUR_DEVICES") == "1"
 four_devices = pytest.mark.skipif(
@@ -65,13 +64,12 @@ class MeshRun:
             peers, key, jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-2))(jax.random.PRNGKey(0))
         # vmap on every mesh: one trace per group, whatever its size (the 2-process test
         # covers the unrolled loop that CPU data parallelism uses by default).
-        train_step = mutual.make_train_step(peers, optimizer, alpha=1.0, peer_execution="vmap")
         self.shardings = sharding.state_shardings(mesh, self.state, [g.size for g in peers.groups])
-        self.step = train.sharded_train_step(train_step, mesh, self.shardings)
+        self.step = mutual.make_train_step(peers, optimizer, peer_execution="vmap", mesh=mesh,
+                                           state_shardings=self.shardings)
         rep = sharding.replicated(mesh)
         self.alpha = sharding.put(np.float32(1.0), rep)
-        self.non_finite = sharding.put((np.full(peers.size, -1, np.int32),
-                                        np.zeros(peers.size, np.float32)), rep)
+        self.non_finite = sharding.put(mutual.finite_record(peers.size), rep)
 
     def __call__(self, num_steps=3):
         """(state, losses [steps, N]) after `num_steps` steps from the initial state."""

@@ -171,10 +171,10 @@ def test_row_optimizer_matches_numpy_reference(kind):
 def test_untouched_rows_bitwise_unchanged():
     peers, optimizer, state = setup("deepfm*2,dcn", "lazy_adam")
     before = jax.device_get(state)
-    step = mutual.make_train_step(peers, optimizer, alpha=1.0)  # donated, as in training
+    step = mutual.make_train_step(peers, optimizer)  # donated, as in training
     for i in range(2):
-        state, m = step(state, make_batch(i))
-    assert step.jitted._cache_size() == 1  # one compile for every batch of this shape
+        state, m, _ = step(state, make_batch(i), 1.0, None)
+    assert step._cache_size() == 1  # one compile for every batch of this shape
     after = jax.device_get(state)
     upper = slice(VOCAB // 2, None)  # never in a batch
     for group in range(2):
@@ -205,20 +205,20 @@ def test_untouched_rows_bitwise_unchanged():
 def test_stacked_peers_equal_per_peer(execution):
     """Two stacked DeepFM peers (independent: alpha 0) equal each peer trained alone."""
     peers, optimizer, state = setup("deepfm*2", "lazy_adam")
-    pair = mutual.make_train_step(peers, optimizer, alpha=0.0, peer_execution=execution,
+    pair = mutual.make_train_step(peers, optimizer, peer_execution=execution,
                                   donate=False)
     s2 = copy_state(state)
     for i in range(2):
-        s2, _ = pair(s2, make_batch(i))
+        s2, _, _ = pair(s2, make_batch(i), 0.0, None)
     solo_peers, _, solo = setup("deepfm", "lazy_adam")
-    single = mutual.make_train_step(solo_peers, optimizer, alpha=0.0, donate=False)
+    single = mutual.make_train_step(solo_peers, optimizer, donate=False)
     for k in range(2):
         s1 = copy_state(solo)
         s1["params"] = jax.tree_util.tree_map(lambda x: x[k:k + 1], state["params"])
         s1["opt_state"] = jax.tree_util.tree_map(lambda x: x[k:k + 1], state["opt_state"])
         s1["rng"] = state["rng"]
         for i in range(2):
-            s1, _ = single(s1, make_batch(i))
+            s1, _, _ = single(s1, make_batch(i), 0.0, None)
         jax.tree_util.tree_map(
             lambda a, b: np.testing.assert_allclose(a[k], b[0], rtol=2e-5, atol=2e-7),
             s2["params"], s1["params"])
@@ -233,12 +233,12 @@ def test_sparse_sgd_equals_dense_sgd():
         lambda p: jax.tree_util.tree_map(lambda t: not t, sparse.table_mask(p))))
     dense_state = copy_state(state)
     dense_state["opt_state"] = tuple(jax.vmap(dense_opt.init)(p) for p in state["params"])
-    sparse_step = mutual.make_train_step(peers, sparse_opt, alpha=1.0, donate=False)
-    dense_step = mutual.make_train_step(peers, dense_opt, alpha=1.0, donate=False)
+    sparse_step = mutual.make_train_step(peers, sparse_opt, donate=False)
+    dense_step = mutual.make_train_step(peers, dense_opt, donate=False)
     for i in range(2):
-        state, ms = sparse_step(state, make_batch(i))
-        dense_state, md = dense_step(dense_state, make_batch(i))
-    assert sparse_step.jitted._cache_size() == dense_step.jitted._cache_size() == 1
+        state, ms, _ = sparse_step(state, make_batch(i), 1.0, None)
+        dense_state, md, _ = dense_step(dense_state, make_batch(i), 1.0, None)
+    assert sparse_step._cache_size() == dense_step._cache_size() == 1
     np.testing.assert_allclose(ms["grad_norm"], md["grad_norm"], rtol=1e-5)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                            state["params"], dense_state["params"])
@@ -261,8 +261,8 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_seen():
     lazy_step = mutual.make_train_step(peers, lazy, donate=False)
     dense_step = mutual.make_train_step(peers, dense, donate=False)
     for batch in batches:
-        state, _ = lazy_step(state, batch)
-        dense_state, _ = dense_step(dense_state, batch)
+        state, _, _ = lazy_step(state, batch, 1.0, None)
+        dense_state, _, _ = dense_step(dense_state, batch, 1.0, None)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                            state["params"], dense_state["params"])
 

@@ -105,15 +105,14 @@ class TableRun:
         self.state = jax.jit(lambda key: mutual.init_state(
             self.peers, key, jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-2))(
                 jax.random.PRNGKey(0))
-        train_step = mutual.make_train_step(
-            self.peers, optimizer, alpha=1.0, peer_execution=sharding.peer_execution(mesh, "auto"))
         self.shardings = sharding.state_shardings(mesh, self.state,
                                                   [g.size for g in self.peers.groups])
-        self.step = train.sharded_train_step(train_step, mesh, self.shardings)
+        self.step = mutual.make_train_step(
+            self.peers, optimizer, peer_execution=sharding.peer_execution(mesh, "auto"),
+            mesh=mesh, state_shardings=self.shardings)
         rep = sharding.replicated(mesh)
         self.alpha = sharding.put(np.float32(1.0), rep)
-        self.non_finite = sharding.put((np.full(self.peers.size, -1, np.int32),
-                                        np.zeros(self.peers.size, np.float32)), rep)
+        self.non_finite = sharding.put(mutual.finite_record(self.peers.size), rep)
 
     def __call__(self, num_steps=3):
         """(state, losses [steps, N]) after `num_steps` steps from the initial state."""

@@ -26,14 +26,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_four_paper_peers_mutual_step_decreases_loss(tiny_config, tiny_data_dir):
     config = tiny_config(peers="deepfm,dcn,ipnn,fibinet")
     dataset = PreparedDataset(tiny_data_dir)
-    peers, optimizer, step, _ = train.build_run(config, dataset)
+    peers, optimizer, _ = train.build_run(config, dataset)
+    step = train.make_step(config, peers, optimizer)
     assert peers.names == ("deepfm", "dcn", "ipnn", "fibinet")
     state = train.initial_state(config, peers, optimizer, dataset)
     batches = list(dataset.train_batches(64, seed=0, epoch=0))[:8]
     losses = []
     for _ in range(4):  # a few passes over the same 8 batches
         for batch in batches:
-            state, m = step(state, batch)
+            state, m, _ = step(state, batch, config.mutual.alpha, None)
             losses.append(np.asarray(m["loss"]))
     first, last = np.mean(losses[:8], axis=0), np.mean(losses[-8:], axis=0)
     assert np.all(np.isfinite(last))
@@ -92,7 +93,7 @@ def test_restore_best_weights_reproduces_metrics(tiny_config, tmp_path):
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
     dataset = PreparedDataset(config.data.data_dir)
-    peers, _, _, predict_fn = train.build_run(config, dataset)
+    peers, _, predict_fn = train.build_run(config, dataset)
     params, stats = mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
     params, stats = jax.tree_util.tree_map(jnp.asarray, (params, stats))
     logits, labels = evaluation.predict_split(predict_fn, params, stats, dataset, "test", 256)

@@ -19,6 +19,7 @@ import dataclasses
 import gc
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +79,8 @@ class StepRun:
     cpu_times: list = dataclasses.field(default_factory=list)
     page_faults: list = dataclasses.field(default_factory=list)
     position: int = 0
+    alpha: Any = 1.0            # the step's alpha and non-finite record (make_train_step)
+    non_finite: Any = None
 
     def run(self, num_steps: int):
         for _ in range(num_steps):
@@ -85,7 +88,8 @@ class StepRun:
             self.position += 1
             faults = xla_cpu.minor_page_faults()
             cpu, wall = time.process_time(), time.perf_counter()
-            self.state, measurements = self.step(self.state, batch)
+            self.state, measurements, self.non_finite = self.step(
+                self.state, batch, self.alpha, self.non_finite)
             jax.block_until_ready(measurements)
             self.times.append(time.perf_counter() - wall)
             self.cpu_times.append(time.process_time() - cpu)
@@ -118,8 +122,10 @@ def make_run(name: str, spec: str, vocab_size: int, *, embedding_optimizer: str 
     optimizer = mutual.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
     state = mutual.init_state(peers, jax.random.PRNGKey(0),
                               jnp.zeros((2, NUM_FIELDS), jnp.int32), optimizer, 1e-3)
-    step = mutual.make_train_step(peers, optimizer, alpha=alpha, peer_execution=peer_execution)
-    run = StepRun(name, step, state, batches or make_batches(vocab_size), peers.size)
+    step = mutual.make_train_step(peers, optimizer, peer_execution=peer_execution)
+    run = StepRun(name, step, state, batches or make_batches(vocab_size), peers.size,
+                  alpha=jnp.asarray(alpha, jnp.float32),
+                  non_finite=jax.device_put(mutual.finite_record(peers.size)))
     start = time.perf_counter()
     run.run(1)  # compiles
     run.compile_seconds = time.perf_counter() - start

@@ -84,7 +84,7 @@ def traced_op_ms(run: lib.StepRun, num_steps: int) -> dict[str, float]:
     """Milliseconds per step of each kind of op over `num_steps` traced steps."""
     batch = run.batches[0]
     # The step's own jitted function (mutual.make_train_step), at the alpha it runs with.
-    compiled = run.step.jitted.lower(run.state, batch, np.float32(1.0)).compile()
+    compiled = run.step.lower(run.state, batch, run.alpha, run.non_finite).compile()
     kinds = op_kinds(compiled.as_text())
     with tempfile.TemporaryDirectory() as log_dir:
         jax.profiler.start_trace(log_dir, create_perfetto_trace=True)

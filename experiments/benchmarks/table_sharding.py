@@ -1,7 +1,7 @@
 """Embedding tables split over the `table` mesh axis vs replicated, on 4 CPU devices.
 
 For each table size and embedding optimizer: the trainer's sharded step
-(`train.sharded_train_step`) on the mesh table = 4 (tables split by rows) and on data = 4
+(`mutual.make_train_step`) on the mesh table = 4 (tables split by rows) and on data = 4
 (tables replicated, plain data parallelism); both split the batch over the 4 devices, so
 they differ only in where the table rows live. Timed round-robin (`lib.interleave`).
 Memory per device: the bytes of the live arrays' shards on each device once the state is
@@ -44,7 +44,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from experiments.benchmarks import lib  # noqa: E402  (mlctr's process settings)
 from mlctr import mutual, sharding, sparse  # noqa: E402
-from mlctr.run import train  # noqa: E402
 
 FIELDS, BATCH, DIM = 4, 1024, 8
 MODELS = {"deepfm": dict(model="deepfm", embedding_dim=DIM, dnn_hidden_units=(256, 256),
@@ -81,20 +80,16 @@ def build(rows: int, table: int, embedding_optimizer: str, batches):
     state = jax.jit(lambda key: mutual.init_state(
         peers, key, jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-3),
         out_shardings=shardings)(jax.random.PRNGKey(0))
-    step = train.sharded_train_step(mutual.make_train_step(peers, optimizer, alpha=1.0),
-                                    mesh, shardings)
+    step = mutual.make_train_step(peers, optimizer, mesh=mesh, state_shardings=shardings)
     rep = sharding.replicated(mesh)
     alpha = jax.device_put(np.float32(1.0), rep)
-    non_finite = jax.device_put((np.full(1, -1, np.int32), np.zeros(1, np.float32)), rep)
+    non_finite = jax.device_put(mutual.finite_record(1), rep)
     placed = [{k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in b.items()}
               for b in batches]
     ops = collectives(step, state, placed[0], alpha, non_finite)
 
-    def run_step(state, batch):
-        new_state, measurements, _ = step(state, batch, alpha, non_finite)
-        return new_state, measurements
-
-    run = lib.StepRun(f"{embedding_optimizer} table={table}", run_step, state, placed, 1)
+    run = lib.StepRun(f"{embedding_optimizer} table={table}", step, state, placed, 1,
+                      alpha=alpha, non_finite=non_finite)
     start = time.perf_counter()
     run.run(1)
     run.compile_seconds = time.perf_counter() - start

@@ -8,7 +8,7 @@ DNN 400x3, dropout 0.1: `lib.BENCH_MODELS`), batch 4096, dense Adam. Its rate is
 the trainer's own: `results.json` `examples_per_sec`, which leaves out the first step
 (compilation) and evaluation (the run evaluates once, at the end, and not on test).
 
-The bare step is the very function the trainer runs (`train.sharded_train_step` over
+The bare step is the very function the trainer runs (`mutual.make_train_step` over
 `train.build`'s step), on a few of the dataset's own batches already on the device,
 timed step by step like experiments/benchmarks/step.py (`lib.StepRun`). It is timed
 before and after the trainer in the same process, so a shared machine's load touches
@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from experiments.benchmarks import lib
-from mlctr import sharding, xla_cpu
+from mlctr import mutual, sharding, xla_cpu
 from mlctr.configs import default
 from mlctr.run import errors
 from mlctr.run import inputs
@@ -76,16 +76,9 @@ def bench_config(args) -> ml_collections.ConfigDict:
 def bare_step(config, run_dir: str, num_batches: int) -> lib.StepRun:
     """The trainer's jitted step on `num_batches` device-resident batches, compiled."""
     run = train.build(config, run_dir)
-    step_fn = train.sharded_train_step(run.train_step, run.mesh, run.state_shardings)
     rep = sharding.replicated(run.mesh)
     alpha = sharding.put(np.float32(config.mutual.alpha), rep)
-    non_finite = [sharding.put((np.full(run.peers.size, -1, np.int32),
-                                np.zeros(run.peers.size, np.float32)), rep)]
-
-    def step(state, batch):
-        state, measurements, non_finite[0] = step_fn(state, batch, alpha, non_finite[0])
-        return state, measurements
-
+    non_finite = sharding.put(mutual.finite_record(run.peers.size), rep)
     host_state = jax.device_get(train.initial_state(config, run.peers, run.optimizer,
                                                     run.dataset))
     state = sharding.put(host_state, run.state_shardings)
@@ -96,7 +89,8 @@ def bare_step(config, run_dir: str, num_batches: int) -> lib.StepRun:
         batches.append(place(batch))
         if len(batches) == num_batches:
             break
-    bare = lib.StepRun("bare", step, state, batches, run.peers.size)
+    bare = lib.StepRun("bare", run.train_step, state, batches, run.peers.size, alpha=alpha,
+                       non_finite=non_finite)
     start = time.perf_counter()
     bare.run(1)  # compiles
     bare.compile_seconds = time.perf_counter() - start

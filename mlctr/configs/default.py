@@ -132,6 +132,8 @@ def mutual_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         alpha=1.0,                # weight of the mutual term (0: independent peers)
         divergence="mse",         # mse (Yilmaz & Aldemir 2024) | kl (Deep Mutual Learning)
+        transfer="pairwise",      # pairwise: sum of the divergence over companions | ektf:
+                                  # EKTF's teacher and examined-peer terms (mutual.ektf_terms)
         stop_gradient=True,       # companions' predictions are constants
         warmup_steps=0,           # updates with alpha = 0 first
         same_init=False,          # True: peers of one architecture start identical

@@ -41,6 +41,8 @@ import zlib
 
 import numpy as np
 
+from mlctr.data.errors import DatasetError
+
 FEATURE_MAP = "feature_map.json"
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 2  # 2: adds `checksums`; version 1 datasets open without them
@@ -209,8 +211,6 @@ def read_feature_map(data_dir: str) -> dict:
         DatasetError: missing (an incomplete directory), empty or not JSON, not an
             object, or of a format version this code cannot read.
     """
-    from mlctr.data.errors import DatasetError
-
     path = feature_map_path(data_dir)
     if not os.path.exists(path):
         raise DatasetError(path, f"missing: {data_dir} is not a complete prepared dataset; "

@@ -44,6 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mlctr import sharding
+from mlctr.configs import default
 
 BEST_DIR = "best"
 CHECKPOINT_DIR = "checkpoints"
@@ -272,7 +273,6 @@ def _flatten(tree, prefix=""):
 
 
 def _default_config() -> dict:
-    from mlctr.configs import default  # (a config module: no import cycle)
     return _flatten(json.loads(json.dumps(default.get_config().to_dict())))
 
 

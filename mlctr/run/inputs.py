@@ -34,6 +34,7 @@ from mlctr.data import layout
 from mlctr.data.parsing.stream import background
 from mlctr.data.errors import DataError
 from mlctr.data.prepare import prepare
+from mlctr.data.reader import PreparedDataset, ProcessShard
 from mlctr.locking import LockedError
 from mlctr.run.errors import RunError
 
@@ -190,8 +191,6 @@ def open_run_dataset(config: ml_collections.ConfigDict, workdir: str):
 
 def _open(config: ml_collections.ConfigDict, data_dir: str):
     """The PreparedDataset at `data_dir`, of config's dataset kind and vocab mode."""
-    from mlctr.data.reader import PreparedDataset
-
     if not os.path.exists(os.path.join(data_dir, layout.FEATURE_MAP)):
         raise RunError(f"no prepared dataset at {data_dir} (config.data.data_dir): prepare "
                        "it first (mlctr.run.inputs.ensure_prepared(config, workdir), or "
@@ -207,8 +206,6 @@ def _open(config: ml_collections.ConfigDict, data_dir: str):
 
 def _open_process_shard(config: ml_collections.ConfigDict, data_dir: str):
     """This process's own rows, with every process's train rows and sources."""
-    from mlctr.data.reader import ProcessShard
-
     index, count = jax.process_index(), jax.process_count()
     own, dataset, error = process_dir(data_dir, index, count), None, None
     try:
@@ -262,8 +259,6 @@ def _shard_summary(dataset) -> np.ndarray:
 def dataset_fingerprint(dataset) -> dict:
     """What a checkpoint must agree with to resume on this dataset (of a ProcessShard:
     every process's train rows and sources, the same on every process)."""
-    from mlctr.data.reader import ProcessShard
-
     if isinstance(dataset, ProcessShard):
         return {"vocab_size": dataset.vocab_size, "num_fields": dataset.num_fields,
                 "train_examples": dataset.process_train_rows,
@@ -281,8 +276,6 @@ def check_batch_slices(dataset, mesh, batch_size: int) -> None:
       RunError: processes train from their own rows (a ProcessShard) but two of them
         share a slice of the batch (peers split across processes): each needs its own.
     """
-    from mlctr.data.reader import ProcessShard
-
     _, count = sharding.process_batch_slice(mesh, batch_size)
     if isinstance(dataset, ProcessShard) and count != dataset.process_count:
         raise RunError(f"{dataset.process_count} processes train from their own rows of "

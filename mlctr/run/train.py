@@ -68,13 +68,11 @@ from mlctr.run.schedule import PeerSchedule
 
 
 def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
-    """Peers, optimizer and jitted functions for a config and dataset.
+    """Peers, optimizer and the jitted predict function for a config and dataset.
 
     On a peer-parallel `mesh`, `mutual.peer_execution = auto` means vmap
     (see `sharding.peer_execution`).
     """
-    peer_execution = (config.mutual.peer_execution if mesh is None
-                      else sharding.peer_execution(mesh, config.mutual.peer_execution))
     peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields, dtype=config.compute_dtype,
                                table_row_multiple=sharding.table_row_multiple(mesh),
@@ -82,12 +80,25 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
     optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)
-    train_step = mutual.make_train_step(
-        peers, optimizer, alpha=config.mutual.alpha, divergence=config.mutual.divergence,
+    predict_fn = mutual.make_predict_fn(peers, peer_execution=_peer_execution(config, mesh))
+    return peers, optimizer, predict_fn
+
+
+def make_step(config: ml_collections.ConfigDict, peers, optimizer, mesh=None,
+              state_shardings=None):
+    """The run's one jitted train step (`mutual.make_train_step`) with the config's mutual
+    options, at the state's shardings on `mesh`."""
+    return mutual.make_train_step(
+        peers, optimizer, divergence=config.mutual.divergence,
+        transfer=config.mutual.transfer,
         stop_gradient=config.mutual.stop_gradient, warmup_steps=config.mutual.warmup_steps,
-        peer_execution=peer_execution)
-    predict_fn = mutual.make_predict_fn(peers, peer_execution=peer_execution)
-    return peers, optimizer, train_step, predict_fn
+        peer_execution=_peer_execution(config, mesh), mesh=mesh,
+        state_shardings=state_shardings)
+
+
+def _peer_execution(config, mesh) -> str:
+    return (config.mutual.peer_execution if mesh is None
+            else sharding.peer_execution(mesh, config.mutual.peer_execution))
 
 
 def initial_state(config, peers, optimizer, dataset) -> dict:
@@ -107,35 +118,6 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
             jax.vmap(optimizer.init)(p) for p in params))(state["params"])
         logging.info("Initialised peers %s from %s", peers.names, config.init_from)
     return state
-
-
-def sharded_train_step(train_step, mesh, state_shardings):
-    """The one jitted step at explicit shardings, also recording non-finite losses.
-
-    Args:
-      train_step: from `mutual.make_train_step` (its `jitted(state, batch, alpha)`).
-      mesh: the device mesh.
-      state_shardings: from `sharding.state_shardings`.
-
-    Returns:
-      step(state, batch, alpha, non_finite) -> (state, measurements, non_finite),
-      the state donated and kept at its shardings, the measurements replicated.
-      non_finite = (first_step [N] int32, -1 while finite; loss [N] at that step),
-      so the host learns which peer went NaN/inf first, and when, without a
-      device-to-host transfer every step.
-    """
-    rep = sharding.replicated(mesh)
-
-    def step(state, batch, alpha, non_finite):
-        new_state, measurements = train_step.jitted(state, batch, alpha)
-        first_step, first_loss = non_finite
-        newly = (first_step < 0) & ~jnp.isfinite(measurements["loss"])
-        non_finite = (jnp.where(newly, new_state["step"], first_step),
-                      jnp.where(newly, measurements["loss"], first_loss))
-        return new_state, measurements, non_finite
-
-    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep, rep),
-                   out_shardings=(state_shardings, rep, rep), donate_argnums=(0,))
 
 
 def abstract_state(config, peers, optimizer, dataset):
@@ -291,7 +273,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
     dataset = inputs.open_run_dataset(config, workdir)
     mesh = sharding.mesh_from_config(config.mesh)
-    peers, optimizer, train_step, predict_fn = build_run(config, dataset, mesh=mesh)
+    peers, optimizer, predict_fn = build_run(config, dataset, mesh=mesh)
     logging.info("Peers: %s (groups: %s); mesh %s over %d process(es)", list(peers.names),
                  [g.config_key for g in peers.groups], dict(mesh.shape), jax.process_count())
     # Fail early when a batch does not divide over the processes.
@@ -301,6 +283,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     shapes = abstract_state(config, peers, optimizer, dataset)
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
+    train_step = make_step(config, peers, optimizer, mesh, state_shardings)
     return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
                _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset))
@@ -419,11 +402,9 @@ class TrainLoop:
     def __init__(self, run: Run, live: Live, checkpoints: checkpoint.RunCheckpoints):
         self.run, self.live, self.checkpoints = run, live, checkpoints
         rep = sharding.replicated(run.mesh)
-        self.step_fn = sharded_train_step(run.train_step, run.mesh, run.state_shardings)
         self.select = jax.jit(_select_groups, out_shardings=run.best_shardings)
         self.alpha = sharding.put(np.float32(run.config.mutual.alpha), rep)
-        self.non_finite = sharding.put((np.full(run.peers.size, -1, np.int32),
-                                        np.zeros(run.peers.size, np.float32)), rep)
+        self.non_finite = sharding.put(mutual.finite_record(run.peers.size), rep)
         self.clock = logs.Throughput(run.config.train.batch_size)
         self.writer: logs.MetricsWriter | None = None
 
@@ -466,7 +447,7 @@ class TrainLoop:
     def step(self, batch, epoch: int) -> bool:
         """One update and what falls due after it; True when this epoch pass ends."""
         run, live, tc = self.run, self.live, self.run.config.train
-        live.state, measurements, self.non_finite = self.step_fn(
+        live.state, measurements, self.non_finite = self.run.train_step(
             live.state, batch, self.alpha, self.non_finite)
         live.step += 1
         step = live.step
