@@ -63,6 +63,7 @@ from mlctr.run import inputs
 from mlctr.run import logs
 from mlctr.run import train
 from mlctr.run.errors import NonFiniteLossError, RunError
+from mlctr.run.schedule import PeerSchedule
 
 # The config keys that may differ between the replicas of one program.
 REPLICA_KEYS = ("seed", "mutual.alpha", "optimizer.learning_rate", "init_from")
@@ -149,7 +150,8 @@ def replica_step(train_step, execution: str = "vmap", size: int = 0):
     """The single-run step mapped over replicas, jitted once.
 
     Args:
-      train_step: from `mutual.make_train_step` (its `jitted(state, batch, alpha)`).
+      train_step: the single run's step without shardings (`train.make_step` with no
+        mesh): step(state, batch, alpha, non_finite) -> (state, measurements, non_finite).
       execution: 'vmap' (one batched program; XLA's batched matmuls may round
         differently from the single run's) or 'unroll' (`_unrolled`: bitwise the single
         run's on CPU; compiles `size` copies).
@@ -161,17 +163,11 @@ def replica_step(train_step, execution: str = "vmap", size: int = 0):
       per distinct seed, seed_index int32 [R] picks replica r's; alpha float32 [R];
       non_finite = (first step [R, N], -1 while finite; loss [R, N] at that step).
     """
+    mapped = jax.vmap(train_step) if execution == "vmap" else _unrolled(train_step, size)
 
     def step(state, batches, seed_index, alpha, non_finite):
         batch = jax.tree_util.tree_map(lambda x: jnp.take(x, seed_index, axis=0), batches)
-        mapped = (jax.vmap(train_step.jitted) if execution == "vmap"
-                  else _unrolled(train_step.jitted, size))
-        new_state, measurements = mapped(state, batch, alpha)
-        first_step, first_loss = non_finite
-        newly = (first_step < 0) & ~jnp.isfinite(measurements["loss"])
-        non_finite = (jnp.where(newly, new_state["step"][:, None], first_step),
-                      jnp.where(newly, measurements["loss"], first_loss))
-        return new_state, measurements, non_finite
+        return mapped(state, batch, alpha, non_finite)
 
     return jax.jit(step, donate_argnums=(0,))
 
@@ -193,6 +189,28 @@ def replica_predict(predict_fn, execution: str = "vmap", size: int = 0):
 def _select(masks, new, old):
     """Per replica and peer ([R, n_g] per group): new where the mask is set, else old."""
     return jax.vmap(train._select_groups)(masks, new, old)  # pylint: disable=protected-access
+
+
+def _put_rows(whole: np.ndarray, rows: list[int], new) -> np.ndarray:
+    """`whole` [R, ...] with rows `rows` replaced by `new` (one array per row)."""
+    whole = np.array(whole)
+    for r, value in zip(rows, new):
+        whole[r] = value
+    return whole
+
+
+def _schedule(run: train.Run) -> PeerSchedule:
+    """A replica's fresh schedule at its learning rate, its frozen peers (the teachers of
+    one-way distillation) stopped from the start, as `train._start` does."""
+    names = run.names
+    schedule = PeerSchedule.start(run.peers.size, run.config.optimizer.learning_rate)
+    frozen = [n.strip() for n in run.config.mutual.frozen_peers.split(",") if n.strip()]
+    unknown = sorted(set(frozen) - set(names))
+    if unknown:
+        raise ValueError(f"mutual.frozen_peers names unknown peer(s) {unknown}; peers: {names}")
+    for name in frozen:
+        schedule.stopped[names.index(name)] = True
+    return schedule
 
 
 def _stack(trees):
@@ -247,7 +265,8 @@ class ReplicaProgram:
         self.seed_index = jnp.asarray([self.seeds.index(int(r.config.seed)) for r in replicas],
                                       jnp.int32)
         self.alpha = jnp.asarray([r.config.mutual.alpha for r in replicas], jnp.float32)
-        self.step_fn = replica_step(base.train_step, execution, len(replicas))
+        self.step_fn = replica_step(train.make_step(base.config, base.peers, base.optimizer),
+                                    execution, len(replicas))
         self.predict = replica_predict(base.predict_fn, execution, len(replicas))
         self.select = jax.jit(_select)
         self.step = 0
@@ -261,15 +280,33 @@ class ReplicaProgram:
         return len(self.lives)
 
     def _start(self):
-        """Each replica's fresh state (the single run's `_start`), stacked."""
-        states, bests = [], []
+        """Every replica's fresh state, as the single run's `train._start` makes it, in one
+        program: each replica's `mutual.init_state` from its seed's key (mapped over the
+        keys), then its `init_from` weights with fresh optimizer states, its schedule
+        (frozen peers stopped) and learning rates."""
+        base, peers = self.base, self.base.peers
+        sample_ids = jnp.zeros((2, base.dataset.num_fields), jnp.int32)
+        init = jax.vmap(lambda key: mutual.init_state(
+            peers, key, sample_ids, base.optimizer, 0.0,
+            same_init=base.config.mutual.same_init))
+        keys = jnp.stack([jax.random.PRNGKey(live.run.config.seed) for live in self.lives])
+        state = jax.device_get(jax.jit(init)(keys))
+        loaded = [r for r, live in enumerate(self.lives) if live.run.config.init_from]
+        if loaded:
+            variables = [mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(
+                self.lives[r].run.config.init_from, list(peers.names))) for r in loaded]
+            for key, part in (("params", 0), ("batch_stats", 1)):
+                state[key] = jax.tree_util.tree_map(
+                    lambda whole, *new: _put_rows(whole, loaded, new),
+                    state[key], *[v[part] for v in variables])
+            state["opt_state"] = jax.device_get(jax.jit(lambda params: tuple(
+                jax.vmap(jax.vmap(base.optimizer.init))(p) for p in params))(state["params"]))
         for live in self.lives:
-            start = train._start(live.run)  # pylint: disable=protected-access
-            live.schedule = start.schedule
-            states.append(jax.device_get(start.state))
-            bests.append(jax.device_get(start.best))
+            live.schedule = _schedule(live.run)
             train.write_run_files(live.run)
-        return jax.device_put(_stack(states)), jax.device_put(_stack(bests))
+        state["learning_rate"] = np.stack([live.schedule.live_learning_rates()
+                                           for live in self.lives])
+        return jax.device_put(state), jax.device_put(train._variables(state))  # pylint: disable=protected-access
 
     def _masks(self, per_replica: list[list[bool]]):
         flags = np.asarray(per_replica, bool)
