@@ -29,7 +29,7 @@ from absl import flags
 from experiments import analysis
 from experiments import common
 from experiments import paper
-from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import report
 
 flags.DEFINE_integer("ektf_students", 4, "Students of the from-scratch EKTF baseline (0: skip).")
@@ -116,7 +116,7 @@ def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
     config.peers = ",".join(paper.name_peers(config, config.peers))
-    peers = mutual.parse_peer_spec(config.peers)
+    peers = peer_groups.parse_peer_spec(config.peers)
     per_seed = [run_seed(config, workdir, pretrain_root, s, peers) for s in seeds]
     rows, lines = summarise(per_seed, peers, effect_pct)
     teachers = sorted({r["teacher"] for r in per_seed})

@@ -19,7 +19,7 @@ from absl import flags
 from experiments import analysis
 from experiments import common
 from experiments import paper
-from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import report
 from mlctr import study
 
@@ -34,7 +34,7 @@ COLUMNS = [("fraction", "companion pretraining fraction"), ("companion_steps", "
 
 def run_seed(config, workdir, pretrain_root, seed, fractions, effect_pct) -> list[dict]:
     """The target's control and its mutual finetune with companions of each strength."""
-    peers = mutual.parse_peer_spec(config.peers)
+    peers = peer_groups.parse_peer_spec(config.peers)
     target, companions = peers[0], peers[1:]
     full_dir, full = paper.pretrain(config, pretrain_root, seed, ",".join(peers))
     control_dir = os.path.join(workdir, f"seed{seed}", "control")
@@ -64,7 +64,7 @@ def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
     config.peers = ",".join(paper.name_peers(config, config.peers))
-    target = mutual.parse_peer_spec(config.peers)[0]
+    target = peer_groups.parse_peer_spec(config.peers)[0]
     fractions = [float(f) for f in FLAGS.fractions.split(",")]
     records = [r for s in seeds
                for r in run_seed(config, workdir, pretrain_root, s, fractions, effect_pct)]
@@ -81,7 +81,7 @@ def main(argv):
                      "gain_pct": f"{s['gain_pct']:+.3f}", "verdict": s["verdict"], "stats": s})
         lines.append(analysis.tests_line(f"{target}, companions at fraction {fraction}", s))
         lines += analysis.delong_lines([r["delong"] for r in rs], f"fraction {fraction}")
-    companions = mutual.parse_peer_spec(config.peers)[1:]
+    companions = peer_groups.parse_peer_spec(config.peers)[1:]
     table = (f"{target} finetuned with companions {companions} of varied strength "
              f"(test AUC, seeds {seeds}, alpha {config.mutual.alpha}, "
              f"{config.mutual.divergence})\n\n" + report.markdown_table(rows, COLUMNS)

@@ -34,7 +34,7 @@ import numpy as np
 from experiments import analysis
 from experiments import common
 from experiments import paper
-from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import report
 from mlctr import study
 from mlctr.data import prepare as prepare_lib
@@ -87,7 +87,7 @@ def run_cell(config, workdir: str, pretrain_root: str, diversity: float, seed: i
         with open(path) as f:
             return json.load(f)
     setting = setting_config(config, os.path.dirname(pretrain_root), diversity)
-    names = mutual.parse_peer_spec(config.peers)
+    names = peer_groups.parse_peer_spec(config.peers)
     pretrain_dir, pretrained = paper.pretrain(setting, pretrain_root, seed, config.peers)
     probs, _ = study.split_probabilities(pretrain_dir, "test")
     arms = {}
@@ -150,7 +150,7 @@ def main(argv):
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
     config.peers = ",".join(paper.name_peers(config, config.peers))
     diversities = [float(d) for d in FLAGS.diversities.split(",") if d.strip()]
-    names = mutual.parse_peer_spec(config.peers)
+    names = peer_groups.parse_peer_spec(config.peers)
     cells = []
     for seed, diversity in itertools.product(seeds, diversities):
         cells.append(run_cell(config, workdir, pretrain_root, diversity, seed))

@@ -30,7 +30,8 @@ from absl import logging
 import ml_collections
 
 from mlctr.run import checkpoint
-from mlctr import mutual
+from mlctr.run import resume
+from mlctr import peer_groups
 from mlctr import study
 from mlctr.run import inputs
 from mlctr.run import train
@@ -111,7 +112,7 @@ def _finished(config: ml_collections.ConfigDict, run_dir: str) -> dict | None:
         # shared by experiments that finetune them differently.
         saved.pop("finetune", None)
         current.pop("finetune", None)
-    differences = checkpoint.config_differences(saved, current)
+    differences = resume.config_differences(saved, current)
     # The trainer may resume with a new step budget; a finished result may not be reused.
     for key in ("num_epochs", "max_steps"):
         if saved["train"].get(key) != current["train"][key]:
@@ -246,16 +247,16 @@ def write_outputs(workdir: str, results: dict, table: str):
 
 
 def name_peers(config, spec: str) -> list[str]:
-    """The peers of a peer spec (mutual.parse_peer_spec: 'deepfm*4' is four), each under a
+    """The peers of a peer spec (peer_groups.parse_peer_spec: 'deepfm*4' is four), each under a
     config key of its own.
 
     The runners pretrain, combine and finetune peers by name, so a key used k > 1 times
     becomes k copies of its hyperparameter set in config.models, under the names the
-    trainer gives such peers (mutual.peer_names: deepfm_0 ... deepfm_3); each copy is its
+    trainer gives such peers (peer_groups.peer_names: deepfm_0 ... deepfm_3); each copy is its
     own peer, with its own initialisation, as in a stacked group.
     """
-    keys = mutual.parse_peer_spec(spec)
-    names = mutual.peer_names(keys)
+    keys = peer_groups.parse_peer_spec(spec)
+    names = peer_groups.peer_names(keys)
     with config.unlocked():
         for key, name in zip(keys, names):
             if name == key:

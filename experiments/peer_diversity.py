@@ -46,7 +46,7 @@ from experiments import common
 from experiments import diversity  # disagreement(); defines --results_dir
 from experiments import paper
 from mlctr import metrics
-from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import report
 from mlctr import study
 
@@ -83,7 +83,7 @@ def parse_peer_sets(spec: str, models) -> dict[str, list[str]]:
         if name in sets:
             raise ValueError(f"--peer_sets: set {name!r} is given twice")
         try:
-            keys = mutual.parse_peer_spec(peers)
+            keys = peer_groups.parse_peer_spec(peers)
         except ValueError as e:
             raise ValueError(f"--peer_sets: set {name!r}: {e}") from None
         if len(keys) < 2 or len(set(keys)) != len(keys) or any("*" in k for k in keys):

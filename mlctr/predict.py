@@ -33,6 +33,7 @@ import numpy as np
 
 from mlctr.run import checkpoint
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.run import inputs
 from mlctr.data.errors import DataError
 from mlctr.data.prepare.encode import encode_raw
@@ -145,9 +146,9 @@ def load_run(workdir: str):
     data_dir = _scoring_dataset_dir(config, inputs.dataset_dir(config, workdir))
     dataset = PreparedDataset(data_dir)
     check_dataset(workdir, dataset, data_dir)
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+    peers = peer_groups.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields,
-                               qr_layout=mutual.qr_layout(config, dataset))
+                               qr_layout=peer_groups.qr_layout(config, dataset))
     weights = checkpoint.load_peer_weights(workdir, list(peers.names))
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
                                                  mutual.stack_peer_variables(peers, weights))
@@ -184,12 +185,12 @@ def predict_file(workdir: str, raw: str, *, peer: str = "", skip_bad_rows: bool 
                        np.asarray(rows, np.int64), collections.Counter(skipped))
 
 
-def peer_probabilities(peers: mutual.Peers, params, batch_stats, ids: np.ndarray, *,
+def peer_probabilities(peers: peer_groups.Peers, params, batch_stats, ids: np.ndarray, *,
                        batch_size: int, peer_execution: str) -> np.ndarray:
     """Each peer's click probabilities of encoded rows, in batches of one shape.
 
     Args:
-      peers: the run's peers (`mutual.build_peers`); params, batch_stats: their stacked
+      peers: the run's peers (`peer_groups.build_peers`); params, batch_stats: their stacked
         variables (as `load_run` returns them).
       ids: int [n, fields] encoded rows.
       batch_size: rows per call; the last batch is padded with id 0 (and its padding

@@ -24,7 +24,7 @@ a local scatter on the device that holds them. The network's parameters stay rep
 and the batch is split over `data` x `table` (`batch_sharding`): as in DLRM, the network
 is data-parallel over every device, the tables model-parallel over `table`.
 JAX needs the rows to divide by `table`: `table_row_multiple` gives the padding that
-`mutual.build_peers` adds (zero rows that no id reaches). `table` is the innermost axis,
+`peer_groups.build_peers` adds (zero rows that no id reaches). `table` is the innermost axis,
 so a table is split over the devices of one process first.
 
 Devices are laid out process-major, so each process owns a contiguous block of the
@@ -149,7 +149,7 @@ def _group_spec(mesh: Mesh, path, x, n: int, peer_split: bool) -> NamedSharding:
             raise ValueError(
                 f"embedding table {jax.tree_util.keystr(path)} has {x.shape[1]} rows, not a "
                 f"multiple of mesh.table = {table}: build the peers with "
-                f"mutual.build_peers(..., table_row_multiple={table}) to pad them")
+                f"peer_groups.build_peers(..., table_row_multiple={table}) to pad them")
         return NamedSharding(mesh, P(peer, TABLE))
     return NamedSharding(mesh, P(PEER)) if peer_split else replicated(mesh)
 

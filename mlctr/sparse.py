@@ -336,7 +336,7 @@ def _row_update(kind: str, grads: jax.Array, state: dict, *, b1: float, b2: floa
 class SparseOptimizer:
     """Clip + dense Adam for the network, a row optimizer for the embedding tables.
 
-    Built by `mutual.make_optimizer(..., embedding_optimizer=...)`; the step recognises it
+    Built by `peer_groups.make_optimizer(..., embedding_optimizer=...)`; the step recognises it
     and takes the sparse path. Like the dense optimizer it returns a *direction*: the step
     applies each peer's learning rate.
 

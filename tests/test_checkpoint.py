@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlctr.run import checkpoint
+from mlctr.run import resume
 from mlctr.run import train
 from mlctr.configs import default as default_config
 
@@ -292,11 +293,11 @@ def test_a_key_added_with_its_default_is_no_config_difference():
     current = json.loads(json.dumps(default_config.get_config().to_dict()))
     saved = json.loads(json.dumps(current))
     del saved["vocab"]["hash_buckets"]
-    assert checkpoint.config_differences(saved, current) == []
+    assert resume.config_differences(saved, current) == []
     current["vocab"]["hash_buckets"] = 7
-    assert checkpoint.config_differences(saved, current) == [
+    assert resume.config_differences(saved, current) == [
         "vocab.hash_buckets: checkpoint '<absent>', config 7"]
-    assert checkpoint.config_differences(current, saved) == [
+    assert resume.config_differences(current, saved) == [
         "vocab.hash_buckets: checkpoint 7, config '<absent>'"]
 
 
@@ -305,10 +306,10 @@ def test_a_table_split_that_changes_the_padding_is_refused_on_resume():
     saved = json.loads(json.dumps(default_config.get_config().to_dict()))
     current = json.loads(json.dumps(saved))
     current["mesh"]["table"] = 2
-    assert checkpoint.config_differences(saved, current) == []
-    assert checkpoint._table_padding_difference(saved, current, 994) == []
+    assert resume.config_differences(saved, current) == []
+    assert resume.table_padding_difference(saved, current, 994) == []
     current["mesh"]["table"] = 4
-    assert checkpoint._table_padding_difference(saved, current, 994) == [
+    assert resume.table_padding_difference(saved, current, 994) == [
         "mesh.table: checkpoint 1, config 4 (embedding tables of 994 vs 996 padded rows)"]
     # The tables' own rows decide, not the vocabulary's: with quotient-remainder
     # embeddings 2106 ids sit in 697 rows (a multiple of neither 2 nor 4; 2106 is of 2).

@@ -1,12 +1,14 @@
 """The configs: every model set builds, misspelled keys fail loudly."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.configs import bars, default, tiny, validate
+from mlctr.run import resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,14 +16,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("get_config", [default.get_config, tiny.get_config])
 def test_every_model_set_builds(get_config):
     config = get_config()
-    peers = mutual.build_peers(",".join(config.models), config.models, vocab_size=50, num_fields=3)
+    peers = peer_groups.build_peers(",".join(config.models), config.models, vocab_size=50, num_fields=3)
     assert len(peers.names) == len(config.models)
     assert config.peers == "deepfm,dcn,ipnn,fibinet"
 
 
 def test_config_is_locked_and_peers_argument():
     config = default.get_config("peers=deepfm*4")
-    assert mutual.parse_peer_spec(config.peers) == ["deepfm"] * 4
+    assert peer_groups.parse_peer_spec(config.peers) == ["deepfm"] * 4
     with pytest.raises(AttributeError):
         config.mutual.alpah = 0.5
     with pytest.raises(ValueError, match="peers=SPEC"):
@@ -63,7 +65,7 @@ def test_misspelled_override_fails_on_the_command_line(tmp_path):
 def test_bars_configs_build_every_model(dataset):
     config = bars.get_config(dataset)
     assert config.train.batch_size == 10000 and config.data.dataset == dataset
-    peers = mutual.build_peers(",".join(config.models), config.models, vocab_size=50, num_fields=3)
+    peers = peer_groups.build_peers(",".join(config.models), config.models, vocab_size=50, num_fields=3)
     assert "fibinet" in peers.names
 
 
@@ -158,10 +160,6 @@ def test_validate_synthetic_needs_rows():
 
 
 def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
-    import json
-
-    from mlctr.run import checkpoint
-
     config = tiny.get_config()
     for collisions, combiner in [(0, "product"), (2, "sum"), (1000, "product")]:
         config.vocab.qr_collisions, config.vocab.qr_combiner = collisions, combiner
@@ -170,10 +168,10 @@ def test_qr_keys_accept_their_range_and_absent_keys_match_old_checkpoints():
     current = tiny.get_config().to_dict()
     saved = json.loads(json.dumps(current))  # as config.json holds it
     del saved["vocab"]["qr_collisions"], saved["vocab"]["qr_combiner"]
-    assert checkpoint.config_differences(saved, current) == []
+    assert resume.config_differences(saved, current) == []
     # ...but not with QR switched on.
     current["vocab"]["qr_collisions"] = 4
-    assert checkpoint.config_differences(saved, current) == [
+    assert resume.config_differences(saved, current) == [
         "vocab.qr_collisions: checkpoint '<absent>', config 4"]
 
 

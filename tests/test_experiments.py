@@ -16,6 +16,7 @@ import pytest
 
 from experiments import paper
 from mlctr import mutual, study
+from mlctr import peer_groups
 from mlctr.configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,7 +185,7 @@ def test_name_peers_gives_repeated_keys_copies_named_as_the_trainer_names_them()
     config = tiny.get_config("peers=deepfm*3+dcn")
     names = paper.name_peers(config, config.peers)
     assert names == ["deepfm_0", "deepfm_1", "deepfm_2", "dcn"]
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=50, num_fields=3)
+    peers = peer_groups.build_peers(config.peers, config.models, vocab_size=50, num_fields=3)
     assert list(peers.names) == names  # the trainer's names for the stacked peers
     assert all(config.models[n].to_dict() == config.models["deepfm"].to_dict()
                for n in names[:3])

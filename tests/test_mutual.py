@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
 from mlctr import sparse
 from mlctr.models import qr
@@ -31,9 +32,9 @@ def make_batch(seed=0):
 
 
 def setup(spec, lr=1e-2, seed=0, same_init=False):
-    peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
-    optimizer = mutual.make_optimizer(grad_clip_norm=10.0)
-    state = mutual.init_state(peers, jax.random.PRNGKey(seed), jnp.zeros((2, FIELDS), jnp.int32),
+    peers = peer_groups.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+    optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(seed), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, lr, same_init=same_init)
     return peers, optimizer, state
 
@@ -291,13 +292,13 @@ def test_kl_matches_bernoulli_definition():
 
 
 def test_peer_spec_parsing_and_errors():
-    assert mutual.parse_peer_spec("deepfm*2+dcn") == ["deepfm", "deepfm", "dcn"]
+    assert peer_groups.parse_peer_spec("deepfm*2+dcn") == ["deepfm", "deepfm", "dcn"]
     with pytest.raises(ValueError, match="COUNT"):
-        mutual.parse_peer_spec("deepfm*x")
+        peer_groups.parse_peer_spec("deepfm*x")
     with pytest.raises(ValueError, match="no hyperparameter set"):
-        mutual.build_peers("nosuchmodel", MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+        peer_groups.build_peers("nosuchmodel", MODELS, vocab_size=VOCAB, num_fields=FIELDS)
     with pytest.raises(ValueError, match="divergence"):
-        mutual.make_loss_fn(mutual.build_peers("deepfm", MODELS, vocab_size=VOCAB,
+        mutual.make_loss_fn(peer_groups.build_peers("deepfm", MODELS, vocab_size=VOCAB,
                                                num_fields=FIELDS), divergence="js")
 
 
@@ -328,10 +329,10 @@ def qr_batch(seed=0, size=BATCH):
 
 def qr_setup(spec, *, combiner="product", lr=1e-2, table_row_multiple=1, **optimizer_kw):
     layout = qr.QRLayout.from_fields(QR_FIELDS, 8, combiner)
-    peers = mutual.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
+    peers = peer_groups.build_peers(spec, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
                                table_row_multiple=table_row_multiple, qr_layout=layout)
-    optimizer = mutual.make_optimizer(**optimizer_kw)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+    optimizer = peer_groups.make_optimizer(**optimizer_kw)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, lr)
     return layout, peers, optimizer, state
 
@@ -412,12 +413,12 @@ def test_qr_layout_from_config_and_a_layout_of_another_dataset():
         feature_map = {"fields": QR_FIELDS}
 
     config = tiny.get_config()
-    assert mutual.qr_layout(config, Dataset()) is None
+    assert peer_groups.qr_layout(config, Dataset()) is None
     config.vocab.qr_collisions, config.vocab.qr_combiner = 8, "sum"
-    layout = mutual.qr_layout(config, Dataset())
+    layout = peer_groups.qr_layout(config, Dataset())
     assert (layout.collisions, layout.combiner, layout.vocab_size) == (8, "sum", VOCAB)
     old_run = ml_collections.ConfigDict({"peers": "deepfm", "vocab": {"mode": "fit"}})
-    assert mutual.qr_layout(old_run, Dataset()) is None  # config.json of an older run
+    assert peer_groups.qr_layout(old_run, Dataset()) is None  # config.json of an older run
     with pytest.raises(ValueError, match="covers 300 ids in 5 fields, not the dataset's 301"):
-        mutual.build_peers("deepfm", MODELS, vocab_size=VOCAB + 1, num_fields=FIELDS,
+        peer_groups.build_peers("deepfm", MODELS, vocab_size=VOCAB + 1, num_fields=FIELDS,
                            qr_layout=layout)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
 from mlctr.models import qr
 
@@ -42,13 +43,13 @@ def make_batch(seed):
 
 def run_steps(mesh, embedding_optimizer, num_steps=3):
     """(exported per-peer weights, losses [steps, N], state) of QR peers on `mesh`."""
-    peers = mutual.build_peers("deepfm*2,dcn", MODELS, vocab_size=LAYOUT.vocab_size,
+    peers = peer_groups.build_peers("deepfm*2,dcn", MODELS, vocab_size=LAYOUT.vocab_size,
                                num_fields=len(SIZES), qr_layout=LAYOUT,
                                table_row_multiple=sharding.table_row_multiple(mesh))
     # Adam eps 1e-4 as tests/test_table_sharding.py: rounding-level gradients stay small.
-    optimizer = mutual.make_optimizer(grad_clip_norm=10.0, eps=1e-4,
+    optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0, eps=1e-4,
                                       embedding_optimizer=embedding_optimizer)
-    state = jax.jit(lambda key: mutual.init_state(
+    state = jax.jit(lambda key: peer_groups.init_state(
         peers, key, jnp.zeros((2, len(SIZES)), jnp.int32), optimizer, 1e-2))(
             jax.random.PRNGKey(0))
     shardings = sharding.state_shardings(mesh, state, [g.size for g in peers.groups])

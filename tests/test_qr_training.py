@@ -8,6 +8,7 @@ import pytest
 
 from mlctr.run import checkpoint
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import predict
 from mlctr.run import evaluation
 from mlctr.run import train
@@ -40,7 +41,7 @@ def test_qr_run_trains_resumes_and_predicts(tiny_config, tiny_data_dir, tmp_path
 
     # The exported weights: tables of the layout's rows, fewer than the vocabulary's.
     dataset = PreparedDataset(tiny_data_dir)
-    layout = mutual.qr_layout(qr_config(tiny_config, embedding_optimizer, 30), dataset)
+    layout = peer_groups.qr_layout(qr_config(tiny_config, embedding_optimizer, 30), dataset)
     weights = checkpoint.load_peer_weights(whole_dir)
     for name in ("deepfm", "dcn"):
         table = weights[name]["params"]["embedding"]["embedding_table"]

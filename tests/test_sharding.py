@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
 
 FOUR_DEVICES = os.environ.get("MLCTR_TEST_FOUR_DEVICES") == "1"
@@ -54,13 +55,13 @@ class MeshRun:
 
     def __init__(self, mesh):
         self.mesh = mesh
-        peers = mutual.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+        peers = peer_groups.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
         # Adam eps 1e-4 (not 1e-8): the mesh sums gradients in another order, and a
         # gradient that is 0 up to rounding can change sign; with eps 1e-8 Adam turns that
         # noise into a full lr-sized step of the element (seen: 1 of 1200 table entries
         # off by 1.8e-4). Both runs use the same optimizer: the test compares placements.
-        optimizer = mutual.make_optimizer(grad_clip_norm=10.0, eps=1e-4)
-        self.state = jax.jit(lambda key: mutual.init_state(
+        optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0, eps=1e-4)
+        self.state = jax.jit(lambda key: peer_groups.init_state(
             peers, key, jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-2))(jax.random.PRNGKey(0))
         # vmap on every mesh: one trace per group, whatever its size (the 2-process test
         # covers the unrolled loop that CPU data parallelism uses by default).

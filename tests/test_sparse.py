@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sparse
 from mlctr import xla_cpu
 
@@ -30,9 +31,9 @@ def make_batch(seed, vocab=VOCAB, high=None):
 
 
 def setup(spec, embedding_optimizer, vocab=VOCAB, lr=1e-2, eps=EPS):
-    peers = mutual.build_peers(spec, MODELS, vocab_size=vocab, num_fields=FIELDS)
-    optimizer = mutual.make_optimizer(10.0, B1, B2, eps, embedding_optimizer)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
+    peers = peer_groups.build_peers(spec, MODELS, vocab_size=vocab, num_fields=FIELDS)
+    optimizer = peer_groups.make_optimizer(10.0, B1, B2, eps, embedding_optimizer)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32),
                               optimizer, lr)
     return peers, optimizer, state
 
@@ -255,7 +256,7 @@ def test_lazy_adam_equals_dense_adam_when_every_row_is_seen():
     # about the optimizers, not about rounding.
     eps = 1e-4
     peers, lazy, state = setup("dcn", "lazy_adam", vocab=vocab, eps=eps)
-    dense = mutual.make_optimizer(10.0, B1, B2, eps)
+    dense = peer_groups.make_optimizer(10.0, B1, B2, eps)
     dense_state = copy_state(state)
     dense_state["opt_state"] = tuple(jax.vmap(dense.init)(p) for p in state["params"])
     lazy_step = mutual.make_train_step(peers, lazy, donate=False)
@@ -282,8 +283,8 @@ def test_config_selects_the_sparse_optimizer():
     config = tiny.get_config()
     assert config.optimizer.embedding_optimizer == "dense"
     with pytest.raises(ValueError, match="embedding_optimizer"):
-        mutual.make_optimizer(embedding_optimizer="adam_sparse")
-    optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
+        peer_groups.make_optimizer(embedding_optimizer="adam_sparse")
+    optimizer = peer_groups.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps, "adagrad")
     assert isinstance(optimizer, sparse.SparseOptimizer)
     assert optimizer.embedding_optimizer == "adagrad"

@@ -22,6 +22,7 @@ import pytest
 
 from mlctr.run import checkpoint
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
 from mlctr.run import train
 
@@ -53,15 +54,15 @@ def test_mesh_shape_with_a_table_axis():
 
 
 def test_padded_tables_are_zero_and_not_exported():
-    peers = mutual.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
+    peers = peer_groups.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
                                table_row_multiple=4)
     assert (peers.vocab_size, peers.stored_rows) == (302, 304)
-    plain = mutual.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+    plain = peer_groups.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
     assert plain.table_rows == 0 and plain.stored_rows == 302
-    optimizer = mutual.make_optimizer(embedding_optimizer="lazy_adam")
+    optimizer = peer_groups.make_optimizer(embedding_optimizer="lazy_adam")
     sample = jnp.zeros((2, FIELDS), jnp.int32)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0), sample, optimizer, 1e-2)
-    reference = mutual.init_state(plain, jax.random.PRNGKey(0), sample, optimizer, 1e-2)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0), sample, optimizer, 1e-2)
+    reference = peer_groups.init_state(plain, jax.random.PRNGKey(0), sample, optimizer, 1e-2)
     table = state["params"][0]["embedding"]["embedding_table"]
     slots = state["opt_state"][0]["rows"]["embedding"]["embedding_table"]["slots"]
     assert table.shape == (2, 304, 4) and slots.shape == (2, 304, 9)
@@ -77,7 +78,7 @@ def test_padded_tables_are_zero_and_not_exported():
                          jax.tree_util.tree_leaves(state["params"])):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="table_row_multiple must be >= 1"):
-        mutual.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
+        peer_groups.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
                            table_row_multiple=0)
 
 
@@ -96,13 +97,13 @@ class TableRun:
 
     def __init__(self, mesh, embedding_optimizer):
         self.mesh = mesh
-        self.peers = mutual.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
+        self.peers = peer_groups.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS,
                                         table_row_multiple=sharding.table_row_multiple(mesh))
         # Adam eps 1e-4: see tests/test_sharding.py (a gradient that is 0 up to rounding
         # must not become an lr-sized step when the sums run in another order).
-        optimizer = mutual.make_optimizer(grad_clip_norm=10.0, eps=1e-4,
+        optimizer = peer_groups.make_optimizer(grad_clip_norm=10.0, eps=1e-4,
                                           embedding_optimizer=embedding_optimizer)
-        self.state = jax.jit(lambda key: mutual.init_state(
+        self.state = jax.jit(lambda key: peer_groups.init_state(
             self.peers, key, jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-2))(
                 jax.random.PRNGKey(0))
         self.shardings = sharding.state_shardings(mesh, self.state,
@@ -214,9 +215,9 @@ def test_four_device_peer_and_table_split_step_equals_unsharded(unsharded):
 @four_devices
 def test_four_device_unpadded_table_is_refused():
     mesh = sharding.make_mesh(1, 1, table=4)
-    peers = mutual.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
-    optimizer = mutual.make_optimizer()
-    shapes = jax.eval_shape(lambda: mutual.init_state(
+    peers = peer_groups.build_peers(PEERS, MODELS, vocab_size=VOCAB, num_fields=FIELDS)
+    optimizer = peer_groups.make_optimizer()
+    shapes = jax.eval_shape(lambda: peer_groups.init_state(
         peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-2))
     with pytest.raises(ValueError, match=r"has 302 rows, not a multiple of mesh.table = 4"):
         sharding.state_shardings(mesh, shapes, [g.size for g in peers.groups])

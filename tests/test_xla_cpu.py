@@ -41,11 +41,11 @@ def test_importing_mlctr_changes_nothing():
     setup = """
 import mlctr, mlctr.mutual, mlctr.run.train, mlctr.main
 import jax.numpy as jnp, optax
-peers = mlctr.mutual.build_peers("deepfm", {"deepfm": dict(model="deepfm", embedding_dim=2,
+peers = mlctr.peer_groups.build_peers("deepfm", {"deepfm": dict(model="deepfm", embedding_dim=2,
     dnn_hidden_units=(4,), net_dropout=0.1, batch_norm=False, embedding_regularizer=0.0,
     net_regularizer=0.0)}, vocab_size=10, num_fields=2)
-optimizer = mlctr.mutual.make_optimizer()
-state = mlctr.mutual.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, 2), jnp.int32),
+optimizer = mlctr.peer_groups.make_optimizer()
+state = mlctr.peer_groups.init_state(peers, jax.random.PRNGKey(0), jnp.zeros((2, 2), jnp.int32),
                                 optimizer, 1e-3)
 mlctr.mutual.make_train_step(peers, optimizer)
 """

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlctr import mutual, xla_cpu
+from mlctr import peer_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -117,10 +118,10 @@ def make_run(name: str, spec: str, vocab_size: int, *, embedding_optimizer: str 
     """Builds peers `spec` over `vocab_size` rows, compiles the step and warms it up.
     `dtype` is the models' compute dtype (mlctr's `compute_dtype`)."""
     models = models if models is not None else BENCH_MODELS
-    peers = mutual.build_peers(spec, models, vocab_size=vocab_size, num_fields=NUM_FIELDS,
+    peers = peer_groups.build_peers(spec, models, vocab_size=vocab_size, num_fields=NUM_FIELDS,
                                dtype=dtype)
-    optimizer = mutual.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
-    state = mutual.init_state(peers, jax.random.PRNGKey(0),
+    optimizer = peer_groups.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
+    state = peer_groups.init_state(peers, jax.random.PRNGKey(0),
                               jnp.zeros((2, NUM_FIELDS), jnp.int32), optimizer, 1e-3)
     step = mutual.make_train_step(peers, optimizer, peer_execution=peer_execution)
     run = StepRun(name, step, state, batches or make_batches(vocab_size), peers.size,

@@ -44,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from experiments.benchmarks import lib  # noqa: E402  (mlctr's process settings)
 from mlctr import mutual, sharding, sparse  # noqa: E402
+from mlctr import peer_groups
 
 FIELDS, BATCH, DIM = 4, 1024, 8
 MODELS = {"deepfm": dict(model="deepfm", embedding_dim=DIM, dnn_hidden_units=(256, 256),
@@ -71,13 +72,13 @@ def collectives(step, state, batch, alpha, non_finite) -> dict[str, int]:
 def build(rows: int, table: int, embedding_optimizer: str, batches):
     """A StepRun of the trainer's step on 4 devices: data = 4 // table x table."""
     mesh = sharding.make_mesh(4 // table, 1, table=table)
-    peers = mutual.build_peers("deepfm", MODELS, vocab_size=rows, num_fields=FIELDS,
+    peers = peer_groups.build_peers("deepfm", MODELS, vocab_size=rows, num_fields=FIELDS,
                                table_row_multiple=sharding.table_row_multiple(mesh))
-    optimizer = mutual.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
-    shapes = jax.eval_shape(lambda: mutual.init_state(
+    optimizer = peer_groups.make_optimizer(10.0, 0.9, 0.999, 1e-8, embedding_optimizer)
+    shapes = jax.eval_shape(lambda: peer_groups.init_state(
         peers, jax.random.PRNGKey(0), jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-3))
     shardings = sharding.state_shardings(mesh, shapes, [1])
-    state = jax.jit(lambda key: mutual.init_state(
+    state = jax.jit(lambda key: peer_groups.init_state(
         peers, key, jnp.zeros((2, FIELDS), jnp.int32), optimizer, 1e-3),
         out_shardings=shardings)(jax.random.PRNGKey(0))
     step = mutual.make_train_step(peers, optimizer, mesh=mesh, state_shardings=shardings)

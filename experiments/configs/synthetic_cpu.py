@@ -1,6 +1,6 @@
 """The paper's experiments on the synthetic default, sized for 2 CPU cores.
 
-  python experiments/finetune.py --config=experiments/configs/synthetic_cpu.py \
+  python -m experiments.finetune --config=experiments/configs/synthetic_cpu.py \
       --workdir=runs/paper/finetune --pretrain_root=runs/paper/pretrain --seeds=0,1,2
 
 The default config's CPU-sized peers (embedding 8, DNN 128x2, FiBiNET DNN 64) on

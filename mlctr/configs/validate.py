@@ -17,6 +17,7 @@ import ml_collections
 
 from mlctr import models as model_zoo
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sparse
 from mlctr.data.prepare.options import DATASETS, PROTOCOLS, VOCAB_MODES
 from mlctr.models import qr
@@ -139,7 +140,7 @@ def _validate_peers(config) -> None:
     if spec is _MISSING or models is _MISSING:
         return
     try:
-        keys = mutual.parse_peer_spec(spec)
+        keys = peer_groups.parse_peer_spec(spec)
     except ValueError as e:
         _fail("peers", f"{e} (e.g. deepfm+dcn or deepfm*4)", spec)
     for key in dict.fromkeys(keys):

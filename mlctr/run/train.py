@@ -7,8 +7,8 @@ a pretrained run's best weights.
 
 The trainer reads top down: `train_and_evaluate` checks the config and work dir and
 locks it, then `build` (dataset, peers, shapes), `restore_or_start` (the newest
-checkpoint or fresh peers), `TrainLoop.run` (step, log, evaluate, checkpoint, early
-stop) and `test_and_export` (the best weights on valid and test). The dataset must be
+checkpoint or fresh peers), `loop.TrainLoop` (step, log, evaluate, checkpoint,
+early stop) and `test_and_export` (the best weights on valid and test). The dataset must be
 prepared before (`ensure_prepared`, which `mlctr.main` calls).
 
 Training protocol (BARS/FuxiCTR, each a config field): Adam; evaluation every
@@ -34,13 +34,9 @@ files), checkpoints/, best/ (exported at the end), results.json and results.md.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
 import json
 import os
-import signal
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from absl import logging
 import jax
@@ -48,18 +44,18 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from mlctr.run import checkpoint
 from mlctr import locking
-from mlctr import metrics as metrics_lib
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.run import logs
 from mlctr import sharding
 from mlctr.configs import validate as config_validation
 from mlctr.run import errors
 from mlctr.run import evaluation
 from mlctr.run import inputs
+from mlctr.run import loop
 from mlctr.run.schedule import PeerSchedule
 
 
@@ -73,11 +69,11 @@ def build_run(config: ml_collections.ConfigDict, dataset, mesh=None):
     On a peer-parallel `mesh`, `mutual.peer_execution = auto` means vmap
     (see `sharding.peer_execution`).
     """
-    peers = mutual.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
+    peers = peer_groups.build_peers(config.peers, config.models, vocab_size=dataset.vocab_size,
                                num_fields=dataset.num_fields, dtype=config.compute_dtype,
                                table_row_multiple=sharding.table_row_multiple(mesh),
-                               qr_layout=mutual.qr_layout(config, dataset))
-    optimizer = mutual.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
+                               qr_layout=peer_groups.qr_layout(config, dataset))
+    optimizer = peer_groups.make_optimizer(config.optimizer.grad_clip_norm, config.optimizer.b1,
                                       config.optimizer.b2, config.optimizer.eps,
                                       config.optimizer.embedding_optimizer)
     predict_fn = mutual.make_predict_fn(peers, peer_execution=_peer_execution(config, mesh))
@@ -106,7 +102,7 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
     # Jitted as a whole: one (cacheable) compilation instead of dozens of tiny
     # op-by-op ones for the optimizer states.
     sample_ids = jnp.zeros((2, dataset.num_fields), jnp.int32)
-    state = jax.jit(lambda key: mutual.init_state(
+    state = jax.jit(lambda key: peer_groups.init_state(
         peers, key, sample_ids, optimizer, config.optimizer.learning_rate,
         same_init=config.mutual.same_init))(jax.random.PRNGKey(config.seed))
     if config.init_from:
@@ -122,48 +118,10 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
 
 def abstract_state(config, peers, optimizer, dataset):
     """Shapes and dtypes of the training state, without computing it."""
-    return jax.eval_shape(lambda: mutual.init_state(
+    return jax.eval_shape(lambda: peer_groups.init_state(
         peers, jax.random.PRNGKey(config.seed), jnp.zeros((2, dataset.num_fields), jnp.int32),
         optimizer, config.optimizer.learning_rate, same_init=config.mutual.same_init))
 
-
-def _select_tree(mask: np.ndarray, new, old):
-    """Per peer (leading axis): new where mask, else old."""
-
-    def pick(n, o):
-        m = mask.reshape((-1,) + (1,) * (n.ndim - 1))
-        return jnp.where(m, n, o)
-
-    return jax.tree_util.tree_map(pick, new, old)
-
-
-def _select_groups(masks, new, old):
-    """Group by group, `new` for the peers whose mask is set, else `old`."""
-    return jax.tree_util.tree_map(
-        lambda n, o: tuple(_select_tree(m, ng, og) for m, ng, og in zip(masks, n, o)),
-        new, old, is_leaf=lambda x: isinstance(x, tuple))
-
-
-def _group_masks(peers: mutual.Peers, per_peer: list[bool]):
-    flags = np.asarray(per_peer, bool)
-    return tuple(flags[sl] for sl in peers.group_slices())
-
-
-def _raise_if_non_finite(names, non_finite, last_checkpoint: int | None):
-    """Raises NonFiniteLossError naming each peer whose loss became NaN/inf, and when."""
-    first_step, first_loss = jax.device_get(non_finite)
-    bad = [k for k in range(len(names)) if first_step[k] >= 0]
-    if bad:
-        kept = (f"the last checkpoint, step {last_checkpoint}, is from before it and is kept"
-                if last_checkpoint is not None else "no checkpoint was written")
-        raise errors.NonFiniteLossError(
-            "; ".join(f"peer {names[k]!r} has a non-finite training loss ({first_loss[k]}) at "
-                      f"step {first_step[k]}" for k in bad)
-            + f". Stopping: nothing is saved from that step on ({kept}).")
-
-
-def _variables(tree) -> dict:
-    return {k: tree[k] for k in ("params", "batch_stats")}
 
 
 # ---------------------------------------------------------------------------
@@ -215,35 +173,6 @@ def workdir_lock(workdir: str) -> Iterator[None]:
 # Build: dataset, peers, shapes and shardings.
 
 
-@dataclasses.dataclass
-class Run:
-    """What a run is made of; fixed once built."""
-
-    config: ml_collections.ConfigDict
-    workdir: str
-    dataset: Any
-    mesh: Any
-    peers: mutual.Peers
-    optimizer: Any
-    train_step: Any
-    predict_fn: Callable
-    steps_per_epoch: int
-    total_steps: int
-    shapes: dict
-    state_shardings: dict
-    # What a checkpoint must agree with: the config (as a dict) and the dataset.
-    config_dict: dict
-    fingerprint: dict
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.peers.names)
-
-    @property
-    def best_shardings(self) -> dict:
-        return _variables(self.state_shardings)
-
-
 def run_length(train_config, dataset) -> tuple[int, int]:
     """(steps per epoch, total steps) of a run on `dataset`."""
     if train_config.batch_size < 1:
@@ -260,7 +189,7 @@ def run_length(train_config, dataset) -> tuple[int, int]:
     return steps_per_epoch, total_steps
 
 
-def _checkpoint_config(config: ml_collections.ConfigDict, peers: mutual.Peers) -> dict:
+def _checkpoint_config(config: ml_collections.ConfigDict, peers: peer_groups.Peers) -> dict:
     """The config as a checkpoint records it, less the hyperparameter sets of models
     that are not peers here (code updates may add fields to those)."""
     config_dict = json.loads(config.to_json_best_effort())
@@ -269,7 +198,7 @@ def _checkpoint_config(config: ml_collections.ConfigDict, peers: mutual.Peers) -
     return config_dict
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
+def build(config: ml_collections.ConfigDict, workdir: str) -> loop.Run:
     """Opens the dataset and builds the peers, the step and the state's layout."""
     dataset = inputs.open_run_dataset(config, workdir)
     mesh = sharding.mesh_from_config(config.mesh)
@@ -284,7 +213,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
     state_shardings = sharding.state_shardings(
         mesh, shapes, [g.size for g in peers.groups], [g.config_key for g in peers.groups])
     train_step = make_step(config, peers, optimizer, mesh, state_shardings)
-    return Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
+    return loop.Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
                _checkpoint_config(config, peers), inputs.dataset_fingerprint(dataset))
 
@@ -293,18 +222,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> Run:
 # Restore: the newest checkpoint, or fresh peers.
 
 
-@dataclasses.dataclass
-class Live:
-    """What changes as the run trains: the state, the best weights, the schedule."""
-
-    state: dict
-    best: dict
-    schedule: PeerSchedule
-    step: int
-    start_step: int
-
-
-def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
+def restore_or_start(run: loop.Run, checkpoints: checkpoint.RunCheckpoints) -> loop.Live:
     """Resumes from the newest checkpoint in the work dir, else starts fresh peers."""
     if checkpoints.latest_step() is None:
         return _start(run)
@@ -312,16 +230,16 @@ def restore_or_start(run: Run, checkpoints: checkpoint.RunCheckpoints) -> Live:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
     state, best, progress = checkpoints.restore(
         as_target(run.shapes, run.state_shardings),
-        as_target(_variables(run.shapes), run.best_shardings),
+        as_target(loop.best_variables(run.shapes), run.best_shardings),
         config=run.config_dict, dataset=run.fingerprint, table_rows=run.peers.vocab_size)
     start_step = int(progress["step"])
     logging.info("Resumed from the checkpoint at step %d (epoch %d, batch %d)", start_step,
                  *divmod(start_step, run.steps_per_epoch))
-    return Live(state, best, PeerSchedule.from_json(progress["schedule"]), start_step,
+    return loop.Live(state, best, PeerSchedule.from_json(progress["schedule"]), start_step,
                 start_step)
 
 
-def _start(run: Run) -> Live:
+def _start(run: loop.Run) -> loop.Live:
     config, names = run.config, run.names
     host_state = jax.device_get(initial_state(config, run.peers, run.optimizer, run.dataset))
     schedule = PeerSchedule.start(run.peers.size, config.optimizer.learning_rate)
@@ -334,11 +252,11 @@ def _start(run: Run) -> Live:
     host_state["learning_rate"] = schedule.live_learning_rates()
     state = sharding.put(host_state, run.state_shardings)
     # A separate copy: the live state's buffers are donated to the step.
-    best = sharding.put(_variables(host_state), run.best_shardings)
-    return Live(state, best, schedule, 0, 0)
+    best = sharding.put(loop.best_variables(host_state), run.best_shardings)
+    return loop.Live(state, best, schedule, 0, 0)
 
 
-def write_run_files(run: Run) -> None:
+def write_run_files(run: loop.Run) -> None:
     """config.json and dataset.json (process 0)."""
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
@@ -347,205 +265,11 @@ def write_run_files(run: Run) -> None:
 
 
 # ---------------------------------------------------------------------------
-# The loop: step, log, evaluate, checkpoint, early stop.
-
-
-class PreemptionWatcher:
-    """Tells the loop when to checkpoint and stop after a SIGTERM (preemption notice).
-
-    Several processes: SIGTERM may reach them at different steps, so JAX's
-    preemption service (started by jax.distributed.initialize, which then owns
-    SIGTERM) agrees on one step at which every process saves and stops; orbax's
-    `CheckpointManager.reached_preemption` asks it. One process: that service does
-    not run (orbax's call then always answers False), so a SIGTERM handler of our
-    own sets a flag that the loop reads after each step.
-
-    Args:
-      reached_preemption: step -> bool, the multi-process sync point; by default
-        orbax's (what `CheckpointManager.reached_preemption` calls).
-    """
-
-    def __init__(self, reached_preemption: Callable[[int], bool] | None = None):
-        self._multi_process = jax.process_count() > 1
-        self._reached_preemption = reached_preemption or ocp.multihost.reached_preemption
-        self._requested = False
-        self._previous = None
-        if not self._multi_process and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self._requested = True
-
-    def should_stop(self, step: int) -> bool:
-        if self._multi_process:
-            return self._reached_preemption(step)
-        return self._requested
-
-    def close(self):
-        """Restores the previous handler: a later SIGTERM ends the process as usual."""
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-class TrainLoop:
-    """The steps of one run, from `live.step` to the end; updates `live` in place.
-
-    Args:
-      run: from `build`.
-      live: from `restore_or_start`.
-      checkpoints: the run's checkpoints (written every `checkpoint.ckpt_steps`, on
-        SIGTERM and at the end).
-    """
-
-    def __init__(self, run: Run, live: Live, checkpoints: checkpoint.RunCheckpoints):
-        self.run, self.live, self.checkpoints = run, live, checkpoints
-        rep = sharding.replicated(run.mesh)
-        self.select = jax.jit(_select_groups, out_shardings=run.best_shardings)
-        self.alpha = sharding.put(np.float32(run.config.mutual.alpha), rep)
-        self.non_finite = sharding.put(mutual.finite_record(run.peers.size), rep)
-        self.clock = logs.Throughput(run.config.train.batch_size)
-        self.writer: logs.MetricsWriter | None = None
-
-    def train(self) -> None:
-        """Epochs until the steps run out or every peer has stopped; the last checkpoint."""
-        run, live = self.run, self.live
-        self.writer = logs.MetricsWriter(run.workdir, live.start_step)
-        self.watcher = PreemptionWatcher()
-        try:
-            while live.step < run.total_steps and not live.schedule.all_stopped:
-                self.epoch()
-            if live.schedule.all_stopped:
-                logging.info("every peer has stopped early; the run ends at step %d", live.step)
-            self.check_finite()
-            if self.checkpoints.last_saved_step != live.step:
-                self.save(live.step)
-            self.checkpoints.wait()
-        finally:
-            self.watcher.close()
-            self.writer.close()
-
-    def epoch(self) -> None:
-        """One pass over the rest of the current epoch (or until the run stops)."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        epoch, start_batch = divmod(live.step, run.steps_per_epoch)
-        index, count = sharding.process_batch_slice(run.mesh, tc.batch_size)
-        batches = run.dataset.train_batches(tc.batch_size, seed=run.config.seed, epoch=epoch,
-                                            process_index=index, process_count=count,
-                                            start_batch=start_batch)
-        step_before = live.step
-        place = functools.partial(sharding.global_batch, run.mesh, batch_size=tc.batch_size)
-        for batch in inputs.prefetch(batches, place):
-            if self.step(batch, epoch):
-                break
-        if live.step == step_before:
-            raise RuntimeError(f"epoch {epoch} yielded no training batch from batch {start_batch}")
-        logs.log_epoch(epoch, -(-run.total_steps // run.steps_per_epoch), live.step,
-                          run.total_steps, self.clock)
-
-    def step(self, batch, epoch: int) -> bool:
-        """One update and what falls due after it; True when this epoch pass ends."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        live.state, measurements, self.non_finite = self.run.train_step(
-            live.state, batch, self.alpha, self.non_finite)
-        live.step += 1
-        step = live.step
-        self.clock.step_done(measurements)
-        if step % tc.log_steps == 0 or step == run.total_steps:
-            self.log_train(step, epoch, measurements)
-        end_of_epoch = step % run.steps_per_epoch == 0
-        if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
-                tc.eval_steps <= 0 and end_of_epoch) or step == run.total_steps:
-            self.check_finite()
-            self.evaluate(step, epoch)
-            self.clock.resume()  # evaluation is not training time
-        if step >= run.total_steps or live.schedule.all_stopped:
-            return True
-        ckpt_steps = run.config.checkpoint.ckpt_steps
-        if ckpt_steps > 0 and step % ckpt_steps == 0:
-            self.save(step)
-        self.stop_if_preempted(step)
-        return end_of_epoch
-
-    def check_finite(self) -> None:
-        _raise_if_non_finite(self.run.names, self.non_finite, self.checkpoints.last_saved_step)
-
-    def log_train(self, step: int, epoch: int, measurements) -> None:
-        """metrics.jsonl, TensorBoard and the log line of the training losses."""
-        self.check_finite()
-        names, batch_size = self.run.names, self.run.config.train.batch_size
-        m = jax.device_get(measurements)
-        steps_per_sec = self.clock.interval()
-        record = {"kind": "train", "step": step, "epoch": epoch,
-                  "steps_per_sec": steps_per_sec,
-                  "examples_per_sec": steps_per_sec * batch_size,
-                  "learning_rate": dict(zip(names,
-                                            self.live.schedule.live_learning_rates().tolist())),
-                  **{k: dict(zip(names, np.asarray(m[k]).tolist()))
-                     for k in ("loss", "bce", "mutual", "l2", "grad_norm")}}
-        scalars = {f"train/{k}/{n}": v
-                   for k in ("loss", "bce", "mutual", "grad_norm", "learning_rate")
-                   for n, v in record[k].items()}
-        scalars.update({"train/steps_per_sec": steps_per_sec,
-                        "train/examples_per_sec": record["examples_per_sec"]})
-        self.writer.write(record, scalars)
-        logs.log_train(step, self.run.total_steps, record["loss"], record["examples_per_sec"])
-
-    def evaluate(self, step: int, epoch: int) -> None:
-        """Valid metrics; the schedule's decisions: best weights, decay, early stops."""
-        run, live, tc = self.run, self.live, self.run.config.train
-        names = run.names
-        logits, labels = evaluation.predict_split(run.predict_fn, live.state["params"],
-                                       live.state["batch_stats"], run.dataset, "valid",
-                                       tc.eval_batch_size, run.mesh)
-        valid = evaluation.split_metrics(names, logits, labels)
-        values = [metrics_lib.monitor_value(valid[n], tc.monitor) for n in names]
-        improved, newly_stopped = live.schedule.update(
-            values, step, patience=tc.patience, decay=run.config.optimizer.lr_decay_factor,
-            min_lr=run.config.optimizer.min_learning_rate)
-        live.best = self.select(_group_masks(run.peers, improved), _variables(live.state),
-                                live.best)
-        if any(newly_stopped):
-            # A stopped peer teaches with its best weights and no longer moves.
-            live.state.update(self.select(_group_masks(run.peers, newly_stopped), live.best,
-                                          _variables(live.state)))
-        live.state["learning_rate"] = sharding.put(live.schedule.live_learning_rates(),
-                                                   run.state_shardings["learning_rate"])
-        stopped = dict(zip(names, live.schedule.stopped))
-        self.writer.write(
-            {"kind": "eval", "step": step, "epoch": epoch, "valid": valid,
-             "learning_rate": dict(zip(names, live.schedule.learning_rate)), "stopped": stopped},
-            {**logs.per_peer_scalars("valid/auc", {n: m["auc"] for n, m in valid.items()}),
-             **logs.per_peer_scalars("valid/logloss",
-                                        {n: m["logloss"] for n, m in valid.items()})})
-        logs.log_eval(step, valid, dict(zip(names, improved)), stopped)
-
-    def save(self, step: int) -> None:
-        """Starts writing checkpoint `step`, never one of a state that went non-finite."""
-        self.check_finite()
-        epoch, batch_in_epoch = divmod(step, self.run.steps_per_epoch)
-        self.checkpoints.save(step, self.live.state, self.live.best, {
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-            "schedule": self.live.schedule.to_json(), "peers": self.run.names,
-            "config": self.run.config_dict, "dataset": self.run.fingerprint})
-
-    def stop_if_preempted(self, step: int) -> None:
-        """After a SIGTERM: the checkpoint of this step, then `Preempted`."""
-        if not self.watcher.should_stop(step):
-            return
-        if self.checkpoints.last_saved_step != step:
-            self.save(step)
-        self.checkpoints.wait()
-        logging.warning("SIGTERM: saved the checkpoint at step %d; stopping", step)
-        raise errors.Preempted(step, self.checkpoints.directory)
-
-
-# ---------------------------------------------------------------------------
 # Test: the best weights on valid and test, exported.
 
 
-def test_and_export(run: Run, live: Live, clock: logs.Throughput) -> dict[str, Any]:
+def test_and_export(run: loop.Run, live: loop.Live,
+                    clock: logs.Throughput) -> dict[str, Any]:
     """Evaluates each peer's best weights; writes best/, results.json and results.md."""
     tc = run.config.train
     results = {"peers": run.names, "steps": live.step, "resumed_from": live.start_step or None,
@@ -601,8 +325,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         try:
             live = restore_or_start(run, checkpoints)
             write_run_files(run)
-            loop = TrainLoop(run, live, checkpoints)
-            loop.train()
+            train_loop = loop.TrainLoop(run, live, checkpoints)
+            train_loop.train()
         finally:
             checkpoints.close()  # waits for a save in flight: earlier checkpoints are good
-        return test_and_export(run, live, loop.clock)
+        return test_and_export(run, live, train_loop.clock)

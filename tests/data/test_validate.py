@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mlctr.data import DataError, layout, reader
+from mlctr.data import DataError, layout, validation
 from mlctr.data.errors import DatasetError
 from mlctr.data.prepare import prepare
 from mlctr.data.reader import PreparedDataset
@@ -192,7 +192,7 @@ def test_dataset_checksum_full_verify_reads_every_block(synthetic_criteo, tmp_pa
     ids[first, 0], ids[second, 0] = ids[second, 0], ids[first, 0]
     ids.flush()
     del ids
-    monkeypatch.setattr(reader, "SAMPLED_BLOCKS", 0)  # opening checks blocks 0 and last
+    monkeypatch.setattr(validation, "SAMPLED_BLOCKS", 0)  # opening checks blocks 0 and last
     dataset = PreparedDataset(out)
     with pytest.raises(DatasetError, match="content changed after prepare: CRC-32 of bytes "
                        f"{5 * 4096}..{6 * 4096}"):
