@@ -28,6 +28,7 @@ before and after, cpu count and jax version.
   python -m experiments.benchmarks.replicas --workdir=/tmp/bench_replicas
   python -m experiments.benchmarks.replicas --workdir=/tmp/br --parts=host
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -46,6 +47,7 @@ from mlctr import distributed
 from mlctr.configs import default
 from mlctr.run import checkpoint
 from mlctr.run import inputs
+from mlctr.run import loop
 from mlctr.run import train
 
 FLAGS = flags.FLAGS
@@ -169,12 +171,13 @@ def host_part() -> dict:
     inputs.ensure_prepared(config, run_dir)
     run = train.build(config, run_dir)
     checkpoints = checkpoint.RunCheckpoints(run_dir, keep=1)
-    loop = train.TrainLoop(run, train.restore_or_start(run, checkpoints), checkpoints)
-    loop.step_fn = noop_step(run.peers.size)
-    loop.watcher = train.PreemptionWatcher()
-    loop.epoch()  # warm-up: compilation, page cache
-    _, wall, cpu = timed(lambda: [loop.epoch() for _ in range(FLAGS.host_epochs - 1)])
-    loop.watcher.close()
+    live = train.restore_or_start(run, checkpoints)
+    run = dataclasses.replace(run, train_step=noop_step(run.peers.size))
+    trainer = loop.TrainLoop(run, live, checkpoints)
+    trainer.watcher = loop.PreemptionWatcher()
+    trainer.epoch()  # warm-up: compilation, page cache
+    _, wall, cpu = timed(lambda: [trainer.epoch() for _ in range(FLAGS.host_epochs - 1)])
+    trainer.watcher.close()
     examples = (FLAGS.host_epochs - 1) * run.steps_per_epoch * config.train.batch_size
 
     def read_only():

@@ -36,8 +36,7 @@ few swapped near-ties (AUC); with batch norm, whose E[x^2] - E[x]^2 variance amp
 those differences through the running statistics, unroll is the exact choice.
 
 Not yet: meshes of more than one device, and checkpoints (an interrupted program starts
-again; finished replicas are reused by the runners, which skip run directories holding
-a finished run).
+again; the runners reuse the replicas' finished run directories).
 """
 from __future__ import annotations
 
@@ -56,11 +55,14 @@ import numpy as np
 from mlctr import locking
 from mlctr import metrics as metrics_lib
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr import sharding
 from mlctr.run import checkpoint
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import logs
+from mlctr.run import resume
+from mlctr.run import loop
 from mlctr.run import train
 from mlctr.run.errors import NonFiniteLossError, RunError
 from mlctr.run.schedule import PeerSchedule
@@ -76,7 +78,6 @@ MEMORY_FACTOR = 4.0
 @dataclasses.dataclass(frozen=True)
 class Replica:
     """One run of a study: its config (locked) and run directory."""
-
     config: ml_collections.ConfigDict
     workdir: str
 
@@ -98,7 +99,7 @@ def check_compatible(replicas: Sequence[Replica]) -> None:
         raise ValueError("no replicas to train")
     first = _without_replica_keys(replicas[0].config)
     for r in replicas[1:]:
-        differences = checkpoint.config_differences(first, _without_replica_keys(r.config))
+        differences = resume.config_differences(first, _without_replica_keys(r.config))
         if differences:
             raise ValueError(f"replica {r.workdir} differs from {replicas[0].workdir} in more "
                              f"than {', '.join(REPLICA_KEYS)}: {'; '.join(differences[:3])}")
@@ -107,7 +108,7 @@ def check_compatible(replicas: Sequence[Replica]) -> None:
         raise ValueError("two replicas share a run directory")
 
 
-def state_bytes(run: train.Run) -> int:
+def state_bytes(run: loop.Run) -> int:
     """Bytes of one replica's training state."""
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize
                for x in jax.tree_util.tree_leaves(run.shapes))
@@ -125,7 +126,7 @@ def memory_budget() -> int:
     return int(fields["MemAvailable"].split()[0]) * 1024 // 2
 
 
-def max_replicas(run: train.Run) -> int:
+def max_replicas(run: loop.Run) -> int:
     """How many replicas of `run` fit in `memory_budget` at once (at least 1)."""
     return max(1, int(memory_budget() // (MEMORY_FACTOR * max(1, state_bytes(run)))))
 
@@ -188,7 +189,7 @@ def replica_predict(predict_fn, execution: str = "vmap", size: int = 0):
 
 def _select(masks, new, old):
     """Per replica and peer ([R, n_g] per group): new where the mask is set, else old."""
-    return jax.vmap(train._select_groups)(masks, new, old)  # pylint: disable=protected-access
+    return jax.vmap(loop._select_groups)(masks, new, old)  # pylint: disable=protected-access
 
 
 def _put_rows(whole: np.ndarray, rows: list[int], new) -> np.ndarray:
@@ -199,7 +200,7 @@ def _put_rows(whole: np.ndarray, rows: list[int], new) -> np.ndarray:
     return whole
 
 
-def _schedule(run: train.Run) -> PeerSchedule:
+def _schedule(run: loop.Run) -> PeerSchedule:
     """A replica's fresh schedule at its learning rate, its frozen peers (the teachers of
     one-way distillation) stopped from the start, as `train._start` does."""
     names = run.names
@@ -229,7 +230,7 @@ def _index(tree, r: int):
 class ReplicaLive:
     """What changes in one replica: its schedule, writer and when it stopped."""
 
-    run: train.Run
+    run: loop.Run
     schedule: Any
     writer: logs.MetricsWriter | None = None
     stopped_at: int | None = None  # the step at which every peer had stopped
@@ -248,7 +249,7 @@ class ReplicaProgram:
       execution: 'vmap' or 'unroll' (`replica_step`).
     """
 
-    def __init__(self, base: train.Run, replicas: Sequence[Replica], execution: str = "vmap"):
+    def __init__(self, base: loop.Run, replicas: Sequence[Replica], execution: str = "vmap"):
         if execution not in EXECUTIONS:
             raise ValueError(f"unknown replica execution {execution!r}; expected one of "
                              f"{EXECUTIONS}")
@@ -286,7 +287,7 @@ class ReplicaProgram:
         (frozen peers stopped) and learning rates."""
         base, peers = self.base, self.base.peers
         sample_ids = jnp.zeros((2, base.dataset.num_fields), jnp.int32)
-        init = jax.vmap(lambda key: mutual.init_state(
+        init = jax.vmap(lambda key: peer_groups.init_state(
             peers, key, sample_ids, base.optimizer, 0.0,
             same_init=base.config.mutual.same_init))
         keys = jnp.stack([jax.random.PRNGKey(live.run.config.seed) for live in self.lives])
@@ -306,7 +307,7 @@ class ReplicaProgram:
             train.write_run_files(live.run)
         state["learning_rate"] = np.stack([live.schedule.live_learning_rates()
                                            for live in self.lives])
-        return jax.device_put(state), jax.device_put(train._variables(state))  # pylint: disable=protected-access
+        return jax.device_put(state), jax.device_put(loop.best_variables(state))
 
     def _masks(self, per_replica: list[list[bool]]):
         flags = np.asarray(per_replica, bool)
@@ -428,7 +429,7 @@ class ReplicaProgram:
                 live.stopped_at = step
                 logging.info("replica %s: every peer has stopped early at step %d", live.name,
                              step)
-        variables = train._variables  # pylint: disable=protected-access
+        variables = loop.best_variables
         self.best = self.select(self._masks(improved), variables(self.state), self.best)
         if any(any(s) for s in newly_stopped):
             self.state.update(self.select(self._masks(newly_stopped), self.best,
