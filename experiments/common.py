@@ -4,7 +4,8 @@ Every runner takes:
   --workdir        where table.md, results.json and the figures go
   --config         base config file (default mlctr/configs/default.py), with
                    field overrides, e.g. --config.data.num_rows=200000
-  --seeds          comma-separated seeds (default 0,1,2); each seed pairs the arms
+  --seeds          comma-separated seeds or ranges (default 0,1,2; 0..9 is 0 to 9);
+                   each seed pairs the arms
   --dataset        any kind mlctr.data.prepare knows (experiments/datasets.py): synthetic,
                    shared_criteo, shared_avazu, criteo, avazu, criteo_1tb, frappe_x1,
                    movielens_x1, criteo_x1, avazu_x1, csv ('' : the config's, else synthetic)
@@ -17,6 +18,13 @@ Every runner takes:
                    point several runners at one root to share pretraining
   --compilation_cache  JAX's persistent compilation cache, so that seeds and
                    arms reuse the compiled steps ('' disables)
+
+Runners built on experiments/replicas.py (finetune) also take:
+  --replicas       train all seeds and arms as replicas of one program
+                   (mlctr/run/replicas.py) where they fit in memory (default);
+                   --noreplicas: one run after another
+  --max_replicas   replicas per program (0: as many as fit in memory)
+  --replica_execution  vmap (default) | unroll (bitwise the runs alone on CPU)
 """
 import os
 import sys
@@ -44,7 +52,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", os.path.join(REPO, "mlctr/configs/default.py"),
                                 "Base config file.", lock_config=False)
 flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds or inclusive ranges (0..9).")
 flags.DEFINE_enum("dataset", "", ("",) + datasets.CHOICES,
                   "Dataset kind ('': the config's, else synthetic).")
 flags.DEFINE_string("raw", "", "Raw file, or the directory of csv splits / day files.")
@@ -105,9 +113,10 @@ def setup(owned: dict[str, str] | None = None, synthetic_only: bool = False):
     paper.check_workdir(config, workdir, {"dataset": FLAGS.dataset, "raw": FLAGS.raw,
                                           "data_dir": FLAGS.data_dir,
                                           "feature_spec": FLAGS.feature_spec})
-    seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
-    if not seeds:
-        _fail("--seeds is empty")
+    try:
+        seeds = parse_seeds(FLAGS.seeds)
+    except ValueError as e:
+        _fail(str(e))
     pretrain_root = os.path.abspath(FLAGS.pretrain_root or os.path.join(workdir, "pretrain"))
     overrides = config_flags.get_override_values(FLAGS["config"])
     for key, how in {**OWNED, **(owned or {})}.items():
@@ -152,3 +161,18 @@ def _fail(message: str):
     sys.stderr.write(f"{_name()}: error: {message}\n")
     sys.exit(1)
 
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' or '0..9' (inclusive) or both ('0..3,7') as a list of distinct seeds."""
+    seeds = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        first, dots, last = item.partition("..")
+        try:
+            seeds.extend(range(int(first), int(last) + 1) if dots else [int(item)])
+        except ValueError:
+            raise ValueError(f"--seeds: {item!r} is not a seed or a range like 0..9") from None
+    if not seeds:
+        raise ValueError("--seeds is empty")
+    return list(dict.fromkeys(seeds))

@@ -10,6 +10,10 @@ seeds, the power line, and DeLong's test per seed on the same test rows.
 
   python -m experiments.finetune --workdir=runs/paper/finetune --pretrain_root=runs/paper/pretrain
 
+All seeds' pretrainings, then all seeds' control and mutual finetunes, train as replicas
+of one program each (experiments/replicas.py; `--seeds=0..9`); `--noreplicas` runs them
+one after another, with the same run directories, table and results.json.
+
 Writes table.md, results.json and curves.png (valid AUC vs step, first seed).
 """
 import os
@@ -19,6 +23,7 @@ from absl import app
 from experiments import analysis
 from experiments import common
 from experiments import paper
+from experiments import replicas as replica_runs
 from mlctr import report
 from mlctr import study
 from mlctr.run import logs
@@ -29,21 +34,36 @@ COLUMNS = [("peer", "peer"), ("pretrain", "pretrain AUC"), ("control", "control 
            ("logloss_gain", "logloss gain %"), ("logloss_verdict", "logloss paired t")]
 
 
-def run_seed(config, workdir: str, pretrain_root: str, seed: int, effect_pct: float) -> dict:
-    """Pretrain (cached), both finetunes, the study's rows and DeLong per peer for one seed."""
-    pretrain_dir, pretrained = paper.pretrain(config, pretrain_root, seed, config.peers)
-    phases, dirs = {"pretrain": pretrained}, {}
-    for arm, alpha in (("control", 0.0), ("mutual", config.mutual.alpha)):
-        dirs[arm] = os.path.join(workdir, f"seed{seed}", arm)
-        phases[f"finetune_{arm}"] = paper.run(config, dirs[arm], seed=seed, peers=config.peers,
-                                              alpha=alpha, init_from=pretrain_dir)
+def run_seeds(config, workdir: str, pretrain_root: str, seeds: list[int],
+              effect_pct: float) -> list[dict]:
+    """Pretraining (cached) and both finetunes of every seed, as replicas of one program per
+    phase (experiments/replicas.py; --noreplicas: one run after another), then each seed's
+    study rows and DeLong per peer."""
+    pretrain_runs = [paper.pretrain_run(config, pretrain_root, s, config.peers) for s in seeds]
+    pretrained = replica_runs.run_all([(c, d) for d, c in pretrain_runs])
+    arms = (("control", 0.0), ("mutual", config.mutual.alpha))
+    finetunes = [(paper.run_config(config, seed=s, peers=config.peers, alpha=alpha,
+                                   init_from=pretrain_dir),
+                  os.path.join(workdir, f"seed{s}", arm))
+                 for s, (pretrain_dir, _) in zip(seeds, pretrain_runs) for arm, alpha in arms]
+    finetuned = iter(replica_runs.run_all(finetunes))
+    per_seed = []
+    for s, pre in zip(seeds, pretrained):
+        phases = {"pretrain": pre, **{f"finetune_{arm}": next(finetuned) for arm, _ in arms}}
+        dirs = {arm: os.path.join(workdir, f"seed{s}", arm) for arm, _ in arms}
+        per_seed.append(seed_summary(s, phases, dirs, effect_pct))
+    return per_seed
+
+
+def seed_summary(seed: int, phases: dict, dirs: dict, effect_pct: float) -> dict:
+    """One seed's study rows and DeLong per peer, from its runs' results and directories."""
     rows, _ = study.results_table(phases)
     (mutual_p, labels), (control_p, _) = (study.split_probabilities(dirs["mutual"]),
                                           study.split_probabilities(dirs["control"]))
     return {"seed": seed, "rows": {r["peer"]: r for r in rows}, "dirs": dirs,
             "broken": study.broken_notes(phases, [r["peer"] for r in rows]),
             "delong": study.delong(mutual_p, control_p, labels, list(control_p), effect_pct),
-            "bayes": pretrained.get("bayes")}
+            "bayes": phases["pretrain"].get("bayes")}
 
 
 def summarise(per_seed: list[dict], effect_pct: float) -> tuple[list[dict], list[str]]:
@@ -86,7 +106,7 @@ def broken_notes(per_seed: list[dict], rows: list[dict]) -> str:
 def main(argv):
     del argv
     config, workdir, seeds, pretrain_root, effect_pct = common.setup()
-    per_seed = [run_seed(config, workdir, pretrain_root, s, effect_pct) for s in seeds]
+    per_seed = run_seeds(config, workdir, pretrain_root, seeds, effect_pct)
     rows, lines = summarise(per_seed, effect_pct)
     notes = broken_notes(per_seed, rows)
     table = (f"Mutual vs independent finetune from the same pretrained peers (test split, seeds "

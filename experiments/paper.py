@@ -137,6 +137,25 @@ def run_cached(config: ml_collections.ConfigDict, run_dir: str) -> dict:
     return train.train_and_evaluate(config, run_dir)
 
 
+def run_config(base: ml_collections.ConfigDict, *, seed: int, peers: str, alpha: float = 0.0,
+               init_from: str = "", max_steps: int = 0,
+               **mutual_options) -> ml_collections.ConfigDict:
+    """The config of one run (`run`'s arguments), unlocked."""
+    config = study.pretrain_config(base)
+    with config.unlocked():
+        config.seed = seed
+        config.peers = peers
+        if max_steps:
+            config.train.max_steps = max_steps
+    if init_from:
+        config = study.finetune_config(config, init_from, alpha)
+    with config.unlocked():
+        config.mutual.alpha = alpha
+        for key, value in mutual_options.items():
+            config.mutual[key] = value
+    return config
+
+
 def run(base: ml_collections.ConfigDict, run_dir: str, *, seed: int, peers: str,
         alpha: float = 0.0, init_from: str = "", max_steps: int = 0,
         **mutual_options) -> dict:
@@ -153,24 +172,13 @@ def run(base: ml_collections.ConfigDict, run_dir: str, *, seed: int, peers: str,
       max_steps: a step budget (0: the schedule's own).
       **mutual_options: other config.mutual fields (divergence, frozen_peers, ...).
     """
-    config = study.pretrain_config(base)
-    with config.unlocked():
-        config.seed = seed
-        config.peers = peers
-        if max_steps:
-            config.train.max_steps = max_steps
-    if init_from:
-        config = study.finetune_config(config, init_from, alpha)
-    with config.unlocked():
-        config.mutual.alpha = alpha
-        for key, value in mutual_options.items():
-            config.mutual[key] = value
-    return run_cached(config, run_dir)
+    return run_cached(run_config(base, seed=seed, peers=peers, alpha=alpha, init_from=init_from,
+                                 max_steps=max_steps, **mutual_options), run_dir)
 
 
-def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, peers: str,
-             max_steps: int = 0) -> tuple[str, dict]:
-    """Independent training of `peers` from scratch (cached); returns (run dir, results)."""
+def pretrain_run(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, peers: str,
+                 max_steps: int = 0) -> tuple[str, ml_collections.ConfigDict]:
+    """(run dir, config) of the cached independent pretraining of `peers` from scratch."""
     config = study.pretrain_config(base)
     data = config.data.to_dict()
     if not data.get("feature_spec"):  # (runs without a csv spec keep the keys they had)
@@ -183,8 +191,15 @@ def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, pee
         keyed["compute_dtype"] = config.compute_dtype
     steps = max_steps or base.train.max_steps or "all"
     tag = f"{peers.replace(',', '+')}_steps{steps}_{_digest(keyed)}_seed{seed}"
-    run_dir = os.path.join(pretrain_root, tag)
-    return run_dir, run(base, run_dir, seed=seed, peers=peers, max_steps=max_steps)
+    return (os.path.join(pretrain_root, tag),
+            run_config(base, seed=seed, peers=peers, max_steps=max_steps))
+
+
+def pretrain(base: ml_collections.ConfigDict, pretrain_root: str, seed: int, peers: str,
+             max_steps: int = 0) -> tuple[str, dict]:
+    """Independent training of `peers` from scratch (cached); returns (run dir, results)."""
+    run_dir, config = pretrain_run(base, pretrain_root, seed, peers, max_steps)
+    return run_dir, run_cached(config, run_dir)
 
 
 def combine_weights(sources: dict[str, str], out_dir: str) -> str:
