@@ -162,14 +162,6 @@ def resolve_peer_execution(peer_execution: str) -> str:
     return peer_execution
 
 
-def _tree_index(tree, i):
-    return jax.tree_util.tree_map(lambda x: x[i], tree)
-
-
-def _tree_stack(trees):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
-
-
 def group_forward(group: peer_groups.PeerGroup, params, batch_stats, ids, dropout_keys, *,
                   train: bool, execution: str):
     """Logits of every peer of a group on one batch.
@@ -209,11 +201,11 @@ def group_forward(group: peer_groups.PeerGroup, params, batch_stats, ids, dropou
 
     if execution == "vmap":
         return jax.vmap(one)(params, batch_stats, dropout_keys)
-    outputs = [one(_tree_index(params, i), _tree_index(batch_stats, i), dropout_keys[i])
+    outputs = [one(peer_groups.tree_index(params, i), peer_groups.tree_index(batch_stats, i), dropout_keys[i])
                for i in range(group.size)]
     logits = jnp.stack([out[0] for out in outputs])
-    new_stats = _tree_stack([out[1] for out in outputs]) if has_stats else batch_stats
-    return logits, new_stats, _tree_stack([out[2] for out in outputs]) if with_aux else {}
+    new_stats = peer_groups.tree_stack([out[1] for out in outputs]) if has_stats else batch_stats
+    return logits, new_stats, peer_groups.tree_stack([out[2] for out in outputs]) if with_aux else {}
 
 
 def group_auxiliary_loss(group: peer_groups.PeerGroup, logits, aux_logits, labels) -> jax.Array:
@@ -478,29 +470,3 @@ def make_batch_stats_fn(peers: peer_groups.Peers, *, peer_execution: str = "auto
 
 # ---------------------------------------------------------------------------
 # Per-peer views of the stacked state (checkpoints are keyed by peer name).
-
-
-def peer_variables(peers: peer_groups.Peers, params, batch_stats) -> dict[str, dict]:
-    """{peer name: {'params': ..., 'batch_stats': ...}} unstacked from the groups, tables
-    without their padding rows."""
-    out = {}
-    for group, p, s in zip(peers.groups, params, batch_stats):
-        p = peer_groups.tables_with_rows(p, group.model.vocab_size, axis=1)
-        for i, name in enumerate(group.names):
-            out[name] = {"params": _tree_index(p, i), "batch_stats": _tree_index(s, i)}
-    return out
-
-
-def stack_peer_variables(peers: peer_groups.Peers, variables: dict[str, dict]):
-    """Inverse of `peer_variables`: (params, batch_stats) tuples over groups, tables padded
-    to `peers.stored_rows`."""
-    params, batch_stats = [], []
-    for group in peers.groups:
-        missing = [name for name in group.names if name not in variables]
-        if missing:
-            raise KeyError(f"no weights for peer(s) {missing}; available: {sorted(variables)}")
-        params.append(peer_groups.tables_with_rows(_tree_stack([variables[name]["params"]
-                                                    for name in group.names]),
-                                       peers.stored_rows, axis=1))
-        batch_stats.append(_tree_stack([variables[name]["batch_stats"] for name in group.names]))
-    return tuple(params), tuple(batch_stats)

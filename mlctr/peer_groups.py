@@ -294,3 +294,39 @@ def init_state(peers: Peers, key: jax.Array, sample_ids: jax.Array,
         "opt_state": tuple(opt_state),
         "learning_rate": jnp.full((peers.size,), learning_rate, jnp.float32),
     }
+
+
+def tree_index(tree, i):
+    """Peer i of a stacked tree."""
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def tree_stack(trees):
+    """Trees stacked on a new leading (peer) axis."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def peer_variables(peers: Peers, params, batch_stats) -> dict[str, dict]:
+    """{peer name: {'params': ..., 'batch_stats': ...}} unstacked from the groups, tables
+    without their padding rows."""
+    out = {}
+    for group, p, s in zip(peers.groups, params, batch_stats):
+        p = tables_with_rows(p, group.model.vocab_size, axis=1)
+        for i, name in enumerate(group.names):
+            out[name] = {"params": tree_index(p, i), "batch_stats": tree_index(s, i)}
+    return out
+
+
+def stack_peer_variables(peers: Peers, variables: dict[str, dict]):
+    """Inverse of `peer_variables`: (params, batch_stats) tuples over groups, tables padded
+    to `peers.stored_rows`."""
+    params, batch_stats = [], []
+    for group in peers.groups:
+        missing = [name for name in group.names if name not in variables]
+        if missing:
+            raise KeyError(f"no weights for peer(s) {missing}; available: {sorted(variables)}")
+        params.append(tables_with_rows(tree_stack([variables[name]["params"]
+                                                    for name in group.names]),
+                                       peers.stored_rows, axis=1))
+        batch_stats.append(tree_stack([variables[name]["batch_stats"] for name in group.names]))
+    return tuple(params), tuple(batch_stats)

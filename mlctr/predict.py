@@ -158,7 +158,7 @@ def load_run(workdir: str, *, allow_unverified: bool = False):
                                            allow_unverified=allow_unverified,
                                            allow_hint="--allow_unverified")
     params, batch_stats = jax.tree_util.tree_map(jnp.asarray,
-                                                 mutual.stack_peer_variables(peers, weights))
+                                                 peer_groups.stack_peer_variables(peers, weights))
     return config, peers, params, batch_stats, data_dir
 
 

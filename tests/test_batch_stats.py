@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.data.reader import PreparedDataset
 from mlctr.run import batch_stats
 from mlctr.run import checkpoint
@@ -112,7 +113,7 @@ def test_evaluation_uses_statistics_of_the_current_weights(tiny_data_dir, tmp_pa
     results = train.train_and_evaluate(config, workdir)
     dataset = PreparedDataset(tiny_data_dir)
     peers, _, _ = train.build_run(config, dataset)
-    params, stats = mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
+    params, stats = peer_groups.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
     params, stats = jax.tree_util.tree_map(jnp.asarray, (params, stats))
     placed = ({"ids": jnp.asarray(b["ids"])} for b in dataset.train_batches(64, seed=0, epoch=0))
     fresh = batch_stats.precise_batch_stats(mutual.make_batch_stats_fn(peers), params, stats,

@@ -71,12 +71,12 @@ USER_MODULE = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def user_module_dir(tmp_path_factory):
-    """A directory outside the repository holding `my_ctr_models.py`, on sys.path."""
+    """A directory outside the repository holding `my_ctr_models.py`, importable."""
     directory = tmp_path_factory.mktemp("user_code")
     (directory / "my_ctr_models.py").write_text(USER_MODULE)
-    sys.path.insert(0, str(directory))  # what PYTHONPATH does for the user's process
-    yield str(directory)
-    sys.path.remove(str(directory))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(directory))  # what PYTHONPATH does for the user's process
+        yield str(directory)
     sys.modules.pop("my_ctr_models", None)
 
 

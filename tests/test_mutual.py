@@ -48,7 +48,7 @@ def reference_step(peers, optimizer, state, batch, *, alpha, divergence):
     names = peers.names
     step_key = jax.random.fold_in(state["rng"], state["step"])
     keys = [jax.random.fold_in(step_key, k) for k in range(len(names))]
-    per_peer = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    per_peer = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])
     models = {name: group.model for group in peers.groups for name in group.names}
 
     def logits_of(name, params, key):
@@ -119,7 +119,7 @@ def assert_mutual_step_matches_reference(peers, optimizer, state, warm_batch, ba
                                   peer_execution=execution, donate=False)
     new_state, m, _ = step(state, batch, 0.7, None)
     assert np.all(np.asarray(m["mutual"]) > 0)
-    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
+    got = peer_groups.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
         assert_trees_close(got[name]["params"], expected[name])
 
@@ -133,7 +133,7 @@ def test_batch_norm_peers_update_their_own_stats():
     step = mutual.make_train_step(peers, optimizer, peer_execution="vmap", donate=False)
     new_state, _, _ = step(state, make_batch(), 1.0, None)
     expected = reference_step(peers, optimizer, state, make_batch(), alpha=1.0, divergence="mse")
-    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
+    got = peer_groups.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
         assert_trees_close(got[name]["params"], expected[name])
     stats = jax.tree_util.tree_leaves(new_state["batch_stats"])
@@ -304,9 +304,9 @@ def test_peer_spec_parsing_and_errors():
 
 def test_peer_variables_round_trip():
     peers, _, state = setup("deepfm*2,dcn")
-    per_peer = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    per_peer = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])
     assert set(per_peer) == {"deepfm_0", "deepfm_1", "dcn"}
-    params, stats = mutual.stack_peer_variables(peers, per_peer)
+    params, stats = peer_groups.stack_peer_variables(peers, per_peer)
     jax.tree_util.tree_map(np.testing.assert_array_equal, params, state["params"])
 
 
@@ -361,7 +361,7 @@ def test_qr_lazy_adam_updates_exactly_the_batch_quotient_and_remainder_rows():
                                                embedding_optimizer="lazy_adam")
     batch = qr_batch(2, size=6)  # touches some of the rows only
     model = peers.groups[0].model
-    params = mutual.peer_variables(peers, state["params"], state["batch_stats"])["deepfm"]["params"]
+    params = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])["deepfm"]["params"]
     key = jax.random.fold_in(jax.random.fold_in(state["rng"], state["step"]), 0)
     rows = with_rows(layout, batch)["ids"]
 
@@ -384,7 +384,7 @@ def test_qr_lazy_adam_updates_exactly_the_batch_quotient_and_remainder_rows():
     expected = jax.tree_util.tree_map_with_path(expected_leaf, params, grads)
     step = mutual.make_train_step(peers, optimizer, donate=False)
     new_state, _, _ = step(state, batch, 1.0, None)
-    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])["deepfm"]
+    got = peer_groups.peer_variables(peers, new_state["params"], new_state["batch_stats"])["deepfm"]
     assert_trees_close(got["params"], expected, atol=1e-6)
     table = np.asarray(new_state["params"][0]["embedding"]["embedding_table"][0])
     before = np.asarray(state["params"][0]["embedding"]["embedding_table"][0])
@@ -397,7 +397,7 @@ def test_qr_predict_fn_maps_dataset_ids_on_padded_tables():
     assert state["params"][1]["embedding"]["embedding_table"].shape[1] == peers.stored_rows
     batch = qr_batch(3)
     logits = mutual.make_predict_fn(peers)(state["params"], state["batch_stats"], batch["ids"])
-    per_peer = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    per_peer = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])
     rows = with_rows(layout, batch)["ids"]
     for k, group in enumerate(peers.groups):
         name = group.names[0]

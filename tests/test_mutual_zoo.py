@@ -67,7 +67,7 @@ def reference_step(peers, optimizer, state, batch, alpha):
     names = peers.names
     step_key = jax.random.fold_in(state["rng"], state["step"])
     keys = [jax.random.fold_in(step_key, k) for k in range(len(names))]
-    per_peer = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    per_peer = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])
     models = {name: group.model for group in peers.groups for name in group.names}
 
     def forward(name, params, key):
@@ -106,7 +106,7 @@ def test_step_equals_per_peer_updates_with_auxiliary_losses(spec, execution):
     step = mutual.make_train_step(peers, optimizer, peer_execution=execution, donate=False)
     new_state, measurements, _ = step(state, batch, 0.7, None)
     assert np.all(np.asarray(measurements["mutual"]) > 0)
-    got = mutual.peer_variables(peers, new_state["params"], new_state["batch_stats"])
+    got = peer_groups.peer_variables(peers, new_state["params"], new_state["batch_stats"])
     for name in peers.names:
         jax.tree_util.tree_map(
             lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6),
@@ -145,7 +145,7 @@ def test_predict_ignores_the_auxiliary_channel():
     batch = make_batch(4)
     predict = mutual.make_predict_fn(peers, peer_execution="unroll")
     logits = predict(state["params"], state["batch_stats"], batch["ids"])
-    per_peer = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    per_peer = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])
     for k, group in enumerate(peers.groups):
         expected = group.model.apply({"params": per_peer[group.names[0]]["params"]},
                                      batch["ids"], train=False)

@@ -64,7 +64,7 @@ def run_steps(mesh, embedding_optimizer, num_steps=3):
         batch = sharding.global_batch(mesh, make_batch(i), BATCH)
         state, measurements, non_finite = step(state, batch, alpha, non_finite)
         losses.append(np.asarray(measurements["loss"]))
-    exported = mutual.peer_variables(peers, *sharding.to_host((state["params"],
+    exported = peer_groups.peer_variables(peers, *sharding.to_host((state["params"],
                                                                state["batch_stats"])))
     return exported, np.stack(losses), state
 

@@ -69,11 +69,11 @@ def test_padded_tables_are_zero_and_not_exported():
     np.testing.assert_array_equal(table[:, 302:], 0)
     np.testing.assert_array_equal(table[:, :302],
                                   reference["params"][0]["embedding"]["embedding_table"])
-    exported = mutual.peer_variables(peers, state["params"], state["batch_stats"])
+    exported = peer_groups.peer_variables(peers, state["params"], state["batch_stats"])
     assert exported["deepfm_0"]["params"]["embedding"]["embedding_table"].shape == (302, 4)
     linear = exported["deepfm_1"]["params"]["linear"]["embedding"]["embedding_table"]
     assert linear.shape == (302, 1)
-    params, _ = mutual.stack_peer_variables(peers, exported)
+    params, _ = peer_groups.stack_peer_variables(peers, exported)
     for got, want in zip(jax.tree_util.tree_leaves(params),
                          jax.tree_util.tree_leaves(state["params"])):
         np.testing.assert_array_equal(got, want)
@@ -126,7 +126,7 @@ class TableRun:
 
     def exported(self, state):
         """Per-peer weights on the host, padding dropped (what the trainer exports)."""
-        return mutual.peer_variables(
+        return peer_groups.peer_variables(
             self.peers, *sharding.to_host((state["params"], state["batch_stats"])))
 
 

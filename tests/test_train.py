@@ -14,6 +14,7 @@ import pytest
 from mlctr.run import checkpoint
 from mlctr import locking
 from mlctr import mutual
+from mlctr import peer_groups
 from mlctr.run import logs
 from mlctr import study
 from mlctr.run import errors, evaluation, inputs
@@ -94,7 +95,7 @@ def test_restore_best_weights_reproduces_metrics(tiny_config, tmp_path):
     results = train.train_and_evaluate(config, workdir)
     dataset = PreparedDataset(config.data.data_dir)
     peers, _, predict_fn = train.build_run(config, dataset)
-    params, stats = mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
+    params, stats = peer_groups.stack_peer_variables(peers, checkpoint.load_peer_weights(workdir))
     params, stats = jax.tree_util.tree_map(jnp.asarray, (params, stats))
     logits, labels = evaluation.predict_split(predict_fn, params, stats, dataset, "test", 256)
     again = evaluation.split_metrics(list(peers.names), logits, labels)

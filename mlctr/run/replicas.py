@@ -294,7 +294,7 @@ class ReplicaProgram:
         state = jax.device_get(jax.jit(init)(keys))
         loaded = [r for r, live in enumerate(self.lives) if live.run.config.init_from]
         if loaded:
-            variables = [mutual.stack_peer_variables(peers, checkpoint.load_peer_weights(
+            variables = [peer_groups.stack_peer_variables(peers, checkpoint.load_peer_weights(
                 self.lives[r].run.config.init_from, list(peers.names))) for r in loaded]
             for key, part in (("params", 0), ("batch_stats", 1)):
                 state[key] = jax.tree_util.tree_map(
@@ -455,7 +455,7 @@ class ReplicaProgram:
                        **{split: metrics[split][r] for split in splits}}
             if bayes:
                 results["bayes"] = bayes
-            checkpoint.save_peer_weights(live.run.workdir, mutual.peer_variables(
+            checkpoint.save_peer_weights(live.run.workdir, peer_groups.peer_variables(
                 self.base.peers, *_index(host_best, r)))
             with open(os.path.join(live.run.workdir, "results.json"), "w") as f:
                 json.dump(results, f, indent=1)

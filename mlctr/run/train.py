@@ -118,7 +118,7 @@ def initial_state(config, peers, optimizer, dataset) -> dict:
             config.init_from, list(peers.names),
             allow_unverified=config.checkpoint.get("allow_unverified", False),
             allow_hint="--config.checkpoint.allow_unverified=True")
-        params, batch_stats = mutual.stack_peer_variables(peers, weights)
+        params, batch_stats = peer_groups.stack_peer_variables(peers, weights)
         state["params"] = jax.tree_util.tree_map(jnp.asarray, params)
         state["batch_stats"] = jax.tree_util.tree_map(jnp.asarray, batch_stats)
         state["opt_state"] = jax.jit(lambda params: tuple(
@@ -334,7 +334,7 @@ def test_and_export(run: loop.Run, live: loop.Live,
     bayes = run.dataset.feature_map.get("bayes")
     if bayes:
         results["bayes"] = bayes
-    checkpoint.save_peer_weights(run.workdir, mutual.peer_variables(
+    checkpoint.save_peer_weights(run.workdir, peer_groups.peer_variables(
         run.peers, *sharding.to_host((live.best["params"], live.best["batch_stats"]))))
     if jax.process_index() == 0:
         atomic.write_json(os.path.join(run.workdir, "results.json"), results, indent=1)
