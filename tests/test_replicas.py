@@ -22,7 +22,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config
+from tiny_runs import make_tiny_config
 from experiments import common
 from experiments import paper
 from experiments import replicas as replica_runs
