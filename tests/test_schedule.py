@@ -4,6 +4,7 @@ import pytest
 from mlctr import study
 from mlctr.configs import default
 from mlctr.configs import validate
+from mlctr.configs import peer_schedule
 from mlctr.run import schedule
 
 
@@ -20,7 +21,7 @@ def test_overrides_by_peer_and_by_model_set_the_peer_winning():
     validate.validate(config)
     names = ["deepfm", "ipnn", "deepfm_small_0", "deepfm_small_1"]
     keys = ["deepfm", "ipnn", "deepfm_small", "deepfm_small"]
-    settings = schedule.peer_settings(config, names, keys)
+    settings = peer_schedule.peer_settings(config, names, keys)
     assert settings.patience == (2, 3, 2, 2)
     assert settings.lr_decay_factor == (0.1, 0.5, 0.1, 0.1)
     assert settings.learning_rate == (1e-3, 1e-3, 5e-4, 2e-4)

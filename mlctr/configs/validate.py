@@ -19,9 +19,9 @@ from mlctr import models as model_zoo
 from mlctr import mutual
 from mlctr import peer_groups
 from mlctr import sparse
+from mlctr.configs import peer_schedule
 from mlctr.data.prepare.options import ALL_PROTOCOLS, DATASETS, VOCAB_MODES, protocol_problem
 from mlctr.models import qr
-from mlctr.run import schedule
 
 _MISSING = object()
 
@@ -189,7 +189,7 @@ def _validate_peer_schedules(config, names: list[str], group_keys: list[str]) ->
         if not isinstance(spec, str):
             _fail(f"{section}.peer_schedule", "must be a string 'PEER:SETTING=VALUE;...'", spec)
         try:
-            overrides = schedule.parse_peer_schedule(spec)
+            overrides = peer_schedule.parse_peer_schedule(spec)
         except ValueError as e:
             _fail(f"{section}.peer_schedule", str(e), spec)
         unknown = sorted(set(overrides) - set(names) - set(group_keys))
@@ -197,7 +197,7 @@ def _validate_peer_schedules(config, names: list[str], group_keys: list[str]) ->
             _fail(f"{section}.peer_schedule", f"names unknown peer(s) {unknown}; peers: {names}",
                   spec)
     if _get(config, "train.peer_schedule") is not _MISSING:
-        schedule.peer_settings(config, names, group_keys)  # each peer's min_lr <= its lr
+        peer_schedule.peer_settings(config, names, group_keys)  # each peer's min_lr <= its lr
 
 
 def _validate_data(config) -> None:

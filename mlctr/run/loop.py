@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mlctr.configs import peer_schedule
 from mlctr import metrics as metrics_lib
 from mlctr import mutual
 from mlctr import peer_groups
@@ -27,7 +28,6 @@ from mlctr.run import errors
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import logs
-from mlctr.run import schedule
 from mlctr.run import stopping
 from mlctr.run.schedule import PeerSchedule
 
@@ -56,7 +56,7 @@ class Run:
     config_dict: dict
     fingerprint: dict
     # Each peer's schedule settings (the globals with `train.peer_schedule`'s overrides).
-    settings: schedule.PeerSettings
+    settings: peer_schedule.PeerSettings
 
     @property
     def names(self) -> list[str]:

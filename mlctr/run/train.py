@@ -54,12 +54,12 @@ from mlctr.run import logs
 from mlctr.run import memory
 from mlctr.run import stopping
 from mlctr import sharding
+from mlctr.configs import peer_schedule
 from mlctr.configs import validate as config_validation
 from mlctr.run import errors
 from mlctr.run import evaluation
 from mlctr.run import inputs
 from mlctr.run import loop
-from mlctr.run import schedule
 from mlctr.run.schedule import PeerSchedule
 
 
@@ -252,7 +252,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> loop.Run:
     # Before the state is built: a config that cannot fit ends here, in one line.
     memory.check_fits(config, peers, shapes, state_shardings, mesh, dataset.num_fields)
     train_step = make_step(config, peers, optimizer, mesh, state_shardings)
-    settings = schedule.peer_settings(
+    settings = peer_schedule.peer_settings(
         config, peers.names, [g.config_key for g in peers.groups for _ in g.names])
     return loop.Run(config, workdir, dataset, mesh, peers, optimizer, train_step, predict_fn,
                steps_per_epoch, total_steps, shapes, state_shardings,
