@@ -23,8 +23,8 @@ replicas of the same seed (the two arms of a claim) share that order: the host r
 batch per distinct seed, [U, B, F], and the step gathers each replica's [R, B, F] on the
 device.
 
-A replica that has stopped (every peer early-stopped) keeps riding along in the step (its
-peers at learning rate 0) until the program ends; its results are fixed when it stops.
+A replica whose peers have all stopped rides along in the step (learning rate 0) until the
+program ends; its results are fixed when it stops.
 
 Equality with the single run (tests/test_replicas.py): with `execution='unroll'` (the
 replicas as a Python loop traced into the program) a replica's steps, schedule, metrics
@@ -356,9 +356,10 @@ class ReplicaProgram:
         end_of_epoch = step % base.steps_per_epoch == 0
         if (tc.eval_steps > 0 and step % tc.eval_steps == 0) or (
                 tc.eval_steps <= 0 and end_of_epoch) or step == base.total_steps:
+            self.clock.sync()  # the wait for the dispatched steps is training time
             self.check_finite()
             self.evaluate(step, epoch)
-            self.clock.resume()
+            self.clock.resume()  # evaluation is not
         return step >= base.total_steps or self.all_stopped or end_of_epoch
 
     def check_finite(self) -> None:
