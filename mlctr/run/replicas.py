@@ -29,9 +29,8 @@ program ends; its results are fixed when it stops.
 Equality with the single run (tests/test_replicas.py): with `execution='unroll'` (the
 replicas as a Python loop traced into the program) a replica's steps, schedule, metrics
 and best weights are bitwise the same run's alone on CPU. With `jax.vmap` (the default:
-one batched program, which compiles like one replica; docs/performance.md) XLA's batched
-matmuls may sum in
-another order, so they agree to 1e-6 (logloss), 1e-5 (weights after 60 Adam steps) and a
+one batched program, compiled like one replica) XLA's batched matmuls may sum in another
+order, so they agree to 1e-6 (logloss), 1e-5 (weights after 60 Adam steps) and a
 few swapped near-ties (AUC); with batch norm, whose E[x^2] - E[x]^2 variance amplifies
 those differences through the running statistics, unroll is the exact choice.
 
