@@ -29,8 +29,11 @@ from mlctr.run import inputs
 from mlctr.run import replicas
 
 FLAGS = flags.FLAGS
-flags.DEFINE_boolean("replicas", True, "Train a study's seeds and arms as replicas of one "
-                     "program where they fit in memory (--noreplicas: one run after another).")
+# Off by default until the replica loop has what the single-run loop gained in issue 25
+# (step-0 evaluation of a finetune, per-peer schedule settings, broken-prediction checks,
+# recomputed batch-norm statistics): a study must not depend on the execution path.
+flags.DEFINE_boolean("replicas", False, "Train a study's seeds and arms as replicas of one "
+                     "program where they fit in memory (default: one run after another).")
 flags.DEFINE_integer("max_replicas", 0, "Replicas per program (0: as many as fit in memory).")
 flags.DEFINE_enum("replica_execution", "vmap", replicas.EXECUTIONS,
                   "vmap: one batched program; unroll: bitwise the runs alone on CPU, a "
