@@ -461,7 +461,8 @@ def make_batch_stats_fn(peers: peer_groups.Peers, *, peer_execution: str = "auto
         for group, p, s in zip(peers.groups, params, batch_stats):
             keys = jax.random.split(jax.random.PRNGKey(0), group.size)
             zeros = jax.tree_util.tree_map(jnp.zeros_like, s)
-            _, new = group_forward(group, p, zeros, ids, keys, train=True, execution=execution)
+            _, new, _ = group_forward(group, p, zeros, ids, keys, train=True,
+                                      execution=execution)
             out.append(new)
         return tuple(out)
 

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from experiments import datasets
 from experiments import paper
 from mlctr.configs import tiny
 
@@ -14,8 +15,9 @@ def test_experiment_workdir_of_another_config_is_one_line_and_early(tmp_path):
     workdir = tmp_path / "exp"
     workdir.mkdir()
     config = tiny.get_config()
-    paper.check_workdir(config, str(workdir), {"dataset": "synthetic", "raw": ""})
-    paper.check_workdir(config, str(workdir), {"dataset": "synthetic", "raw": ""})  # same: ok
+    flags = {"dataset": "", "raw": "", "data_dir": "", "feature_spec": ""}  # the runner's
+    paper.check_workdir(config, str(workdir), flags)
+    paper.check_workdir(config, str(workdir), flags)  # the same: accepted
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.finetune", f"--workdir={workdir}",
          "--config=mlctr/configs/tiny.py", "--config.mutual.alpha=0.25", "--seeds=0",
@@ -32,8 +34,8 @@ def test_experiment_workdir_of_another_config_is_one_line_and_early(tmp_path):
 
 
 def test_symlink_planted_at_the_concatenated_raw_temporary_is_not_followed(tmp_path):
-    """`paper` concatenated the shared rows through `<raw>.tmp`: a link there redirected
-    them into any file."""
+    """The shared rows were concatenated through `<raw>.tmp`: a link there redirected them
+    into any file."""
     source = tmp_path / "shared"
     source.mkdir()
     (source / "a.txt").write_text("1\tx\n")
@@ -43,5 +45,5 @@ def test_symlink_planted_at_the_concatenated_raw_temporary_is_not_followed(tmp_p
     raw = tmp_path / "data" / "raw.txt"
     raw.parent.mkdir()
     os.symlink(victim, str(raw) + ".tmp")
-    paper._concatenate_shared("criteo", str(source), str(raw))
+    datasets._concatenate_shared("criteo", str(source), str(raw))
     assert raw.read_text() == "1\tx\n0\ty\n" and victim.read_text() == "keep me\n"

@@ -152,8 +152,11 @@ def test_run_all_as_replicas_equals_runs_one_by_one(tiny_data_dir, tmp_path):
                     for runs in (pretrain, finetune)]
     for a, b in zip(sum(got["replicas"], []), sum(got["alone"], [])):
         assert a["replicas"] in (2, 4) and "replicas" not in b
-        assert {k: v for k, v in a.items() if k not in TIMING} == {
-            k: v for k, v in b.items() if k not in TIMING}
+        # The replica loop does not check for broken predictions yet (replicas are opt-in
+        # until it does: experiments/replicas.py), so only the run alone records them.
+        skip = TIMING + ("broken",)
+        assert {k: v for k, v in a.items() if k not in skip} == {
+            k: v for k, v in b.items() if k not in skip}
     # Finished runs are reused, not trained again.
     pretrain, _ = _study_runs(tiny_data_dir, tmp_path / "replicas")
     assert replica_runs.run_all(pretrain) == got["replicas"][0]

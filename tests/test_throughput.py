@@ -87,7 +87,7 @@ def test_logged_rate_is_the_wall_clock_rate_when_steps_block(tiny_config, tmp_pa
 
 def test_progress_line_before_any_timed_step_says_unknown_not_zero(caplog):
     clock = logs.Throughput(batch_size=64)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):  # whatever verbosity a test left
         logs.log_epoch(0, 3, 1, 30, clock)
     assert "- examples/s" in caplog.text and "ETA -" in caplog.text
     assert "ETA 0:00:00" not in caplog.text and " 0 examples/s" not in caplog.text
@@ -99,7 +99,7 @@ def test_epoch_line_counts_the_steps_of_the_first_epoch(caplog):
     clock.step_done(jnp.zeros(()))
     for _ in range(3):
         clock.step_done(jnp.zeros(()))
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="absl"):  # whatever verbosity a test left
         logs.log_epoch(0, 3, 4, 12, clock)
     assert clock.timed_steps == 3 and clock.examples_per_sec > 0
     assert "ETA -" not in caplog.text

@@ -232,7 +232,7 @@ def test_torn_metrics_resume_finishes_and_records_the_dataset(resumable, referen
 def test_log_lines_name_and_round_each_peer(caplog):
     assert logs.peer_values({"deepfm": 0.50888, "dcn": 0.53221}) == "deepfm 0.5089  dcn 0.5322"
     valid = {"deepfm": {"auc": 0.712344, "logloss": 0.5}, "dcn": {"auc": 0.7, "logloss": 0.6}}
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # whatever verbosity a test left
         logs.log_eval(20, valid, {"deepfm": True, "dcn": False}, {"dcn": True})
     assert "step 20  valid auc deepfm 0.71234*  dcn 0.70000 (stopped)" in caplog.text
     clock = logs.Throughput(batch_size=64)
