@@ -64,6 +64,16 @@ def test_bars_config_for_every_bars_dataset(name):
             model="fibinet", **bars_table.bars_hparams("fibinet", name))
 
 
+def test_bars_configs_carry_the_runs_own_patience():
+    """BARS ran IPNN on Frappe_x1 with patience 3 (the others 2): the config says so per
+    peer, and only for the peers it trains."""
+    config = bars.get_config("frappe_x1")
+    assert config.train.peer_schedule == "ipnn:patience=3"
+    validate.validate(config)
+    assert bars.get_config("frappe_x1:peers=deepfm+dcn").train.peer_schedule == ""
+    assert bars.get_config("criteo_x4_001").train.peer_schedule == ""
+
+
 def test_readme_has_the_bars_table():
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         assert bars_datasets.markdown_table() in f.read()

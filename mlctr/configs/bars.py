@@ -43,6 +43,7 @@ def get_config(arg: str = "criteo") -> ml_collections.ConfigDict:
             key: dict(model=arch, **bars_datasets.hparams(key, name)[0])
             for key, arch in bars_datasets.MODELS.items()})
         config.train.batch_size = bars_datasets.batch_size(name)
+        config.train.peer_schedule = bars_datasets.peer_schedule(name, config.peers)
         config.train.eval_batch_size = 50_000
         config.train.num_epochs = 100
         config.train.monitor = monitor

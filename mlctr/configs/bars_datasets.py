@@ -18,8 +18,10 @@ x4_002's embedding size 40), and every table built from here says "stand-in" and
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from mlctr.configs import bars_other_splits
 from mlctr.configs import bars_table
 
 # BARS dataset -> (config.data.dataset, config.data.protocol, config.train.monitor).
@@ -108,6 +110,15 @@ def hparams(model: str, dataset: str) -> tuple[dict[str, Any], str]:
         values.update(overrides)
     what = f"{BARS_NAMES[base]}'s set" + (" with embedding 40 (x4_002)" if overrides else "")
     return values, f"stand-in: {what}; BARS has no {BARS_NAMES[dataset]} run of it"
+
+
+def peer_schedule(dataset: str, peers: str) -> str:
+    """`train.peer_schedule` of the BARS runs whose patience differs from the protocol's 2
+    (e.g. IPNN's 3 on Frappe_x1), for the peer keys that `peers` names."""
+    keys = set(re.findall(r"[A-Za-z_]\w*", peers))
+    return ";".join(f"{key}:patience={bars_other_splits.PATIENCE[(model, dataset)]}"
+                    for key, model in MODELS.items()
+                    if key in keys and (model, dataset) in bars_other_splits.PATIENCE)
 
 
 def batch_size(dataset: str) -> int:

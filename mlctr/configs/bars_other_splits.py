@@ -383,6 +383,12 @@ BATCH_SIZES: dict[str, dict[str, int]] = {
     'onn': {'criteo_x4_002': 10000, 'avazu_x4_002': 10000},
 }
 
+# (model, dataset) -> the run's early-stopping patience where it is not BARS's usual 2.
+PATIENCE: dict[tuple[str, str], int] = {
+    ('pnn', 'frappe_x1'): 3, ('pnn', 'movielens_x1'): 3, ('pnn', 'criteo_x1'): 3,
+    ('dcn', 'criteo_x4_002'): 3, ('onn', 'criteo_x4_002'): 3, ('xdeepfm', 'avazu_x4_002'): 1,
+}
+
 # model -> BARS's folder: ranking/ctr/<folder>/<run>_<dataset>/README.md.
 FOLDERS = {'lr': 'LR', 'fm': 'FM', 'deepfm': 'DeepFM', 'dcn': 'DCN', 'pnn': 'PNN',
             'fibinet': 'FiBiNET', 'wide_deep': 'WideDeep', 'dcnv2': 'DCNv2',

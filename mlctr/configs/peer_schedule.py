@@ -68,7 +68,9 @@ def peer_settings(config, names: Sequence[str], group_keys: Sequence[str]) -> Pe
     """Each peer's schedule settings: the globals, overridden by `train.peer_schedule`.
 
     An override names a peer (`deepfm_1`) or a hyperparameter set (`deepfm`: all of its
-    peers); a peer's own entry wins over its set's.
+    peers; a set of `config.models` that trains no peer here is allowed, so one schedule,
+    e.g. a BARS config's, serves the runs of a study that train subsets of its peers); a
+    peer's own entry wins over its set's.
 
     Args:
       config: the run config (a config without `train.peer_schedule`, from before the
@@ -84,7 +86,8 @@ def peer_settings(config, names: Sequence[str], group_keys: Sequence[str]) -> Pe
         overrides = parse_peer_schedule(spec)
     except ValueError as e:
         raise ValueError(f"config.train.peer_schedule: {e} (got {spec!r})") from None
-    unknown = sorted(set(overrides) - set(names) - set(group_keys))
+    unknown = sorted(set(overrides) - set(names) - set(group_keys)
+                     - set(config.get("models", {}).keys()))
     if unknown:
         raise ValueError(f"config.train.peer_schedule: names unknown peer(s) {unknown}; "
                          f"peers: {list(names)} (got {spec!r})")
