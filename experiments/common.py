@@ -23,7 +23,7 @@ Runners built on experiments/replicas.py (finetune) also take:
   --replicas       train all seeds and arms as replicas of one program
                    (mlctr/run/replicas.py) where they fit in memory; off by default:
                    the replica loop lacks the single run's step-0 evaluation, per-peer
-                   schedule settings and broken-prediction checks (issue 25)
+                   schedule settings and broken-prediction checks
   --max_replicas   replicas per program (0: as many as fit in memory)
   --replica_execution  vmap (default) | unroll (bitwise the runs alone on CPU)
 """

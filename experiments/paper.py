@@ -67,7 +67,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, flags: dict) 
 
     Without it, a finished run of another config was found only when its turn came,
     after the dataset was prepared and earlier runs trained (40 s for the avazu
-    variant), and as a traceback (issue 26). The first call records the base config
+    variant), and as a traceback. The first call records the base config
     and flags in `<workdir>/experiment.json`; later calls compare with it.
 
     Raises:

@@ -29,7 +29,7 @@ from mlctr.run import inputs
 from mlctr.run import replicas
 
 FLAGS = flags.FLAGS
-# Off by default until the replica loop has what the single-run loop gained in issue 25
+# Off by default until the replica loop has what the single-run loop has
 # (step-0 evaluation of a finetune, per-peer schedule settings, broken-prediction checks,
 # recomputed batch-norm statistics): a study must not depend on the execution path.
 flags.DEFINE_boolean("replicas", False, "Train a study's seeds and arms as replicas of one "

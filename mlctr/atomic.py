@@ -5,7 +5,7 @@ directory (O_CREAT | O_EXCL: a random name that did not exist, so a link or file
 there beforehand is never opened or followed), then renamed over the target. On any
 failure (a full disk, a Ctrl-C) the temporary is removed: nothing `*.tmp` is left behind
 and the previous file, if any, is intact. A fixed temporary name (`out.tmp`) instead lets
-anyone who can write the directory redirect the write through a symlink (issue 26).
+anyone who can write the directory redirect the write through a symlink.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ each peer's learning rate, patience and decay (mlctr/run/schedule.py runs them).
 
 BARS tunes them per model, e.g. patience 3 for IPNN on Frappe_x1 where the other models use
 2; a global patience of 2 stopped IPNN at epoch 3-4, 2.7 AUC points below its companions,
-which distorts every mutual comparison with it (issue 25).
+which distorts every mutual comparison with it.
 """
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ class PreparedDataset:
         """Opens every split now, so the run reads the files it started with to the end:
         a `prepare --overwrite` into the same directory swaps in new files, but open
         memory maps keep the old ones (opened lazily, the test split was read from the
-        new dataset, with other ids: a silently wrong AUC, issue 26)."""
+        new dataset, with other ids: a silently wrong AUC)."""
         for split in layout.SPLITS:
             self.arrays(split)
             self.true_prob(split)

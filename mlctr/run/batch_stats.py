@@ -5,7 +5,7 @@ evaluation uses the running statistics, an exponential average (momentum 0.9) th
 train steps update. Those describe earlier weights, and where a layer's input variance is
 far below batch norm's epsilon they do not describe the network at all: eval mode then
 computes another function than the one trained. That made FiBiNET with batch norm
-saturate after a finetune's learning-rate jump (issue 25, item 8; the reproduction and its
+saturate after a finetune's learning-rate jump (the reproduction and its
 numbers: docs/reliability.md, "What made FiBiNET saturate").
 
 So before each evaluation every training peer's statistics are recomputed from its

@@ -344,7 +344,7 @@ def layout_digest(feature_map: dict) -> str:
     rows and hash buckets, and the vocabulary options (mode, hash function version, bucket
     count, row cap). Two datasets with one `vocab_size` but other per-field buckets (a
     hashed dataset prepared again with other field_buckets) map ids to other rows: a run
-    of one must not resume on, or score, the other (issue 26)."""
+    of one must not resume on, or score, the other."""
     keys = ("name", "kind", "offset", "vocab_size", "hash_buckets")
     shape = {"fields": [{k: field.get(k) for k in keys} for field in feature_map["fields"]],
              "vocab": feature_map.get("vocab") or {"mode": "fit"}}

@@ -121,7 +121,7 @@ class Throughput:
     waiting for the last dispatched step, and the wait is training time: rates, the
     ETA and results.json `train_seconds` measure completed work. (Before, the wait
     happened in the non-finite check ahead of an evaluation and was dropped with the
-    evaluation's time: the log showed ~10x the real rate; issue 25.)
+    evaluation's time: the log showed ~10x the real rate.)
 
     The first step a process runs compiles the step: the clock starts once it is
     done. Evaluation is not training time: `sync` before it, `resume` after.

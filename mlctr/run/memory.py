@@ -3,7 +3,7 @@
 A config that cannot fit used to fail late or never: the default 2^20 hash buckets per
 field on a 2k-row file trained into RESOURCE_EXHAUSTED after 48 s and 6.6 GB,
 `embedding_dim=10**6` hung in the first `device_get`, `eval_batch_size=10**9` failed only
-at the first evaluation, after the steps since the last checkpoint (issue 26). The
+at the first evaluation, after the steps since the last checkpoint. The
 training state's size is exact (`jax.eval_shape` shapes and the state's shardings: bytes
 per device); activations are a lower bound (the embeddings and the widest hidden layers
 of each peer, forward and backward, for the batch share of one device). So the check

@@ -3,7 +3,7 @@
 Python runs a signal handler only between bytecodes of the main thread: while XLA
 compiles a step (minutes for `peers=deepfm*1000`) or a jitted call runs, the handler of
 `loop.PreemptionWatcher` waits, and a scheduler's SIGTERM was ignored until its
-SIGKILL (issue 26). Here the C-level handler's wakeup byte (`signal.set_wakeup_fd`)
+SIGKILL. Here the C-level handler's wakeup byte (`signal.set_wakeup_fd`)
 reaches a watcher thread at once, whatever the main thread is doing:
 
 * nothing is unsaved (setting up, opening data, compiling the first step, evaluating
